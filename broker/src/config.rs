@@ -1,0 +1,804 @@
+//! The broker's TOML configuration: parsing, validation and error reporting.
+//!
+//! Loading is two steps. First serde reads the text into `Raw*` structs that keep the source
+//! span of every value that can be wrong. Then [`validate`] turns them into a [`Config`],
+//! collecting *every* problem it finds (not just the first) with its line, column and a hint,
+//! so `tollgate-broker check` can report a whole broken file in one go.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+use tollgate_shared::RuleRef;
+
+use crate::policy::{Action, Cmp, Condition, Policy, Rule, Subject, Test, ToolPattern};
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file was read from (for messages).
+    pub path: PathBuf,
+    /// `[broker]` settings.
+    pub broker: BrokerSettings,
+    /// Configured upstreams, in file order.
+    pub servers: Vec<ServerConfig>,
+    /// Who may call through the gateway.
+    pub auth: Auth,
+    /// The rules.
+    pub policy: Policy,
+}
+
+/// `[broker]`: listeners, storage and limits.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Address of the MCP frontends (`/mcp/<server>`).
+    pub listen: SocketAddr,
+    /// Directory of the sled store.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// How long an upstream may stay silent on a request before the client gets an error.
+    pub upstream_timeout: Duration,
+    /// How long an idle MCP session (and its stdio child) is kept.
+    pub session_idle: Duration,
+    /// Browser origins allowed besides loopback ones.
+    pub allowed_origins: Vec<String>,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// No authentication; every caller is the identity `local`. Only when the config says so.
+    None,
+    /// Bearer tokens, compared by SHA-256 digest.
+    Tokens(Vec<ClientIdentity>),
+}
+
+/// A client allowed to call through the gateway.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// Name used in the audit trail and policy.
+    pub name: String,
+    /// SHA-256 of the bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+/// One `[[server]]`: an upstream MCP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name in `/mcp/<name>` and in rules.
+    pub name: String,
+    /// How to reach it.
+    pub transport: UpstreamSpec,
+    /// Per-server override of `broker.upstream_timeout`.
+    pub timeout: Duration,
+}
+
+/// How to reach an upstream.
+#[derive(Debug, Clone)]
+pub enum UpstreamSpec {
+    /// Launch a child process per client session and speak newline-delimited JSON-RPC on stdio.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment variables.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        cwd: Option<PathBuf>,
+    },
+    /// A remote Streamable HTTP endpoint.
+    Url {
+        /// The MCP endpoint URL.
+        url: String,
+        /// Extra headers sent upstream (e.g. its own credentials), with `${VAR}` expanded.
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when the problem has no location.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{} in the configuration",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.line > 0 {
+                write!(f, "  {}:{}:{}: {}", self.path.display(), p.line, p.column, p.message)?;
+            } else {
+                write!(f, "  {}: {}", self.path.display(), p.message)?;
+            }
+            if let Some(h) = &p.hint {
+                write!(f, "\n    hint: {h}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    client: Vec<Spanned<RawClient>>,
+    #[serde(default)]
+    server: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<String>,
+    auth: Option<Spanned<String>>,
+    max_body: Option<Spanned<toml::Value>>,
+    upstream_timeout: Option<Spanned<String>>,
+    session_idle: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    default: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Spanned<String>,
+    token_sha256: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    tools: Spanned<Vec<Spanned<String>>>,
+    when: Option<Spanned<toml::Value>>,
+    action: Spanned<String>,
+    reason: Option<String>,
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+            hint: Some("pass the path of a TOML file with --config".into()),
+        }],
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate config text; `path` is used for messages and relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError { path: path.to_path_buf(), problems };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+        fail(vec![Problem { line, column, message: e.message().trim().to_string(), hint: None }])
+    })?;
+    let mut v = Validator { text, problems: Vec::new() };
+    let config = v.config(path, raw);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        v.problems.sort_by_key(|p| (p.line, p.column));
+        Err(fail(v.problems))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Range<usize>, message: String, hint: Option<&str>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.problems.push(Problem { line, column, message, hint: hint.map(str::to_string) });
+    }
+
+    fn duration(&mut self, value: Option<Spanned<String>>, default: Duration, what: &str) -> Duration {
+        let Some(v) = value else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(v.span(), format!("{what} must be longer than zero"), None);
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    v.span(),
+                    format!("{what} {:?} is not a duration: {e}", v.get_ref()),
+                    Some("write durations like \"30s\", \"5m\" or \"1h 30m\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mode = self.auth_mode(raw.broker.auth.clone());
+        let broker = self.broker(base, raw.broker);
+        let servers = self.servers(raw.server, broker.upstream_timeout);
+        let auth = self.auth(mode, raw.client);
+        let policy = self.policy(raw.policy, raw.rule, &servers);
+        Config { path: path.to_path_buf(), broker, servers, auth, policy }
+    }
+
+    fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
+        let listen = match raw.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+                self.problem(
+                    l.span(),
+                    format!("listen address {:?} is not host:port", l.get_ref()),
+                    Some("for example \"127.0.0.1:8080\"; use an IP address, not a host name"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }),
+        };
+        let max_body = match raw.max_body {
+            None => 4 << 20,
+            Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    v.span(),
+                    "max_body is not a size".into(),
+                    Some("write a byte count (1048576) or a size like \"4MiB\" or \"512KiB\""),
+                );
+                4 << 20
+            }),
+        };
+        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "tollgate-data".into()));
+        BrokerSettings {
+            listen,
+            data_dir,
+            max_body,
+            upstream_timeout: self.duration(raw.upstream_timeout, Duration::from_secs(300), "upstream_timeout"),
+            session_idle: self.duration(raw.session_idle, Duration::from_secs(1800), "session_idle"),
+            allowed_origins: raw.allowed_origins,
+        }
+    }
+
+    fn auth_mode(&mut self, auth: Option<Spanned<String>>) -> AuthMode {
+        match auth {
+            None => AuthMode::Tokens(None),
+            Some(a) => match a.get_ref().as_str() {
+                "token" => AuthMode::Tokens(Some(a.span())),
+                "none" => AuthMode::None,
+                other => {
+                    self.problem(a.span(), format!("unknown auth mode {other:?}"), Some("use \"token\" (bearer tokens, the default) or \"none\" (local use only)"));
+                    AuthMode::Tokens(Some(a.span()))
+                }
+            },
+        }
+    }
+
+    fn servers(&mut self, raw: Vec<Spanned<RawServer>>, default_timeout: Duration) -> Vec<ServerConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in raw {
+            let span = s.span();
+            let s = s.into_inner();
+            let name = s.name.get_ref().clone();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                self.problem(
+                    s.name.span(),
+                    format!("server name {name:?} is not usable in a URL path"),
+                    Some("use letters, digits, '-', '_' and '.'"),
+                );
+            } else if !seen.insert(name.clone()) {
+                self.problem(s.name.span(), format!("duplicate server name {name:?}"), Some("each [[server]] needs its own name"));
+            }
+            let timeout = self.duration(s.timeout, default_timeout, "timeout");
+            let transport = match (s.command, s.url) {
+                (Some(cmd), None) => {
+                    if cmd.get_ref().is_empty() || cmd.get_ref()[0].is_empty() {
+                        self.problem(cmd.span(), format!("server {name:?} has an empty command"), Some("command = [\"program\", \"arg\", ...]"));
+                    }
+                    if !s.headers.is_empty() {
+                        self.problem(span.clone(), format!("server {name:?}: headers only apply to url upstreams"), None);
+                    }
+                    UpstreamSpec::Command {
+                        argv: cmd.into_inner(),
+                        env: s.env,
+                        cwd: s.cwd.map(PathBuf::from),
+                    }
+                }
+                (None, Some(url)) => {
+                    let u = url.get_ref();
+                    if reqwest::Url::parse(u).map(|p| !matches!(p.scheme(), "http" | "https")).unwrap_or(true) {
+                        self.problem(url.span(), format!("server {name:?}: {u:?} is not an http(s) URL"), Some("for example \"https://mcp.example.com/mcp\""));
+                    }
+                    if !s.env.is_empty() || s.cwd.is_some() {
+                        self.problem(span.clone(), format!("server {name:?}: env and cwd only apply to command upstreams"), None);
+                    }
+                    let mut headers = BTreeMap::new();
+                    for (k, v) in s.headers {
+                        match expand_env(&v) {
+                            Ok(v) => {
+                                headers.insert(k, v);
+                            }
+                            Err(var) => self.problem(
+                                span.clone(),
+                                format!("server {name:?}: header {k:?} uses ${{{var}}}, which is not set in the environment"),
+                                Some("export the variable before starting the broker"),
+                            ),
+                        }
+                    }
+                    UpstreamSpec::Url { url: url.into_inner(), headers }
+                }
+                (Some(_), Some(_)) | (None, None) => {
+                    self.problem(
+                        span.clone(),
+                        format!("server {name:?} needs exactly one of command or url"),
+                        Some("command = [...] launches a stdio server; url = \"...\" reaches a Streamable HTTP one"),
+                    );
+                    UpstreamSpec::Command { argv: vec![], env: BTreeMap::new(), cwd: None }
+                }
+            };
+            out.push(ServerConfig { name, transport, timeout });
+        }
+        if out.is_empty() {
+            self.problems.push(Problem {
+                line: 0,
+                column: 0,
+                message: "no [[server]] is configured, so there is nothing to put a gateway in front of".into(),
+                hint: Some("add [[server]] name = \"fs\" command = [\"npx\", \"-y\", \"@modelcontextprotocol/server-filesystem\", \"/srv\"]".into()),
+            });
+        }
+        out
+    }
+
+    fn auth(&mut self, mode: AuthMode, raw: Vec<Spanned<RawClient>>) -> Auth {
+        let mut clients = Vec::new();
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        for c in raw {
+            let c = c.into_inner();
+            let name = c.name.get_ref().clone();
+            if name.is_empty() || name == "local" {
+                self.problem(c.name.span(), format!("client name {name:?} is reserved or empty"), None);
+            } else if !names.insert(name.clone()) {
+                self.problem(c.name.span(), format!("duplicate client name {name:?}"), None);
+            }
+            let digest = match (c.token_sha256, c.token_env) {
+                (Some(h), None) => match parse_hex32(h.get_ref()) {
+                    Some(d) => Some(d),
+                    None => {
+                        self.problem(
+                            h.span(),
+                            format!("client {name:?}: token_sha256 is not 64 hex digits"),
+                            Some("print one with: printf %s \"$TOKEN\" | tollgate-broker hash-token"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(var)) => match std::env::var(var.get_ref()) {
+                    Ok(t) if !t.is_empty() => Some(crate::auth::digest(&t)),
+                    _ => {
+                        self.problem(
+                            var.span(),
+                            format!("client {name:?}: environment variable {:?} is not set", var.get_ref()),
+                            Some("export it before starting the broker, or use token_sha256"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    self.problem(
+                        c.name.span(),
+                        format!("client {name:?} needs exactly one of token_sha256 or token_env"),
+                        None,
+                    );
+                    None
+                }
+            };
+            if let Some(d) = digest {
+                if !digests.insert(d) {
+                    self.problem(c.name.span(), format!("client {name:?} shares its token with another client"), Some("give every client its own token"));
+                }
+                clients.push(ClientIdentity { name, token_sha256: d });
+            }
+        }
+        match mode {
+            AuthMode::None => Auth::None,
+            AuthMode::Tokens(span) => {
+                if clients.is_empty() && self.problems.is_empty() {
+                    let hint = Some("add [[client]] name = \"...\" token_sha256 = \"...\", or set auth = \"none\" in [broker] for local use only");
+                    match span {
+                        Some(s) => self.problem(s, "auth = \"token\" but no [[client]] is configured".into(), hint),
+                        None => self.problems.push(Problem {
+                            line: 0,
+                            column: 0,
+                            message: "clients must authenticate (the default) but no [[client]] is configured".into(),
+                            hint: hint.map(str::to_string),
+                        }),
+                    }
+                }
+                Auth::Tokens(clients)
+            }
+        }
+    }
+
+    fn policy(&mut self, raw: RawPolicy, rules: Vec<Spanned<RawRule>>, servers: &[ServerConfig]) -> Policy {
+        let default = match raw.default {
+            None => Action::Approve,
+            Some(d) => Action::parse(d.get_ref()).unwrap_or_else(|| {
+                self.problem(d.span(), format!("unknown default action {:?}", d.get_ref()), Some("use \"allow\", \"deny\" or \"approve\""));
+                Action::Approve
+            }),
+        };
+        let known: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in rules.into_iter().enumerate() {
+            let index = i + 1;
+            let span = r.span();
+            let r = r.into_inner();
+            let name = r.name.clone().unwrap_or_else(|| format!("rule {index}"));
+            if r.name.is_some() && !names.insert(name.clone()) {
+                self.problem(span.clone(), format!("duplicate rule name {name:?}"), Some("rule names appear in refusals and the audit trail, so keep them unique"));
+            }
+            let action = Action::parse(r.action.get_ref()).unwrap_or_else(|| {
+                self.problem(r.action.span(), format!("rule {index}: unknown action {:?}", r.action.get_ref()), Some("use \"allow\", \"deny\" or \"approve\""));
+                Action::Deny
+            });
+            if r.tools.get_ref().is_empty() {
+                self.problem(r.tools.span(), format!("rule {index}: tools is empty, so the rule can never match"), Some("tools = [\"server/tool\"], globs allowed: \"*/list_*\""));
+            }
+            let mut tools = Vec::new();
+            for t in r.tools.into_inner() {
+                match ToolPattern::new(t.get_ref()) {
+                    Ok(p) => {
+                        let sg = p.server_glob();
+                        if !known.iter().any(|s| sg.matches(s)) {
+                            let what = if sg.is_literal() { "uses unknown server" } else { "has a server pattern that matches no server" };
+                            self.problem(
+                                t.span(),
+                                format!("rule {index} {what} {:?} (known: {})", sg.as_str(), known.join(", ")),
+                                Some("rule patterns are \"server/tool\"; the server part must name a [[server]]"),
+                            );
+                        }
+                        tools.push(p);
+                    }
+                    Err(e) => self.problem(t.span(), format!("rule {index}: {e}"), Some("patterns are \"server/tool\" with * and ? wildcards")),
+                }
+            }
+            let when = match r.when {
+                None => Vec::new(),
+                Some(w) => self.conditions(index, w),
+            };
+            out.push(Rule { id: RuleRef { index, name }, tools, when, action, reason: r.reason });
+        }
+        Policy { rules: out, default }
+    }
+
+    fn conditions(&mut self, index: usize, when: Spanned<toml::Value>) -> Vec<Condition> {
+        let span = when.span();
+        let tables: Vec<toml::Table> = match when.into_inner() {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(a) if a.iter().all(|v| v.is_table()) => {
+                a.into_iter().filter_map(|v| if let toml::Value::Table(t) = v { Some(t) } else { None }).collect()
+            }
+            _ => {
+                self.problem(span, format!("rule {index}: when must be a table or an array of tables"), Some("when = { arg = \"/path\", equals = \"x\" }"));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for t in tables {
+            match condition(t) {
+                Ok(c) => out.push(c),
+                Err((msg, hint)) => self.problem(span.clone(), format!("rule {index}: {msg}"), Some(hint)),
+            }
+        }
+        out
+    }
+}
+
+const COND_HINT: &str = "a condition is { arg = \"/json/pointer\" | annotation = \"readOnlyHint\", and one of equals, matches, exists, gt, ge, lt, le }";
+
+fn condition(mut t: toml::Table) -> Result<Condition, (String, &'static str)> {
+    let subject = match (t.remove("arg"), t.remove("annotation")) {
+        (Some(toml::Value::String(p)), None) => {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err((format!("arg {p:?} is not a JSON pointer"), "JSON pointers start with '/': \"/query\", \"/options/0/name\""));
+            }
+            Subject::Arg(p)
+        }
+        (None, Some(toml::Value::String(a))) if !a.is_empty() => Subject::Annotation(a),
+        _ => return Err(("a condition needs exactly one of arg or annotation (a string)".into(), COND_HINT)),
+    };
+    let mut tests = Vec::new();
+    for key in ["equals", "matches", "exists", "gt", "ge", "lt", "le"] {
+        if let Some(v) = t.remove(key) {
+            tests.push((key, v));
+        }
+    }
+    if let Some(k) = t.keys().next() {
+        return Err((format!("unknown condition key {k:?}"), COND_HINT));
+    }
+    if tests.len() != 1 {
+        return Err(("a condition needs exactly one test".into(), COND_HINT));
+    }
+    let (key, v) = tests.remove(0);
+    let test = match (key, v) {
+        ("equals", v) => Test::Equals(toml_to_json(v)),
+        ("matches", toml::Value::String(re)) => match Regex::new(&re) {
+            Ok(r) => Test::Matches(r),
+            Err(e) => {
+                let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                return Err((format!("bad regex {re:?}: {first}"), "regexes use Rust regex syntax; escape backslashes in TOML strings or use '...' literal strings"));
+            }
+        },
+        ("exists", toml::Value::Boolean(b)) => Test::Exists(b),
+        (op, v) if ["gt", "ge", "lt", "le"].contains(&op) => {
+            let n = match v {
+                toml::Value::Integer(i) => i as f64,
+                toml::Value::Float(f) => f,
+                _ => return Err((format!("{op} needs a number"), COND_HINT)),
+            };
+            let cmp = match op {
+                "gt" => Cmp::Gt,
+                "ge" => Cmp::Ge,
+                "lt" => Cmp::Lt,
+                _ => Cmp::Le,
+            };
+            Test::Compare(cmp, n)
+        }
+        (k, _) => return Err((format!("{k} has the wrong type"), "matches takes a string, exists a boolean")),
+    };
+    Ok(Condition { subject, test })
+}
+
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+enum AuthMode {
+    None,
+    Tokens(Option<Range<usize>>),
+}
+
+/// Parse a byte size: an integer, or a string like `4MiB`, `512KiB`, `1MB`, `100`.
+fn parse_size(v: &toml::Value) -> Option<usize> {
+    match v {
+        toml::Value::Integer(i) if *i > 0 => usize::try_from(*i).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: usize = num.parse().ok()?;
+            let mult = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1000,
+                "kib" | "k" => 1 << 10,
+                "mb" => 1_000_000,
+                "mib" | "m" => 1 << 20,
+                "gb" => 1_000_000_000,
+                "gib" | "g" => 1 << 30,
+                _ => return None,
+            };
+            n.checked_mul(mult).filter(|n| *n > 0)
+        }
+        _ => None,
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Expand `${VAR}` from the environment; returns the name of the first unset variable.
+fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&std::env::var(var).map_err(|_| var.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    const OK: &str = r#"
+[broker]
+auth = "none"
+[[server]]
+name = "fs"
+command = ["true"]
+[[server]]
+name = "github"
+url = "https://example.com/mcp"
+[[rule]]
+name = "reads"
+tools = ["fs/read_*", "*/list_*"]
+action = "allow"
+[[rule]]
+tools = ["github/*"]
+when = [{ arg = "/q", matches = "(?i)drop" }, { annotation = "destructiveHint", equals = true }]
+action = "deny"
+reason = "no"
+"#;
+
+    #[test]
+    fn valid_config_loads_with_defaults() {
+        let c = check(OK).expect("valid");
+        assert_eq!(c.broker.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.broker.max_body, 4 << 20);
+        assert_eq!(c.servers.len(), 2);
+        assert!(matches!(c.auth, Auth::None));
+        assert_eq!(c.policy.default, Action::Approve);
+        assert_eq!(c.policy.rules[1].id.name, "rule 2");
+        assert_eq!(c.policy.rules[1].when.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_column() {
+        let text = r#"[broker]
+auth = "none"
+[[server]]
+name = "github"
+command = ["x"]
+[[server]]
+name = "github"
+command = ["y"]
+[[rule]]
+tools = ["gihub/x"]
+action = "allow"
+[[rule]]
+tools = ["github/[x]"]
+action = "maybe"
+[[rule]]
+tools = ["github/x"]
+when = { arg = "/q", matches = "(" }
+action = "deny"
+"#;
+        let err = check(text).expect_err("invalid");
+        let msgs: Vec<String> = err.problems.iter().map(|p| format!("{}:{} {}", p.line, p.column, p.message)).collect();
+        let joined = msgs.join("\n");
+        assert!(joined.contains("7:8 duplicate server name \"github\""), "{joined}");
+        assert!(joined.contains("10:10 rule 1 uses unknown server \"gihub\" (known: github, github)"), "{joined}");
+        assert!(joined.contains("13:10 rule 2: pattern \"github/[x]\" contains '['"), "{joined}");
+        assert!(joined.contains("14:10 rule 2: unknown action \"maybe\""), "{joined}");
+        assert!(joined.contains("17:8 rule 3: bad regex \"(\""), "{joined}");
+        assert_eq!(err.problems.len(), 5, "{joined}");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_have_locations() {
+        let err = check("[broker]\nlisten = \n").expect_err("syntax");
+        assert_eq!(err.problems[0].line, 2, "{err}");
+        let err = check("[broker]\nauth = \"none\"\nlisen = \"x\"\n").expect_err("unknown key");
+        assert_eq!(err.problems[0].line, 3, "{err}");
+        assert!(err.problems[0].message.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn token_auth_requires_clients() {
+        let err = check("[[server]]\nname = \"a\"\ncommand = [\"x\"]\n").expect_err("no clients");
+        assert!(err.to_string().contains("no [[client]] is configured"), "{err}");
+        let hash = "a".repeat(64);
+        let ok = check(&format!(
+            "[[server]]\nname = \"a\"\ncommand = [\"x\"]\n[[client]]\nname = \"bot\"\ntoken_sha256 = \"{hash}\"\n"
+        ))
+        .expect("valid");
+        assert!(matches!(ok.auth, Auth::Tokens(ref c) if c.len() == 1 && c[0].name == "bot"));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size(&toml::Value::String("4MiB".into())), Some(4 << 20));
+        assert_eq!(parse_size(&toml::Value::String("512 KiB".into())), Some(512 << 10));
+        assert_eq!(parse_size(&toml::Value::Integer(100)), Some(100));
+        assert_eq!(parse_size(&toml::Value::String("lots".into())), None);
+        let err = check("[broker]\nauth=\"none\"\nupstream_timeout = \"soon\"\n[[server]]\nname=\"a\"\ncommand=[\"x\"]\n")
+            .expect_err("bad duration");
+        assert_eq!(err.problems[0].line, 3);
+    }
+
+    #[test]
+    fn env_expansion_reports_missing_variables() {
+        assert_eq!(expand_env("plain").as_deref(), Ok("plain"));
+        assert_eq!(expand_env("Bearer ${TOLLGATE_SURELY_UNSET_VAR}"), Err("TOLLGATE_SURELY_UNSET_VAR".into()));
+    }
+}

@@ -1,0 +1,196 @@
+//! The interception point: what happens to one `tools/call` before it may reach an upstream.
+//!
+//! The frontend hands every `tools/call` request here. [`Gateway::intercept`] decodes the tool
+//! name and arguments, asks the policy, records the call, and returns either a [`Ticket`] (go
+//! ahead and forward; complete the ticket when the answer has been relayed) or a ready JSON-RPC
+//! response to send back instead. Holding a call for approval is the third verdict: today it is
+//! refused with a clear "approval queue not available" tool error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tollgate_shared::{CallRecord, Outcome, Timings};
+
+use crate::jsonrpc;
+use crate::policy::{Action, CallView, Policy};
+use crate::store::Recorder;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tool annotations learned from upstreams' `tools/list` answers, per server and tool.
+#[derive(Default)]
+pub struct Annotations {
+    map: RwLock<HashMap<String, HashMap<String, Value>>>,
+}
+
+impl Annotations {
+    /// Learn from a `tools/list` result object (`{"tools": [...]}`).
+    pub fn learn(&self, server: &str, result: &Value) {
+        let Some(tools) = result.get("tools").and_then(Value::as_array) else { return };
+        let mut learned = Vec::with_capacity(tools.len());
+        for t in tools {
+            if let Some(name) = t.get("name").and_then(Value::as_str) {
+                learned.push((name.to_string(), t.get("annotations").cloned().unwrap_or_else(|| json!({}))));
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(server.to_string()).or_default();
+        let n = learned.len();
+        entry.extend(learned);
+        tracing::debug!(server, tools = n, "learned tool annotations");
+    }
+
+    /// Learn from any JSON-RPC response if it answers a `tools/list`.
+    pub fn learn_from_response(&self, server: &str, response: &Value) {
+        if let Some(result) = response.get("result") {
+            self.learn(server, result);
+        }
+    }
+
+    /// The annotations of a tool, if its server has listed it.
+    pub fn get(&self, server: &str, tool: &str) -> Option<Value> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(server)?.get(tool).cloned()
+    }
+}
+
+/// Who is calling, through which server, on which protocol revision.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Authenticated client identity.
+    pub client: String,
+    /// Configured upstream server name.
+    pub server: String,
+    /// MCP session id, when the revision has sessions.
+    pub session: Option<String>,
+    /// Declared protocol revision, when known.
+    pub protocol_version: Option<String>,
+}
+
+impl CallContext {
+    /// True for 2026-07-28 and later, whose results must carry `resultType`.
+    pub fn modern(&self) -> bool {
+        self.protocol_version.as_deref().is_some_and(jsonrpc::is_modern)
+    }
+}
+
+/// What to do with an intercepted call.
+pub enum Intercept {
+    /// Forward it; complete the ticket once the upstream's answer is relayed.
+    Forward(Ticket),
+    /// Answer the client with this JSON-RPC message instead of forwarding.
+    Respond(Value),
+}
+
+/// A forwarded call whose completion is still to be recorded.
+pub struct Ticket {
+    record: Option<CallRecord>,
+    recorder: Recorder,
+}
+
+impl Ticket {
+    /// Record that the upstream answered (`error` is `Some` when forwarding failed).
+    pub fn complete(mut self, error: Option<String>) {
+        self.finish(error);
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(mut record) = self.record.take() {
+            record.timings.completed_ms = Some(now_ms());
+            record.error = error;
+            let recorder = self.recorder.clone();
+            tokio::spawn(async move { recorder.put(record).await });
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.finish(Some("the response was not relayed in full: the client or upstream went away".into()));
+        }
+    }
+}
+
+/// Policy, annotations and the recorder: everything interception needs.
+pub struct Gateway {
+    /// The rules.
+    pub policy: Policy,
+    /// Annotations learned from upstreams.
+    pub annotations: Arc<Annotations>,
+    /// Where records go.
+    pub recorder: Recorder,
+}
+
+impl Gateway {
+    /// Decide one `tools/call` request.
+    pub async fn intercept(&self, ctx: &CallContext, request: &Value, received_ms: u64) -> Intercept {
+        let id = jsonrpc::id(request);
+        let params = request.get("params");
+        let Some(tool) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
+            return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "tools/call needs params.name, a string"));
+        };
+        let empty = json!({});
+        let arguments = match params.and_then(|p| p.get("arguments")) {
+            None | Some(Value::Null) => &empty,
+            Some(a @ Value::Object(_)) => a,
+            Some(_) => {
+                return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "tools/call params.arguments must be an object"));
+            }
+        };
+        let annotations = self.annotations.get(&ctx.server, tool);
+        let view = CallView { server: &ctx.server, tool, arguments, annotations: annotations.as_ref() };
+        let verdict = self.policy.evaluate(&view);
+        let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
+        let _enter = span.enter();
+        let mut record = CallRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            outcome: Outcome::Allowed,
+            rule: verdict.rule.clone(),
+            reason: verdict.reason.clone(),
+            client: ctx.client.clone(),
+            server: ctx.server.clone(),
+            tool: tool.to_string(),
+            request_id: id.clone(),
+            session: ctx.session.clone(),
+            protocol_version: ctx.protocol_version.clone(),
+            arguments: arguments.clone(),
+            timings: Timings { received_ms, decided_ms: now_ms(), completed_ms: None },
+            error: None,
+        };
+        match verdict.action {
+            Action::Allow => {
+                tracing::info!("allowed");
+                self.recorder.put(record.clone()).await;
+                Intercept::Forward(Ticket { record: Some(record), recorder: self.recorder.clone() })
+            }
+            Action::Deny => {
+                let because = verdict.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let text = format!(
+                    "Tollgate blocked this call to {}/{tool} under rule \"{}\" (rule {} of the broker's policy){because}. The call was not run.",
+                    ctx.server, verdict.rule.name, verdict.rule.index,
+                );
+                tracing::info!("blocked");
+                record.outcome = Outcome::Blocked;
+                self.recorder.put(record).await;
+                Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+            }
+            Action::Approve => {
+                let text = format!(
+                    "Tollgate: this call to {}/{tool} needs human approval under rule \"{}\", but the approval queue is not available in this broker, so it was not run.",
+                    ctx.server, verdict.rule.name,
+                );
+                tracing::info!("needs approval; queue not available");
+                record.outcome = Outcome::Blocked;
+                record.reason = Some("approval queue not available".into());
+                self.recorder.put(record).await;
+                Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+            }
+        }
+    }
+}

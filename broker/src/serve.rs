@@ -1,0 +1,136 @@
+//! `serve`: wire the config into a running gateway and shut it down cleanly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use std::future::IntoFuture;
+
+use anyhow::Context;
+
+use crate::config::{self, UpstreamSpec};
+use crate::frontend::{self, Frontend, Upstream};
+use crate::gateway::{Annotations, Gateway};
+use crate::store::{Recorder, Store};
+use crate::upstream::http::HttpUpstream;
+use crate::upstream::stdio::StdioUpstream;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run the broker until SIGINT/SIGTERM.
+pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
+    let config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-broker: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-broker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = Store::open(&config.broker.data_dir)?;
+    let recorder = Recorder::start(store);
+    let annotations = Arc::new(Annotations::default());
+    let mut upstreams = HashMap::new();
+    let mut stdio = Vec::new();
+    for s in &config.servers {
+        let u = match &s.transport {
+            UpstreamSpec::Command { .. } => {
+                let u = StdioUpstream::new(s, annotations.clone());
+                tokio::spawn(u.clone().reap(config.broker.session_idle));
+                stdio.push(u.clone());
+                Upstream::Stdio(u)
+            }
+            UpstreamSpec::Url { .. } => Upstream::Http(HttpUpstream::new(s, annotations.clone()).with_context(|| format!("server {:?}", s.name))?),
+        };
+        upstreams.insert(s.name.clone(), u);
+    }
+    let gateway = Gateway { policy: config.policy.clone(), annotations, recorder: recorder.clone() };
+    let fe = Arc::new(Frontend::new(&config, gateway, upstreams));
+    let listener = tokio::net::TcpListener::bind(config.broker.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set [broker] listen to a free address)", config.broker.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, servers = config.servers.len(), rules = config.policy.rules.len(), "broker ready");
+    // A plain line on stdout so scripts (and tests using port 0) learn the address.
+    println!("tollgate-broker listening on http://{addr}");
+    for s in &config.servers {
+        println!("  {} -> http://{addr}/mcp/{}", s.name, s.name);
+    }
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let stop = stopping.clone();
+    let server = axum::serve(listener, frontend::router(fe)).with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: stopping upstreams, draining connections, flushing the store");
+            // Ending the sessions ends their streams, so graceful shutdown is not held up by
+            // long-lived GET streams; whatever is still open after a grace period is cut.
+            for u in &stdio {
+                u.shutdown().await;
+            }
+            stopping.cancel();
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await.is_err() {
+                tracing::warn!("connections still open after 5s; closing them");
+            }
+        }
+    }
+    recorder.flush().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

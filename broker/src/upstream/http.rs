@@ -1,0 +1,272 @@
+//! Remote Streamable HTTP upstreams: a streaming reverse proxy.
+//!
+//! The remote server owns sessions, streams and resumption, so the broker relays POST, GET and
+//! DELETE with their MCP headers (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`,
+//! `Mcp-Name`, `Mcp-Param-*`, `Last-Event-ID`) and streams the answer back chunk by chunk, never
+//! buffering an SSE stream. The client's own `Authorization` (its broker token) is never sent
+//! upstream; the upstream's credentials come from the server's `headers` in the config.
+//!
+//! Answers to `tools/list` are also read on the way through (a bounded copy, parsed when the
+//! stream ends) so policy learns tool annotations. Closing the client's connection drops the
+//! upstream request, which on 2026-07-28 is how a request is cancelled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+
+use super::Inbound;
+use crate::config::{ServerConfig, UpstreamSpec};
+use crate::gateway::{Annotations, Ticket};
+use crate::{frontend, jsonrpc, sse};
+
+/// Largest `tools/list` answer read for annotations; larger ones pass through unread.
+const TAP_LIMIT: usize = 32 << 20;
+
+/// A remote Streamable HTTP upstream.
+pub struct HttpUpstream {
+    name: String,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    timeout: Duration,
+    annotations: Arc<Annotations>,
+}
+
+/// Request headers that describe the client's connection to the broker, not the message.
+const DROP_REQUEST: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "authorization",
+    "origin",
+    "accept-encoding",
+];
+
+/// Response headers that describe the upstream connection, not the message.
+const DROP_RESPONSE: &[&str] = &["connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade"];
+
+impl HttpUpstream {
+    /// Prepare a client for the upstream.
+    pub fn new(cfg: &ServerConfig, annotations: Arc<Annotations>) -> anyhow::Result<Arc<HttpUpstream>> {
+        let UpstreamSpec::Url { url, headers } = &cfg.transport else {
+            anyhow::bail!("HttpUpstream::new called for a command upstream");
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Arc::new(HttpUpstream {
+            name: cfg.name.clone(),
+            url: reqwest::Url::parse(url)?,
+            headers: header_map(headers)?,
+            client,
+            timeout: cfg.timeout,
+            annotations,
+        }))
+    }
+
+    fn request(&self, method: Method, client_headers: &HeaderMap) -> reqwest::RequestBuilder {
+        let mut headers = HeaderMap::with_capacity(client_headers.len() + self.headers.len());
+        for (k, v) in client_headers {
+            if !DROP_REQUEST.contains(&k.as_str()) {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        self.client.request(method, self.url.clone()).headers(headers)
+    }
+
+    fn unreachable(&self, id: Value, e: &reqwest::Error) -> Response<Body> {
+        let (status, what) = if e.is_timeout() {
+            (StatusCode::GATEWAY_TIMEOUT, format!("did not answer within {}", humantime::format_duration(self.timeout)))
+        } else {
+            (StatusCode::BAD_GATEWAY, format!("is unreachable ({})", error_chain(e)))
+        };
+        tracing::warn!(server = %self.name, "upstream {what}");
+        frontend::json_response(status, &jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, format!("upstream \"{}\" {what}", self.name)), None)
+    }
+
+    /// Relay a POSTed message.
+    pub async fn post(&self, inbound: Inbound) -> Response<Body> {
+        let method = jsonrpc::method(&inbound.value).unwrap_or_default().to_string();
+        let id = jsonrpc::id(&inbound.value);
+        let req = self.request(Method::POST, &inbound.headers).body(inbound.raw);
+        let resp = match tokio::time::timeout(self.timeout, req.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if let Some(t) = inbound.ticket {
+                    t.complete(Some(format!("upstream unreachable: {}", error_chain(&e))));
+                }
+                return self.unreachable(id, &e);
+            }
+            Err(_) => {
+                if let Some(t) = inbound.ticket {
+                    t.complete(Some("upstream timed out before answering".into()));
+                }
+                tracing::warn!(server = %self.name, "upstream did not answer in time");
+                return frontend::json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &jsonrpc::error(
+                        id,
+                        jsonrpc::UPSTREAM_ERROR,
+                        format!("upstream \"{}\" did not answer within {}", self.name, humantime::format_duration(self.timeout)),
+                    ),
+                    None,
+                );
+            }
+        };
+        let tap = method == "tools/list";
+        let idle = (method != "subscriptions/listen").then_some(self.timeout);
+        self.relay(resp, inbound.ticket, tap, idle)
+    }
+
+    /// Relay a GET (the session's server-initiated stream, or a resumption).
+    pub async fn get(&self, headers: &HeaderMap) -> Response<Body> {
+        match self.request(Method::GET, headers).send().await {
+            Ok(r) => self.relay(r, None, false, None),
+            Err(e) => self.unreachable(Value::Null, &e),
+        }
+    }
+
+    /// Relay a DELETE (session termination).
+    pub async fn delete(&self, headers: &HeaderMap) -> Response<Body> {
+        match tokio::time::timeout(self.timeout, self.request(Method::DELETE, headers).send()).await {
+            Ok(Ok(r)) => self.relay(r, None, false, None),
+            Ok(Err(e)) => self.unreachable(Value::Null, &e),
+            Err(_) => frontend::status_error(StatusCode::GATEWAY_TIMEOUT, "upstream did not answer the DELETE in time"),
+        }
+    }
+
+    fn relay(&self, resp: reqwest::Response, ticket: Option<Ticket>, tap: bool, idle: Option<Duration>) -> Response<Body> {
+        let status = resp.status();
+        let mut builder = Response::builder().status(status.as_u16());
+        let mut is_sse = false;
+        for (k, v) in resp.headers() {
+            if DROP_RESPONSE.contains(&k.as_str()) {
+                continue;
+            }
+            if k == header::CONTENT_TYPE && v.as_bytes().starts_with(b"text/event-stream") {
+                is_sse = true;
+            }
+            builder = builder.header(k, v);
+        }
+        if is_sse {
+            builder = builder.header("x-accel-buffering", "no");
+        }
+        let failed = (!status.is_success()).then(|| format!("upstream answered HTTP {status}"));
+        let state = Relay {
+            body: resp.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed(),
+            ticket,
+            failed,
+            tap: tap.then(Vec::new),
+            is_sse,
+            idle,
+            server: self.name.clone(),
+            annotations: self.annotations.clone(),
+        };
+        let body = stream::unfold(Some(state), |state| async move {
+            let mut st = state?;
+            let next = match st.idle {
+                Some(d) => tokio::time::timeout(d, st.body.next()).await.unwrap_or_else(|_| {
+                    Some(Err(format!("the upstream went silent for longer than {}", humantime::format_duration(d))))
+                }),
+                None => st.body.next().await,
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    if let Some(buf) = &mut st.tap {
+                        if buf.len() + chunk.len() <= TAP_LIMIT {
+                            buf.extend_from_slice(&chunk);
+                        } else {
+                            st.tap = None;
+                        }
+                    }
+                    Some((Ok::<_, std::io::Error>(chunk), Some(st)))
+                }
+                Some(Err(e)) => {
+                    let why = format!("upstream stream failed: {e}");
+                    tracing::warn!(server = %st.server, "{why}");
+                    if let Some(t) = st.ticket.take() {
+                        t.complete(Some(why.clone()));
+                    }
+                    Some((Err(std::io::Error::other(why)), None))
+                }
+                None => {
+                    st.finish();
+                    None
+                }
+            }
+        });
+        builder.body(Body::from_stream(body)).unwrap_or_default()
+    }
+}
+
+/// State of one relayed response body.
+struct Relay {
+    body: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
+    ticket: Option<Ticket>,
+    failed: Option<String>,
+    tap: Option<Vec<u8>>,
+    is_sse: bool,
+    idle: Option<Duration>,
+    server: String,
+    annotations: Arc<Annotations>,
+}
+
+impl Relay {
+    fn finish(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            t.complete(self.failed.take());
+        }
+        if let Some(buf) = self.tap.take() {
+            if self.is_sse {
+                for ev in sse::Parser::default().feed(&buf) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                        self.annotations.learn_from_response(&self.server, &v);
+                    }
+                }
+            } else if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                self.annotations.learn_from_response(&self.server, &v);
+            }
+        }
+    }
+}
+
+fn header_map(headers: &BTreeMap<String, String>) -> anyhow::Result<HeaderMap> {
+    let mut out = HeaderMap::new();
+    for (k, v) in headers {
+        out.insert(HeaderName::from_bytes(k.as_bytes())?, HeaderValue::from_str(v)?);
+    }
+    Ok(out)
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}

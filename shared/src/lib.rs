@@ -1,0 +1,160 @@
+//! Types that both halves of Tollgate agree on.
+//!
+//! The broker writes [`CallRecord`]s into its store and the console (and the broker's own `audit`
+//! command) reads them back, so the record's shape lives here, in one place, with serde
+//! round-trip tests. Everything is plain data: no I/O, no async.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record format and wire protocol in this crate. Bumped on any change that an
+/// older reader could misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How one intercepted `tools/call` ended, as far as the gateway is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Policy allowed the call and it was forwarded upstream.
+    Allowed,
+    /// Policy (or a guard) refused the call; the client got `isError: true` naming the rule.
+    Blocked,
+    /// Policy asked for a human approval; the call is held until someone decides.
+    Pending,
+    /// An approver let the call through.
+    Approved,
+    /// An approver refused the call.
+    Rejected,
+    /// Nobody decided before the call's expiry.
+    Expired,
+    /// The client withdrew the call while it was held.
+    Cancelled,
+    /// The broker restarted and the client could no longer receive the answer.
+    Abandoned,
+    /// A rate limit or budget refused the call.
+    RateLimited,
+}
+
+impl Outcome {
+    /// The snake_case name used on the wire, in the store and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Blocked => "blocked",
+            Outcome::Pending => "pending",
+            Outcome::Approved => "approved",
+            Outcome::Rejected => "rejected",
+            Outcome::Expired => "expired",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Abandoned => "abandoned",
+            Outcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule that decided a call: its 1-based position in the config and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// 1-based index of the `[[rule]]` table in the config; 0 for the policy default.
+    pub index: usize,
+    /// The rule's `name`, or `rule N` when it has none, or `default`.
+    pub name: String,
+}
+
+/// Timestamps of one call, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// When the broker finished reading the request.
+    pub received_ms: u64,
+    /// When the verdict was reached (policy evaluated).
+    pub decided_ms: u64,
+    /// When the upstream's answer had been fully relayed, if the call was forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ms: Option<u64>,
+}
+
+/// One intercepted `tools/call` and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Time-ordered unique id (UUID v7, hyphenated).
+    pub id: String,
+    /// The outcome so far.
+    pub outcome: Outcome,
+    /// The rule that decided, if any rule matched; `None` means the policy default.
+    pub rule: RuleRef,
+    /// Why: the rule's reason, or the error text the client saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The authenticated client identity that made the call.
+    pub client: String,
+    /// The configured upstream server name.
+    pub server: String,
+    /// The tool name as sent by the client.
+    pub tool: String,
+    /// The JSON-RPC request id, exactly as the client sent it.
+    pub request_id: serde_json::Value,
+    /// The MCP session the call belongs to, when the protocol revision has sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The MCP protocol revision the client declared, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The tool arguments as received.
+    pub arguments: serde_json::Value,
+    /// When things happened.
+    pub timings: Timings,
+    /// Set when forwarding failed (dead upstream, timeout); the client got a JSON-RPC error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_record_round_trips_through_json() {
+        let record = CallRecord {
+            id: "0190c1a2-0000-7000-8000-000000000000".into(),
+            outcome: Outcome::Blocked,
+            rule: RuleRef { index: 2, name: "no-echo".into() },
+            reason: Some("echo is off limits".into()),
+            client: "alice".into(),
+            server: "everything".into(),
+            tool: "echo".into(),
+            request_id: serde_json::json!(7),
+            session: None,
+            protocol_version: Some("2025-11-25".into()),
+            arguments: serde_json::json!({"message": "hi"}),
+            timings: Timings { received_ms: 1, decided_ms: 2, completed_ms: None },
+            error: None,
+        };
+        let text = serde_json::to_string(&record).expect("serialize");
+        assert!(text.contains("\"outcome\":\"blocked\""), "{text}");
+        let back: CallRecord = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn outcome_names_match_serde_names() {
+        for o in [
+            Outcome::Allowed,
+            Outcome::Blocked,
+            Outcome::Pending,
+            Outcome::Approved,
+            Outcome::Rejected,
+            Outcome::Expired,
+            Outcome::Cancelled,
+            Outcome::Abandoned,
+            Outcome::RateLimited,
+        ] {
+            let json = serde_json::to_value(o).expect("serialize");
+            assert_eq!(json, serde_json::Value::String(o.as_str().to_string()));
+        }
+    }
+}
