@@ -1,0 +1,203 @@
+"""Fixtures for the end-to-end tests: real broker binary, real upstream MCP servers, real SDK
+clients. Every process binds 127.0.0.1 on a port the OS picks, and is stopped after its test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+BROKER_BIN = Path(os.environ.get("TOLLGATE_BROKER_BIN", ROOT / "target" / "debug" / "tollgate-broker"))
+EVERYTHING = HERE / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+PY_SERVER = HERE / "servers" / "py_server.py"
+LOOPBACK = HERE / "servers" / "loopback.cjs"
+TS_CLIENT = HERE / "ts" / "client.mjs"
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Proc:
+    """A background process whose output goes to files the test can read."""
+
+    popen: subprocess.Popen
+    stdout_path: Path
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+class Procs:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> Proc:
+        out = self.tmp / f"{name}.out"
+        err = self.tmp / f"{name}.err"
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out.open("wb"),
+            stderr=err.open("wb"),
+            env={**os.environ, **(env or {})},
+            cwd=self.tmp,
+        )
+        proc = Proc(p, out, err)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def everything_stdio_command() -> list[str]:
+    return ["node", str(EVERYTHING), "stdio"]
+
+
+def py_stdio_command() -> list[str]:
+    return [PYTHON, str(PY_SERVER), "stdio"]
+
+
+@pytest.fixture
+def everything_http(procs):
+    """server-everything in Streamable HTTP mode, bound to loopback; yields its MCP URL."""
+    port = free_port()
+    procs.start("everything-http", ["node", "--require", str(LOOPBACK), str(EVERYTHING), "streamableHttp"], {"PORT": str(port)})
+    wait_for_port(port)
+    return f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture
+def py_http(procs):
+    """The Python SDK test server in Streamable HTTP mode; yields (URL, its Proc)."""
+    port = free_port()
+    proc = procs.start("py-http", [PYTHON, str(PY_SERVER), "http", str(port)])
+    wait_for_port(port)
+    return f"http://127.0.0.1:{port}/mcp", proc
+
+
+@dataclass
+class Broker:
+    base: str
+    proc: Proc
+    config_path: Path
+    data_dir: Path
+
+    def url(self, server: str) -> str:
+        return f"{self.base}/mcp/{server}"
+
+    def log(self) -> str:
+        return self.proc.stderr()
+
+    def audit(self) -> list[dict]:
+        """Stop the broker (the store is single-writer) and read its records."""
+        code = self.proc.stop()
+        assert code == 0, f"broker exited with {code}: {self.log()[-2000:]}"
+        out = subprocess.run(
+            [str(BROKER_BIN), "audit", "--config", str(self.config_path), "--json", "--limit", "1000"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.fixture
+def broker(procs, tmp_path):
+    """Start a broker on a config (TOML text without [broker] listen/data_dir); returns Broker."""
+    started = []
+
+    def start(config: str, name: str = "broker", env: dict | None = None) -> Broker:
+        data = tmp_path / f"{name}-data"
+        head = f'[broker]\nlisten = "127.0.0.1:0"\ndata_dir = "{data}"\n'
+        body = textwrap.dedent(config)
+        if "[broker]" in body:
+            body = body.replace("[broker]\n", "", 1)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(head + body)
+        proc = procs.start(name, [str(BROKER_BIN), "serve", "--config", str(path)], {"RUST_LOG": "info", **(env or {})})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stdout())
+            if m:
+                b = Broker(m.group(1), proc, path, data)
+                started.append(b)
+                return b
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"broker exited early ({proc.popen.returncode}): {proc.stderr()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"broker did not start: {proc.stderr()}")
+
+    return start
+
+
+def toml_list(argv: list[str]) -> str:
+    return json.dumps(argv)
+
+
+def run_ts(scenario: dict, timeout: float = 60) -> dict:
+    """Run the TypeScript SDK client on a scenario; returns what it printed (JSON)."""
+    out = subprocess.run(
+        ["node", str(TS_CLIENT), json.dumps(scenario)], capture_output=True, text=True, timeout=timeout, cwd=HERE
+    )
+    assert out.returncode == 0, f"TS client failed ({out.returncode}): {out.stderr[-3000:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def post(url: str, body, headers: dict | None = None, **kw) -> httpx.Response:
+    h = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(url, content=data, headers=h, timeout=kw.pop("timeout", 30), **kw)

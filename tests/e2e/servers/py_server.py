@@ -1,0 +1,54 @@
+"""A small MCP server built on the official Python SDK (mcp 2.3), used as an upstream in the
+end-to-end tests because it speaks the stateless 2026-07-28 revision as well as the handshake.
+
+Usage: py_server.py stdio | py_server.py http PORT
+"""
+
+import sys
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+
+server = MCPServer("tollgate-test-upstream")
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def echo(message: str) -> str:
+    """Echo the message back."""
+    return f"Echo: {message}"
+
+
+@server.tool(annotations=ToolAnnotations(destructiveHint=True))
+def delete_bucket(bucket: str) -> str:
+    """Pretend to delete a bucket."""
+    return f"deleted {bucket}"
+
+
+@server.tool()
+async def slow(steps: int, ctx: Context) -> str:
+    """Report progress `steps` times, 50 ms apart, then answer."""
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+        await anyio.sleep(0.05)
+    return f"done after {steps} steps"
+
+
+@server.tool()
+async def sleep(seconds: float) -> str:
+    """Sleep, so tests can cancel or time out a call."""
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        # Written to stderr, which the broker captures into its log: tests look for it to
+        # prove that a client's cancel reached this upstream.
+        print(f"upstream saw cancel of sleep({seconds})", file=sys.stderr, flush=True)
+        raise
+    return "woke up"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["http"]:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")
