@@ -169,7 +169,14 @@ impl StdioUpstream {
         }
     }
 
-    fn start_session(&self, id: Option<String>, mapped: bool) -> Arc<Session> {
+    /// Start a session with its child. Fails at once, with the reason, if the command cannot
+    /// be started, so the client's first request gets a clear error instead of a dead stream.
+    fn start_session(&self, id: Option<String>, mapped: bool) -> Result<Arc<Session>, String> {
+        let spec = ChildSpec { argv: self.argv.clone(), env: self.env.clone(), cwd: self.cwd.clone() };
+        let child = spec.spawn().map_err(|e| {
+            tracing::error!(server = %self.name, error = %e, command = ?self.argv, "cannot start upstream");
+            format!("cannot start {:?}: {e}", self.argv[0])
+        })?;
         let (stdin, rx) = mpsc::channel(1024);
         let session = Arc::new(Session {
             id,
@@ -182,19 +189,18 @@ impl StdioUpstream {
             last_active: Mutex::new(Instant::now()),
             annotations: self.annotations.clone(),
         });
-        let spec = ChildSpec { argv: self.argv.clone(), env: self.env.clone(), cwd: self.cwd.clone() };
-        tokio::spawn(supervise(session.clone(), spec, rx));
-        session
+        tokio::spawn(supervise(session.clone(), spec, child, rx));
+        Ok(session)
     }
 
-    async fn shared_session(&self) -> Arc<Session> {
+    async fn shared_session(&self) -> Result<Arc<Session>, String> {
         let mut shared = self.shared.lock().await;
         match &*shared {
-            Some(s) if !s.closed.load(Ordering::Relaxed) => s.clone(),
+            Some(s) if !s.closed.load(Ordering::Relaxed) => Ok(s.clone()),
             _ => {
-                let s = self.start_session(None, true);
+                let s = self.start_session(None, true)?;
                 *shared = Some(s.clone());
-                s
+                Ok(s)
             }
         }
     }
@@ -213,12 +219,19 @@ impl StdioUpstream {
             },
             (_, true) if !inbound.modern => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                let s = self.start_session(Some(id.clone()), false);
-                lock(&self.sessions).insert(id.clone(), s.clone());
-                tracing::info!(server = %self.name, session = %id, "new MCP session");
-                s
+                match self.start_session(Some(id.clone()), false) {
+                    Ok(s) => {
+                        lock(&self.sessions).insert(id.clone(), s.clone());
+                        tracing::info!(server = %self.name, session = %id, "new MCP session");
+                        s
+                    }
+                    Err(why) => return self.start_failed(&inbound.value, &why),
+                }
             }
-            _ => self.shared_session().await,
+            _ => match self.shared_session().await {
+                Ok(s) => s,
+                Err(why) => return self.start_failed(&inbound.value, &why),
+            },
         };
         session.touch();
         match inbound.kind {
@@ -232,6 +245,14 @@ impl StdioUpstream {
                 accepted()
             }
         }
+    }
+
+    fn start_failed(&self, msg: &Value, why: &str) -> Response<Body> {
+        frontend::json_response(
+            StatusCode::BAD_GATEWAY,
+            &jsonrpc::error(jsonrpc::id(msg), jsonrpc::UPSTREAM_ERROR, format!("upstream \"{}\" failed: {why}", self.name)),
+            None,
+        )
     }
 
     /// Handle a GET: open the session's stream for server-initiated messages, or resume a
@@ -769,30 +790,40 @@ struct ChildSpec {
     cwd: Option<std::path::PathBuf>,
 }
 
-/// Keep a child running for the session: spawn, pump stdin/stdout, restart with backoff.
-async fn supervise(session: Arc<Session>, spec: ChildSpec, mut stdin_rx: mpsc::Receiver<Bytes>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut restarts = 0u32;
-    let span = tracing::info_span!("upstream", server = %session.server, session = ?session.id);
-    loop {
-        let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-        cmd.args(&spec.argv[1..])
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+impl ChildSpec {
+    fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(d) = &spec.cwd {
+        if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        let mut child = match cmd.spawn() {
+        cmd.spawn()
+    }
+}
+
+/// Keep a child running for the session: pump stdin/stdout, restart with backoff.
+async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process::Child, mut stdin_rx: mpsc::Receiver<Bytes>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut restarts = 0u32;
+    let mut next = Some(first);
+    let span = tracing::info_span!("upstream", server = %session.server, session = ?session.id);
+    loop {
+        let spawned = match next.take() {
+            Some(c) => Ok(c),
+            None => spec.spawn(),
+        };
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                let why = format!("cannot start {:?}: {e}", spec.argv[0]);
-                span.in_scope(|| tracing::error!(error = %e, command = ?spec.argv, "cannot start upstream"));
+                let why = format!("cannot restart {:?}: {e}", spec.argv[0]);
+                span.in_scope(|| tracing::error!(error = %e, command = ?spec.argv, "cannot restart upstream"));
                 session.closed.store(true, Ordering::Relaxed);
                 session.fail_all(&why);
-                // Answer whatever was queued for the child, so no request waits forever.
                 stdin_rx.close();
                 return;
             }
