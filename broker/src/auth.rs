@@ -43,7 +43,10 @@ pub fn authenticate(auth: &Auth, headers: &HeaderMap) -> Result<String, AuthErro
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Missing)?;
@@ -65,8 +68,14 @@ mod tests {
     #[test]
     fn bearer_tokens_map_to_client_names() {
         let auth = Auth::Tokens(vec![
-            ClientIdentity { name: "a".into(), token_sha256: digest("ta") },
-            ClientIdentity { name: "b".into(), token_sha256: digest("tb") },
+            ClientIdentity {
+                name: "a".into(),
+                token_sha256: digest("ta"),
+            },
+            ClientIdentity {
+                name: "b".into(),
+                token_sha256: digest("tb"),
+            },
         ]);
         let mut h = HeaderMap::new();
         assert_eq!(authenticate(&auth, &h), Err(AuthError::Missing));
@@ -74,11 +83,17 @@ mod tests {
         assert_eq!(authenticate(&auth, &h).as_deref(), Ok("b"));
         h.insert("authorization", "Bearer nope".parse().expect("header"));
         assert_eq!(authenticate(&auth, &h), Err(AuthError::Invalid));
-        assert_eq!(authenticate(&Auth::None, &HeaderMap::new()).as_deref(), Ok(LOCAL_IDENTITY));
+        assert_eq!(
+            authenticate(&Auth::None, &HeaderMap::new()).as_deref(),
+            Ok(LOCAL_IDENTITY)
+        );
     }
 
     #[test]
     fn hex_digest_is_lowercase_sha256() {
-        assert_eq!(hex(&digest("abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(&digest("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

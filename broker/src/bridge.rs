@@ -26,7 +26,11 @@ use crate::upstream::http::error_chain;
 
 /// Run the bridge until stdin closes.
 pub fn run(url: &str, token: Option<String>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tollgate-broker connect: cannot start the async runtime: {e}");
@@ -68,7 +72,14 @@ fn header_value(v: &str) -> String {
         && !v.starts_with(' ')
         && !v.ends_with(' ')
         && !(v.starts_with("=?base64?") && v.ends_with("?="));
-    if safe { v.to_string() } else { format!("=?base64?{}?=", base64::engine::general_purpose::STANDARD.encode(v)) }
+    if safe {
+        v.to_string()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        )
+    }
 }
 
 async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
@@ -78,12 +89,21 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(line) = out_rx.recv().await {
-            if stdout.write_all(&line).await.is_err() || stdout.write_all(b"\n").await.is_err() || stdout.flush().await.is_err() {
+            if stdout.write_all(&line).await.is_err()
+                || stdout.write_all(b"\n").await.is_err()
+                || stdout.flush().await.is_err()
+            {
                 break;
             }
         }
     });
-    let b = Bridge { url, token, http: reqwest::Client::builder().build()?, shared: Arc::default(), out };
+    let b = Bridge {
+        url,
+        token,
+        http: reqwest::Client::builder().build()?,
+        shared: Arc::default(),
+        out,
+    };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -92,19 +112,32 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
         let msg: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
-                b.emit(jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, format!("not valid JSON: {e}"))).await;
+                b.emit(jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    format!("not valid JSON: {e}"),
+                ))
+                .await;
                 continue;
             }
         };
         let kind = match jsonrpc::classify(&msg) {
             Ok(k) => k,
             Err(why) => {
-                b.emit(jsonrpc::error(jsonrpc::id(&msg), jsonrpc::INVALID_REQUEST, why)).await;
+                b.emit(jsonrpc::error(
+                    jsonrpc::id(&msg),
+                    jsonrpc::INVALID_REQUEST,
+                    why,
+                ))
+                .await;
                 continue;
             }
         };
         let modern = jsonrpc::meta_protocol_version(&msg).is_some_and(jsonrpc::is_modern);
-        if kind == Kind::Notification && modern && jsonrpc::method(&msg) == Some("notifications/cancelled") {
+        if kind == Kind::Notification
+            && modern
+            && jsonrpc::method(&msg) == Some("notifications/cancelled")
+        {
             if let Some(rid) = msg.pointer("/params/requestId")
                 && let Some(h) = lock(&b.shared).in_flight.remove(&jsonrpc::id_key(rid))
             {
@@ -132,7 +165,11 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
     }
     let session = lock(&b.shared).session.clone();
     if let Some(s) = session {
-        let _ = b.request(reqwest::Method::DELETE).header("mcp-session-id", s).send().await;
+        let _ = b
+            .request(reqwest::Method::DELETE)
+            .header("mcp-session-id", s)
+            .send()
+            .await;
     }
     drop(b);
     let _ = writer.await;
@@ -145,7 +182,10 @@ impl Bridge {
     }
 
     fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, self.url.clone()).header("accept", "application/json, text/event-stream");
+        let mut r = self
+            .http
+            .request(method, self.url.clone())
+            .header("accept", "application/json, text/event-stream");
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -154,8 +194,12 @@ impl Bridge {
 
     async fn post(&self, msg: Value, kind: Kind) {
         let method = jsonrpc::method(&msg).unwrap_or_default().to_string();
-        let modern_version = jsonrpc::meta_protocol_version(&msg).filter(|v| jsonrpc::is_modern(v)).map(str::to_string);
-        let mut req = self.request(reqwest::Method::POST).header("content-type", "application/json");
+        let modern_version = jsonrpc::meta_protocol_version(&msg)
+            .filter(|v| jsonrpc::is_modern(v))
+            .map(str::to_string);
+        let mut req = self
+            .request(reqwest::Method::POST)
+            .header("content-type", "application/json");
         {
             let sh = lock(&self.shared);
             if let Some(s) = &sh.session
@@ -182,25 +226,38 @@ impl Bridge {
         let resp = match req.body(msg.to_string()).send().await {
             Ok(r) => r,
             Err(e) => {
-                let why = format!("cannot reach the broker at {}: {}", self.url, error_chain(&e));
+                let why = format!(
+                    "cannot reach the broker at {}: {}",
+                    self.url,
+                    error_chain(&e)
+                );
                 eprintln!("tollgate-broker connect: {why}");
                 if kind == Kind::Request {
-                    self.emit(jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, why)).await;
+                    self.emit(jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, why))
+                        .await;
                 }
                 return;
             }
         };
         if method == "initialize"
-            && let Some(s) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
+            && let Some(s) = resp
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
         {
             lock(&self.shared).session = Some(s.to_string());
         }
         let status = resp.status();
-        let is_sse = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if kind != Kind::Request {
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
-                eprintln!("tollgate-broker connect: the broker refused a {method} message: HTTP {status} {body}");
+                eprintln!(
+                    "tollgate-broker connect: the broker refused a {method} message: HTTP {status} {body}"
+                );
             }
             return;
         }
@@ -228,7 +285,12 @@ impl Bridge {
             }
             _ => {
                 let text = String::from_utf8_lossy(&body);
-                self.emit(jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, format!("the broker answered HTTP {status}: {}", text.trim()))).await;
+                self.emit(jsonrpc::error(
+                    id,
+                    jsonrpc::UPSTREAM_ERROR,
+                    format!("the broker answered HTTP {status}: {}", text.trim()),
+                ))
+                .await;
             }
         }
     }
@@ -256,7 +318,9 @@ impl Bridge {
                 (sh.session.clone(), sh.version.clone())
             };
             let Some(session) = session else { return };
-            let mut req = self.request(reqwest::Method::GET).header("mcp-session-id", session);
+            let mut req = self
+                .request(reqwest::Method::GET)
+                .header("mcp-session-id", session);
             if let Some(v) = version {
                 req = req.header("mcp-protocol-version", v);
             }
@@ -291,8 +355,14 @@ mod tests {
     #[test]
     fn unsafe_header_values_use_the_base64_sentinel() {
         assert_eq!(header_value("echo"), "echo");
-        assert_eq!(header_value("Hello, 世界"), "=?base64?SGVsbG8sIOS4lueVjA==?=");
+        assert_eq!(
+            header_value("Hello, 世界"),
+            "=?base64?SGVsbG8sIOS4lueVjA==?="
+        );
         assert_eq!(header_value(" padded "), "=?base64?IHBhZGRlZCA=?=");
-        assert_eq!(header_value("=?base64?literal?="), "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=");
+        assert_eq!(
+            header_value("=?base64?literal?="),
+            "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?="
+        );
     }
 }

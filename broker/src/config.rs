@@ -14,16 +14,14 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use toml::Spanned;
 use tollgate_shared::RuleRef;
+use toml::Spanned;
 
 use crate::policy::{Action, Cmp, Condition, Policy, Rule, Subject, Test, ToolPattern};
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the file was read from (for messages).
-    pub path: PathBuf,
     /// `[broker]` settings.
     pub broker: BrokerSettings,
     /// Configured upstreams, in file order.
@@ -134,7 +132,14 @@ impl std::fmt::Display for ConfigError {
         )?;
         for p in &self.problems {
             if p.line > 0 {
-                write!(f, "  {}:{}:{}: {}", self.path.display(), p.line, p.column, p.message)?;
+                write!(
+                    f,
+                    "  {}:{}:{}: {}",
+                    self.path.display(),
+                    p.line,
+                    p.column,
+                    p.message
+                )?;
             } else {
                 write!(f, "  {}: {}", self.path.display(), p.message)?;
             }
@@ -231,12 +236,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parse and validate config text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let fail = |problems| ConfigError { path: path.to_path_buf(), problems };
+    let fail = |problems| ConfigError {
+        path: path.to_path_buf(),
+        problems,
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-        fail(vec![Problem { line, column, message: e.message().trim().to_string(), hint: None }])
+        fail(vec![Problem {
+            line,
+            column,
+            message: e.message().trim().to_string(),
+            hint: None,
+        }])
     })?;
-    let mut v = Validator { text, problems: Vec::new() };
+    let mut v = Validator {
+        text,
+        problems: Vec::new(),
+    };
     let config = v.config(path, raw);
     if v.problems.is_empty() {
         Ok(config)
@@ -261,10 +277,20 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn problem(&mut self, span: Range<usize>, message: String, hint: Option<&str>) {
         let (line, column) = line_col(self.text, span.start);
-        self.problems.push(Problem { line, column, message, hint: hint.map(str::to_string) });
+        self.problems.push(Problem {
+            line,
+            column,
+            message,
+            hint: hint.map(str::to_string),
+        });
     }
 
-    fn duration(&mut self, value: Option<Spanned<String>>, default: Duration, what: &str) -> Duration {
+    fn duration(
+        &mut self,
+        value: Option<Spanned<String>>,
+        default: Duration,
+        what: &str,
+    ) -> Duration {
         let Some(v) = value else { return default };
         match humantime::parse_duration(v.get_ref()) {
             Ok(d) if !d.is_zero() => d,
@@ -290,7 +316,12 @@ impl Validator<'_> {
         let servers = self.servers(raw.server, broker.upstream_timeout);
         let auth = self.auth(mode, raw.client);
         let policy = self.policy(raw.policy, raw.rule, &servers);
-        Config { path: path.to_path_buf(), broker, servers, auth, policy }
+        Config {
+            broker,
+            servers,
+            auth,
+            policy,
+        }
     }
 
     fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
@@ -321,8 +352,16 @@ impl Validator<'_> {
             listen,
             data_dir,
             max_body,
-            upstream_timeout: self.duration(raw.upstream_timeout, Duration::from_secs(300), "upstream_timeout"),
-            session_idle: self.duration(raw.session_idle, Duration::from_secs(1800), "session_idle"),
+            upstream_timeout: self.duration(
+                raw.upstream_timeout,
+                Duration::from_secs(300),
+                "upstream_timeout",
+            ),
+            session_idle: self.duration(
+                raw.session_idle,
+                Duration::from_secs(1800),
+                "session_idle",
+            ),
             allowed_origins: raw.allowed_origins,
         }
     }
@@ -341,30 +380,50 @@ impl Validator<'_> {
         }
     }
 
-    fn servers(&mut self, raw: Vec<Spanned<RawServer>>, default_timeout: Duration) -> Vec<ServerConfig> {
+    fn servers(
+        &mut self,
+        raw: Vec<Spanned<RawServer>>,
+        default_timeout: Duration,
+    ) -> Vec<ServerConfig> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in raw {
             let span = s.span();
             let s = s.into_inner();
             let name = s.name.get_ref().clone();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 self.problem(
                     s.name.span(),
                     format!("server name {name:?} is not usable in a URL path"),
                     Some("use letters, digits, '-', '_' and '.'"),
                 );
             } else if !seen.insert(name.clone()) {
-                self.problem(s.name.span(), format!("duplicate server name {name:?}"), Some("each [[server]] needs its own name"));
+                self.problem(
+                    s.name.span(),
+                    format!("duplicate server name {name:?}"),
+                    Some("each [[server]] needs its own name"),
+                );
             }
             let timeout = self.duration(s.timeout, default_timeout, "timeout");
             let transport = match (s.command, s.url) {
                 (Some(cmd), None) => {
                     if cmd.get_ref().is_empty() || cmd.get_ref()[0].is_empty() {
-                        self.problem(cmd.span(), format!("server {name:?} has an empty command"), Some("command = [\"program\", \"arg\", ...]"));
+                        self.problem(
+                            cmd.span(),
+                            format!("server {name:?} has an empty command"),
+                            Some("command = [\"program\", \"arg\", ...]"),
+                        );
                     }
                     if !s.headers.is_empty() {
-                        self.problem(span.clone(), format!("server {name:?}: headers only apply to url upstreams"), None);
+                        self.problem(
+                            span.clone(),
+                            format!("server {name:?}: headers only apply to url upstreams"),
+                            None,
+                        );
                     }
                     UpstreamSpec::Command {
                         argv: cmd.into_inner(),
@@ -374,11 +433,22 @@ impl Validator<'_> {
                 }
                 (None, Some(url)) => {
                     let u = url.get_ref();
-                    if reqwest::Url::parse(u).map(|p| !matches!(p.scheme(), "http" | "https")).unwrap_or(true) {
-                        self.problem(url.span(), format!("server {name:?}: {u:?} is not an http(s) URL"), Some("for example \"https://mcp.example.com/mcp\""));
+                    if reqwest::Url::parse(u)
+                        .map(|p| !matches!(p.scheme(), "http" | "https"))
+                        .unwrap_or(true)
+                    {
+                        self.problem(
+                            url.span(),
+                            format!("server {name:?}: {u:?} is not an http(s) URL"),
+                            Some("for example \"https://mcp.example.com/mcp\""),
+                        );
                     }
                     if !s.env.is_empty() || s.cwd.is_some() {
-                        self.problem(span.clone(), format!("server {name:?}: env and cwd only apply to command upstreams"), None);
+                        self.problem(
+                            span.clone(),
+                            format!("server {name:?}: env and cwd only apply to command upstreams"),
+                            None,
+                        );
                     }
                     let mut headers = BTreeMap::new();
                     for (k, v) in s.headers {
@@ -393,7 +463,10 @@ impl Validator<'_> {
                             ),
                         }
                     }
-                    UpstreamSpec::Url { url: url.into_inner(), headers }
+                    UpstreamSpec::Url {
+                        url: url.into_inner(),
+                        headers,
+                    }
                 }
                 (Some(_), Some(_)) | (None, None) => {
                     self.problem(
@@ -401,10 +474,18 @@ impl Validator<'_> {
                         format!("server {name:?} needs exactly one of command or url"),
                         Some("command = [...] launches a stdio server; url = \"...\" reaches a Streamable HTTP one"),
                     );
-                    UpstreamSpec::Command { argv: vec![], env: BTreeMap::new(), cwd: None }
+                    UpstreamSpec::Command {
+                        argv: vec![],
+                        env: BTreeMap::new(),
+                        cwd: None,
+                    }
                 }
             };
-            out.push(ServerConfig { name, transport, timeout });
+            out.push(ServerConfig {
+                name,
+                transport,
+                timeout,
+            });
         }
         if out.is_empty() {
             self.problems.push(Problem {
@@ -425,28 +506,41 @@ impl Validator<'_> {
             let c = c.into_inner();
             let name = c.name.get_ref().clone();
             if name.is_empty() || name == "local" {
-                self.problem(c.name.span(), format!("client name {name:?} is reserved or empty"), None);
+                self.problem(
+                    c.name.span(),
+                    format!("client name {name:?} is reserved or empty"),
+                    None,
+                );
             } else if !names.insert(name.clone()) {
-                self.problem(c.name.span(), format!("duplicate client name {name:?}"), None);
+                self.problem(
+                    c.name.span(),
+                    format!("duplicate client name {name:?}"),
+                    None,
+                );
             }
             let digest = match (c.token_sha256, c.token_env) {
-                (Some(h), None) => match parse_hex32(h.get_ref()) {
-                    Some(d) => Some(d),
-                    None => {
-                        self.problem(
+                (Some(h), None) => {
+                    match parse_hex32(h.get_ref()) {
+                        Some(d) => Some(d),
+                        None => {
+                            self.problem(
                             h.span(),
                             format!("client {name:?}: token_sha256 is not 64 hex digits"),
                             Some("print one with: printf %s \"$TOKEN\" | tollgate-broker hash-token"),
                         );
-                        None
+                            None
+                        }
                     }
-                },
+                }
                 (None, Some(var)) => match std::env::var(var.get_ref()) {
                     Ok(t) if !t.is_empty() => Some(crate::auth::digest(&t)),
                     _ => {
                         self.problem(
                             var.span(),
-                            format!("client {name:?}: environment variable {:?} is not set", var.get_ref()),
+                            format!(
+                                "client {name:?}: environment variable {:?} is not set",
+                                var.get_ref()
+                            ),
                             Some("export it before starting the broker, or use token_sha256"),
                         );
                         None
@@ -463,16 +557,25 @@ impl Validator<'_> {
             };
             if let Some(d) = digest {
                 if !digests.insert(d) {
-                    self.problem(c.name.span(), format!("client {name:?} shares its token with another client"), Some("give every client its own token"));
+                    self.problem(
+                        c.name.span(),
+                        format!("client {name:?} shares its token with another client"),
+                        Some("give every client its own token"),
+                    );
                 }
-                clients.push(ClientIdentity { name, token_sha256: d });
+                clients.push(ClientIdentity {
+                    name,
+                    token_sha256: d,
+                });
             }
         }
         match mode {
             AuthMode::None => Auth::None,
             AuthMode::Tokens(span) => {
                 if clients.is_empty() && self.problems.is_empty() {
-                    let hint = Some("add [[client]] name = \"...\" token_sha256 = \"...\", or set auth = \"none\" in [broker] for local use only");
+                    let hint = Some(
+                        "add [[client]] name = \"...\" token_sha256 = \"...\", or set auth = \"none\" in [broker] for local use only",
+                    );
                     match span {
                         Some(s) => self.problem(s, "auth = \"token\" but no [[client]] is configured".into(), hint),
                         None => self.problems.push(Problem {
@@ -488,11 +591,20 @@ impl Validator<'_> {
         }
     }
 
-    fn policy(&mut self, raw: RawPolicy, rules: Vec<Spanned<RawRule>>, servers: &[ServerConfig]) -> Policy {
+    fn policy(
+        &mut self,
+        raw: RawPolicy,
+        rules: Vec<Spanned<RawRule>>,
+        servers: &[ServerConfig],
+    ) -> Policy {
         let default = match raw.default {
             None => Action::Approve,
             Some(d) => Action::parse(d.get_ref()).unwrap_or_else(|| {
-                self.problem(d.span(), format!("unknown default action {:?}", d.get_ref()), Some("use \"allow\", \"deny\" or \"approve\""));
+                self.problem(
+                    d.span(),
+                    format!("unknown default action {:?}", d.get_ref()),
+                    Some("use \"allow\", \"deny\" or \"approve\""),
+                );
                 Action::Approve
             }),
         };
@@ -505,14 +617,26 @@ impl Validator<'_> {
             let r = r.into_inner();
             let name = r.name.clone().unwrap_or_else(|| format!("rule {index}"));
             if r.name.is_some() && !names.insert(name.clone()) {
-                self.problem(span.clone(), format!("duplicate rule name {name:?}"), Some("rule names appear in refusals and the audit trail, so keep them unique"));
+                self.problem(
+                    span.clone(),
+                    format!("duplicate rule name {name:?}"),
+                    Some("rule names appear in refusals and the audit trail, so keep them unique"),
+                );
             }
             let action = Action::parse(r.action.get_ref()).unwrap_or_else(|| {
-                self.problem(r.action.span(), format!("rule {index}: unknown action {:?}", r.action.get_ref()), Some("use \"allow\", \"deny\" or \"approve\""));
+                self.problem(
+                    r.action.span(),
+                    format!("rule {index}: unknown action {:?}", r.action.get_ref()),
+                    Some("use \"allow\", \"deny\" or \"approve\""),
+                );
                 Action::Deny
             });
             if r.tools.get_ref().is_empty() {
-                self.problem(r.tools.span(), format!("rule {index}: tools is empty, so the rule can never match"), Some("tools = [\"server/tool\"], globs allowed: \"*/list_*\""));
+                self.problem(
+                    r.tools.span(),
+                    format!("rule {index}: tools is empty, so the rule can never match"),
+                    Some("tools = [\"server/tool\"], globs allowed: \"*/list_*\""),
+                );
             }
             let mut tools = Vec::new();
             for t in r.tools.into_inner() {
@@ -520,7 +644,11 @@ impl Validator<'_> {
                     Ok(p) => {
                         let sg = p.server_glob();
                         if !known.iter().any(|s| sg.matches(s)) {
-                            let what = if sg.is_literal() { "uses unknown server" } else { "has a server pattern that matches no server" };
+                            let what = if sg.is_literal() {
+                                "uses unknown server"
+                            } else {
+                                "has a server pattern that matches no server"
+                            };
                             self.problem(
                                 t.span(),
                                 format!("rule {index} {what} {:?} (known: {})", sg.as_str(), known.join(", ")),
@@ -529,27 +657,51 @@ impl Validator<'_> {
                         }
                         tools.push(p);
                     }
-                    Err(e) => self.problem(t.span(), format!("rule {index}: {e}"), Some("patterns are \"server/tool\" with * and ? wildcards")),
+                    Err(e) => self.problem(
+                        t.span(),
+                        format!("rule {index}: {e}"),
+                        Some("patterns are \"server/tool\" with * and ? wildcards"),
+                    ),
                 }
             }
             let when = match r.when {
                 None => Vec::new(),
                 Some(w) => self.conditions(index, w),
             };
-            out.push(Rule { id: RuleRef { index, name }, tools, when, action, reason: r.reason });
+            out.push(Rule {
+                id: RuleRef { index, name },
+                tools,
+                when,
+                action,
+                reason: r.reason,
+            });
         }
-        Policy { rules: out, default }
+        Policy {
+            rules: out,
+            default,
+        }
     }
 
     fn conditions(&mut self, index: usize, when: Spanned<toml::Value>) -> Vec<Condition> {
         let span = when.span();
         let tables: Vec<toml::Table> = match when.into_inner() {
             toml::Value::Table(t) => vec![t],
-            toml::Value::Array(a) if a.iter().all(|v| v.is_table()) => {
-                a.into_iter().filter_map(|v| if let toml::Value::Table(t) = v { Some(t) } else { None }).collect()
-            }
+            toml::Value::Array(a) if a.iter().all(|v| v.is_table()) => a
+                .into_iter()
+                .filter_map(|v| {
+                    if let toml::Value::Table(t) = v {
+                        Some(t)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => {
-                self.problem(span, format!("rule {index}: when must be a table or an array of tables"), Some("when = { arg = \"/path\", equals = \"x\" }"));
+                self.problem(
+                    span,
+                    format!("rule {index}: when must be a table or an array of tables"),
+                    Some("when = { arg = \"/path\", equals = \"x\" }"),
+                );
                 return Vec::new();
             }
         };
@@ -557,7 +709,9 @@ impl Validator<'_> {
         for t in tables {
             match condition(t) {
                 Ok(c) => out.push(c),
-                Err((msg, hint)) => self.problem(span.clone(), format!("rule {index}: {msg}"), Some(hint)),
+                Err((msg, hint)) => {
+                    self.problem(span.clone(), format!("rule {index}: {msg}"), Some(hint))
+                }
             }
         }
         out
@@ -570,12 +724,20 @@ fn condition(mut t: toml::Table) -> Result<Condition, (String, &'static str)> {
     let subject = match (t.remove("arg"), t.remove("annotation")) {
         (Some(toml::Value::String(p)), None) => {
             if !p.is_empty() && !p.starts_with('/') {
-                return Err((format!("arg {p:?} is not a JSON pointer"), "JSON pointers start with '/': \"/query\", \"/options/0/name\""));
+                return Err((
+                    format!("arg {p:?} is not a JSON pointer"),
+                    "JSON pointers start with '/': \"/query\", \"/options/0/name\"",
+                ));
             }
             Subject::Arg(p)
         }
         (None, Some(toml::Value::String(a))) if !a.is_empty() => Subject::Annotation(a),
-        _ => return Err(("a condition needs exactly one of arg or annotation (a string)".into(), COND_HINT)),
+        _ => {
+            return Err((
+                "a condition needs exactly one of arg or annotation (a string)".into(),
+                COND_HINT,
+            ));
+        }
     };
     let mut tests = Vec::new();
     for key in ["equals", "matches", "exists", "gt", "ge", "lt", "le"] {
@@ -595,8 +757,17 @@ fn condition(mut t: toml::Table) -> Result<Condition, (String, &'static str)> {
         ("matches", toml::Value::String(re)) => match Regex::new(&re) {
             Ok(r) => Test::Matches(r),
             Err(e) => {
-                let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
-                return Err((format!("bad regex {re:?}: {first}"), "regexes use Rust regex syntax; escape backslashes in TOML strings or use '...' literal strings"));
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                return Err((
+                    format!("bad regex {re:?}: {first}"),
+                    "regexes use Rust regex syntax; escape backslashes in TOML strings or use '...' literal strings",
+                ));
             }
         },
         ("exists", toml::Value::Boolean(b)) => Test::Exists(b),
@@ -614,7 +785,12 @@ fn condition(mut t: toml::Table) -> Result<Condition, (String, &'static str)> {
             };
             Test::Compare(cmp, n)
         }
-        (k, _) => return Err((format!("{k} has the wrong type"), "matches takes a string, exists a boolean")),
+        (k, _) => {
+            return Err((
+                format!("{k} has the wrong type"),
+                "matches takes a string, exists a boolean",
+            ));
+        }
     };
     Ok(Condition { subject, test })
 }
@@ -627,7 +803,9 @@ fn toml_to_json(v: toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -754,12 +932,28 @@ when = { arg = "/q", matches = "(" }
 action = "deny"
 "#;
         let err = check(text).expect_err("invalid");
-        let msgs: Vec<String> = err.problems.iter().map(|p| format!("{}:{} {}", p.line, p.column, p.message)).collect();
+        let msgs: Vec<String> = err
+            .problems
+            .iter()
+            .map(|p| format!("{}:{} {}", p.line, p.column, p.message))
+            .collect();
         let joined = msgs.join("\n");
-        assert!(joined.contains("7:8 duplicate server name \"github\""), "{joined}");
-        assert!(joined.contains("10:10 rule 1 uses unknown server \"gihub\" (known: github, github)"), "{joined}");
-        assert!(joined.contains("13:10 rule 2: pattern \"github/[x]\" contains '['"), "{joined}");
-        assert!(joined.contains("14:10 rule 2: unknown action \"maybe\""), "{joined}");
+        assert!(
+            joined.contains("7:8 duplicate server name \"github\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("10:10 rule 1 uses unknown server \"gihub\" (known: github, github)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("13:10 rule 2: pattern \"github/[x]\" contains '['"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("14:10 rule 2: unknown action \"maybe\""),
+            "{joined}"
+        );
         assert!(joined.contains("17:8 rule 3: bad regex \"(\""), "{joined}");
         assert_eq!(err.problems.len(), 5, "{joined}");
     }
@@ -776,7 +970,10 @@ action = "deny"
     #[test]
     fn token_auth_requires_clients() {
         let err = check("[[server]]\nname = \"a\"\ncommand = [\"x\"]\n").expect_err("no clients");
-        assert!(err.to_string().contains("no [[client]] is configured"), "{err}");
+        assert!(
+            err.to_string().contains("no [[client]] is configured"),
+            "{err}"
+        );
         let hash = "a".repeat(64);
         let ok = check(&format!(
             "[[server]]\nname = \"a\"\ncommand = [\"x\"]\n[[client]]\nname = \"bot\"\ntoken_sha256 = \"{hash}\"\n"
@@ -787,8 +984,14 @@ action = "deny"
 
     #[test]
     fn sizes_and_durations_parse() {
-        assert_eq!(parse_size(&toml::Value::String("4MiB".into())), Some(4 << 20));
-        assert_eq!(parse_size(&toml::Value::String("512 KiB".into())), Some(512 << 10));
+        assert_eq!(
+            parse_size(&toml::Value::String("4MiB".into())),
+            Some(4 << 20)
+        );
+        assert_eq!(
+            parse_size(&toml::Value::String("512 KiB".into())),
+            Some(512 << 10)
+        );
         assert_eq!(parse_size(&toml::Value::Integer(100)), Some(100));
         assert_eq!(parse_size(&toml::Value::String("lots".into())), None);
         let err = check("[broker]\nauth=\"none\"\nupstream_timeout = \"soon\"\n[[server]]\nname=\"a\"\ncommand=[\"x\"]\n")
@@ -799,6 +1002,9 @@ action = "deny"
     #[test]
     fn env_expansion_reports_missing_variables() {
         assert_eq!(expand_env("plain").as_deref(), Ok("plain"));
-        assert_eq!(expand_env("Bearer ${TOLLGATE_SURELY_UNSET_VAR}"), Err("TOLLGATE_SURELY_UNSET_VAR".into()));
+        assert_eq!(
+            expand_env("Bearer ${TOLLGATE_SURELY_UNSET_VAR}"),
+            Err("TOLLGATE_SURELY_UNSET_VAR".into())
+        );
     }
 }

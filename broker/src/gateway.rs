@@ -19,7 +19,9 @@ use crate::store::Recorder;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tool annotations learned from upstreams' `tools/list` answers, per server and tool.
@@ -31,11 +33,16 @@ pub struct Annotations {
 impl Annotations {
     /// Learn from a `tools/list` result object (`{"tools": [...]}`).
     pub fn learn(&self, server: &str, result: &Value) {
-        let Some(tools) = result.get("tools").and_then(Value::as_array) else { return };
+        let Some(tools) = result.get("tools").and_then(Value::as_array) else {
+            return;
+        };
         let mut learned = Vec::with_capacity(tools.len());
         for t in tools {
             if let Some(name) = t.get("name").and_then(Value::as_str) {
-                learned.push((name.to_string(), t.get("annotations").cloned().unwrap_or_else(|| json!({}))));
+                learned.push((
+                    name.to_string(),
+                    t.get("annotations").cloned().unwrap_or_else(|| json!({})),
+                ));
             }
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +82,9 @@ pub struct CallContext {
 impl CallContext {
     /// True for 2026-07-28 and later, whose results must carry `resultType`.
     pub fn modern(&self) -> bool {
-        self.protocol_version.as_deref().is_some_and(jsonrpc::is_modern)
+        self.protocol_version
+            .as_deref()
+            .is_some_and(jsonrpc::is_modern)
     }
 }
 
@@ -112,7 +121,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.record.is_some() {
-            self.finish(Some("the response was not relayed in full: the client or upstream went away".into()));
+            self.finish(Some(
+                "the response was not relayed in full: the client or upstream went away".into(),
+            ));
         }
     }
 }
@@ -129,22 +140,40 @@ pub struct Gateway {
 
 impl Gateway {
     /// Decide one `tools/call` request.
-    pub async fn intercept(&self, ctx: &CallContext, request: &Value, received_ms: u64) -> Intercept {
+    pub async fn intercept(
+        &self,
+        ctx: &CallContext,
+        request: &Value,
+        received_ms: u64,
+    ) -> Intercept {
         let id = jsonrpc::id(request);
         let params = request.get("params");
         let Some(tool) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else {
-            return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "tools/call needs params.name, a string"));
+            return Intercept::Respond(jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                "tools/call needs params.name, a string",
+            ));
         };
         let empty = json!({});
         let arguments = match params.and_then(|p| p.get("arguments")) {
             None | Some(Value::Null) => &empty,
             Some(a @ Value::Object(_)) => a,
             Some(_) => {
-                return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "tools/call params.arguments must be an object"));
+                return Intercept::Respond(jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_PARAMS,
+                    "tools/call params.arguments must be an object",
+                ));
             }
         };
         let annotations = self.annotations.get(&ctx.server, tool);
-        let view = CallView { server: &ctx.server, tool, arguments, annotations: annotations.as_ref() };
+        let view = CallView {
+            server: &ctx.server,
+            tool,
+            arguments,
+            annotations: annotations.as_ref(),
+        };
         let verdict = self.policy.evaluate(&view);
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
         let _enter = span.enter();
@@ -160,17 +189,28 @@ impl Gateway {
             session: ctx.session.clone(),
             protocol_version: ctx.protocol_version.clone(),
             arguments: arguments.clone(),
-            timings: Timings { received_ms, decided_ms: now_ms(), completed_ms: None },
+            timings: Timings {
+                received_ms,
+                decided_ms: now_ms(),
+                completed_ms: None,
+            },
             error: None,
         };
         match verdict.action {
             Action::Allow => {
                 tracing::info!("allowed");
                 self.recorder.put(record.clone()).await;
-                Intercept::Forward(Ticket { record: Some(record), recorder: self.recorder.clone() })
+                Intercept::Forward(Ticket {
+                    record: Some(record),
+                    recorder: self.recorder.clone(),
+                })
             }
             Action::Deny => {
-                let because = verdict.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                let because = verdict
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
                 let text = format!(
                     "Tollgate blocked this call to {}/{tool} under rule \"{}\" (rule {} of the broker's policy){because}. The call was not run.",
                     ctx.server, verdict.rule.name, verdict.rule.index,

@@ -11,12 +11,8 @@ use serde_json::{Value, json};
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC: not a valid request object.
 pub const INVALID_REQUEST: i64 = -32600;
-/// JSON-RPC: method not found.
-pub const METHOD_NOT_FOUND: i64 = -32601;
 /// JSON-RPC: invalid method parameters.
 pub const INVALID_PARAMS: i64 = -32602;
-/// JSON-RPC: internal error.
-pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined: the upstream is unreachable, exited or timed out.
 pub const UPSTREAM_ERROR: i64 = -32010;
 /// Implementation-defined: authentication failed.
@@ -59,8 +55,12 @@ pub fn classify(v: &Value) -> Result<Kind, &'static str> {
         (Some(Value::String(_)), Some(_)) => Err("\"id\" must be a string or a number"),
         (Some(Value::String(_)), None) => Ok(Kind::Notification),
         (Some(_), _) => Err("\"method\" must be a string"),
-        (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Kind::Response),
-        (None, _) => Err("a message needs \"method\" (request or notification) or \"result\"/\"error\" (response)"),
+        (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => {
+            Ok(Kind::Response)
+        }
+        (None, _) => Err(
+            "a message needs \"method\" (request or notification) or \"result\"/\"error\" (response)",
+        ),
     }
 }
 
@@ -76,7 +76,9 @@ pub fn id(v: &Value) -> Value {
 
 /// The protocol version a 2026-07-28+ request declares in `params._meta`.
 pub fn meta_protocol_version(v: &Value) -> Option<&str> {
-    v.pointer("/params/_meta")?.get(META_PROTOCOL_VERSION)?.as_str()
+    v.pointer("/params/_meta")?
+        .get(META_PROTOCOL_VERSION)?
+        .as_str()
 }
 
 /// Is this protocol version one of the stateless (per-request metadata) revisions?
@@ -111,10 +113,22 @@ mod tests {
 
     #[test]
     fn classifies_the_three_kinds_and_rejects_the_rest() {
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","id":1,"method":"x"})), Ok(Kind::Request));
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","method":"x"})), Ok(Kind::Notification));
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","id":"a","result":{}})), Ok(Kind::Response));
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","id":1,"error":{}})), Ok(Kind::Response));
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"method":"x"})),
+            Ok(Kind::Request)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","method":"x"})),
+            Ok(Kind::Notification)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":"a","result":{}})),
+            Ok(Kind::Response)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"error":{}})),
+            Ok(Kind::Response)
+        );
         assert!(classify(&json!([])).is_err());
         assert!(classify(&json!("x")).is_err());
         assert!(classify(&json!({"jsonrpc":"1.0","id":1,"method":"x"})).is_err());

@@ -102,7 +102,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Audit { config, limit, json } => match audit(&config, limit, json) {
+        Command::Audit {
+            config,
+            limit,
+            json,
+        } => match audit(&config, limit, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tollgate-broker audit: {e:#}");
@@ -118,7 +122,9 @@ fn main() -> ExitCode {
             }
             let token = token.trim_end_matches(['\n', '\r']);
             if token.is_empty() {
-                eprintln!("tollgate-broker hash-token: no token on stdin (try: printf %s \"$TOKEN\" | tollgate-broker hash-token)");
+                eprintln!(
+                    "tollgate-broker hash-token: no token on stdin (try: printf %s \"$TOKEN\" | tollgate-broker hash-token)"
+                );
                 return ExitCode::from(2);
             }
             println!("{}", auth::hex(&auth::digest(token)));
@@ -139,9 +145,15 @@ fn audit(config: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<(
         }
         return Ok(());
     }
-    writeln!(out, "{:<24} {:<12} {:<12} {:<28} {:<16} RULE", "TIME (UTC)", "OUTCOME", "CLIENT", "SERVER/TOOL", "REQUEST")?;
+    writeln!(
+        out,
+        "{:<24} {:<12} {:<12} {:<28} {:<16} RULE",
+        "TIME (UTC)", "OUTCOME", "CLIENT", "SERVER/TOOL", "REQUEST"
+    )?;
     for r in &records {
-        let t = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.timings.received_ms));
+        let t = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.timings.received_ms),
+        );
         writeln!(
             out,
             "{:<24} {:<12} {:<12} {:<28} {:<16} {}",

@@ -26,8 +26,11 @@ pub enum LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -44,7 +47,10 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
         }
     };
     init_logging(log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tollgate-broker: cannot start the async runtime: {e}");
@@ -75,15 +81,27 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
                 stdio.push(u.clone());
                 Upstream::Stdio(u)
             }
-            UpstreamSpec::Url { .. } => Upstream::Http(HttpUpstream::new(s, annotations.clone()).with_context(|| format!("server {:?}", s.name))?),
+            UpstreamSpec::Url { .. } => Upstream::Http(
+                HttpUpstream::new(s, annotations.clone())
+                    .with_context(|| format!("server {:?}", s.name))?,
+            ),
         };
         upstreams.insert(s.name.clone(), u);
     }
-    let gateway = Gateway { policy: config.policy.clone(), annotations, recorder: recorder.clone() };
+    let gateway = Gateway {
+        policy: config.policy.clone(),
+        annotations,
+        recorder: recorder.clone(),
+    };
     let fe = Arc::new(Frontend::new(&config, gateway, upstreams));
     let listener = tokio::net::TcpListener::bind(config.broker.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (set [broker] listen to a free address)", config.broker.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set [broker] listen to a free address)",
+                config.broker.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, servers = config.servers.len(), rules = config.policy.rules.len(), "broker ready");
     // A plain line on stdout so scripts (and tests using port 0) learn the address.
@@ -93,7 +111,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     }
     let stopping = tokio_util::sync::CancellationToken::new();
     let stop = stopping.clone();
-    let server = axum::serve(listener, frontend::router(fe)).with_graceful_shutdown(async move { stop.cancelled().await });
+    // Small SSE writes must not wait for delayed ACKs (Nagle): every event goes out at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, frontend::router(fe))
+        .with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         r = &mut server => r?,

@@ -34,9 +34,6 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// An SSE comment line, used as a keep-alive.
-pub const KEEPALIVE: &[u8] = b":\n\n";
-
 /// Incremental SSE parser.
 #[derive(Debug, Default)]
 pub struct Parser {
@@ -118,6 +115,13 @@ mod tests {
     fn encode_then_parse_round_trips() {
         let mut p = Parser::default();
         let evs = p.feed(&encode(Some("s1-3"), b"{\"jsonrpc\":\"2.0\"}"));
-        assert_eq!(evs, vec![Event { id: Some("s1-3".into()), event: None, data: "{\"jsonrpc\":\"2.0\"}".into() }]);
+        assert_eq!(
+            evs,
+            vec![Event {
+                id: Some("s1-3".into()),
+                event: None,
+                data: "{\"jsonrpc\":\"2.0\"}".into()
+            }]
+        );
     }
 }

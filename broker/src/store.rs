@@ -21,7 +21,8 @@ pub struct Store {
 impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
             sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
                 anyhow::anyhow!(
@@ -31,7 +32,9 @@ impl Store {
             }
             e => anyhow::anyhow!("cannot open the store at {}: {e}", dir.display()),
         })?;
-        let calls = db.open_tree("calls").context("cannot open the calls tree")?;
+        let calls = db
+            .open_tree("calls")
+            .context("cannot open the calls tree")?;
         Ok(Store { db, calls })
     }
 
@@ -93,7 +96,9 @@ impl Recorder {
                 let written = tokio::task::spawn_blocking(move || store.put_batch(&records)).await;
                 match written {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot write call records to the store"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot write call records to the store")
+                    }
                     Err(e) => tracing::error!(error = %e, "store writer task failed"),
                 }
                 for w in waiters.drain(..) {
@@ -129,7 +134,10 @@ mod tests {
         CallRecord {
             id: uuid::Uuid::now_v7().to_string(),
             outcome: Outcome::Allowed,
-            rule: RuleRef { index: 0, name: "default".into() },
+            rule: RuleRef {
+                index: 0,
+                name: "default".into(),
+            },
             reason: None,
             client: "c".into(),
             server: "s".into(),

@@ -122,7 +122,10 @@ mod tests {
         let record = CallRecord {
             id: "0190c1a2-0000-7000-8000-000000000000".into(),
             outcome: Outcome::Blocked,
-            rule: RuleRef { index: 2, name: "no-echo".into() },
+            rule: RuleRef {
+                index: 2,
+                name: "no-echo".into(),
+            },
             reason: Some("echo is off limits".into()),
             client: "alice".into(),
             server: "everything".into(),
@@ -131,7 +134,11 @@ mod tests {
             session: None,
             protocol_version: Some("2025-11-25".into()),
             arguments: serde_json::json!({"message": "hi"}),
-            timings: Timings { received_ms: 1, decided_ms: 2, completed_ms: None },
+            timings: Timings {
+                received_ms: 1,
+                decided_ms: 2,
+                completed_ms: None,
+            },
             error: None,
         };
         let text = serde_json::to_string(&record).expect("serialize");

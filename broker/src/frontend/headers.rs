@@ -13,7 +13,10 @@ use crate::jsonrpc;
 
 /// Decode a header value that may use the `=?base64?...?=` sentinel encoding.
 pub fn decode_sentinel(v: &str) -> Option<String> {
-    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
         Some(b64) => {
             let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
             String::from_utf8(bytes).ok()
@@ -25,7 +28,10 @@ pub fn decode_sentinel(v: &str) -> Option<String> {
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, String> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| format!("{name} header contains invalid characters")),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| format!("{name} header contains invalid characters")),
     }
 }
 
@@ -36,14 +42,18 @@ pub fn check_mirrored(headers: &HeaderMap, msg: &Value) -> Result<(), String> {
     match (header(headers, "mcp-protocol-version")?, body_version) {
         (None, _) => return Err("MCP-Protocol-Version header is missing".into()),
         (Some(h), Some(b)) if h != b => {
-            return Err(format!("MCP-Protocol-Version header value '{h}' does not match body value '{b}'"));
+            return Err(format!(
+                "MCP-Protocol-Version header value '{h}' does not match body value '{b}'"
+            ));
         }
         _ => {}
     }
     match header(headers, "mcp-method")? {
         None => return Err("Mcp-Method header is missing".into()),
         Some(h) if h != method => {
-            return Err(format!("Mcp-Method header value '{h}' does not match body value '{method}'"));
+            return Err(format!(
+                "Mcp-Method header value '{h}' does not match body value '{method}'"
+            ));
         }
         _ => {}
     }
@@ -53,13 +63,19 @@ pub fn check_mirrored(headers: &HeaderMap, msg: &Value) -> Result<(), String> {
         _ => None,
     };
     if let Some(field) = name_field {
-        let body = msg.pointer(&format!("/params/{field}")).and_then(Value::as_str).unwrap_or_default();
+        let body = msg
+            .pointer(&format!("/params/{field}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         match header(headers, "mcp-name")? {
             None => return Err("Mcp-Name header is missing".into()),
             Some(h) => {
-                let decoded = decode_sentinel(h).ok_or_else(|| "Mcp-Name header has invalid base64".to_string())?;
+                let decoded = decode_sentinel(h)
+                    .ok_or_else(|| "Mcp-Name header has invalid base64".to_string())?;
                 if decoded != body {
-                    return Err(format!("Mcp-Name header value '{decoded}' does not match body value '{body}'"));
+                    return Err(format!(
+                        "Mcp-Name header value '{decoded}' does not match body value '{body}'"
+                    ));
                 }
             }
         }
@@ -75,7 +91,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"), v.parse().expect("value"));
+            h.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
         }
         h
     }
@@ -87,25 +106,52 @@ mod tests {
 
     #[test]
     fn matching_headers_pass() {
-        let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]);
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
         assert_eq!(check_mirrored(&h, &call("echo")), Ok(()));
     }
 
     #[test]
     fn a_name_that_disagrees_with_the_body_is_refused() {
-        let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]);
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
         let err = check_mirrored(&h, &call("delete_everything")).expect_err("mismatch");
-        assert!(err.contains("'echo' does not match body value 'delete_everything'"), "{err}");
+        assert!(
+            err.contains("'echo' does not match body value 'delete_everything'"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_or_mismatched_method_and_version_are_refused() {
         let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-name", "echo")]);
-        assert!(check_mirrored(&h, &call("echo")).expect_err("missing").contains("Mcp-Method"));
-        let h = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "echo")]);
+        assert!(
+            check_mirrored(&h, &call("echo"))
+                .expect_err("missing")
+                .contains("Mcp-Method")
+        );
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "echo"),
+        ]);
         assert!(check_mirrored(&h, &call("echo")).is_err());
-        let h = headers(&[("mcp-protocol-version", "2027-01-01"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]);
-        assert!(check_mirrored(&h, &call("echo")).expect_err("version").contains("MCP-Protocol-Version"));
+        let h = headers(&[
+            ("mcp-protocol-version", "2027-01-01"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        assert!(
+            check_mirrored(&h, &call("echo"))
+                .expect_err("version")
+                .contains("MCP-Protocol-Version")
+        );
     }
 
     #[test]

@@ -21,9 +21,9 @@ use crate::auth::{self, AuthError};
 use crate::config::{Auth, Config};
 use crate::gateway::{CallContext, Gateway, Intercept, now_ms};
 use crate::jsonrpc::{self, Kind};
+use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
-use crate::upstream::Inbound;
 
 /// Where a server's traffic goes.
 #[derive(Clone)]
@@ -50,7 +50,11 @@ pub struct Frontend {
 
 impl Frontend {
     /// Build the frontend for a config.
-    pub fn new(config: &Config, gateway: Gateway, upstreams: HashMap<String, Upstream>) -> Frontend {
+    pub fn new(
+        config: &Config,
+        gateway: Gateway,
+        upstreams: HashMap<String, Upstream>,
+    ) -> Frontend {
         Frontend {
             gateway,
             upstreams,
@@ -78,7 +82,9 @@ pub fn router(state: Arc<Frontend>) -> Router {
 
 /// A JSON body with a status (and a session header when given).
 pub fn json_response(status: StatusCode, body: &Value, session: Option<&str>) -> Response<Body> {
-    let mut b = Response::builder().status(status).header(header::CONTENT_TYPE, "application/json");
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json");
     if let Some(s) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
         b = b.header("mcp-session-id", s);
     }
@@ -99,7 +105,10 @@ pub fn status_error(status: StatusCode, message: &str) -> Response<Body> {
 async fn fallback(State(fe): State<Arc<Frontend>>) -> Response<Body> {
     status_error(
         StatusCode::NOT_FOUND,
-        &format!("no MCP endpoint here: use /mcp/<server> (configured servers: {})", fe.known_servers()),
+        &format!(
+            "no MCP endpoint here: use /mcp/<server> (configured servers: {})",
+            fe.known_servers()
+        ),
     )
 }
 
@@ -108,11 +117,17 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     if allowed.iter().any(|a| a == origin) {
         return true;
     }
-    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
         return false;
     };
     let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default()
+        v6.split(']')
+            .next()
+            .map(|h| format!("[{h}]"))
+            .unwrap_or_default()
     } else {
         rest.split(':').next().unwrap_or_default().to_string()
     };
@@ -127,28 +142,46 @@ async fn handle(
     body: Body,
 ) -> Response<Body> {
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| origin_allowed(o, &fe.allowed_origins));
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, &fe.allowed_origins));
         if !ok {
             tracing::warn!(origin = ?origin, "refused a request from a disallowed Origin");
-            return status_error(StatusCode::FORBIDDEN, "Origin not allowed: add it to allowed_origins in [broker] if this browser app should reach the broker");
+            return status_error(
+                StatusCode::FORBIDDEN,
+                "Origin not allowed: add it to allowed_origins in [broker] if this browser app should reach the broker",
+            );
         }
     }
     let client = match auth::authenticate(&fe.auth, &headers) {
         Ok(c) => c,
         Err(e) => {
             let mut r = status_error(StatusCode::UNAUTHORIZED, &e.to_string());
-            let challenge = if e == AuthError::Invalid { "Bearer error=\"invalid_token\"" } else { "Bearer" };
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            let challenge = if e == AuthError::Invalid {
+                "Bearer error=\"invalid_token\""
+            } else {
+                "Bearer"
+            };
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
             return r;
         }
     };
     let Some(upstream) = fe.upstreams.get(&server).cloned() else {
         return status_error(
             StatusCode::NOT_FOUND,
-            &format!("unknown server \"{server}\" (configured servers: {})", fe.known_servers()),
+            &format!(
+                "unknown server \"{server}\" (configured servers: {})",
+                fe.known_servers()
+            ),
         );
     };
-    let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match method {
         Method::POST => post(&fe, &server, client, upstream, headers, session, body).await,
         Method::GET => {
@@ -163,8 +196,12 @@ async fn handle(
             Upstream::Http(u) => u.delete(&headers).await,
         },
         _ => {
-            let mut r = status_error(StatusCode::METHOD_NOT_ALLOWED, "the MCP endpoint accepts POST, GET and DELETE");
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            let mut r = status_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the MCP endpoint accepts POST, GET and DELETE",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r
         }
     }
@@ -183,14 +220,20 @@ async fn post(
     if let Some(ct) = headers.get(header::CONTENT_TYPE)
         && !ct.as_bytes().starts_with(b"application/json")
     {
-        return status_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send JSON-RPC messages with Content-Type: application/json");
+        return status_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send JSON-RPC messages with Content-Type: application/json",
+        );
     }
     let raw = match axum::body::to_bytes(body, fe.max_body).await {
         Ok(b) => b,
         Err(_) => {
             return status_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is larger than the broker's max_body ({} bytes)", fe.max_body),
+                &format!(
+                    "request body is larger than the broker's max_body ({} bytes)",
+                    fe.max_body
+                ),
             );
         }
     };
@@ -199,7 +242,11 @@ async fn post(
         Err(e) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
-                &jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, format!("request body is not valid JSON: {e}")),
+                &jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    format!("request body is not valid JSON: {e}"),
+                ),
                 None,
             );
         }
@@ -207,33 +254,67 @@ async fn post(
     let kind = match jsonrpc::classify(&value) {
         Ok(k) => k,
         Err(why) => {
-            let id = value.get("id").filter(|i| i.is_string() || i.is_number()).cloned().unwrap_or(Value::Null);
-            return json_response(StatusCode::BAD_REQUEST, &jsonrpc::error(id, jsonrpc::INVALID_REQUEST, why), None);
+            let id = value
+                .get("id")
+                .filter(|i| i.is_string() || i.is_number())
+                .cloned()
+                .unwrap_or(Value::Null);
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &jsonrpc::error(id, jsonrpc::INVALID_REQUEST, why),
+                None,
+            );
         }
     };
-    let header_version = headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok());
+    let header_version = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok());
     let meta_version = jsonrpc::meta_protocol_version(&value);
-    let modern = meta_version.or(header_version).is_some_and(jsonrpc::is_modern);
-    if modern && kind == Kind::Request
+    let modern = meta_version
+        .or(header_version)
+        .is_some_and(jsonrpc::is_modern);
+    if modern
+        && kind == Kind::Request
         && let Err(why) = headers::check_mirrored(&headers, &value)
     {
         return json_response(
             StatusCode::BAD_REQUEST,
-            &jsonrpc::error(jsonrpc::id(&value), jsonrpc::HEADER_MISMATCH, format!("Header mismatch: {why}")),
+            &jsonrpc::error(
+                jsonrpc::id(&value),
+                jsonrpc::HEADER_MISMATCH,
+                format!("Header mismatch: {why}"),
+            ),
             None,
         );
     }
     let protocol_version = meta_version.or(header_version).map(str::to_string);
-    let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
     let mut ticket = None;
     if kind == Kind::Request && jsonrpc::method(&value) == Some("tools/call") {
-        let ctx = CallContext { client, server: server.to_string(), session: session.clone(), protocol_version };
+        let ctx = CallContext {
+            client,
+            server: server.to_string(),
+            session: session.clone(),
+            protocol_version,
+        };
         match fe.gateway.intercept(&ctx, &value, received_ms).await {
             Intercept::Forward(t) => ticket = Some(t),
             Intercept::Respond(answer) => return json_response(StatusCode::OK, &answer, None),
         }
     }
-    let inbound = Inbound { value, raw, kind, headers, session, sse, modern, ticket };
+    let inbound = Inbound {
+        value,
+        raw,
+        kind,
+        headers,
+        session,
+        sse,
+        modern,
+        ticket,
+    };
     match upstream {
         Upstream::Stdio(u) => u.post(inbound).await,
         Upstream::Http(u) => u.post(inbound).await,
@@ -251,7 +332,10 @@ mod tests {
         assert!(origin_allowed("http://[::1]:80", &[]));
         assert!(!origin_allowed("https://evil.example", &[]));
         assert!(!origin_allowed("http://localhost.evil.example", &[]));
-        assert!(origin_allowed("https://app.example", &["https://app.example".into()]));
+        assert!(origin_allowed(
+            "https://app.example",
+            &["https://app.example".into()]
+        ));
         assert!(!origin_allowed("null", &[]));
     }
 }

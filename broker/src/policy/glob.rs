@@ -10,7 +10,6 @@ use regex::Regex;
 /// A compiled `server/tool` pattern.
 #[derive(Debug, Clone)]
 pub struct ToolPattern {
-    source: String,
     server: Glob,
     tool: Glob,
 }
@@ -56,7 +55,10 @@ impl Glob {
         }
         re.push('$');
         let regex = Regex::new(&re).map_err(|_| GlobError::Unsupported(whole.to_string(), '\\'))?;
-        Ok(Glob { source: source.to_string(), regex })
+        Ok(Glob {
+            source: source.to_string(),
+            regex,
+        })
     }
 
     /// Does the glob match the whole of `text`?
@@ -89,7 +91,6 @@ impl ToolPattern {
             return Err(GlobError::TooManySlashes(source.to_string()));
         }
         Ok(ToolPattern {
-            source: source.to_string(),
             server: Glob::new(server, "server", source)?,
             tool: Glob::new(tool, "tool", source)?,
         })
@@ -103,11 +104,6 @@ impl ToolPattern {
     /// The server half, so config checking can flag unknown server names.
     pub fn server_glob(&self) -> &Glob {
         &self.server
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.source
     }
 }
 
@@ -146,10 +142,22 @@ mod tests {
     #[test]
     fn bad_patterns_are_refused_with_a_reason() {
         assert!(matches!(ToolPattern::new(""), Err(GlobError::Empty(..))));
-        assert!(matches!(ToolPattern::new("/x"), Err(GlobError::Empty("server", _))));
-        assert!(matches!(ToolPattern::new("x/"), Err(GlobError::Empty("tool", _))));
-        assert!(matches!(ToolPattern::new("a/b/c"), Err(GlobError::TooManySlashes(_))));
-        assert!(matches!(ToolPattern::new("a/[bc]"), Err(GlobError::Unsupported(_, '['))));
+        assert!(matches!(
+            ToolPattern::new("/x"),
+            Err(GlobError::Empty("server", _))
+        ));
+        assert!(matches!(
+            ToolPattern::new("x/"),
+            Err(GlobError::Empty("tool", _))
+        ));
+        assert!(matches!(
+            ToolPattern::new("a/b/c"),
+            Err(GlobError::TooManySlashes(_))
+        ));
+        assert!(matches!(
+            ToolPattern::new("a/[bc]"),
+            Err(GlobError::Unsupported(_, '['))
+        ));
     }
 
     #[test]

@@ -155,18 +155,12 @@ impl Policy {
         }
         Verdict {
             action: self.default,
-            rule: RuleRef { index: 0, name: "default".into() },
+            rule: RuleRef {
+                index: 0,
+                name: "default".into(),
+            },
             reason: None,
         }
-    }
-
-    /// True when some rule looks at tool annotations, so the gateway knows whether it must
-    /// learn them before deciding.
-    pub fn uses_annotations(&self) -> bool {
-        self.rules
-            .iter()
-            .flat_map(|r| &r.when)
-            .any(|c| matches!(c.subject, Subject::Annotation(_)))
     }
 }
 
@@ -226,7 +220,8 @@ fn json_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
@@ -239,8 +234,14 @@ mod tests {
 
     fn rule(index: usize, tools: &[&str], when: Vec<Condition>, action: Action) -> Rule {
         Rule {
-            id: RuleRef { index, name: format!("rule {index}") },
-            tools: tools.iter().map(|t| ToolPattern::new(t).expect("pattern")).collect(),
+            id: RuleRef {
+                index,
+                name: format!("rule {index}"),
+            },
+            tools: tools
+                .iter()
+                .map(|t| ToolPattern::new(t).expect("pattern"))
+                .collect(),
             when,
             action,
             reason: None,
@@ -248,11 +249,19 @@ mod tests {
     }
 
     fn arg(pointer: &str, test: Test) -> Condition {
-        Condition { subject: Subject::Arg(pointer.into()), test }
+        Condition {
+            subject: Subject::Arg(pointer.into()),
+            test,
+        }
     }
 
     fn view<'a>(tool: &'a str, args: &'a Value, ann: Option<&'a Value>) -> CallView<'a> {
-        CallView { server: "db", tool, arguments: args, annotations: ann }
+        CallView {
+            server: "db",
+            tool,
+            arguments: args,
+            annotations: ann,
+        }
     }
 
     #[test]
@@ -270,24 +279,46 @@ mod tests {
         assert_eq!((v.action, v.rule.index), (Action::Allow, 1));
         let v = policy.evaluate(&view("drop", &args, None));
         assert_eq!((v.action, v.rule.index), (Action::Deny, 2));
-        let other = CallView { server: "fs", tool: "x", arguments: &args, annotations: None };
+        let other = CallView {
+            server: "fs",
+            tool: "x",
+            arguments: &args,
+            annotations: None,
+        };
         let v = policy.evaluate(&other);
-        assert_eq!((v.action, v.rule.index, v.rule.name.as_str()), (Action::Approve, 0, "default"));
+        assert_eq!(
+            (v.action, v.rule.index, v.rule.name.as_str()),
+            (Action::Approve, 0, "default")
+        );
     }
 
     #[test]
     fn regex_condition_on_nested_argument() {
         let re = Regex::new("(?i)^\\s*(drop|delete)").expect("regex");
         let policy = Policy {
-            rules: vec![rule(1, &["db/sql"], vec![arg("/q/text", Test::Matches(re))], Action::Deny)],
+            rules: vec![rule(
+                1,
+                &["db/sql"],
+                vec![arg("/q/text", Test::Matches(re))],
+                Action::Deny,
+            )],
             default: Action::Allow,
         };
         let bad = json!({"q": {"text": "  DROP TABLE x"}});
         let ok = json!({"q": {"text": "select 1"}});
         let missing = json!({"q": {}});
-        assert_eq!(policy.evaluate(&view("sql", &bad, None)).action, Action::Deny);
-        assert_eq!(policy.evaluate(&view("sql", &ok, None)).action, Action::Allow);
-        assert_eq!(policy.evaluate(&view("sql", &missing, None)).action, Action::Allow);
+        assert_eq!(
+            policy.evaluate(&view("sql", &bad, None)).action,
+            Action::Deny
+        );
+        assert_eq!(
+            policy.evaluate(&view("sql", &ok, None)).action,
+            Action::Allow
+        );
+        assert_eq!(
+            policy.evaluate(&view("sql", &missing, None)).action,
+            Action::Allow
+        );
     }
 
     #[test]
@@ -298,8 +329,14 @@ mod tests {
         assert!(Test::Compare(Cmp::Ge, 5.0).holds(args.pointer("/n")));
         assert!(Test::Compare(Cmp::Lt, 6.0).holds(args.pointer("/n")));
         assert!(Test::Compare(Cmp::Le, 5.0).holds(args.pointer("/n")));
-        assert!(!Test::Compare(Cmp::Lt, 9.0).holds(args.pointer("/s")), "strings are not numbers");
-        assert!(Test::Equals(json!(2)).holds(args.pointer("/f")), "2 equals 2.0");
+        assert!(
+            !Test::Compare(Cmp::Lt, 9.0).holds(args.pointer("/s")),
+            "strings are not numbers"
+        );
+        assert!(
+            Test::Equals(json!(2)).holds(args.pointer("/f")),
+            "2 equals 2.0"
+        );
         assert!(!Test::Equals(json!(5)).holds(args.pointer("/s")));
         assert!(Test::Equals(json!(true)).holds(args.pointer("/flag")));
         assert!(Test::Exists(true).holds(args.pointer("/n")));
@@ -321,13 +358,21 @@ mod tests {
             )],
             default: Action::Approve,
         };
-        assert!(policy.uses_annotations());
         let args = json!({});
         let ro = json!({"readOnlyHint": true});
         let rw = json!({"readOnlyHint": false});
-        assert_eq!(policy.evaluate(&view("t", &args, Some(&ro))).action, Action::Allow);
-        assert_eq!(policy.evaluate(&view("t", &args, Some(&rw))).action, Action::Approve);
-        assert_eq!(policy.evaluate(&view("t", &args, None)).action, Action::Approve);
+        assert_eq!(
+            policy.evaluate(&view("t", &args, Some(&ro))).action,
+            Action::Allow
+        );
+        assert_eq!(
+            policy.evaluate(&view("t", &args, Some(&rw))).action,
+            Action::Approve
+        );
+        assert_eq!(
+            policy.evaluate(&view("t", &args, None)).action,
+            Action::Approve
+        );
     }
 
     #[test]
@@ -336,14 +381,23 @@ mod tests {
             rules: vec![rule(
                 1,
                 &["*"],
-                vec![arg("/a", Test::Exists(true)), arg("/b", Test::Equals(json!("x")))],
+                vec![
+                    arg("/a", Test::Exists(true)),
+                    arg("/b", Test::Equals(json!("x"))),
+                ],
                 Action::Deny,
             )],
             default: Action::Allow,
         };
         let both = json!({"a": 1, "b": "x"});
         let one = json!({"a": 1, "b": "y"});
-        assert_eq!(policy.evaluate(&view("t", &both, None)).action, Action::Deny);
-        assert_eq!(policy.evaluate(&view("t", &one, None)).action, Action::Allow);
+        assert_eq!(
+            policy.evaluate(&view("t", &both, None)).action,
+            Action::Deny
+        );
+        assert_eq!(
+            policy.evaluate(&view("t", &one, None)).action,
+            Action::Allow
+        );
     }
 }

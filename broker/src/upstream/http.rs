@@ -56,11 +56,21 @@ const DROP_REQUEST: &[&str] = &[
 ];
 
 /// Response headers that describe the upstream connection, not the message.
-const DROP_RESPONSE: &[&str] = &["connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade"];
+const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "trailer",
+    "upgrade",
+];
 
 impl HttpUpstream {
     /// Prepare a client for the upstream.
-    pub fn new(cfg: &ServerConfig, annotations: Arc<Annotations>) -> anyhow::Result<Arc<HttpUpstream>> {
+    pub fn new(
+        cfg: &ServerConfig,
+        annotations: Arc<Annotations>,
+    ) -> anyhow::Result<Arc<HttpUpstream>> {
         let UpstreamSpec::Url { url, headers } = &cfg.transport else {
             anyhow::bail!("HttpUpstream::new called for a command upstream");
         };
@@ -89,24 +99,47 @@ impl HttpUpstream {
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
         }
-        self.client.request(method, self.url.clone()).headers(headers)
+        self.client
+            .request(method, self.url.clone())
+            .headers(headers)
     }
 
     fn unreachable(&self, id: Value, e: &reqwest::Error) -> Response<Body> {
         let (status, what) = if e.is_timeout() {
-            (StatusCode::GATEWAY_TIMEOUT, format!("did not answer within {}", humantime::format_duration(self.timeout)))
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "did not answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            )
         } else {
-            (StatusCode::BAD_GATEWAY, format!("is unreachable ({})", error_chain(e)))
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("is unreachable ({})", error_chain(e)),
+            )
         };
         tracing::warn!(server = %self.name, "upstream {what}");
-        frontend::json_response(status, &jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, format!("upstream \"{}\" {what}", self.name)), None)
+        frontend::json_response(
+            status,
+            &jsonrpc::error(
+                id,
+                jsonrpc::UPSTREAM_ERROR,
+                format!("upstream \"{}\" {what}", self.name),
+            ),
+            None,
+        )
     }
 
     /// Relay a POSTed message.
     pub async fn post(&self, inbound: Inbound) -> Response<Body> {
-        let method = jsonrpc::method(&inbound.value).unwrap_or_default().to_string();
+        let method = jsonrpc::method(&inbound.value)
+            .unwrap_or_default()
+            .to_string();
         let id = jsonrpc::id(&inbound.value);
-        let req = self.request(Method::POST, &inbound.headers).body(inbound.raw);
+        let req = self
+            .request(Method::POST, &inbound.headers)
+            .body(inbound.raw);
         let resp = match tokio::time::timeout(self.timeout, req.send()).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -125,7 +158,11 @@ impl HttpUpstream {
                     &jsonrpc::error(
                         id,
                         jsonrpc::UPSTREAM_ERROR,
-                        format!("upstream \"{}\" did not answer within {}", self.name, humantime::format_duration(self.timeout)),
+                        format!(
+                            "upstream \"{}\" did not answer within {}",
+                            self.name,
+                            humantime::format_duration(self.timeout)
+                        ),
                     ),
                     None,
                 );
@@ -146,14 +183,24 @@ impl HttpUpstream {
 
     /// Relay a DELETE (session termination).
     pub async fn delete(&self, headers: &HeaderMap) -> Response<Body> {
-        match tokio::time::timeout(self.timeout, self.request(Method::DELETE, headers).send()).await {
+        match tokio::time::timeout(self.timeout, self.request(Method::DELETE, headers).send()).await
+        {
             Ok(Ok(r)) => self.relay(r, None, false, None),
             Ok(Err(e)) => self.unreachable(Value::Null, &e),
-            Err(_) => frontend::status_error(StatusCode::GATEWAY_TIMEOUT, "upstream did not answer the DELETE in time"),
+            Err(_) => frontend::status_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream did not answer the DELETE in time",
+            ),
         }
     }
 
-    fn relay(&self, resp: reqwest::Response, ticket: Option<Ticket>, tap: bool, idle: Option<Duration>) -> Response<Body> {
+    fn relay(
+        &self,
+        resp: reqwest::Response,
+        ticket: Option<Ticket>,
+        tap: bool,
+        idle: Option<Duration>,
+    ) -> Response<Body> {
         let status = resp.status();
         let mut builder = Response::builder().status(status.as_u16());
         let mut is_sse = false;
@@ -171,7 +218,10 @@ impl HttpUpstream {
         }
         let failed = (!status.is_success()).then(|| format!("upstream answered HTTP {status}"));
         let state = Relay {
-            body: resp.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))).boxed(),
+            body: resp
+                .bytes_stream()
+                .map(|r| r.map_err(|e| error_chain(&e)))
+                .boxed(),
             ticket,
             failed,
             tap: tap.then(Vec::new),
@@ -183,9 +233,14 @@ impl HttpUpstream {
         let body = stream::unfold(Some(state), |state| async move {
             let mut st = state?;
             let next = match st.idle {
-                Some(d) => tokio::time::timeout(d, st.body.next()).await.unwrap_or_else(|_| {
-                    Some(Err(format!("the upstream went silent for longer than {}", humantime::format_duration(d))))
-                }),
+                Some(d) => tokio::time::timeout(d, st.body.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Some(Err(format!(
+                            "the upstream went silent for longer than {}",
+                            humantime::format_duration(d)
+                        )))
+                    }),
                 None => st.body.next().await,
             };
             match next {
@@ -251,7 +306,10 @@ impl Relay {
 fn header_map(headers: &BTreeMap<String, String>) -> anyhow::Result<HeaderMap> {
     let mut out = HeaderMap::new();
     for (k, v) in headers {
-        out.insert(HeaderName::from_bytes(k.as_bytes())?, HeaderValue::from_str(v)?);
+        out.insert(
+            HeaderName::from_bytes(k.as_bytes())?,
+            HeaderValue::from_str(v)?,
+        );
     }
     Ok(out)
 }

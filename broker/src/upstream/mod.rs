@@ -40,7 +40,11 @@ pub struct Inbound {
 /// the message.
 pub fn one_line(raw: &[u8]) -> Bytes {
     if raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
-        Bytes::from(raw.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }).collect::<Vec<u8>>())
+        Bytes::from(
+            raw.iter()
+                .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
+                .collect::<Vec<u8>>(),
+        )
     } else {
         Bytes::copy_from_slice(raw)
     }

@@ -141,7 +141,8 @@ impl StdioUpstream {
             tick.tick().await;
             let mut dead = Vec::new();
             lock(&self.sessions).retain(|id, s| {
-                let keep = !s.closed.load(Ordering::Relaxed) && lock(&s.last_active).elapsed() < idle;
+                let keep =
+                    !s.closed.load(Ordering::Relaxed) && lock(&s.last_active).elapsed() < idle;
                 if !keep {
                     dead.push((id.clone(), s.clone()));
                 }
@@ -172,7 +173,11 @@ impl StdioUpstream {
     /// Start a session with its child. Fails at once, with the reason, if the command cannot
     /// be started, so the client's first request gets a clear error instead of a dead stream.
     fn start_session(&self, id: Option<String>, mapped: bool) -> Result<Arc<Session>, String> {
-        let spec = ChildSpec { argv: self.argv.clone(), env: self.env.clone(), cwd: self.cwd.clone() };
+        let spec = ChildSpec {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+        };
         let child = spec.spawn().map_err(|e| {
             tracing::error!(server = %self.name, error = %e, command = ?self.argv, "cannot start upstream");
             format!("cannot start {:?}: {e}", self.argv[0])
@@ -206,7 +211,10 @@ impl StdioUpstream {
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.sessions).get(id).filter(|s| !s.closed.load(Ordering::Relaxed)).cloned()
+        lock(&self.sessions)
+            .get(id)
+            .filter(|s| !s.closed.load(Ordering::Relaxed))
+            .cloned()
     }
 
     /// Handle a POSTed message.
@@ -250,7 +258,11 @@ impl StdioUpstream {
     fn start_failed(&self, msg: &Value, why: &str) -> Response<Body> {
         frontend::json_response(
             StatusCode::BAD_GATEWAY,
-            &jsonrpc::error(jsonrpc::id(msg), jsonrpc::UPSTREAM_ERROR, format!("upstream \"{}\" failed: {why}", self.name)),
+            &jsonrpc::error(
+                jsonrpc::id(msg),
+                jsonrpc::UPSTREAM_ERROR,
+                format!("upstream \"{}\" failed: {why}", self.name),
+            ),
             None,
         )
     }
@@ -277,13 +289,19 @@ impl StdioUpstream {
     /// Handle a DELETE: end the session and its child.
     pub fn delete(&self, session: Option<&str>) -> Response<Body> {
         let Some(id) = session else {
-            return frontend::status_error(StatusCode::METHOD_NOT_ALLOWED, "DELETE needs an Mcp-Session-Id");
+            return frontend::status_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "DELETE needs an Mcp-Session-Id",
+            );
         };
         match lock(&self.sessions).remove(id) {
             Some(s) => {
                 tracing::info!(server = %self.name, session = %id, "MCP session ended by client");
                 s.close();
-                Response::builder().status(StatusCode::OK).body(Body::empty()).unwrap_or_default()
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .body(Body::empty())
+                    .unwrap_or_default()
             }
             None => session_not_found(&Value::Null),
         }
@@ -291,7 +309,10 @@ impl StdioUpstream {
 }
 
 fn accepted() -> Response<Body> {
-    Response::builder().status(StatusCode::ACCEPTED).body(Body::empty()).unwrap_or_default()
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .body(Body::empty())
+        .unwrap_or_default()
 }
 
 fn session_not_found(msg: &Value) -> Response<Body> {
@@ -306,7 +327,10 @@ fn session_not_found(msg: &Value) -> Response<Body> {
     )
 }
 
-fn sse_headers(builder: axum::http::response::Builder, session: Option<&str>) -> axum::http::response::Builder {
+fn sse_headers(
+    builder: axum::http::response::Builder,
+    session: Option<&str>,
+) -> axum::http::response::Builder {
     let mut b = builder
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -344,7 +368,9 @@ impl Session {
     /// Forward a client request and stream its answer back.
     async fn request(self: &Arc<Self>, mut inbound: Inbound, timeout: Duration) -> Response<Body> {
         let client_id = jsonrpc::id(&inbound.value);
-        let method = jsonrpc::method(&inbound.value).unwrap_or_default().to_string();
+        let method = jsonrpc::method(&inbound.value)
+            .unwrap_or_default()
+            .to_string();
         let (tx, rx) = mpsc::channel(LIVE_CAP);
         let (stream_id, upstream_id, line) = {
             let mut st = lock(&self.state);
@@ -359,13 +385,21 @@ impl Session {
                 drop(st);
                 return frontend::json_response(
                     StatusCode::BAD_REQUEST,
-                    &jsonrpc::error(client_id, jsonrpc::INVALID_REQUEST, "a request with this id is already in flight in this session"),
+                    &jsonrpc::error(
+                        client_id,
+                        jsonrpc::INVALID_REQUEST,
+                        "a request with this id is already in flight in this session",
+                    ),
                     None,
                 );
             }
             let mut client_token = None;
             let mut token_key = None;
-            if let Some(tok) = inbound.value.pointer("/params/_meta/progressToken").cloned() {
+            if let Some(tok) = inbound
+                .value
+                .pointer("/params/_meta/progressToken")
+                .cloned()
+            {
                 let upstream_token = if self.mapped {
                     st.next_mapped += 1;
                     let t = json!(format!("tollgate-{}", st.next_mapped));
@@ -392,10 +426,23 @@ impl Session {
             }
             st.next_stream += 1;
             let stream_id = st.next_stream;
-            st.streams.insert(stream_id, StreamLog { live: Some(tx), ..Default::default() });
+            st.streams.insert(
+                stream_id,
+                StreamLog {
+                    live: Some(tx),
+                    ..Default::default()
+                },
+            );
             st.pending.insert(
                 key,
-                Pending { stream: stream_id, client_id: client_id.clone(), client_token, token_key, method: method.clone(), ticket: inbound.ticket.take() },
+                Pending {
+                    stream: stream_id,
+                    client_id: client_id.clone(),
+                    client_token,
+                    token_key,
+                    method: method.clone(),
+                    ticket: inbound.ticket.take(),
+                },
             );
             (stream_id, upstream_id, line)
         };
@@ -404,11 +451,29 @@ impl Session {
         }
 
         let waits_forever = method == "subscriptions/listen";
-        let guard = StreamGuard { session: self.clone(), stream: stream_id, upstream_id, finished: false };
+        let guard = StreamGuard {
+            session: self.clone(),
+            stream: stream_id,
+            upstream_id,
+            finished: false,
+        };
         if !inbound.sse {
-            return json_answer(guard, rx, client_id, timeout, waits_forever, self.id.as_deref(), &method).await;
+            return json_answer(
+                guard,
+                rx,
+                client_id,
+                timeout,
+                waits_forever,
+                self.id.as_deref(),
+                &method,
+            )
+            .await;
         }
-        let session_header = if method == "initialize" { self.id.as_deref() } else { None };
+        let session_header = if method == "initialize" {
+            self.id.as_deref()
+        } else {
+            None
+        };
         let body = stream::unfold(
             (guard, rx, Some(client_id), Instant::now() + timeout),
             move |(mut guard, mut rx, client_id, mut deadline)| async move {
@@ -438,7 +503,9 @@ impl Session {
                 }
             },
         );
-        sse_headers(Response::builder(), session_header).body(Body::from_stream(body)).unwrap_or_default()
+        sse_headers(Response::builder(), session_header)
+            .body(Body::from_stream(body))
+            .unwrap_or_default()
     }
 
     async fn notify(&self, inbound: &Inbound) {
@@ -448,7 +515,9 @@ impl Session {
         }
         if method == "notifications/cancelled" {
             if self.mapped {
-                tracing::debug!("ignoring notifications/cancelled without a session: close the response stream to cancel");
+                tracing::debug!(
+                    "ignoring notifications/cancelled without a session: close the response stream to cancel"
+                );
                 return;
             }
             if let Some(rid) = inbound.value.pointer("/params/requestId") {
@@ -475,7 +544,9 @@ impl Session {
     /// Append a message to a stream's log and pass it to its live reader, if any.
     fn push(&self, st: &mut State, stream: u64, data: Bytes, last: bool) {
         let mapped = self.mapped;
-        let Some(s) = st.streams.get_mut(&stream) else { return };
+        let Some(s) = st.streams.get_mut(&stream) else {
+            return;
+        };
         let seq = s.next_seq;
         s.next_seq += 1;
         if !mapped {
@@ -487,7 +558,10 @@ impl Session {
         if let Some(live) = &s.live
             && live.try_send(Ev { seq, data, last }).is_err()
         {
-            tracing::debug!(stream, "response stream reader is gone or too slow; detaching it");
+            tracing::debug!(
+                stream,
+                "response stream reader is gone or too slow; detaching it"
+            );
             s.live = None;
         }
         if last {
@@ -501,7 +575,12 @@ impl Session {
     fn route_general(&self, st: &mut State, data: Bytes) {
         if self.mapped {
             // Stateless revisions deliver change notifications on subscriptions/listen streams.
-            let listens: Vec<u64> = st.pending.values().filter(|p| p.method == "subscriptions/listen").map(|p| p.stream).collect();
+            let listens: Vec<u64> = st
+                .pending
+                .values()
+                .filter(|p| p.method == "subscriptions/listen")
+                .map(|p| p.stream)
+                .collect();
             for s in listens {
                 self.push(st, s, data.clone(), false);
             }
@@ -512,7 +591,12 @@ impl Session {
             self.push(st, g, data, false);
             return;
         }
-        let newest = st.pending.values().map(|p| p.stream).filter(|s| live(st, *s)).max();
+        let newest = st
+            .pending
+            .values()
+            .map(|p| p.stream)
+            .filter(|s| live(st, *s))
+            .max();
         if let Some(s) = newest {
             self.push(st, s, data, false);
             return;
@@ -563,7 +647,9 @@ impl Session {
             }
             Ok(Kind::Notification) if jsonrpc::method(&msg) == Some("notifications/progress") => {
                 let tk = msg.pointer("/params/progressToken").map(jsonrpc::id_key);
-                let target = tk.and_then(|k| st.progress.get(&k).cloned()).and_then(|pk| st.pending.get(&pk));
+                let target = tk
+                    .and_then(|k| st.progress.get(&k).cloned())
+                    .and_then(|pk| st.pending.get(&pk));
                 match target {
                     Some(p) => {
                         let stream = p.stream;
@@ -580,7 +666,9 @@ impl Session {
                 }
             }
             Ok(_) => self.route_general(&mut st, Bytes::copy_from_slice(line)),
-            Err(why) => tracing::warn!(server = %self.server, why, "upstream wrote an invalid JSON-RPC message; ignored"),
+            Err(why) => {
+                tracing::warn!(server = %self.server, why, "upstream wrote an invalid JSON-RPC message; ignored")
+            }
         }
     }
 
@@ -611,7 +699,13 @@ impl Session {
             }
             st.next_stream += 1;
             let id = st.next_stream;
-            st.streams.insert(id, StreamLog { live: Some(tx), ..Default::default() });
+            st.streams.insert(
+                id,
+                StreamLog {
+                    live: Some(tx),
+                    ..Default::default()
+                },
+            );
             st.get_stream = Some(id);
             let backlog: Vec<_> = st.backlog.drain(..).collect();
             for data in backlog {
@@ -623,15 +717,32 @@ impl Session {
     }
 
     fn resume(&self, last_event_id: &str) -> Response<Body> {
-        let parsed = last_event_id.split_once('-').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        let parsed = last_event_id
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
         let Some((stream_id, seq)) = parsed else {
-            return frontend::status_error(StatusCode::BAD_REQUEST, "Last-Event-ID is not an event id this broker issued");
+            return frontend::status_error(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID is not an event id this broker issued",
+            );
         };
         let mut st = lock(&self.state);
         let Some(s) = st.streams.get_mut(&stream_id) else {
-            return frontend::status_error(StatusCode::NOT_FOUND, "that stream is no longer available for resumption");
+            return frontend::status_error(
+                StatusCode::NOT_FOUND,
+                "that stream is no longer available for resumption",
+            );
         };
-        let replay: Vec<Ev> = s.events.iter().filter(|(n, _)| *n > seq).map(|(n, d)| Ev { seq: *n, data: d.clone(), last: false }).collect();
+        let replay: Vec<Ev> = s
+            .events
+            .iter()
+            .filter(|(n, _)| *n > seq)
+            .map(|(n, d)| Ev {
+                seq: *n,
+                data: d.clone(),
+                last: false,
+            })
+            .collect();
         let rx = if s.done_at.is_none() {
             let (tx, rx) = mpsc::channel(LIVE_CAP);
             s.live = Some(tx);
@@ -644,7 +755,12 @@ impl Session {
         self.stream_response(stream_id, replay, rx)
     }
 
-    fn stream_response(&self, stream_id: u64, replay: Vec<Ev>, rx: Option<mpsc::Receiver<Ev>>) -> Response<Body> {
+    fn stream_response(
+        &self,
+        stream_id: u64,
+        replay: Vec<Ev>,
+        rx: Option<mpsc::Receiver<Ev>>,
+    ) -> Response<Body> {
         let mapped = self.mapped;
         let encode = move |ev: Ev| {
             let id = (!mapped).then(|| format!("{stream_id}-{}", ev.seq));
@@ -657,13 +773,18 @@ impl Session {
             let last = ev.last;
             Some((encode(ev), (!last).then_some(rx)))
         });
-        sse_headers(Response::builder(), None).body(Body::from_stream(futures_util::StreamExt::chain(replayed, live))).unwrap_or_default()
+        sse_headers(Response::builder(), None)
+            .body(Body::from_stream(futures_util::StreamExt::chain(
+                replayed, live,
+            )))
+            .unwrap_or_default()
     }
 
     /// Forget finished streams past their retention.
     fn gc(&self) {
         let mut st = lock(&self.state);
-        st.streams.retain(|_, s| s.done_at.is_none_or(|t| t.elapsed() < DONE_RETENTION));
+        st.streams
+            .retain(|_, s| s.done_at.is_none_or(|t| t.elapsed() < DONE_RETENTION));
     }
 }
 
@@ -704,7 +825,9 @@ impl StreamGuard {
             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": self.upstream_id, "reason": "timed out in the Tollgate broker"}});
             let _ = s.stdin.try_send(Bytes::from(cancel.to_string()));
         }
-        jsonrpc::error(client_id.clone(), jsonrpc::UPSTREAM_ERROR, text).to_string().into_bytes()
+        jsonrpc::error(client_id.clone(), jsonrpc::UPSTREAM_ERROR, text)
+            .to_string()
+            .into_bytes()
     }
 }
 
@@ -731,7 +854,9 @@ impl Drop for StreamGuard {
             st.streams.remove(&self.stream);
             drop(st);
             if let Some(t) = p.ticket {
-                t.complete(Some("cancelled: the client closed the response stream".into()));
+                t.complete(Some(
+                    "cancelled: the client closed the response stream".into(),
+                ));
             }
             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": self.upstream_id, "reason": "client closed the response stream"}});
             let _ = s.stdin.try_send(Bytes::from(cancel.to_string()));
@@ -751,13 +876,23 @@ async fn json_answer(
     session: Option<&str>,
     method: &str,
 ) -> Response<Body> {
-    let session = if method == "initialize" { session } else { None };
+    let session = if method == "initialize" {
+        session
+    } else {
+        None
+    };
     loop {
-        let next = if waits_forever { Ok(rx.recv().await) } else { tokio::time::timeout(timeout, rx.recv()).await };
+        let next = if waits_forever {
+            Ok(rx.recv().await)
+        } else {
+            tokio::time::timeout(timeout, rx.recv()).await
+        };
         match next {
             Ok(Some(ev)) if ev.last => {
                 guard.finished = true;
-                let mut b = Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "application/json");
+                let mut b = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/json");
                 if let Some(id) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
                     b = b.header("mcp-session-id", id);
                 }
@@ -767,7 +902,11 @@ async fn json_answer(
             Ok(None) => {
                 return frontend::json_response(
                     StatusCode::BAD_GATEWAY,
-                    &jsonrpc::error(client_id, jsonrpc::UPSTREAM_ERROR, "the upstream went away before answering"),
+                    &jsonrpc::error(
+                        client_id,
+                        jsonrpc::UPSTREAM_ERROR,
+                        "the upstream went away before answering",
+                    ),
                     None,
                 );
             }
@@ -807,7 +946,12 @@ impl ChildSpec {
 }
 
 /// Keep a child running for the session: pump stdin/stdout, restart with backoff.
-async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process::Child, mut stdin_rx: mpsc::Receiver<Bytes>) {
+async fn supervise(
+    session: Arc<Session>,
+    spec: ChildSpec,
+    first: tokio::process::Child,
+    mut stdin_rx: mpsc::Receiver<Bytes>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut restarts = 0u32;
     let mut next = Some(first);
@@ -821,7 +965,9 @@ async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process
             Ok(c) => c,
             Err(e) => {
                 let why = format!("cannot restart {:?}: {e}", spec.argv[0]);
-                span.in_scope(|| tracing::error!(error = %e, command = ?spec.argv, "cannot restart upstream"));
+                span.in_scope(
+                    || tracing::error!(error = %e, command = ?spec.argv, "cannot restart upstream"),
+                );
                 session.closed.store(true, Ordering::Relaxed);
                 session.fail_all(&why);
                 stdin_rx.close();
@@ -831,7 +977,9 @@ async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process
         let started = Instant::now();
         let pid = child.id();
         span.in_scope(|| tracing::info!(pid, restarts, "upstream process started"));
-        let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             return;
         };
         let log_span = span.clone();
@@ -880,7 +1028,11 @@ async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process
             }
         };
         let _ = child.start_kill();
-        let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let status = child
+            .wait()
+            .await
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
         let why = format!("the upstream process exited: {exit}, {status}");
         span.in_scope(|| tracing::warn!(%status, "{why}; restarting in {backoff:?}"));
         session.fail_all(&why);
@@ -897,14 +1049,19 @@ async fn supervise(session: Arc<Session>, spec: ChildSpec, first: tokio::process
 }
 
 /// Read one `\n`-terminated line (without it) into `buf`; 0 at end of stream.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     loop {
         let n = r.read_until(b'\n', buf).await?;
         if n == 0 {
             return Ok(0);
         }
         if buf.len() > MAX_LINE {
-            return Err(std::io::Error::other(format!("a message longer than {MAX_LINE} bytes")));
+            return Err(std::io::Error::other(format!(
+                "a message longer than {MAX_LINE} bytes"
+            )));
         }
         if buf.last() == Some(&b'\n') {
             buf.pop();
@@ -925,7 +1082,9 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<
 async fn replay_handshake(session: &Session, stdin: &mut tokio::process::ChildStdin) {
     let (init, initialized) = {
         let mut st = lock(&session.state);
-        let Some(mut init) = st.init.clone() else { return };
+        let Some(mut init) = st.init.clone() else {
+            return;
+        };
         st.next_mapped += 1;
         let id = json!(format!("tollgate-reinit-{}", st.next_mapped));
         st.internal.insert(jsonrpc::id_key(&id));

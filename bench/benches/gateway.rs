@@ -1,0 +1,329 @@
+//! Added latency of an auto-allowed `tools/call` through the broker, against the same upstream
+//! reached directly, measured in one run with the calls interleaved (direct, broker, direct, ...)
+//! so machine noise hits both sides alike.
+//!
+//! Upstream: `@modelcontextprotocol/server-everything` from `tests/e2e/node_modules` (install
+//! with `cd tests/e2e && npm ci`), over Streamable HTTP and over stdio.
+//!
+//! Run: `cargo bench -p tollgate-bench` (prints a table). `TOLLGATE_BENCH_SMOKE=1` runs a few
+//! calls only, so CI proves the benchmark still works without asserting on time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tollgate_bench::{delta_us, percentile, us};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on port {port}")
+}
+
+fn everything() -> Result<PathBuf> {
+    let p =
+        root().join("tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if !p.exists() {
+        bail!(
+            "server-everything is not installed: run `cd tests/e2e && npm ci` (./dev test does this)"
+        );
+    }
+    Ok(p)
+}
+
+fn build_broker() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "tollgate-broker"])
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("building tollgate-broker failed");
+    }
+    Ok(root().join("target/release/tollgate-broker"))
+}
+
+fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String)> {
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\ndata_dir = \"{}\"\n[policy]\ndefault = \"allow\"\n{servers}",
+            dir.join("data").display()
+        ),
+    )?;
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = child.stdout.take().context("broker stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .context("broker did not announce its address")?
+        .trim()
+        .to_string();
+    Ok((Killed(child), format!("http://{addr}")))
+}
+
+/// A Streamable HTTP MCP session: initialize, then echo calls.
+struct HttpSession {
+    client: reqwest::Client,
+    url: String,
+    session: Option<String>,
+    next: u64,
+}
+
+impl HttpSession {
+    async fn open(url: &str) -> Result<HttpSession> {
+        let mut s = HttpSession {
+            client: reqwest::Client::new(),
+            url: url.into(),
+            session: None,
+            next: 0,
+        };
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
+        let resp = s.post(&init).await?;
+        s.session = resp.0;
+        s.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await?;
+        Ok(s)
+    }
+
+    async fn post(&self, msg: &Value) -> Result<(Option<String>, String)> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.body(msg.to_string()).send().await?;
+        let session = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.text().await?;
+        Ok((session, body))
+    }
+
+    async fn echo(&mut self) -> Result<Duration> {
+        self.next += 1;
+        let call = json!({"jsonrpc":"2.0","id":self.next,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bench"}}});
+        let t = Instant::now();
+        let (_, body) = self.post(&call).await?;
+        let d = t.elapsed();
+        if !body.contains("Echo: bench") {
+            bail!("unexpected echo answer: {body}");
+        }
+        Ok(d)
+    }
+}
+
+/// A stdio MCP session with a child process: the direct baseline for stdio upstreams.
+struct StdioSession {
+    _child: Killed,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next: u64,
+}
+
+impl StdioSession {
+    fn open(argv: &[String]) -> Result<StdioSession> {
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut s = StdioSession {
+            _child: Killed(child),
+            stdin,
+            stdout,
+            next: 0,
+        };
+        s.send(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}))?;
+        s.read_response()?;
+        s.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))?;
+        Ok(s)
+    }
+
+    fn send(&mut self, v: &Value) -> Result<()> {
+        writeln!(self.stdin, "{v}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    fn read_response(&mut self) -> Result<String> {
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("stdio server exited");
+            }
+            if line.contains("\"id\"") && !line.contains("\"method\"") {
+                return Ok(line);
+            }
+        }
+    }
+
+    fn echo(&mut self) -> Result<Duration> {
+        self.next += 1;
+        let call = json!({"jsonrpc":"2.0","id":self.next,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bench"}}});
+        let t = Instant::now();
+        self.send(&call)?;
+        let line = self.read_response()?;
+        let d = t.elapsed();
+        if !line.contains("Echo: bench") {
+            bail!("unexpected echo answer: {line}");
+        }
+        Ok(d)
+    }
+}
+
+struct Row {
+    path: &'static str,
+    direct: Vec<Duration>,
+    broker: Vec<Duration>,
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; other harness flags are ignored.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
+    let (warmup, n) = if smoke { (5, 20) } else { (200, 2000) };
+    let script = everything()?;
+    let broker_bin = build_broker()?;
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let preload = root().join("tests/e2e/servers/loopback.cjs");
+
+    let port = free_port()?;
+    let _http_upstream = Killed(
+        Command::new("node")
+            .arg("--require")
+            .arg(&preload)
+            .arg(&script)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(port)?;
+    let stdio_argv = vec![
+        "node".to_string(),
+        script.display().to_string(),
+        "stdio".to_string(),
+    ];
+    let servers = format!(
+        "[[server]]\nname = \"http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n[[server]]\nname = \"stdio\"\ncommand = {}\n",
+        serde_json::to_string(&stdio_argv)?
+    );
+    let (_broker, base) = start_broker(&broker_bin, &dir, &servers)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rows = rt.block_on(async {
+        let mut direct_http = HttpSession::open(&format!("http://127.0.0.1:{port}/mcp")).await?;
+        let mut via_http = HttpSession::open(&format!("{base}/mcp/http")).await?;
+        let mut direct_stdio = StdioSession::open(&stdio_argv)?;
+        let mut via_stdio = HttpSession::open(&format!("{base}/mcp/stdio")).await?;
+        let mut http = Row {
+            path: "Streamable HTTP upstream",
+            direct: vec![],
+            broker: vec![],
+        };
+        let mut stdio = Row {
+            path: "stdio upstream",
+            direct: vec![],
+            broker: vec![],
+        };
+        for i in 0..warmup + n {
+            let (a, b, c, d) = (
+                direct_http.echo().await?,
+                via_http.echo().await?,
+                direct_stdio.echo()?,
+                via_stdio.echo().await?,
+            );
+            if i >= warmup {
+                http.direct.push(a);
+                http.broker.push(b);
+                stdio.direct.push(c);
+                stdio.broker.push(d);
+            }
+        }
+        anyhow::Ok(vec![http, stdio])
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    println!(
+        "tools/call echo, auto-allowed, {n} calls per path, interleaved (µs){}",
+        if smoke { " [smoke run]" } else { "" }
+    );
+    println!(
+        "| upstream | direct p50 | direct p99 | broker p50 | broker p99 | added p50 | added p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for mut r in rows {
+        let (d50, d99) = (
+            percentile(&mut r.direct, 50.0),
+            percentile(&mut r.direct, 99.0),
+        );
+        let (b50, b99) = (
+            percentile(&mut r.broker, 50.0),
+            percentile(&mut r.broker, 99.0),
+        );
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.path,
+            us(d50),
+            us(d99),
+            us(b50),
+            us(b99),
+            delta_us(b50, d50),
+            delta_us(b99, d99)
+        );
+    }
+    println!(
+        "direct stdio is a pipe to the child; through the broker the client speaks HTTP, so that row includes the HTTP hop."
+    );
+    Ok(())
+}
