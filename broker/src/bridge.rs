@@ -68,10 +68,10 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 /// Header-safe value, or the `=?base64?...?=` sentinel form.
 fn header_value(v: &str) -> String {
-    let safe = v.bytes().all(|b| (0x20..0x7f).contains(&b))
-        && !v.starts_with(' ')
-        && !v.ends_with(' ')
-        && !(v.starts_with("=?base64?") && v.ends_with("?="));
+    let printable = v.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let padded = v.starts_with(' ') || v.ends_with(' ');
+    let looks_encoded = v.starts_with("=?base64?") && v.ends_with("?=");
+    let safe = printable && !padded && !looks_encoded;
     if safe {
         v.to_string()
     } else {

@@ -98,7 +98,7 @@ pub enum Intercept {
 
 /// A forwarded call whose completion is still to be recorded.
 pub struct Ticket {
-    record: Option<CallRecord>,
+    record: Option<Box<CallRecord>>,
     recorder: Recorder,
 }
 
@@ -113,7 +113,7 @@ impl Ticket {
             record.timings.completed_ms = Some(now_ms());
             record.error = error;
             let recorder = self.recorder.clone();
-            tokio::spawn(async move { recorder.put(record).await });
+            tokio::spawn(async move { recorder.put(*record).await });
         }
     }
 }
@@ -201,7 +201,7 @@ impl Gateway {
                 tracing::info!("allowed");
                 self.recorder.put(record.clone()).await;
                 Intercept::Forward(Ticket {
-                    record: Some(record),
+                    record: Some(Box::new(record)),
                     recorder: self.recorder.clone(),
                 })
             }
