@@ -150,6 +150,9 @@ fn audit(config: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<(
         "{:<24} {:<12} {:<12} {:<28} {:<16} RULE",
         "TIME (UTC)", "OUTCOME", "CLIENT", "SERVER/TOOL", "REQUEST"
     )?;
+    if records.is_empty() {
+        writeln!(out, "(no calls recorded yet in {})", cfg.broker.data_dir.display())?;
+    }
     for r in &records {
         let t = humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.timings.received_ms),
