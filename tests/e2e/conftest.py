@@ -188,6 +188,21 @@ def toml_list(argv: list[str]) -> str:
     return json.dumps(argv)
 
 
+# A handshake-revision initialize request, for tests that speak raw HTTP.
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+
+
+def open_config(servers: dict[str, str], extra: str = "") -> str:
+    """A config without authentication that allows every call; servers maps name -> TOML line."""
+    blocks = "".join(f'[[server]]\nname = "{n}"\n{line}\n' for n, line in servers.items())
+    return f'[broker]\nauth = "none"\n{extra}[policy]\ndefault = "allow"\n{blocks}'
+
+
 def run_ts(scenario: dict, timeout: float = 60) -> dict:
     """Run the TypeScript SDK client on a scenario; returns what it printed (JSON)."""
     out = subprocess.run(

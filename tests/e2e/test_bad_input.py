@@ -11,32 +11,16 @@ import anyio
 import pytest
 from mcp import Client
 
-from conftest import BROKER_BIN, everything_stdio_command, post, py_stdio_command, toml_list
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
+from conftest import BROKER_BIN, INIT, everything_stdio_command, open_config, post, py_stdio_command, toml_list
 
 
 @pytest.fixture
 def open_broker(broker):
     return broker(
-        f"""
-        [broker]
-        auth = "none"
-        max_body = "8KiB"
-        [policy]
-        default = "allow"
-        [[server]]
-        name = "everything"
-        command = {toml_list(everything_stdio_command())}
-        [[server]]
-        name = "py"
-        command = {toml_list(py_stdio_command())}
-        """
+        open_config(
+            {"everything": f"command = {toml_list(everything_stdio_command())}", "py": f"command = {toml_list(py_stdio_command())}"},
+            extra='max_body = "8KiB"\n',
+        )
     )
 
 

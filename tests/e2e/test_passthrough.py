@@ -8,7 +8,7 @@ import mcp.types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-from conftest import everything_stdio_command, py_stdio_command, run_ts, toml_list
+from conftest import everything_stdio_command, open_config, py_stdio_command, run_ts, toml_list
 
 UPSTREAMS = ["everything-stdio", "everything-http", "py-stdio", "py-http"]
 
@@ -38,17 +38,7 @@ def py_http_factory(request):
 
 
 def start_open_broker(broker, server_line: str):
-    return broker(
-        f"""
-        [broker]
-        auth = "none"
-        [policy]
-        default = "allow"
-        [[server]]
-        name = "up"
-        {server_line}
-        """
-    )
+    return broker(open_config({"up": server_line}))
 
 
 async def observe(target, mode: str) -> dict:
@@ -167,20 +157,7 @@ def test_typescript_cancel_reaches_a_stdio_upstream(broker):
 
 def test_python_stateless_cancel_by_closing_the_stream_reaches_upstreams(broker, py_http):
     url, py_proc = py_http
-    b = broker(
-        f"""
-        [broker]
-        auth = "none"
-        [policy]
-        default = "allow"
-        [[server]]
-        name = "stdio"
-        command = {toml_list(py_stdio_command())}
-        [[server]]
-        name = "remote"
-        url = "{url}"
-        """
-    )
+    b = broker(open_config({"stdio": f"command = {toml_list(py_stdio_command())}", "remote": f'url = "{url}"'}))
 
     async def run(server):
         async with Client(b.url(server)) as c:

@@ -13,15 +13,8 @@ import anyio
 import httpx2
 from mcp import Client
 
-from conftest import everything_stdio_command, post, toml_list
+from conftest import INIT, everything_stdio_command, open_config, post, toml_list
 from test_passthrough import wait_for_text
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-}
 
 
 def open_session(url: str) -> dict:
@@ -47,7 +40,7 @@ def sse_events(lines):
 
 
 def test_a_dropped_stream_resumes_with_last_event_id_and_is_not_a_cancel(broker):
-    b = broker(f'[broker]\nauth = "none"\n[policy]\ndefault = "allow"\n[[server]]\nname = "e"\ncommand = {toml_list(everything_stdio_command())}\n')
+    b = broker(open_config({"e": f"command = {toml_list(everything_stdio_command())}"}))
     url = b.url("e")
     h = open_session(url)
     call = {
@@ -75,7 +68,7 @@ def test_a_dropped_stream_resumes_with_last_event_id_and_is_not_a_cancel(broker)
 
 
 def test_delete_ends_the_session_and_its_child(broker):
-    b = broker(f'[broker]\nauth = "none"\n[[server]]\nname = "e"\ncommand = {toml_list(everything_stdio_command())}\n')
+    b = broker(open_config({"e": f"command = {toml_list(everything_stdio_command())}"}))
     url = b.url("e")
     h = open_session(url)
     r = httpx2.delete(url, headers=h)
@@ -86,7 +79,7 @@ def test_delete_ends_the_session_and_its_child(broker):
 
 
 def test_a_killed_child_is_restarted_and_the_session_carries_on(broker):
-    b = broker(f'[broker]\nauth = "none"\n[policy]\ndefault = "allow"\n[[server]]\nname = "e"\ncommand = {toml_list(everything_stdio_command())}\n')
+    b = broker(open_config({"e": f"command = {toml_list(everything_stdio_command())}"}))
 
     async def run():
         async with Client(b.url("e"), mode="legacy") as c:

@@ -100,6 +100,17 @@ struct State {
     internal: HashSet<String>,
 }
 
+impl State {
+    /// Forget a request in flight, with its progress-token route.
+    fn take_pending(&mut self, key: &str) -> Option<Pending> {
+        let p = self.pending.remove(key)?;
+        if let Some(k) = &p.token_key {
+            self.progress.remove(k);
+        }
+        Some(p)
+    }
+}
+
 struct Session {
     id: Option<String>,
     mapped: bool,
@@ -524,10 +535,7 @@ impl Session {
                 // The client gave up on this request: end its stream now, since the server will
                 // not answer a cancelled request.
                 let mut st = lock(&self.state);
-                if let Some(p) = st.pending.remove(&jsonrpc::id_key(rid)) {
-                    if let Some(k) = &p.token_key {
-                        st.progress.remove(k);
-                    }
+                if let Some(p) = st.take_pending(&jsonrpc::id_key(rid)) {
                     if let Some(s) = st.streams.get_mut(&p.stream) {
                         s.live = None;
                         s.done_at = Some(Instant::now());
@@ -623,13 +631,10 @@ impl Session {
                 if st.internal.remove(&key) {
                     return;
                 }
-                let Some(p) = st.pending.remove(&key) else {
+                let Some(p) = st.take_pending(&key) else {
                     tracing::debug!(server = %self.server, id = %key, "response to no pending request (cancelled or timed out)");
                     return;
                 };
-                if let Some(k) = &p.token_key {
-                    st.progress.remove(k);
-                }
                 if p.method == "tools/list" {
                     self.annotations.learn_from_response(&self.server, &msg);
                 }
@@ -803,10 +808,7 @@ impl StreamGuard {
         let key = jsonrpc::id_key(&self.upstream_id);
         let removed = {
             let mut st = lock(&s.state);
-            let p = st.pending.remove(&key);
-            if let Some(k) = p.as_ref().and_then(|p| p.token_key.as_ref()) {
-                st.progress.remove(k);
-            }
+            let p = st.take_pending(&key);
             if let Some(log) = st.streams.get_mut(&self.stream) {
                 log.live = None;
                 log.done_at = Some(Instant::now());
@@ -847,10 +849,7 @@ impl Drop for StreamGuard {
         }
         // Stateless revisions: closing the response stream cancels the request.
         let key = jsonrpc::id_key(&self.upstream_id);
-        if let Some(p) = st.pending.remove(&key) {
-            if let Some(k) = &p.token_key {
-                st.progress.remove(k);
-            }
+        if let Some(p) = st.take_pending(&key) {
             st.streams.remove(&self.stream);
             drop(st);
             if let Some(t) = p.ticket {
