@@ -151,7 +151,11 @@ fn audit(config: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<(
         "TIME (UTC)", "OUTCOME", "CLIENT", "SERVER/TOOL", "REQUEST"
     )?;
     if records.is_empty() {
-        writeln!(out, "(no calls recorded yet in {})", cfg.broker.data_dir.display())?;
+        writeln!(
+            out,
+            "(no calls recorded yet in {})",
+            cfg.broker.data_dir.display()
+        )?;
     }
     for r in &records {
         let t = humantime::format_rfc3339_millis(
