@@ -86,8 +86,11 @@ fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String
         .stderr(Stdio::null())
         .spawn()?;
     let out = child.stdout.take().context("broker stdout")?;
+    let mut out = BufReader::new(out);
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
+    out.read_line(&mut line)?;
+    // Keep draining the broker's stdout so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line
         .split("http://")
         .nth(1)

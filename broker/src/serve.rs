@@ -105,10 +105,16 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, servers = config.servers.len(), rules = config.policy.rules.len(), "broker ready");
-    // A plain line on stdout so scripts (and tests using port 0) learn the address.
-    println!("tollgate-broker listening on http://{addr}");
-    for s in &config.servers {
-        println!("  {} -> http://{addr}/mcp/{}", s.name, s.name);
+    // Plain lines on stdout so scripts (and tests using port 0) learn the address. A reader
+    // that closed stdout must not take the broker down, so write errors are ignored.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tollgate-broker listening on http://{addr}");
+        for s in &config.servers {
+            let _ = writeln!(out, "  {} -> http://{addr}/mcp/{}", s.name, s.name);
+        }
+        let _ = out.flush();
     }
     let stopping = tokio_util::sync::CancellationToken::new();
     let stop = stopping.clone();
