@@ -34,13 +34,9 @@ pub enum AuthError {
     Invalid,
 }
 
-/// Identify the caller of a request.
-pub fn authenticate(auth: &Auth, headers: &HeaderMap) -> Result<String, AuthError> {
-    let clients = match auth {
-        Auth::None => return Ok(LOCAL_IDENTITY.to_string()),
-        Auth::Tokens(c) => c,
-    };
-    let token = headers
+/// The bearer token of a request.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -49,13 +45,32 @@ pub fn authenticate(auth: &Auth, headers: &HeaderMap) -> Result<String, AuthErro
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Missing)?;
+        .ok_or(AuthError::Missing)
+}
+
+/// Identify the caller of an MCP request: a `[[client]]` of the config, or an identity from
+/// the token file (whose calls then carry its name, so it cannot approve them itself).
+pub fn authenticate(
+    auth: &Auth,
+    registry: Option<&crate::tokens::Registry>,
+    headers: &HeaderMap,
+) -> Result<String, AuthError> {
+    let clients = match auth {
+        Auth::None => return Ok(LOCAL_IDENTITY.to_string()),
+        Auth::Tokens(c) => c,
+    };
+    let token = bearer(headers)?;
     let d = digest(token);
     let mut found = None;
     for c in clients {
         if bool::from(c.token_sha256.ct_eq(&d)) {
             found = Some(c.name.clone());
         }
+    }
+    if found.is_none()
+        && let Some(who) = registry.and_then(|r| r.lookup(token))
+    {
+        found = Some(who.name);
     }
     found.ok_or(AuthError::Invalid)
 }
@@ -78,13 +93,13 @@ mod tests {
             },
         ]);
         let mut h = HeaderMap::new();
-        assert_eq!(authenticate(&auth, &h), Err(AuthError::Missing));
+        assert_eq!(authenticate(&auth, None, &h), Err(AuthError::Missing));
         h.insert("authorization", "Bearer tb".parse().expect("header"));
-        assert_eq!(authenticate(&auth, &h).as_deref(), Ok("b"));
+        assert_eq!(authenticate(&auth, None, &h).as_deref(), Ok("b"));
         h.insert("authorization", "Bearer nope".parse().expect("header"));
-        assert_eq!(authenticate(&auth, &h), Err(AuthError::Invalid));
+        assert_eq!(authenticate(&auth, None, &h), Err(AuthError::Invalid));
         assert_eq!(
-            authenticate(&Auth::None, &HeaderMap::new()).as_deref(),
+            authenticate(&Auth::None, None, &HeaderMap::new()).as_deref(),
             Ok(LOCAL_IDENTITY)
         );
     }

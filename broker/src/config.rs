@@ -17,7 +17,9 @@ use serde_json::Value;
 use tollgate_shared::RuleRef;
 use toml::Spanned;
 
-use crate::policy::{Action, Cmp, Condition, Policy, Rule, Subject, Test, ToolPattern};
+use crate::policy::{
+    Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern,
+};
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
@@ -47,6 +49,17 @@ pub struct BrokerSettings {
     pub session_idle: Duration,
     /// Browser origins allowed besides loopback ones.
     pub allowed_origins: Vec<String>,
+    /// Address of the console WebSocket API (`/v1/console`).
+    pub console_listen: SocketAddr,
+    /// How long a held call waits for a decision unless its rule says otherwise.
+    pub default_expiry: Duration,
+    /// Interval of keep-alives (progress notifications, SSE comments) on held calls.
+    pub keepalive: Duration,
+    /// How long an approved retry-mode call may be repeated (once) to run.
+    pub retry_ttl: Duration,
+    /// After a restart, how long a recovered held call waits for its client to resume its
+    /// stream before it is abandoned.
+    pub resume_grace: Duration,
 }
 
 /// How clients authenticate.
@@ -180,6 +193,11 @@ struct RawBroker {
     session_idle: Option<Spanned<String>>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    console_listen: Option<Spanned<String>>,
+    default_expiry: Option<Spanned<String>>,
+    keepalive: Option<Spanned<String>>,
+    retry_ttl: Option<Spanned<String>>,
+    resume_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,6 +236,11 @@ struct RawRule {
     when: Option<Spanned<toml::Value>>,
     action: Spanned<String>,
     reason: Option<String>,
+    expiry: Option<Spanned<String>>,
+    hold: Option<Spanned<String>>,
+    quorum: Option<Spanned<i64>>,
+    #[serde(default)]
+    approvers: Vec<String>,
 }
 
 /// Read and validate a config file.
@@ -253,7 +276,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         text,
         problems: Vec::new(),
     };
-    let config = v.config(path, raw);
+    let mut config = v.config(path, raw);
+    config.policy.version = crate::fingerprint::sha256_hex(text.as_bytes())[..12].to_string();
     if v.problems.is_empty() {
         Ok(config)
     } else {
@@ -324,18 +348,24 @@ impl Validator<'_> {
         }
     }
 
-    fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
-        let listen = match raw.listen {
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    fn address(&mut self, value: Option<Spanned<String>>, port: u16, what: &str) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], port));
+        match value {
+            None => default,
             Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
                 self.problem(
                     l.span(),
-                    format!("listen address {:?} is not host:port", l.get_ref()),
+                    format!("{what} address {:?} is not host:port", l.get_ref()),
                     Some("for example \"127.0.0.1:8080\"; use an IP address, not a host name"),
                 );
-                SocketAddr::from(([127, 0, 0, 1], 8080))
+                default
             }),
-        };
+        }
+    }
+
+    fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
+        let listen = self.address(raw.listen, 8080, "listen");
+        let console_listen = self.address(raw.console_listen, 8081, "console_listen");
         let max_body = match raw.max_body {
             None => 4 << 20,
             Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
@@ -363,6 +393,19 @@ impl Validator<'_> {
                 "session_idle",
             ),
             allowed_origins: raw.allowed_origins,
+            console_listen,
+            default_expiry: self.duration(
+                raw.default_expiry,
+                Duration::from_secs(600),
+                "default_expiry",
+            ),
+            keepalive: self.duration(raw.keepalive, Duration::from_secs(15), "keepalive"),
+            retry_ttl: self.duration(raw.retry_ttl, Duration::from_secs(600), "retry_ttl"),
+            resume_grace: self.duration(
+                raw.resume_grace,
+                Duration::from_secs(60),
+                "resume_grace",
+            ),
         }
     }
 
@@ -668,17 +711,81 @@ impl Validator<'_> {
                 None => Vec::new(),
                 Some(w) => self.conditions(index, w),
             };
+            let hold = self.hold_terms(index, action, r.expiry, r.hold, r.quorum, r.approvers);
             out.push(Rule {
                 id: RuleRef { index, name },
                 tools,
                 when,
                 action,
                 reason: r.reason,
+                hold,
             });
         }
         Policy {
             rules: out,
             default,
+            version: String::new(),
+        }
+    }
+
+    fn hold_terms(
+        &mut self,
+        index: usize,
+        action: Action,
+        expiry: Option<Spanned<String>>,
+        hold: Option<Spanned<String>>,
+        quorum: Option<Spanned<i64>>,
+        approvers: Vec<String>,
+    ) -> HoldTerms {
+        if action != Action::Approve {
+            let stray = [
+                expiry.as_ref().map(|e| (e.span(), "expiry")),
+                hold.as_ref().map(|h| (h.span(), "hold")),
+                quorum.as_ref().map(|q| (q.span(), "quorum")),
+            ];
+            for (span, key) in stray.into_iter().flatten() {
+                self.problem(
+                    span,
+                    format!("rule {index}: {key} only applies to action = \"approve\""),
+                    Some("remove it, or make the rule hold calls for approval"),
+                );
+            }
+        }
+        let expiry = expiry.map(|e| self.duration(Some(e), Duration::from_secs(600), "expiry"));
+        let retry = match hold {
+            None => false,
+            Some(h) => match h.get_ref().as_str() {
+                "stream" => false,
+                "retry" => true,
+                other => {
+                    self.problem(
+                        h.span(),
+                        format!("rule {index}: unknown hold mode {other:?}"),
+                        Some("use \"stream\" (the request waits, the default) or \"retry\" (answer at once; the identical call runs once after approval)"),
+                    );
+                    false
+                }
+            },
+        };
+        let quorum = match quorum {
+            None => 1,
+            Some(q) => match u32::try_from(*q.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.problem(
+                        q.span(),
+                        format!("rule {index}: quorum must be 1 or more"),
+                        Some("quorum is the number of distinct approvers a call needs"),
+                    );
+                    1
+                }
+            },
+        };
+        HoldTerms {
+            expiry,
+            retry,
+            quorum,
+            approvers,
         }
     }
 

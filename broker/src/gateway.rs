@@ -2,19 +2,22 @@
 //!
 //! The frontend hands every `tools/call` request here. [`Gateway::intercept`] decodes the tool
 //! name and arguments, asks the policy, records the call, and returns either a [`Ticket`] (go
-//! ahead and forward; complete the ticket when the answer has been relayed) or a ready JSON-RPC
-//! response to send back instead. Holding a call for approval is the third verdict: today it is
-//! refused with a clear "approval queue not available" tool error.
+//! ahead and forward; complete the ticket when the answer has been relayed), a ready JSON-RPC
+//! response to send back instead, or a [`Held`] call: committed to the approval queue, for the
+//! frontend to wait on (see `hold`). Retry-mode holds answer at once and let the identical call
+//! through once after approval.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tollgate_shared::{CallRecord, Outcome, Timings};
+use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Timings};
 
+use crate::fingerprint;
 use crate::jsonrpc;
-use crate::policy::{Action, CallView, Policy};
+use crate::policy::{Action, CallView, Policy, Verdict};
+use crate::queue::{Queue, Waiting};
 use crate::store::Recorder;
 
 /// Milliseconds since the Unix epoch.
@@ -94,6 +97,16 @@ pub enum Intercept {
     Forward(Ticket),
     /// Answer the client with this JSON-RPC message instead of forwarding.
     Respond(Value),
+    /// The call is held (durably) for approval; wait on it.
+    Hold(Held),
+}
+
+/// A call waiting in the approval queue.
+pub struct Held {
+    /// Its record as stored.
+    pub record: CallRecord,
+    /// The queue's handle.
+    pub waiting: Waiting,
 }
 
 /// A forwarded call whose completion is still to be recorded.
@@ -128,7 +141,7 @@ impl Drop for Ticket {
     }
 }
 
-/// Policy, annotations and the recorder: everything interception needs.
+/// Policy, annotations, the recorder and the queue: everything interception needs.
 pub struct Gateway {
     /// The rules.
     pub policy: Policy,
@@ -136,6 +149,12 @@ pub struct Gateway {
     pub annotations: Arc<Annotations>,
     /// Where records go.
     pub recorder: Recorder,
+    /// Where held calls wait.
+    pub queue: Arc<Queue>,
+    /// Expiry of held calls whose rule sets none.
+    pub default_expiry: Duration,
+    /// How long an approved retry-mode call may be repeated to run.
+    pub retry_ttl: Duration,
 }
 
 impl Gateway {
@@ -175,6 +194,7 @@ impl Gateway {
             annotations: annotations.as_ref(),
         };
         let verdict = self.policy.evaluate(&view);
+        let args_hash = fingerprint::args_hash(arguments);
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
         let _enter = span.enter();
         let mut record = CallRecord {
@@ -195,11 +215,16 @@ impl Gateway {
                 completed_ms: None,
             },
             error: None,
+            fingerprint: fingerprint::exact(&ctx.server, tool, &args_hash),
+            args_hash,
+            policy_version: self.policy.version.clone(),
+            hold: None,
+            decisions: Vec::new(),
         };
         match verdict.action {
             Action::Allow => {
                 tracing::info!("allowed");
-                self.recorder.put(record.clone()).await;
+                self.recorder.record(record.clone()).await;
                 Intercept::Forward(Ticket {
                     record: Some(Box::new(record)),
                     recorder: self.recorder.clone(),
@@ -217,20 +242,81 @@ impl Gateway {
                 );
                 tracing::info!("blocked");
                 record.outcome = Outcome::Blocked;
-                self.recorder.put(record).await;
+                self.recorder.record(record).await;
                 Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
             }
-            Action::Approve => {
-                let text = format!(
-                    "Tollgate: this call to {}/{tool} needs human approval under rule \"{}\", but the approval queue is not available in this broker, so it was not run.",
-                    ctx.server, verdict.rule.name,
-                );
-                tracing::info!("needs approval; queue not available");
+            Action::Approve => self.hold(ctx, request, record, &verdict).await,
+        }
+    }
+}
+
+impl Gateway {
+    fn forward(&self, record: CallRecord) -> Intercept {
+        Intercept::Forward(Ticket {
+            record: Some(Box::new(record)),
+            recorder: self.recorder.clone(),
+        })
+    }
+
+    async fn hold(
+        &self,
+        ctx: &CallContext,
+        request: &Value,
+        mut record: CallRecord,
+        verdict: &Verdict,
+    ) -> Intercept {
+        let id = record.request_id.clone();
+        let call = format!("{}/{}", record.server, record.tool);
+        let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
+        let mode = if verdict.hold.retry {
+            HoldMode::Retry
+        } else {
+            HoldMode::Stream
+        };
+        if mode == HoldMode::Retry {
+            if let Some(approved) = self.queue.take_grant(&record) {
+                tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
+                record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
+                self.recorder.record(record.clone()).await;
+                return self.forward(record);
+            }
+            if let Some(waiting) = self.queue.pending_retry(&record) {
                 record.outcome = Outcome::Blocked;
-                record.reason = Some("approval queue not available".into());
-                self.recorder.put(record).await;
-                Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+                record.reason = Some(format!("still awaiting approval as call {waiting}"));
+                self.recorder.record(record).await;
+                let text = format!(
+                    "Tollgate: this call to {call} is still awaiting human approval (call {waiting}). It was not run. Repeat the identical call after it is approved."
+                );
+                return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
             }
         }
+        record.outcome = Outcome::Pending;
+        record.hold = Some(Hold {
+            mode,
+            expires_ms: now_ms() + expiry.as_millis() as u64,
+            quorum: verdict.hold.quorum.max(1),
+            approvers: verdict.hold.approvers.clone(),
+            progress_token: request.pointer("/params/_meta/progressToken").cloned(),
+        });
+        let waiting = match self.queue.hold(record.clone()).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hold a call: the store failed");
+                let text = format!(
+                    "Tollgate: this call to {call} needs human approval, but the broker could not queue it ({e}). It was not run; try again later."
+                );
+                return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+            }
+        };
+        if mode == HoldMode::Retry {
+            let text = format!(
+                "Tollgate: this call to {call} needs human approval under rule \"{}\" and is queued as call {}. It was not run yet. Once an approver approves it, repeat the identical call within {} and it will run once.",
+                record.rule.name,
+                record.id,
+                humantime::format_duration(self.retry_ttl),
+            );
+            return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+        }
+        Intercept::Hold(Held { record, waiting })
     }
 }

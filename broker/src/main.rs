@@ -1,19 +1,25 @@
 //! `tollgate-broker`: a transparent MCP gateway that applies policy to every `tools/call`.
 //!
-//! Subcommands: `serve` runs the gateway, `check` validates a config, `audit` lists recorded
-//! calls, `connect` bridges a stdio MCP client to a running broker, and `hash-token` prints the
-//! digest to put in a `[[client]]` table.
+//! Subcommands: `serve` runs the gateway, `check` validates a config, `audit` searches and
+//! verifies the audit trail, `token` manages identities, `connect` bridges a stdio MCP client to
+//! a running broker, and `hash-token` prints the digest to put in a `[[client]]` table.
 
+mod admin;
 mod auth;
 mod bridge;
 mod config;
+mod console_api;
+mod fingerprint;
 mod frontend;
 mod gateway;
+mod hold;
 mod jsonrpc;
 mod policy;
+mod queue;
 mod serve;
 mod sse;
 mod store;
+mod tokens;
 mod upstream;
 
 use std::io::Read;
@@ -26,8 +32,9 @@ use clap::{Parser, Subcommand};
 ///
 /// Clients connect to http://<listen>/mcp/<server> (Streamable HTTP) instead of the server
 /// itself. Every tools/call is checked against the [[rule]]s of the config: allowed calls are
-/// forwarded, denied ones get a tool error that names the rule, and every decision is recorded
-/// in the embedded store.
+/// forwarded, denied ones get a tool error that names the rule, and calls that need a person
+/// are held until an approver decides on a console (ws://<console_listen>/v1/console). Every
+/// outcome goes into a hash-chained audit trail in the embedded store.
 #[derive(Parser, Debug)]
 #[command(name = "tollgate-broker", version, about, long_about)]
 struct Cli {
@@ -52,18 +59,23 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
         config: PathBuf,
     },
-    /// List recorded tools/call decisions from the store (the broker must be stopped, or use a
-    /// copy of its data_dir).
+    /// Search the audit trail, or verify its hash chain (`audit verify`).
+    ///
+    /// Reads the store directly, so the broker must be stopped (or point --data-dir at a copy);
+    /// a running broker answers the same queries on the console API (`tollgate audit`).
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
-        /// The TOML configuration file (its data_dir locates the store).
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
-        config: PathBuf,
-        /// How many of the newest records to show.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(subcommand)]
+        action: Option<AuditCommand>,
+        #[command(flatten)]
+        dir: admin::DataDir,
+        #[command(flatten)]
+        search: admin::Search,
+    },
+    /// Manage the identities that may use the console API (and make calls): add, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
     },
     /// Bridge stdio to a running broker, for MCP clients that only launch stdio servers.
     ///
@@ -78,6 +90,59 @@ enum Command {
     },
     /// Read a token on stdin and print the token_sha256 value for a [[client]] table.
     HashToken,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check that no audit entry was edited, removed or reordered; exits 1 naming the first
+    /// broken entry.
+    Verify {
+        #[command(flatten)]
+        dir: admin::DataDir,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create an identity and print its token once (only its SHA-256 is stored).
+    Add {
+        /// Unique name, shown as approver or client in the audit trail.
+        #[arg(long)]
+        name: String,
+        /// viewer (sees the queue and audit trail), approver (also decides), admin (everything).
+        #[arg(long, value_parser = |s: &str| s.parse::<tollgate_shared::console::Role>())]
+        role: tollgate_shared::console::Role,
+        /// For approvers: the only servers they may decide for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        servers: Option<Vec<String>>,
+        #[command(flatten)]
+        dir: admin::DataDir,
+    },
+    /// List identities (names, roles, scopes; never tokens).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: admin::DataDir,
+    },
+    /// Remove an identity; its token stops working at once, also on a running broker.
+    Revoke {
+        /// The identity's name.
+        name: String,
+        #[command(flatten)]
+        dir: admin::DataDir,
+    },
+}
+
+fn report(what: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-broker {what}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -103,14 +168,24 @@ fn main() -> ExitCode {
             }
         },
         Command::Audit {
-            config,
-            limit,
-            json,
-        } => match audit(&config, limit, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tollgate-broker audit: {e:#}");
-                ExitCode::from(1)
+            action: Some(AuditCommand::Verify { dir }),
+            ..
+        } => report("audit verify", admin::verify(&dir)),
+        Command::Audit {
+            action: None,
+            dir,
+            search,
+        } => report("audit", admin::audit(&dir, &search)),
+        Command::Token { action } => match action {
+            TokenCommand::Add {
+                name,
+                role,
+                servers,
+                dir,
+            } => report("token add", admin::token_add(&dir, &name, role, servers)),
+            TokenCommand::List { json, dir } => report("token list", admin::token_list(&dir, json)),
+            TokenCommand::Revoke { name, dir } => {
+                report("token revoke", admin::token_revoke(&dir, &name))
             }
         },
         Command::Connect { url, token } => bridge::run(&url, token),
@@ -131,46 +206,4 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
-}
-
-fn audit(config: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<()> {
-    let cfg = config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = store::Store::open(&cfg.broker.data_dir)?;
-    let records = store.recent(limit)?;
-    let mut out = std::io::stdout().lock();
-    use std::io::Write;
-    if json {
-        for r in &records {
-            writeln!(out, "{}", serde_json::to_string(r)?)?;
-        }
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<24} {:<12} {:<12} {:<28} {:<16} RULE",
-        "TIME (UTC)", "OUTCOME", "CLIENT", "SERVER/TOOL", "REQUEST"
-    )?;
-    if records.is_empty() {
-        writeln!(
-            out,
-            "(no calls recorded yet in {})",
-            cfg.broker.data_dir.display()
-        )?;
-    }
-    for r in &records {
-        let t = humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.timings.received_ms),
-        );
-        writeln!(
-            out,
-            "{:<24} {:<12} {:<12} {:<28} {:<16} {}",
-            t.to_string(),
-            r.outcome.as_str(),
-            r.client,
-            format!("{}/{}", r.server, r.tool),
-            r.request_id.to_string(),
-            r.rule.name
-        )?;
-    }
-    Ok(())
 }

@@ -10,9 +10,15 @@ use std::future::IntoFuture;
 use anyhow::Context;
 
 use crate::config::{self, UpstreamSpec};
+use crate::console_api::{self, ConsoleApi};
 use crate::frontend::{self, Frontend, Upstream};
 use crate::gateway::{Annotations, Gateway};
-use crate::store::{Recorder, Store};
+use crate::hold::{self, Feeds};
+use crate::queue::Queue;
+use crate::store::Recorder;
+use crate::store::sled_backend::SledBackend;
+use crate::tokens::Registry;
+use tollgate_shared::{HoldMode, Outcome};
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
 
@@ -69,8 +75,11 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = Store::open(&config.broker.data_dir)?;
-    let recorder = Recorder::start(store);
+    let backend = Arc::new(SledBackend::open(&config.broker.data_dir)?);
+    let recorder = Recorder::start(backend.clone())?;
+    let queue = Queue::new(recorder.clone(), config.broker.retry_ttl);
+    let feeds = Arc::new(Feeds::default());
+    let registry = Arc::new(Registry::new(&config.broker.data_dir));
     let annotations = Arc::new(Annotations::default());
     let mut upstreams = HashMap::new();
     let mut stdio = Vec::new();
@@ -89,12 +98,31 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         };
         upstreams.insert(s.name.clone(), u);
     }
+    recover(&config, &backend, &queue, &feeds, &upstreams).await?;
     let gateway = Gateway {
         policy: config.policy.clone(),
         annotations,
         recorder: recorder.clone(),
+        queue: queue.clone(),
+        default_expiry: config.broker.default_expiry,
+        retry_ttl: config.broker.retry_ttl,
     };
-    let fe = Arc::new(Frontend::new(&config, gateway, upstreams));
+    let fe = Arc::new(Frontend::new(
+        &config,
+        gateway,
+        upstreams,
+        registry.clone(),
+        feeds,
+    ));
+    let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for consoles (set [broker] console_listen to a free address)",
+                config.broker.console_listen
+            )
+        })?;
+    let console_addr = console_listener.local_addr()?;
     let listener = tokio::net::TcpListener::bind(config.broker.listen)
         .await
         .with_context(|| {
@@ -111,6 +139,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "tollgate-broker listening on http://{addr}");
+        let _ = writeln!(out, "  consoles -> ws://{console_addr}/v1/console");
         for s in &config.servers {
             let _ = writeln!(out, "  {} -> http://{addr}/mcp/{}", s.name, s.name);
         }
@@ -122,6 +151,18 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let api = Arc::new(ConsoleApi {
+        queue: queue.clone(),
+        registry,
+    });
+    let console_stop = stopping.clone();
+    let console_server = axum::serve(console_listener, console_api::router(api))
+        .with_graceful_shutdown(async move { console_stop.cancelled().await });
+    tokio::spawn(async move {
+        if let Err(e) = console_server.await {
+            tracing::error!(error = %e, "the console API stopped");
         }
     });
     let server = axum::serve(listener, frontend::router(fe))
@@ -143,6 +184,57 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         }
     }
     recorder.flush().await;
+    if let Err(e) = backend.checkpoint() {
+        tracing::warn!(error = %e, "cannot checkpoint the store; its journal is replayed at the next start");
+    }
+    Ok(())
+}
+
+/// Put the calls that were held when the broker last stopped back in the queue. Retry-mode
+/// calls simply stay pending (their clients come back by repeating the call); a waiting
+/// request's call gets `resume_grace` for its client to resume the stream with
+/// `Last-Event-ID` before it is closed as `abandoned`.
+async fn recover(
+    config: &config::Config,
+    backend: &Arc<SledBackend>,
+    queue: &Arc<Queue>,
+    feeds: &Arc<Feeds>,
+    upstreams: &HashMap<String, Upstream>,
+) -> anyhow::Result<()> {
+    let pending = {
+        let b = backend.clone();
+        tokio::task::spawn_blocking(move || crate::store::Backend::pending(&*b)).await??
+    };
+    if pending.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(calls = pending.len(), "recovered held calls from the store");
+    for record in pending {
+        let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
+        let upstream = upstreams.get(&record.server).cloned();
+        let id = record.id.clone();
+        let waiting = queue.admit(record.clone());
+        match (mode, upstream) {
+            (HoldMode::Retry, _) => {}
+            (_, None) => {
+                queue
+                    .close(&id, Outcome::Abandoned, Some(format!("server {:?} is no longer configured", record.server)))
+                    .await;
+            }
+            (_, Some(upstream)) => {
+                hold::start(hold::Drive {
+                    queue: queue.clone(),
+                    feeds: feeds.clone(),
+                    inbound: hold::rebuild(&record),
+                    record,
+                    waiting,
+                    upstream,
+                    keepalive: config.broker.keepalive,
+                    grace: Some(config.broker.resume_grace),
+                });
+            }
+        }
+    }
     Ok(())
 }
 

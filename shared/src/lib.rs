@@ -3,6 +3,11 @@
 //! The broker writes [`CallRecord`]s into its store and the console (and the broker's own `audit`
 //! command) reads them back, so the record's shape lives here, in one place, with serde
 //! round-trip tests. Everything is plain data: no I/O, no async.
+//!
+//! [`console`] holds the console WebSocket protocol and [`audit`] the hash-chained audit entry.
+
+pub mod audit;
+pub mod console;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +116,76 @@ pub struct CallRecord {
     /// Set when forwarding failed (dead upstream, timeout); the client got a JSON-RPC error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// SHA-256 (hex) of the canonical JSON of the arguments: keys sorted, no whitespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub args_hash: String,
+    /// Exact fingerprint: SHA-256 (hex, 16 chars) of server, tool and canonical arguments. Calls
+    /// with the same fingerprint are the same call repeated, and can be decided together.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    /// Hash of the policy the verdict came from, so an audit reader knows which rules applied.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_version: String,
+    /// For a held call: how it waits and who may decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Decisions made on a held call so far, in order (approvals towards a quorum, or the one
+    /// rejection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
+}
+
+/// How a held call waits for its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldMode {
+    /// The request stays open (SSE keep-alives, progress when the client asked for it).
+    Stream,
+    /// The client made a task-augmented call and polls the task.
+    Task,
+    /// The client was told to retry; the identical call is let through once after approval.
+    Retry,
+}
+
+/// The waiting terms of a held call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// How the client waits.
+    pub mode: HoldMode,
+    /// When the call expires unless decided (ms since the epoch).
+    pub expires_ms: u64,
+    /// Distinct approvals needed.
+    pub quorum: u32,
+    /// Who may approve: identity names or `role:<role>`; empty means any approver in scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The client's `progressToken`, so keep-alive progress can be sent (also after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_token: Option<serde_json::Value>,
+}
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Let the call run.
+    Approve,
+    /// Refuse the call.
+    Reject,
+}
+
+/// One person's decision on a held call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The deciding identity.
+    pub by: String,
+    /// Approve or reject.
+    pub verdict: Verdict,
+    /// The reason given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
 }
 
 #[cfg(test)]
@@ -140,6 +215,22 @@ mod tests {
                 completed_ms: None,
             },
             error: None,
+            args_hash: "ab".into(),
+            fingerprint: "cd".into(),
+            policy_version: "ef".into(),
+            hold: Some(Hold {
+                mode: HoldMode::Stream,
+                expires_ms: 9,
+                quorum: 2,
+                approvers: vec!["role:dba".into()],
+                progress_token: Some(serde_json::json!("p")),
+            }),
+            decisions: vec![Decision {
+                by: "bob".into(),
+                verdict: Verdict::Approve,
+                reason: None,
+                at_ms: 3,
+            }],
         };
         let text = serde_json::to_string(&record).expect("serialize");
         assert!(text.contains("\"outcome\":\"blocked\""), "{text}");

@@ -20,7 +20,10 @@ use serde_json::Value;
 use crate::auth::{self, AuthError};
 use crate::config::{Auth, Config};
 use crate::gateway::{CallContext, Gateway, Intercept, now_ms};
+use crate::hold::{self, Feeds};
 use crate::jsonrpc::{self, Kind};
+use crate::tokens::Registry;
+use tollgate_shared::Outcome;
 use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
@@ -46,6 +49,12 @@ pub struct Frontend {
     pub max_body: usize,
     /// Browser origins allowed besides loopback.
     pub allowed_origins: Vec<String>,
+    /// Identities from the token file (they may make calls too).
+    pub registry: Arc<Registry>,
+    /// Event feeds of held calls, for clients that resume.
+    pub feeds: Arc<Feeds>,
+    /// Keep-alive interval on held calls.
+    pub keepalive: std::time::Duration,
 }
 
 impl Frontend {
@@ -54,6 +63,8 @@ impl Frontend {
         config: &Config,
         gateway: Gateway,
         upstreams: HashMap<String, Upstream>,
+        registry: Arc<Registry>,
+        feeds: Arc<Feeds>,
     ) -> Frontend {
         Frontend {
             gateway,
@@ -61,6 +72,9 @@ impl Frontend {
             auth: config.auth.clone(),
             max_body: config.broker.max_body,
             allowed_origins: config.broker.allowed_origins.clone(),
+            registry,
+            feeds,
+            keepalive: config.broker.keepalive,
         }
     }
 
@@ -153,7 +167,7 @@ async fn handle(
             );
         }
     }
-    let client = match auth::authenticate(&fe.auth, &headers) {
+    let client = match auth::authenticate(&fe.auth, Some(&fe.registry), &headers) {
         Ok(c) => c,
         Err(e) => {
             let mut r = status_error(StatusCode::UNAUTHORIZED, &e.to_string());
@@ -186,6 +200,11 @@ async fn handle(
         Method::POST => post(&fe, &server, client, upstream, headers, session, body).await,
         Method::GET => {
             let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+            if let Some(r) =
+                last.and_then(|l| hold::resume(&fe.feeds, &client, l, fe.keepalive))
+            {
+                return r;
+            }
             match upstream {
                 Upstream::Stdio(u) => u.get(session.as_deref(), last),
                 Upstream::Http(u) => u.get(&headers).await,
@@ -292,20 +311,21 @@ async fn post(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
-    let mut ticket = None;
-    if kind == Kind::Request && jsonrpc::method(&value) == Some("tools/call") {
-        let ctx = CallContext {
-            client,
-            server: server.to_string(),
-            session: session.clone(),
-            protocol_version,
-        };
-        match fe.gateway.intercept(&ctx, &value, received_ms).await {
-            Intercept::Forward(t) => ticket = Some(t),
-            Intercept::Respond(answer) => return json_response(StatusCode::OK, &answer, None),
-        }
+    if kind == Kind::Notification && jsonrpc::method(&value) == Some("notifications/cancelled")
+        && let Some(request_id) = value.pointer("/params/requestId")
+        && let Some(held) = fe.gateway.queue.find_request(&client, session.as_deref(), request_id)
+    {
+        let why = value
+            .pointer("/params/reason")
+            .and_then(Value::as_str)
+            .map_or_else(|| "the client cancelled the request".to_string(), |r| format!("the client cancelled: {r}"));
+        fe.gateway.queue.close(&held, Outcome::Cancelled, Some(why)).await;
+        return Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .body(Body::empty())
+            .unwrap_or_default();
     }
-    let inbound = Inbound {
+    let mut inbound = Inbound {
         value,
         raw,
         kind,
@@ -313,8 +333,33 @@ async fn post(
         session,
         sse,
         modern,
-        ticket,
+        ticket: None,
     };
+    if kind == Kind::Request && jsonrpc::method(&inbound.value) == Some("tools/call") {
+        let ctx = CallContext {
+            client,
+            server: server.to_string(),
+            session: inbound.session.clone(),
+            protocol_version,
+        };
+        match fe.gateway.intercept(&ctx, &inbound.value, received_ms).await {
+            Intercept::Forward(t) => inbound.ticket = Some(t),
+            Intercept::Respond(answer) => return json_response(StatusCode::OK, &answer, None),
+            Intercept::Hold(held) => {
+                let feed = hold::start(hold::Drive {
+                    queue: fe.gateway.queue.clone(),
+                    feeds: fe.feeds.clone(),
+                    record: held.record,
+                    waiting: held.waiting,
+                    inbound,
+                    upstream,
+                    keepalive: fe.keepalive,
+                    grace: None,
+                });
+                return hold::respond(feed, sse, fe.keepalive);
+            }
+        }
+    }
     match upstream {
         Upstream::Stdio(u) => u.post(inbound).await,
         Upstream::Http(u) => u.post(inbound).await,

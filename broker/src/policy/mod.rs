@@ -106,6 +106,21 @@ pub struct Rule {
     pub action: Action,
     /// Text shown to the client (and the model) when the rule refuses a call.
     pub reason: Option<String>,
+    /// For `approve`: how the call waits and who decides.
+    pub hold: HoldTerms,
+}
+
+/// How a call held by a rule waits, and who may decide it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldTerms {
+    /// Expiry; `None` means the broker's `default_expiry`.
+    pub expiry: Option<std::time::Duration>,
+    /// `hold = "retry"`: answer at once, let the identical call through once after approval.
+    pub retry: bool,
+    /// Distinct approvals needed (at least 1).
+    pub quorum: u32,
+    /// Who may decide: identity names or `role:<role>`; empty means any approver in scope.
+    pub approvers: Vec<String>,
 }
 
 /// An ordered rule list with a default action.
@@ -115,6 +130,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// What happens when no rule matches.
     pub default: Action,
+    /// Short hash of the config text the rules came from, recorded with every call.
+    pub version: String,
 }
 
 /// The parts of a call that policy may look at.
@@ -139,6 +156,8 @@ pub struct Verdict {
     pub rule: RuleRef,
     /// The rule's reason text, if it has one.
     pub reason: Option<String>,
+    /// How a held call waits (meaningful for `approve`).
+    pub hold: HoldTerms,
 }
 
 impl Policy {
@@ -150,6 +169,7 @@ impl Policy {
                     action: rule.action,
                     rule: rule.id.clone(),
                     reason: rule.reason.clone(),
+                    hold: rule.hold.clone(),
                 };
             }
         }
@@ -160,6 +180,10 @@ impl Policy {
                 name: "default".into(),
             },
             reason: None,
+            hold: HoldTerms {
+                quorum: 1,
+                ..HoldTerms::default()
+            },
         }
     }
 }
@@ -234,6 +258,7 @@ mod tests {
 
     fn rule(index: usize, tools: &[&str], when: Vec<Condition>, action: Action) -> Rule {
         Rule {
+            hold: HoldTerms::default(),
             id: RuleRef {
                 index,
                 name: format!("rule {index}"),
@@ -273,6 +298,7 @@ mod tests {
                 rule(3, &["db/read_x"], vec![], Action::Approve),
             ],
             default: Action::Approve,
+            version: String::new(),
         };
         let args = json!({});
         let v = policy.evaluate(&view("read_x", &args, None));
@@ -303,6 +329,7 @@ mod tests {
                 Action::Deny,
             )],
             default: Action::Allow,
+            version: String::new(),
         };
         let bad = json!({"q": {"text": "  DROP TABLE x"}});
         let ok = json!({"q": {"text": "select 1"}});
@@ -357,6 +384,7 @@ mod tests {
                 Action::Allow,
             )],
             default: Action::Approve,
+            version: String::new(),
         };
         let args = json!({});
         let ro = json!({"readOnlyHint": true});
@@ -388,6 +416,7 @@ mod tests {
                 Action::Deny,
             )],
             default: Action::Allow,
+            version: String::new(),
         };
         let both = json!({"a": 1, "b": "x"});
         let one = json!({"a": 1, "b": "y"});

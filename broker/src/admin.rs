@@ -1,0 +1,275 @@
+//! Operator commands that work on a data directory: `audit` (search, export, verify the chain)
+//! and `token` (add, list, revoke identities).
+//!
+//! `audit` opens the sled store, which one process at a time may hold, so it reads a stopped
+//! broker's store (or a copy); a running broker answers audit queries on the console API.
+//! `token` edits the token file, which works while the broker runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use tollgate_shared::Outcome;
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::console::Role;
+
+use crate::config;
+use crate::store::{self, Backend, sled_backend::SledBackend};
+use crate::tokens;
+
+/// Where the data directory is: from `--data-dir`, else from the config's `data_dir`.
+#[derive(clap::Args, Debug)]
+pub struct DataDir {
+    /// The TOML configuration file (its [broker] data_dir locates the store).
+    #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+    config: PathBuf,
+    /// The data directory, instead of reading it from the config.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        let cfg = config::load(&self.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(cfg.broker.data_dir)
+    }
+}
+
+/// Output formats of `audit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// Comma-separated values with a header.
+    Csv,
+}
+
+/// Filters and output of an audit search.
+#[derive(clap::Args, Debug)]
+pub struct Search {
+    /// Only this status: allowed, blocked, pending, approved, rejected, expired, cancelled,
+    /// abandoned, rate_limited.
+    #[arg(long, value_parser = parse_outcome)]
+    status: Option<Outcome>,
+    /// Only calls to this server.
+    #[arg(long)]
+    server: Option<String>,
+    /// Only this tool.
+    #[arg(long)]
+    tool: Option<String>,
+    /// Only calls made by this client identity.
+    #[arg(long)]
+    client: Option<String>,
+    /// Only entries decided (in part) by this approver.
+    #[arg(long)]
+    approver: Option<String>,
+    /// Only the entries of one call id.
+    #[arg(long)]
+    call: Option<String>,
+    /// Only entries newer than this, e.g. 15m, 1h, 7d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Shorthand for --format json.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// Shorthand for --format csv.
+    #[arg(long, conflicts_with_all = ["format", "json"])]
+    csv: bool,
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        format!("unknown status {s:?} (statuses: allowed, blocked, pending, approved, rejected, expired, cancelled, abandoned, rate_limited)")
+    })
+}
+
+fn open(dir: &Path) -> anyhow::Result<SledBackend> {
+    if !dir.exists() {
+        anyhow::bail!(
+            "no store at {}: the broker has not run with this data_dir yet",
+            dir.display()
+        );
+    }
+    SledBackend::open(dir)
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `audit`: search the trail.
+pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
+    let backend = open(&dir.resolve()?)?;
+    let filter = AuditFilter {
+        status: s.status,
+        server: s.server.clone(),
+        tool: s.tool.clone(),
+        client: s.client.clone(),
+        approver: s.approver.clone(),
+        call_id: s.call.clone(),
+        since_ms: s
+            .since
+            .map(|d| crate::gateway::now_ms().saturating_sub(d.as_millis() as u64)),
+        limit: Some(s.limit),
+    };
+    let entries = backend.audit_query(&filter)?;
+    let format = if s.json {
+        Format::Json
+    } else if s.csv {
+        Format::Csv
+    } else {
+        s.format
+    };
+    let mut out = std::io::stdout().lock();
+    write_entries(&mut out, &entries, format)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            for e in entries {
+                writeln!(out, "{}", serde_json::to_string(e)?)?;
+            }
+        }
+        Format::Csv => {
+            writeln!(out, "seq,time,status,client,server,tool,request_id,approvers,rule,reason,args_hash,call_id,hash")?;
+            for e in entries {
+                let fields = [
+                    e.seq.to_string(),
+                    time(e.at_ms),
+                    e.outcome.to_string(),
+                    e.client.clone(),
+                    e.server.clone(),
+                    e.tool.clone(),
+                    e.request_id.to_string(),
+                    e.approvers.join(" "),
+                    e.rule.name.clone(),
+                    e.reason.clone().or(e.error.clone()).unwrap_or_default(),
+                    e.args_hash.clone(),
+                    e.call_id.clone(),
+                    e.hash.clone(),
+                ];
+                let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                writeln!(out, "{}", row.join(","))?;
+            }
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "{:>6} {:<20} {:<12} {:<12} {:<28} {:<12} {:<14} REASON",
+                "SEQ", "TIME (UTC)", "STATUS", "CLIENT", "SERVER/TOOL", "BY", "RULE"
+            )?;
+            if entries.is_empty() {
+                writeln!(out, "(no matching audit entries)")?;
+            }
+            for e in entries {
+                writeln!(
+                    out,
+                    "{:>6} {:<20} {:<12} {:<12} {:<28} {:<12} {:<14} {}",
+                    e.seq,
+                    time(e.at_ms),
+                    e.outcome.as_str(),
+                    e.client,
+                    format!("{}/{}", e.server, e.tool),
+                    if e.approvers.is_empty() { "-".into() } else { e.approvers.join(",") },
+                    e.rule.name,
+                    e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `audit verify`: check the hash chain.
+pub fn verify(dir: &DataDir) -> anyhow::Result<()> {
+    let dir = dir.resolve()?;
+    let backend = open(&dir)?;
+    let v = store::verify(&backend)?;
+    println!(
+        "audit chain OK: {} entries in {}, head {}",
+        v.entries,
+        dir.display(),
+        v.head
+    );
+    Ok(())
+}
+
+/// `token add`.
+pub fn token_add(
+    dir: &DataDir,
+    name: &str,
+    role: Role,
+    servers: Option<Vec<String>>,
+) -> anyhow::Result<()> {
+    let dir = dir.resolve()?;
+    let token = tokens::add(&dir, name, role, servers.clone())
+        .with_context(|| format!("cannot add identity {name:?}"))?;
+    let scope = servers.map_or_else(String::new, |s| format!(" for servers {}", s.join(", ")));
+    eprintln!(
+        "added {name} ({}{scope}). This is the only time the token is shown; store it now:",
+        role.as_str()
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// `token list`.
+pub fn token_list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
+    let list = tokens::list(&dir.resolve()?)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for t in &list {
+            let v = serde_json::json!({"name": t.name, "role": t.role, "servers": t.servers, "created_ms": t.created_ms});
+            writeln!(out, "{v}")?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{:<20} {:<9} {:<20} CREATED (UTC)", "NAME", "ROLE", "SERVERS")?;
+    for t in &list {
+        writeln!(
+            out,
+            "{:<20} {:<9} {:<20} {}",
+            t.name,
+            t.role.as_str(),
+            t.servers.as_ref().map_or("(all)".into(), |s| s.join(",")),
+            time(t.created_ms)
+        )?;
+    }
+    if list.is_empty() {
+        writeln!(out, "(no identities yet: tollgate-broker token add --name NAME --role approver)")?;
+    }
+    Ok(())
+}
+
+/// `token revoke`.
+pub fn token_revoke(dir: &DataDir, name: &str) -> anyhow::Result<()> {
+    if tokens::revoke(&dir.resolve()?, name)? {
+        println!("revoked {name}; its token stops working at its next use");
+        Ok(())
+    } else {
+        anyhow::bail!("no identity named {name:?} (see `tollgate-broker token list`)")
+    }
+}

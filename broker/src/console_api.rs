@@ -1,0 +1,223 @@
+//! The console API: a WebSocket at `/v1/console` on `console_listen`.
+//!
+//! A console authenticates with a bearer token from the token file on the upgrade request (a
+//! bad token is refused with 401 before any WebSocket exists). The broker then sends `hello`
+//! and a `snapshot`, and forwards queue events as they happen. Each connection is one task that
+//! reads requests and writes answers and events; events reach it through the queue's bounded
+//! broadcast channel, so a console that cannot keep up only delays itself: when it falls more
+//! than the buffer behind, it gets a fresh snapshot instead of the events it missed.
+//! The message types are in `tollgate_shared::console`; `docs/protocol.md` describes them.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use axum::routing::get;
+use tokio::sync::broadcast::error::RecvError;
+use tollgate_shared::PROTOCOL_VERSION;
+use tollgate_shared::console::{ClientMsg, Role, ServerMsg, Target};
+
+use crate::auth;
+use crate::frontend::status_error;
+use crate::queue::Queue;
+use crate::queue::rules::Identity;
+use crate::tokens::Registry;
+
+/// What the console API needs.
+pub struct ConsoleApi {
+    /// The approval queue.
+    pub queue: Arc<Queue>,
+    /// Who may connect.
+    pub registry: Arc<Registry>,
+}
+
+/// The console API's routes.
+pub fn router(api: Arc<ConsoleApi>) -> Router {
+    Router::new()
+        .route("/v1/console", get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            status_error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: consoles connect with a WebSocket to /v1/console",
+            )
+        })
+        .with_state(api)
+}
+
+async fn upgrade(
+    State(api): State<Arc<ConsoleApi>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response<Body> {
+    let who = match auth::bearer(&headers) {
+        Ok(token) => api.registry.lookup(token),
+        Err(e) => {
+            return unauthorized(&e.to_string());
+        }
+    };
+    let Some(who) = who else {
+        return unauthorized(
+            "invalid bearer token: create one with `tollgate-broker token add --name NAME --role approver`",
+        );
+    };
+    let Ok(ws) = ws else {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks WebSocket only: send an Upgrade: websocket request",
+        );
+    };
+    ws.max_message_size(1 << 20)
+        .on_upgrade(move |socket| connection(api, who, socket))
+}
+
+fn unauthorized(message: &str) -> Response<Body> {
+    let mut r = status_error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
+    let text = match serde_json::to_string(msg) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a console message");
+            return true;
+        }
+    };
+    socket
+        .send(Message::Text(Utf8Bytes::from(text)))
+        .await
+        .is_ok()
+}
+
+fn snapshot(queue: &Queue, req: Option<u64>) -> ServerMsg {
+    ServerMsg::Snapshot {
+        req,
+        pending: queue.snapshot(),
+        rules: Vec::new(),
+    }
+}
+
+async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) {
+    tracing::info!(identity = %who.name, role = who.role.as_str(), "console connected");
+    // Subscribe before the snapshot so nothing falls between them (an event may then appear in
+    // both, which consoles handle by call id).
+    let mut events = api.queue.subscribe();
+    let hello = ServerMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        broker: env!("CARGO_PKG_VERSION").into(),
+        identity: who.name.clone(),
+        role: who.role,
+        servers: who.servers.clone(),
+    };
+    if !send(&mut socket, &hello).await || !send(&mut socket, &snapshot(&api.queue, None)).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let reply = match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => handle(&api, &who, text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => ServerMsg::Error {
+                        req: None,
+                        message: "binary frames are not part of the protocol: send JSON text frames".into(),
+                    },
+                    Some(Ok(_)) => continue,
+                };
+                if !send(&mut socket, &reply).await {
+                    break;
+                }
+            }
+            ev = events.recv() => {
+                let ok = match ev {
+                    Ok(msg) => send(&mut socket, &msg).await,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(identity = %who.name, missed = n, "console fell behind; sending a fresh snapshot");
+                        send(&mut socket, &snapshot(&api.queue, None)).await
+                    }
+                    Err(RecvError::Closed) => false,
+                };
+                if !ok {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(identity = %who.name, "console disconnected");
+}
+
+async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
+    let msg: ClientMsg = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            let req = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
+            return ServerMsg::Error {
+                req,
+                message: format!(
+                    "not a valid console message ({e}); see docs/protocol.md for the message types"
+                ),
+            };
+        }
+    };
+    match msg {
+        ClientMsg::Decide {
+            req,
+            target,
+            verdict,
+            reason,
+        } => {
+            if let Target::Ids { ids } = &target
+                && ids.is_empty()
+            {
+                return ServerMsg::Error {
+                    req,
+                    message: "decide needs at least one call id".into(),
+                };
+            }
+            let results = api
+                .queue
+                .decide(who, &target, verdict, reason.as_deref())
+                .await;
+            ServerMsg::Decided { req, results }
+        }
+        ClientMsg::AuditQuery { req, filter } => {
+            let backend = api.queue.recorder().backend().clone();
+            match tokio::task::spawn_blocking(move || backend.audit_query(&filter)).await {
+                Ok(Ok(entries)) => ServerMsg::AuditResult { req, entries },
+                Ok(Err(e)) => ServerMsg::Error {
+                    req,
+                    message: format!("audit query failed: {e:#}"),
+                },
+                Err(e) => ServerMsg::Error {
+                    req,
+                    message: format!("audit query failed: {e}"),
+                },
+            }
+        }
+        ClientMsg::Snapshot { req } => snapshot(&api.queue, req),
+        ClientMsg::ListRules { req } => ServerMsg::Rules {
+            req,
+            rules: Vec::new(),
+        },
+        ClientMsg::RevokeRule { req, id } => {
+            if who.role == Role::Viewer {
+                return ServerMsg::Error {
+                    req,
+                    message: format!("{} is a viewer; revoking rules needs the approver or admin role", who.name),
+                };
+            }
+            ServerMsg::Error {
+                req,
+                message: format!("no temporary rule {id:?} (list them with list_rules)"),
+            }
+        }
+    }
+}

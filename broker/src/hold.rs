@@ -1,0 +1,546 @@
+//! How a client waits for a held call on its open request, and how the answer reaches it.
+//!
+//! Each held stream-mode call gets a [`Feed`]: the ordered events its client should see (progress
+//! while waiting, then whatever the upstream sends once the call is approved, or the refusal).
+//! A driver task ([`drive`]) owns the call: it waits for the queue's resolution, emits
+//! `notifications/progress` every keep-alive interval when the client sent a `progressToken`,
+//! forwards the call upstream on approval (renumbering the upstream's progress so the client's
+//! values keep increasing) and ends the feed with the final response.
+//!
+//! Clients are listeners on the feed. The POST that made the call is the first one; on the
+//! handshake revisions a client whose stream dropped comes back with `GET` and
+//! `Last-Event-ID: tg-<call id>-<n>` and gets every event after `n`, and a dropped stream is not
+//! a cancel. On 2026-07-28 a closed stream is a cancel: when the last listener goes, the call is
+//! cancelled (or, if already forwarded, the upstream request is dropped, which cancels it there).
+//! Idle listeners get an SSE comment every keep-alive interval so proxies keep the stream open.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tollgate_shared::{CallRecord, Outcome};
+
+use crate::frontend::{self, Upstream};
+use crate::gateway::now_ms;
+use crate::jsonrpc::{self, Kind};
+use crate::queue::{Queue, Resolution, Waiting};
+use crate::sse;
+use crate::upstream::Inbound;
+
+/// How long a finished feed stays available for a client that resumes late.
+const RETAIN: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+struct FeedState {
+    events: Vec<Bytes>,
+    done: bool,
+    listeners: usize,
+}
+
+/// The events of one held call.
+pub struct Feed {
+    id: String,
+    /// The client that made the call (only it may resume).
+    pub client: String,
+    modern: bool,
+    st: Mutex<FeedState>,
+    changed: Notify,
+    deserted: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Feed {
+    fn push(&self, data: Bytes, last: bool) {
+        {
+            let mut st = lock(&self.st);
+            if st.done {
+                return;
+            }
+            st.events.push(data);
+            st.done |= last;
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn finish_with(&self, message: &Value) {
+        self.push(Bytes::from(message.to_string()), true);
+    }
+
+    fn listeners(&self) -> usize {
+        lock(&self.st).listeners
+    }
+
+    fn attach(self: &Arc<Self>) -> Listener {
+        lock(&self.st).listeners += 1;
+        Listener { feed: self.clone() }
+    }
+
+    /// Wait until the feed holds its final response, and return it.
+    async fn last(self: &Arc<Self>) -> Bytes {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let st = lock(&self.st);
+                if st.done
+                    && let Some(last) = st.events.last()
+                {
+                    return last.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A client attached to a feed; dropping it may cancel the call (2026-07-28).
+struct Listener {
+    feed: Arc<Feed>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let gone = {
+            let mut st = lock(&self.feed.st);
+            st.listeners -= 1;
+            st.listeners == 0 && !st.done
+        };
+        if gone {
+            self.feed.deserted.notify_one();
+        }
+    }
+}
+
+/// Every live feed by call id.
+#[derive(Default)]
+pub struct Feeds {
+    map: Mutex<HashMap<String, Arc<Feed>>>,
+}
+
+impl Feeds {
+    fn insert(&self, feed: Arc<Feed>) {
+        lock(&self.map).insert(feed.id.clone(), feed);
+    }
+
+    fn remove_later(self: &Arc<Self>, id: String) {
+        let feeds = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETAIN).await;
+            lock(&feeds.map).remove(&id);
+        });
+    }
+
+    /// The feed a `Last-Event-ID` of ours points into, and the position after it.
+    pub fn for_event_id(&self, last_event_id: &str) -> Option<(Arc<Feed>, usize)> {
+        let (id, n) = last_event_id.strip_prefix("tg-")?.rsplit_once('-')?;
+        let n = n.parse().ok()?;
+        Some((lock(&self.map).get(id)?.clone(), n))
+    }
+}
+
+/// Everything a driver needs to see one held call through.
+pub struct Drive {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// The feeds registry.
+    pub feeds: Arc<Feeds>,
+    /// The held call.
+    pub record: CallRecord,
+    /// Its queue handle.
+    pub waiting: Waiting,
+    /// The request to forward on approval.
+    pub inbound: Inbound,
+    /// Where to forward it.
+    pub upstream: Upstream,
+    /// Interval of keep-alives.
+    pub keepalive: Duration,
+    /// Cancel if no client is attached after this long (recovered calls); `None`: only the
+    /// revision's rules apply.
+    pub grace: Option<Duration>,
+}
+
+/// Register a feed for a held call and start its driver; returns the feed.
+pub fn start(d: Drive) -> Arc<Feed> {
+    let feed = Arc::new(Feed {
+        id: d.record.id.clone(),
+        client: d.record.client.clone(),
+        modern: d.inbound.modern,
+        st: Mutex::new(FeedState::default()),
+        changed: Notify::new(),
+        deserted: Notify::new(),
+    });
+    d.feeds.insert(feed.clone());
+    // A priming event (empty data, with an id) lets a client whose stream drops before anything
+    // else arrives resume with Last-Event-ID; SDKs skip empty events.
+    feed.push(Bytes::new(), false);
+    tokio::spawn(run(d, feed.clone()));
+    feed
+}
+
+/// The text a refused held call's client sees.
+pub fn refusal_text(record: &CallRecord, r: &Resolution) -> String {
+    let call = format!("{}/{}", record.server, record.tool);
+    match r {
+        Resolution::Rejected { by, reason } => match reason {
+            Some(why) => format!("Rejected by {by}: {why}. The call to {call} was not run."),
+            None => format!("Rejected by {by}. The call to {call} was not run."),
+        },
+        Resolution::Expired => format!(
+            "Timed out waiting for approval: nobody approved this call to {call} before it expired, so it was not run. Try again later or ask an approver."
+        ),
+        Resolution::Cancelled => format!("The call to {call} was cancelled while it waited for approval."),
+        Resolution::Abandoned => format!(
+            "The call to {call} was abandoned: the broker restarted while it waited for approval and could not deliver the answer. It was not run."
+        ),
+        Resolution::Approved => String::new(),
+    }
+}
+
+async fn run(d: Drive, feed: Arc<Feed>) {
+    let Drive {
+        queue,
+        feeds,
+        record,
+        mut waiting,
+        inbound,
+        upstream,
+        keepalive,
+        grace,
+    } = d;
+    let token = record.hold.as_ref().and_then(|h| h.progress_token.clone());
+    let mut progress = 0u64;
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
+    let grace_end = grace.map(|g| started + g);
+    let resolution = loop {
+        if let Some(r) = waiting.done.borrow().clone() {
+            break r;
+        }
+        tokio::select! {
+            changed = waiting.done.changed() => {
+                if changed.is_err() {
+                    break Resolution::Abandoned;
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(tok) = &token {
+                    progress += 1;
+                    let held = started.elapsed().as_secs();
+                    let note = json!({
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {
+                            "progressToken": tok,
+                            "progress": progress,
+                            "message": format!("Waiting for approval (rule \"{}\", held {held} s, call {})", record.rule.name, record.id),
+                        }
+                    });
+                    feed.push(Bytes::from(note.to_string()), false);
+                }
+            }
+            _ = feed.deserted.notified(), if feed.modern => {
+                queue.close(&record.id, Outcome::Cancelled, Some("the client closed its request stream".into())).await;
+            }
+            _ = tokio::time::sleep_until(grace_end.unwrap_or(started)), if grace_end.is_some() && feed.listeners() == 0 => {
+                queue.close(&record.id, Outcome::Abandoned, Some("no client came back for the answer after the broker restarted".into())).await;
+            }
+        }
+    };
+    let id = jsonrpc::id(&inbound.value);
+    if resolution != Resolution::Approved {
+        let text = refusal_text(&record, &resolution);
+        feed.finish_with(&jsonrpc::tool_error(id, &text, inbound.modern));
+        feeds.remove_later(record.id.clone());
+        return;
+    }
+    let recorder = queue.recorder().clone();
+    let mut done = record.clone();
+    let forwarded = async {
+        let response = match &upstream {
+            Upstream::Stdio(u) => u.post(inbound_clone(&inbound)).await,
+            Upstream::Http(u) => u.post(inbound_clone(&inbound)).await,
+        };
+        relay(response, &feed, token.as_ref(), progress + 1, &id).await
+    };
+    let error = if feed.modern {
+        tokio::select! {
+            e = forwarded => e,
+            _ = feed.deserted.notified() => Some("the client closed its request stream; the upstream request was dropped".into()),
+        }
+    } else {
+        forwarded.await
+    };
+    done.timings.completed_ms = Some(now_ms());
+    done.error = error;
+    recorder.put(done).await;
+    feeds.remove_later(record.id.clone());
+}
+
+fn inbound_clone(i: &Inbound) -> Inbound {
+    Inbound {
+        value: i.value.clone(),
+        raw: i.raw.clone(),
+        kind: Kind::Request,
+        headers: i.headers.clone(),
+        session: i.session.clone(),
+        sse: true,
+        modern: i.modern,
+        ticket: None,
+    }
+}
+
+/// Copy the upstream's answer into the feed; returns an error description if forwarding failed.
+async fn relay(
+    response: Response<Body>,
+    feed: &Feed,
+    token: Option<&Value>,
+    base: u64,
+    id: &Value,
+) -> Option<String> {
+    let status = response.status();
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let mut body = response.into_body().into_data_stream();
+    if !is_sse {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => bytes.extend_from_slice(&c),
+                Err(e) => {
+                    let why = format!("upstream answer broke off: {e}");
+                    feed.finish_with(&jsonrpc::error(id.clone(), jsonrpc::UPSTREAM_ERROR, &why));
+                    return Some(why);
+                }
+            }
+        }
+        return match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.get("jsonrpc").is_some() => {
+                let err = v.get("error").map(|e| e.to_string());
+                feed.finish_with(&v);
+                err
+            }
+            _ => {
+                let why = format!(
+                    "upstream answered HTTP {status} without a JSON-RPC message: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                );
+                feed.finish_with(&jsonrpc::error(id.clone(), jsonrpc::UPSTREAM_ERROR, &why));
+                Some(why)
+            }
+        };
+    }
+    let mut parser = sse::Parser::default();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("upstream stream broke off: {e}");
+                feed.finish_with(&jsonrpc::error(id.clone(), jsonrpc::UPSTREAM_ERROR, &why));
+                return Some(why);
+            }
+        };
+        for ev in parser.feed(&chunk) {
+            let Ok(mut msg) = serde_json::from_str::<Value>(&ev.data) else {
+                continue;
+            };
+            let is_response = msg.get("method").is_none()
+                && (msg.get("result").is_some() || msg.get("error").is_some());
+            if is_response {
+                let err = msg.get("error").map(|e| e.to_string());
+                feed.finish_with(&msg);
+                return err;
+            }
+            renumber_progress(&mut msg, token, base);
+            feed.push(Bytes::from(msg.to_string()), false);
+        }
+    }
+    let why = "the upstream stream ended without an answer".to_string();
+    feed.finish_with(&jsonrpc::error(id.clone(), jsonrpc::UPSTREAM_ERROR, &why));
+    Some(why)
+}
+
+/// Shift the upstream's progress for our token past the values sent while the call was held.
+fn renumber_progress(msg: &mut Value, token: Option<&Value>, base: u64) {
+    if jsonrpc::method(msg) != Some("notifications/progress") {
+        return;
+    }
+    let Some(params) = msg.get_mut("params") else {
+        return;
+    };
+    if token.is_none() || params.get("progressToken") != token {
+        return;
+    }
+    for key in ["progress", "total"] {
+        if let Some(v) = params.get(key).and_then(Value::as_f64) {
+            let shifted = base as f64 + v;
+            params[key] = if shifted.fract() == 0.0 {
+                json!(shifted as u64)
+            } else {
+                json!(shifted)
+            };
+        }
+    }
+}
+
+fn sse_response(body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The events of `feed` after position `after`, as an SSE body with keep-alive comments.
+fn listen(feed: Arc<Feed>, after: usize, keepalive: Duration) -> Response<Body> {
+    let listener = feed.attach();
+    let stream = futures_util::stream::unfold(
+        (listener, after, false),
+        move |(listener, mut next, ended)| async move {
+            if ended {
+                return None;
+            }
+            let feed = listener.feed.clone();
+            loop {
+                let notified = feed.changed.notified();
+                {
+                    let st = lock(&feed.st);
+                    if next < st.events.len() {
+                        let data = st.events[next].clone();
+                        next += 1;
+                        let last = st.done && next == st.events.len();
+                        let frame = sse::encode(Some(&format!("tg-{}-{next}", feed.id)), &data);
+                        return Some((Ok::<_, std::io::Error>(frame), (listener, next, last)));
+                    }
+                    if st.done {
+                        return None;
+                    }
+                }
+                if tokio::time::timeout(keepalive, notified).await.is_err() {
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (listener, next, false)));
+                }
+            }
+        },
+    );
+    sse_response(Body::from_stream(stream))
+}
+
+/// Answer the POST that made a held call: an SSE stream, or (for a client that only accepts
+/// JSON) the final response once there is one.
+pub fn respond(feed: Arc<Feed>, sse_ok: bool, keepalive: Duration) -> Response<Body> {
+    if sse_ok {
+        listen(feed, 0, keepalive)
+    } else {
+        let body = async move {
+            let _listener = feed.attach();
+            Ok::<_, std::io::Error>(feed.last().await)
+        };
+        let mut r = Response::new(Body::from_stream(futures_util::stream::once(body)));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+/// Handle a GET whose `Last-Event-ID` points into a held call's feed; `None` when it does not.
+pub fn resume(
+    feeds: &Feeds,
+    client: &str,
+    last_event_id: &str,
+    keepalive: Duration,
+) -> Option<Response<Body>> {
+    let (feed, after) = feeds.for_event_id(last_event_id)?;
+    if feed.client != client {
+        return Some(frontend::status_error(
+            StatusCode::FORBIDDEN,
+            "this stream belongs to a call made by another client",
+        ));
+    }
+    Some(listen(feed, after, keepalive))
+}
+
+/// Rebuild the request of a recovered call so it can be forwarded after a restart.
+pub fn rebuild(record: &CallRecord) -> Inbound {
+    let mut params = json!({"name": record.tool, "arguments": record.arguments});
+    if let Some(tok) = record.hold.as_ref().and_then(|h| h.progress_token.clone()) {
+        params["_meta"] = json!({"progressToken": tok});
+    }
+    let modern = record
+        .protocol_version
+        .as_deref()
+        .is_some_and(jsonrpc::is_modern);
+    if modern && let Some(v) = &record.protocol_version {
+        params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!(v);
+    }
+    let value = json!({"jsonrpc": "2.0", "id": record.request_id, "method": "tools/call", "params": params});
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    for (name, v) in [
+        ("mcp-session-id", record.session.as_deref()),
+        ("mcp-protocol-version", record.protocol_version.as_deref()),
+    ] {
+        if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    if modern {
+        headers.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        if let Ok(v) = HeaderValue::from_str(&record.tool) {
+            headers.insert("mcp-name", v);
+        }
+    }
+    Inbound {
+        raw: Bytes::from(value.to_string()),
+        value,
+        kind: Kind::Request,
+        headers,
+        session: record.session.clone(),
+        sse: true,
+        modern,
+        ticket: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_progress_is_shifted_past_the_held_values() {
+        let tok = json!("t1");
+        let mut m = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t1","progress":0,"total":3}});
+        renumber_progress(&mut m, Some(&tok), 5);
+        assert_eq!(m["params"]["progress"], json!(5));
+        assert_eq!(m["params"]["total"], json!(8));
+        let mut other = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"x","progress":1}});
+        renumber_progress(&mut other, Some(&tok), 5);
+        assert_eq!(other["params"]["progress"], json!(1));
+    }
+
+    #[test]
+    fn refusals_say_who_and_why_and_timeouts_differ_from_rejections() {
+        let rec: CallRecord = serde_json::from_value(json!({
+            "id": "x", "outcome": "pending", "rule": {"index": 1, "name": "r"}, "client": "c",
+            "server": "db", "tool": "drop", "request_id": 1, "arguments": {},
+            "timings": {"received_ms": 0, "decided_ms": 0}
+        }))
+        .expect("record");
+        let r = refusal_text(&rec, &Resolution::Rejected { by: "alice".into(), reason: Some("use staging".into()) });
+        assert_eq!(r, "Rejected by alice: use staging. The call to db/drop was not run.");
+        assert!(refusal_text(&rec, &Resolution::Expired).starts_with("Timed out waiting for approval"));
+    }
+}

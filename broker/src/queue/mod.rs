@@ -1,0 +1,366 @@
+//! The approval queue: held calls, their decisions, and the events consoles see.
+//!
+//! A held call is committed to the store (durably) before anyone hears of it, then broadcast as
+//! `call_pending`. Every transition after that (approval counted, approved, rejected, expired,
+//! cancelled, abandoned) follows the same path: the pure [`rules`] decide under the queue's
+//! lock, so the first valid decision wins; the new record is committed with its audit entry;
+//! then the waiting client is woken through a `watch` channel and consoles get the event.
+//! Consoles receive events through a bounded broadcast channel: one that falls behind misses
+//! events and is sent a fresh snapshot instead, so a slow console never holds the broker up.
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tollgate_shared::console::{DecideResult, ServerMsg, Target};
+use tollgate_shared::{CallRecord, HoldMode, Outcome, Verdict};
+
+use crate::gateway::now_ms;
+use crate::store::Recorder;
+use rules::{Change, Identity};
+
+/// How a held call ended (what its waiting client should be told).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Forward it.
+    Approved,
+    /// Refuse it: `by` and their reason.
+    Rejected {
+        /// Who.
+        by: String,
+        /// Why, if they said.
+        reason: Option<String>,
+    },
+    /// Nobody decided in time.
+    Expired,
+    /// The client withdrew it.
+    Cancelled,
+    /// The client can no longer be answered (broker restart).
+    Abandoned,
+}
+
+struct Entry {
+    record: CallRecord,
+    done: watch::Sender<Option<Resolution>>,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct GrantKey {
+    client: String,
+    server: String,
+    tool: String,
+    args_hash: String,
+}
+
+/// The queue.
+pub struct Queue {
+    entries: Mutex<HashMap<String, Entry>>,
+    grants: Mutex<HashMap<GrantKey, (String, u64)>>,
+    recorder: Recorder,
+    events: broadcast::Sender<Arc<ServerMsg>>,
+    retry_ttl: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Events buffered per console before it counts as fallen behind.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// A held call's handle for the code that waits on it.
+pub struct Waiting {
+    /// Becomes `Some` when the call is resolved.
+    pub done: watch::Receiver<Option<Resolution>>,
+}
+
+impl Queue {
+    /// A queue writing to `recorder`.
+    pub fn new(recorder: Recorder, retry_ttl: Duration) -> Arc<Queue> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Arc::new(Queue {
+            entries: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
+            recorder,
+            events,
+            retry_ttl,
+        })
+    }
+
+    /// Where records go.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// Listen to queue events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ServerMsg>> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, msg: ServerMsg) {
+        let _ = self.events.send(Arc::new(msg));
+    }
+
+    /// Every pending call, oldest first.
+    pub fn snapshot(&self) -> Vec<CallRecord> {
+        let mut out: Vec<_> = lock(&self.entries)
+            .values()
+            .map(|e| e.record.clone())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Hold a call: commit it durably, then tell consoles. Fails (and nothing is held) when the
+    /// store cannot write it.
+    pub async fn hold(self: &Arc<Self>, record: CallRecord) -> Result<Waiting, String> {
+        self.recorder.commit(record.clone()).await?;
+        Ok(self.admit(record))
+    }
+
+    /// Put an already-stored pending call into the queue (used at start-up for recovered calls).
+    pub fn admit(self: &Arc<Self>, record: CallRecord) -> Waiting {
+        let (tx, rx) = watch::channel(None);
+        let id = record.id.clone();
+        let expires = record.hold.as_ref().map(|h| h.expires_ms);
+        lock(&self.entries).insert(
+            id.clone(),
+            Entry {
+                record: record.clone(),
+                done: tx,
+            },
+        );
+        tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
+        self.publish(ServerMsg::CallPending { call: record });
+        if let Some(at) = expires {
+            let q = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let wait = at.saturating_sub(now_ms());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                q.close(&id, Outcome::Expired, None).await;
+            });
+        }
+        Waiting { done: rx }
+    }
+
+    /// Decide calls. Every call named (or matching the fingerprint) gets a result.
+    pub async fn decide(
+        &self,
+        who: &Identity,
+        target: &Target,
+        verdict: Verdict,
+        reason: Option<&str>,
+    ) -> Vec<DecideResult> {
+        let ids: Vec<String> = match target {
+            Target::Ids { ids } => ids.clone(),
+            Target::Fingerprint { fingerprint } => {
+                let mut v: Vec<_> = lock(&self.entries)
+                    .values()
+                    .filter(|e| &e.record.fingerprint == fingerprint)
+                    .map(|e| e.record.id.clone())
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let now = now_ms();
+        let mut changed = Vec::new();
+        let mut results = Vec::with_capacity(ids.len());
+        {
+            let mut entries = lock(&self.entries);
+            for id in &ids {
+                let Some(entry) = entries.get_mut(id) else {
+                    results.push((id.clone(), Err(None)));
+                    continue;
+                };
+                match rules::decide(&entry.record, who, verdict, reason, now) {
+                    Ok((next, change)) => {
+                        let before = std::mem::replace(&mut entry.record, next.clone());
+                        changed.push((before, next.clone(), change));
+                        results.push((id.clone(), Ok((next, change))));
+                    }
+                    Err(why) => results.push((id.clone(), Err(Some(why)))),
+                }
+            }
+        }
+        // One group commit for the whole decision, then wake the clients.
+        let commits: Vec<_> = changed
+            .iter()
+            .map(|(_, next, _)| self.recorder.commit(next.clone()))
+            .collect();
+        let written = futures_util::future::join_all(commits).await;
+        let mut failed = HashMap::new();
+        for ((before, next, change), w) in changed.into_iter().zip(written) {
+            match w {
+                Ok(()) => self.settle(next, change),
+                Err(e) => {
+                    if let Some(entry) = lock(&self.entries).get_mut(&before.id) {
+                        entry.record = before.clone();
+                    }
+                    failed.insert(before.id, e);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for (id, r) in results {
+            out.push(match r {
+                Ok((next, change)) => match failed.remove(&id) {
+                    Some(e) => DecideResult {
+                        id,
+                        ok: false,
+                        outcome: Some(Outcome::Pending),
+                        message: format!("the decision could not be saved, so it was not applied: {e}"),
+                    },
+                    None => DecideResult {
+                        id,
+                        ok: true,
+                        outcome: Some(next.outcome),
+                        message: match change {
+                            Change::Final => format!("{} by {}", next.outcome, who.name),
+                            Change::Counted => {
+                                let quorum = next.hold.as_ref().map_or(1, |h| h.quorum);
+                                let n = next
+                                    .decisions
+                                    .iter()
+                                    .filter(|d| d.verdict == Verdict::Approve)
+                                    .count();
+                                format!("approval {n} of {quorum} counted; still pending")
+                            }
+                        },
+                    },
+                },
+                Err(Some(why)) => DecideResult {
+                    id,
+                    ok: false,
+                    outcome: None,
+                    message: why,
+                },
+                Err(None) => {
+                    let stored = self.recorder.backend().call(&id).ok().flatten();
+                    match stored {
+                        Some(rec) => DecideResult {
+                            id,
+                            ok: false,
+                            outcome: Some(rec.outcome),
+                            message: rules::closed_message(&rec),
+                        },
+                        None => DecideResult {
+                            id,
+                            ok: false,
+                            outcome: None,
+                            message: "no such call".into(),
+                        },
+                    }
+                }
+            });
+        }
+        out
+    }
+
+    /// Tell the world about a committed decision.
+    fn settle(&self, record: CallRecord, change: Change) {
+        if change == Change::Counted {
+            self.publish(ServerMsg::CallApproval { call: record });
+            return;
+        }
+        let entry = lock(&self.entries).remove(&record.id);
+        let resolution = match record.outcome {
+            Outcome::Approved => Resolution::Approved,
+            _ => Resolution::Rejected {
+                by: record.decisions.last().map(|d| d.by.clone()).unwrap_or_default(),
+                reason: record.reason.clone(),
+            },
+        };
+        tracing::info!(call = %record.id, outcome = %record.outcome, "decided");
+        if resolution == Resolution::Approved
+            && record.hold.as_ref().is_some_and(|h| h.mode == HoldMode::Retry)
+        {
+            let until = now_ms() + self.retry_ttl.as_millis() as u64;
+            lock(&self.grants).insert(grant_key(&record), (record.id.clone(), until));
+        }
+        if let Some(e) = entry {
+            let _ = e.done.send(Some(resolution));
+        }
+        self.publish(ServerMsg::CallDecided { call: record });
+    }
+
+    /// End a pending call without a decision (expired, cancelled, abandoned). Returns false when
+    /// it was no longer pending (someone decided first).
+    pub async fn close(&self, id: &str, outcome: Outcome, why: Option<String>) -> bool {
+        let Some(entry) = lock(&self.entries).remove(id) else {
+            return false;
+        };
+        let mut record = entry.record;
+        record.outcome = outcome;
+        record.timings.completed_ms = Some(now_ms());
+        if why.is_some() {
+            record.reason = why;
+        }
+        if let Err(e) = self.recorder.commit(record.clone()).await {
+            tracing::error!(call = %id, error = %e, "cannot record the end of a held call");
+        }
+        tracing::info!(call = %id, outcome = %outcome, "held call closed");
+        let resolution = match outcome {
+            Outcome::Expired => Resolution::Expired,
+            Outcome::Abandoned => Resolution::Abandoned,
+            _ => Resolution::Cancelled,
+        };
+        let _ = entry.done.send(Some(resolution));
+        self.publish(match outcome {
+            Outcome::Expired => ServerMsg::CallExpired { call: record },
+            Outcome::Abandoned => ServerMsg::CallAbandoned { call: record },
+            _ => ServerMsg::CallCancelled { call: record },
+        });
+        true
+    }
+
+    /// The pending call a client's `notifications/cancelled` refers to.
+    pub fn find_request(
+        &self,
+        client: &str,
+        session: Option<&str>,
+        request_id: &serde_json::Value,
+    ) -> Option<String> {
+        lock(&self.entries)
+            .values()
+            .find(|e| {
+                e.record.client == client
+                    && e.record.session.as_deref() == session
+                    && &e.record.request_id == request_id
+            })
+            .map(|e| e.record.id.clone())
+    }
+
+    /// Consume an approved retry-mode call matching this one, if any is still valid.
+    pub fn take_grant(&self, record: &CallRecord) -> Option<String> {
+        let mut grants = lock(&self.grants);
+        let now = now_ms();
+        grants.retain(|_, (_, until)| *until > now);
+        grants.remove(&grant_key(record)).map(|(id, _)| id)
+    }
+
+    /// A retry-mode call from this client with these arguments that is still pending.
+    pub fn pending_retry(&self, record: &CallRecord) -> Option<String> {
+        let key = grant_key(record);
+        lock(&self.entries)
+            .values()
+            .find(|e| {
+                e.record.hold.as_ref().is_some_and(|h| h.mode == HoldMode::Retry)
+                    && grant_key(&e.record) == key
+            })
+            .map(|e| e.record.id.clone())
+    }
+}
+
+fn grant_key(r: &CallRecord) -> GrantKey {
+    GrantKey {
+        client: r.client.clone(),
+        server: r.server.clone(),
+        tool: r.tool.clone(),
+        args_hash: r.args_hash.clone(),
+    }
+}

@@ -1,0 +1,249 @@
+//! Who may decide a held call, and what a decision does: pure functions over values.
+//!
+//! [`decide`] takes the call as it stands, the deciding identity and the verdict, and returns
+//! either the updated record (with [`Change::Final`] when the call is now approved or rejected,
+//! [`Change::Counted`] when an approval still waits for its quorum) or a refusal that says why.
+//! The queue applies it under its lock, so of two consoles deciding at once exactly one wins.
+
+use tollgate_shared::console::Role;
+use tollgate_shared::{CallRecord, Decision, Outcome, Verdict};
+
+/// Someone who talks to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Unique name.
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// For approvers: the servers they may decide for (`None`: all).
+    pub servers: Option<Vec<String>>,
+}
+
+/// What a valid decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The call is now approved or rejected.
+    Final,
+    /// An approval was counted; the quorum is not reached yet.
+    Counted,
+}
+
+fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// Why a call that is no longer pending cannot be decided.
+pub fn closed_message(rec: &CallRecord) -> String {
+    match (rec.outcome, rec.decisions.last()) {
+        (Outcome::Approved | Outcome::Rejected, Some(d)) => format!(
+            "already {} by {} at {}",
+            rec.outcome,
+            d.by,
+            when(d.at_ms)
+        ),
+        (o, _) => {
+            let at = rec.timings.completed_ms.unwrap_or(rec.timings.decided_ms);
+            format!("already {o} at {}", when(at))
+        }
+    }
+}
+
+fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), String> {
+    if who.role == Role::Viewer {
+        return Err(format!(
+            "{} is a viewer; deciding needs the approver or admin role",
+            who.name
+        ));
+    }
+    if who.role == Role::Approver
+        && let Some(servers) = &who.servers
+        && !servers.iter().any(|s| s == &rec.server)
+    {
+        return Err(format!(
+            "{} may decide only for server(s) {}; this call is for {}",
+            who.name,
+            servers.join(", "),
+            rec.server
+        ));
+    }
+    let named = rec.hold.as_ref().map(|h| h.approvers.as_slice()).unwrap_or(&[]);
+    if !named.is_empty() {
+        let role = format!("role:{}", who.role.as_str());
+        if !named.iter().any(|a| *a == who.name || *a == role) {
+            return Err(format!(
+                "rule \"{}\" names who may decide: {}; {} is not among them",
+                rec.rule.name,
+                named.join(", "),
+                who.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Apply one decision to a pending call.
+pub fn decide(
+    rec: &CallRecord,
+    who: &Identity,
+    verdict: Verdict,
+    reason: Option<&str>,
+    now_ms: u64,
+) -> Result<(CallRecord, Change), String> {
+    if rec.outcome != Outcome::Pending {
+        return Err(closed_message(rec));
+    }
+    may_decide(rec, who)?;
+    let mut next = rec.clone();
+    let decision = Decision {
+        by: who.name.clone(),
+        verdict,
+        reason: reason.map(str::to_string).filter(|r| !r.trim().is_empty()),
+        at_ms: now_ms,
+    };
+    match verdict {
+        Verdict::Reject => {
+            next.outcome = Outcome::Rejected;
+            next.reason = decision.reason.clone();
+            next.decisions.push(decision);
+            next.timings.completed_ms = Some(now_ms);
+            Ok((next, Change::Final))
+        }
+        Verdict::Approve => {
+            if who.name == rec.client {
+                return Err(format!(
+                    "{} made this call; nobody may approve their own call",
+                    who.name
+                ));
+            }
+            let quorum = rec.hold.as_ref().map_or(1, |h| h.quorum.max(1)) as usize;
+            let approvals = || {
+                rec.decisions
+                    .iter()
+                    .filter(|d| d.verdict == Verdict::Approve)
+            };
+            if approvals().any(|d| d.by == who.name) {
+                return Err(format!(
+                    "{} already approved this call; it needs {quorum} distinct approvers ({} so far)",
+                    who.name,
+                    approvals().count()
+                ));
+            }
+            let count = approvals().count() + 1;
+            if decision.reason.is_some() {
+                next.reason = decision.reason.clone();
+            }
+            next.decisions.push(decision);
+            if count >= quorum {
+                next.outcome = Outcome::Approved;
+                Ok((next, Change::Final))
+            } else {
+                Ok((next, Change::Counted))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
+
+    fn call(client: &str, server: &str, quorum: u32, approvers: &[&str]) -> CallRecord {
+        CallRecord {
+            id: "0190c1a2-0000-7000-8000-000000000000".into(),
+            outcome: Outcome::Pending,
+            rule: RuleRef {
+                index: 1,
+                name: "risky".into(),
+            },
+            reason: None,
+            client: client.into(),
+            server: server.into(),
+            tool: "drop".into(),
+            request_id: serde_json::json!(1),
+            session: None,
+            protocol_version: None,
+            arguments: serde_json::json!({}),
+            timings: Timings::default(),
+            error: None,
+            args_hash: String::new(),
+            fingerprint: String::new(),
+            policy_version: String::new(),
+            hold: Some(Hold {
+                mode: HoldMode::Stream,
+                expires_ms: 0,
+                quorum,
+                approvers: approvers.iter().map(|s| s.to_string()).collect(),
+            }),
+            decisions: vec![],
+        }
+    }
+
+    fn who(name: &str, role: Role, servers: Option<&[&str]>) -> Identity {
+        Identity {
+            name: name.into(),
+            role,
+            servers: servers.map(|s| s.iter().map(|x| x.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn an_approver_approves_and_a_second_decision_is_told_who_won() {
+        let rec = call("agent", "db", 1, &[]);
+        let alice = who("alice", Role::Approver, None);
+        let (next, change) = decide(&rec, &alice, Verdict::Approve, None, 1000).expect("ok");
+        assert_eq!((next.outcome, change), (Outcome::Approved, Change::Final));
+        let bob = who("bob", Role::Admin, None);
+        let late = decide(&next, &bob, Verdict::Reject, None, 2000).expect_err("late");
+        assert!(late.starts_with("already approved by alice at 1970-01-01T00:00:01Z"), "{late}");
+    }
+
+    #[test]
+    fn nobody_approves_their_own_call_but_may_withdraw_it() {
+        let rec = call("alice", "db", 1, &[]);
+        let alice = who("alice", Role::Admin, None);
+        let e = decide(&rec, &alice, Verdict::Approve, None, 1).expect_err("self");
+        assert!(e.contains("nobody may approve their own call"), "{e}");
+        let (next, _) = decide(&rec, &alice, Verdict::Reject, Some("oops"), 1).expect("reject");
+        assert_eq!(next.outcome, Outcome::Rejected);
+        assert_eq!(next.reason.as_deref(), Some("oops"));
+    }
+
+    #[test]
+    fn viewers_and_out_of_scope_approvers_are_refused_with_reasons() {
+        let rec = call("agent", "db", 1, &[]);
+        let v = decide(&rec, &who("vic", Role::Viewer, None), Verdict::Approve, None, 1)
+            .expect_err("viewer");
+        assert!(v.contains("viewer"), "{v}");
+        let s = decide(&rec, &who("fay", Role::Approver, Some(&["fs"])), Verdict::Reject, None, 1)
+            .expect_err("scope");
+        assert!(s.contains("only for server(s) fs; this call is for db"), "{s}");
+        // Admins are not limited by a server list.
+        assert!(decide(&rec, &who("root", Role::Admin, Some(&["fs"])), Verdict::Reject, None, 1).is_ok());
+    }
+
+    #[test]
+    fn a_quorum_needs_distinct_approvers() {
+        let rec = call("agent", "db", 2, &[]);
+        let alice = who("alice", Role::Approver, None);
+        let (once, change) = decide(&rec, &alice, Verdict::Approve, None, 1).expect("first");
+        assert_eq!((once.outcome, change), (Outcome::Pending, Change::Counted));
+        let again = decide(&once, &alice, Verdict::Approve, None, 2).expect_err("twice");
+        assert!(again.contains("needs 2 distinct approvers (1 so far)"), "{again}");
+        let (twice, change) =
+            decide(&once, &who("bob", Role::Approver, None), Verdict::Approve, None, 3).expect("second");
+        assert_eq!((twice.outcome, change), (Outcome::Approved, Change::Final));
+        assert_eq!(twice.decisions.len(), 2);
+    }
+
+    #[test]
+    fn named_approvers_match_by_name_or_role() {
+        let rec = call("agent", "db", 1, &["carol", "role:admin"]);
+        let e = decide(&rec, &who("alice", Role::Approver, None), Verdict::Approve, None, 1)
+            .expect_err("not named");
+        assert!(e.contains("carol, role:admin"), "{e}");
+        assert!(decide(&rec, &who("carol", Role::Approver, None), Verdict::Approve, None, 1).is_ok());
+        assert!(decide(&rec, &who("root", Role::Admin, None), Verdict::Approve, None, 1).is_ok());
+    }
+}

@@ -1,0 +1,276 @@
+//! The embedded store: call records, the pending queue and the audit chain.
+//!
+//! The rest of the broker talks to a [`Backend`] through a [`Recorder`]: one writer task that
+//! takes whatever writes have queued up, chains the audit entries among them, and commits them
+//! as one group, so a burst of thousands of held calls costs one disk sync rather than
+//! thousands. A caller that must not go on before its write is durable (holding a call,
+//! deciding one) awaits [`Recorder::commit`]; one that only records (an allowed call) uses
+//! [`Recorder::put`] and lets the next group carry it. [`sled_backend`] is the backend in use;
+//! the trait is what a shared backend (PostgreSQL) would implement.
+
+pub mod journal;
+pub mod sled_backend;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::{CallRecord, Outcome, Verdict};
+
+use crate::fingerprint;
+
+/// One change to the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "m", rename_all = "snake_case")]
+pub enum Mutation {
+    /// Insert or replace a call record (and keep the pending index in step).
+    Call(Box<CallRecord>),
+    /// Append an audit entry (already chained).
+    Audit(Box<AuditEntry>),
+}
+
+/// What the audit chain looks like when verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries checked.
+    pub entries: u64,
+    /// Hash of the last entry.
+    pub head: String,
+}
+
+/// A durable home for records; implementations must make `commit` survive power loss.
+pub trait Backend: Send + Sync + 'static {
+    /// Apply a group of mutations durably, in order, all or nothing.
+    fn commit(&self, batch: &[Mutation]) -> anyhow::Result<()>;
+    /// One call record.
+    fn call(&self, id: &str) -> anyhow::Result<Option<CallRecord>>;
+    /// Every call still pending, oldest first.
+    fn pending(&self) -> anyhow::Result<Vec<CallRecord>>;
+    /// Sequence number and hash of the last audit entry (0 and the genesis hash when empty).
+    fn audit_head(&self) -> anyhow::Result<(u64, String)>;
+    /// Audit entries matching a filter, oldest first (the newest `limit` of them).
+    fn audit_query(&self, filter: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>>;
+    /// Visit every audit entry in chain order, as stored; stop when `visit` returns false.
+    fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> anyhow::Result<()>;
+}
+
+/// The `prev_hash` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash of an entry: SHA-256 over the previous hash, a newline and the entry's JSON with
+/// `hash` empty.
+pub fn chain_hash(entry: &AuditEntry) -> String {
+    let mut e = entry.clone();
+    e.hash = String::new();
+    let json = serde_json::to_vec(&e).unwrap_or_default();
+    let mut bytes = Vec::with_capacity(json.len() + 65);
+    bytes.extend_from_slice(entry.prev_hash.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(&json);
+    fingerprint::sha256_hex(&bytes)
+}
+
+/// Check the whole chain: sequence without gaps, each `prev_hash` the hash before it, each
+/// `hash` recomputed. The error names the first entry that fails and why.
+pub fn verify(backend: &dyn Backend) -> anyhow::Result<Verified> {
+    let mut expected_seq = 1;
+    let mut prev = GENESIS.to_string();
+    let mut problem = None;
+    backend.audit_scan(&mut |e| {
+        let why = if e.seq != expected_seq {
+            Some(format!(
+                "entry {} follows entry {}: an entry was removed or reordered",
+                e.seq,
+                expected_seq - 1
+            ))
+        } else if e.prev_hash != prev {
+            Some(format!(
+                "entry {} does not chain to the entry before it: an entry was removed, reordered or edited",
+                e.seq
+            ))
+        } else if chain_hash(&e) != e.hash {
+            Some(format!(
+                "entry {} (call {}) was edited after it was written: its hash does not match its content",
+                e.seq, e.call_id
+            ))
+        } else {
+            None
+        };
+        if why.is_some() {
+            problem = why;
+            return false;
+        }
+        prev = e.hash.clone();
+        expected_seq += 1;
+        true
+    })?;
+    if let Some(why) = problem {
+        anyhow::bail!("audit chain broken: {why}");
+    }
+    let (head_seq, head_hash) = backend.audit_head()?;
+    if head_seq != expected_seq - 1 || (head_seq > 0 && head_hash != prev) {
+        anyhow::bail!(
+            "audit chain broken: the chain ends at entry {} but the store's head says {head_seq}: entries were removed from the end",
+            expected_seq - 1
+        );
+    }
+    Ok(Verified {
+        entries: expected_seq - 1,
+        head: prev,
+    })
+}
+
+/// Build the audit entry for a record's current outcome (hashes filled in by the writer).
+pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
+    let deciding = match record.outcome {
+        Outcome::Approved => Some(Verdict::Approve),
+        Outcome::Rejected => Some(Verdict::Reject),
+        _ => None,
+    };
+    let approvers = record
+        .decisions
+        .iter()
+        .filter(|d| Some(d.verdict) == deciding)
+        .map(|d| d.by.clone())
+        .collect();
+    AuditEntry {
+        seq: 0,
+        at_ms,
+        call_id: record.id.clone(),
+        outcome: record.outcome,
+        client: record.client.clone(),
+        server: record.server.clone(),
+        tool: record.tool.clone(),
+        request_id: record.request_id.clone(),
+        rule: record.rule.clone(),
+        reason: record.reason.clone(),
+        args_hash: record.args_hash.clone(),
+        approvers,
+        error: record.error.clone(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+enum Op {
+    Put {
+        record: Box<CallRecord>,
+        audit: bool,
+        ack: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle for queueing writes; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Op>,
+    backend: Arc<dyn Backend>,
+}
+
+/// The most writes one group carries.
+const GROUP_MAX: usize = 16_384;
+
+impl Recorder {
+    /// Start the writer task for `backend`.
+    pub fn start(backend: Arc<dyn Backend>) -> anyhow::Result<Recorder> {
+        let (mut seq, mut head) = backend
+            .audit_head()
+            .context("cannot read the audit chain's head")?;
+        let (tx, mut rx) = mpsc::channel::<Op>(GROUP_MAX * 4);
+        let writer = backend.clone();
+        tokio::spawn(async move {
+            let mut ops = Vec::new();
+            while rx.recv_many(&mut ops, GROUP_MAX).await > 0 {
+                let mut batch = Vec::with_capacity(ops.len() * 2);
+                let mut acks = Vec::new();
+                let mut flushes = Vec::new();
+                let (seq0, head0) = (seq, head.clone());
+                let at_ms = crate::gateway::now_ms();
+                for op in ops.drain(..) {
+                    match op {
+                        Op::Put { record, audit, ack } => {
+                            if audit {
+                                let mut e = audit_entry(&record, at_ms);
+                                seq += 1;
+                                e.seq = seq;
+                                e.prev_hash = std::mem::take(&mut head);
+                                e.hash = chain_hash(&e);
+                                head = e.hash.clone();
+                                batch.push(Mutation::Call(record));
+                                batch.push(Mutation::Audit(Box::new(e)));
+                            } else {
+                                batch.push(Mutation::Call(record));
+                            }
+                            acks.extend(ack);
+                        }
+                        Op::Flush(w) => flushes.push(w),
+                    }
+                }
+                let result = if batch.is_empty() {
+                    Ok(())
+                } else {
+                    let backend = writer.clone();
+                    match tokio::task::spawn_blocking(move || backend.commit(&batch)).await {
+                        Ok(r) => r.map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(format!("store writer failed: {e}")),
+                    }
+                };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "cannot write call records to the store");
+                    (seq, head) = (seq0, head0);
+                }
+                for a in acks {
+                    let _ = a.send(result.clone());
+                }
+                for w in flushes {
+                    let _ = w.send(());
+                }
+            }
+        });
+        Ok(Recorder { tx, backend })
+    }
+
+    /// The backend, for reads.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    async fn send(&self, record: CallRecord, audit: bool, ack: Option<oneshot::Sender<Result<(), String>>>) {
+        let op = Op::Put {
+            record: Box::new(record),
+            audit,
+            ack,
+        };
+        if self.tx.send(op).await.is_err() {
+            tracing::error!("the store writer has stopped; a call record was not written");
+        }
+    }
+
+    /// Queue a record update without an audit entry (a later record with the same id replaces it).
+    pub async fn put(&self, record: CallRecord) {
+        self.send(record, false, None).await;
+    }
+
+    /// Queue a record and an audit entry for its outcome; durable with the next group.
+    pub async fn record(&self, record: CallRecord) {
+        self.send(record, true, None).await;
+    }
+
+    /// Write a record and an audit entry for its outcome, and wait until both are durable.
+    pub async fn commit(&self, record: CallRecord) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(record, true, Some(tx)).await;
+        rx.await
+            .unwrap_or_else(|_| Err("the store writer has stopped".into()))
+    }
+
+    /// Wait until everything queued so far is on disk.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

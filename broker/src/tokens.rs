@@ -1,0 +1,211 @@
+//! Identities managed with `tollgate-broker token`: people and agents with a role.
+//!
+//! They live in `<data_dir>/tokens.json`, outside sled, so an operator can add or revoke a
+//! token while the broker runs (sled allows one process). Only SHA-256 digests are stored; the
+//! token itself is printed once by `token add`. The file is replaced atomically (write, fsync,
+//! rename) and the broker re-reads it when its modification time or size changes, so a revoked
+//! token stops working at its next use.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tollgate_shared::console::Role;
+
+use crate::auth;
+use crate::queue::rules::Identity;
+
+/// One stored identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEntry {
+    /// Unique name (shown as the approver or client in the audit trail).
+    pub name: String,
+    /// SHA-256 of the token, hex.
+    pub sha256: String,
+    /// What it may do on the console API.
+    pub role: Role,
+    /// For approvers: the only servers they may decide for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct File {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// The token file of a data directory.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tokens.json")
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice::<File>(&bytes)
+            .with_context(|| format!("{} is not a valid token file", path.display()))?
+            .tokens),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write(path: &Path, tokens: Vec<TokenEntry>) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(&File { tokens })?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    Ok(())
+}
+
+/// All stored identities.
+pub fn list(data_dir: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+    read(&path(data_dir))
+}
+
+/// Create an identity and return its token (shown once, never stored).
+pub fn add(
+    data_dir: &Path,
+    name: &str,
+    role: Role,
+    servers: Option<Vec<String>>,
+) -> anyhow::Result<String> {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        anyhow::bail!("identity names must be non-empty, without spaces or control characters");
+    }
+    let file = path(data_dir);
+    let mut tokens = read(&file)?;
+    if tokens.iter().any(|t| t.name == name) {
+        anyhow::bail!(
+            "an identity named {name:?} already exists; revoke it first (`tollgate-broker token revoke {name}`) to issue a new token"
+        );
+    }
+    let token = format!(
+        "tg_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    tokens.push(TokenEntry {
+        name: name.to_string(),
+        sha256: auth::hex(&auth::digest(&token)),
+        role,
+        servers,
+        created_ms: crate::gateway::now_ms(),
+    });
+    write(&file, tokens)?;
+    Ok(token)
+}
+
+/// Remove an identity; false if there was none by that name.
+pub fn revoke(data_dir: &Path, name: &str) -> anyhow::Result<bool> {
+    let file = path(data_dir);
+    let mut tokens = read(&file)?;
+    let before = tokens.len();
+    tokens.retain(|t| t.name != name);
+    if tokens.len() == before {
+        return Ok(false);
+    }
+    write(&file, tokens)?;
+    Ok(true)
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+/// The broker's live view of the token file.
+pub struct Registry {
+    path: PathBuf,
+    cache: Mutex<(Stamp, Vec<([u8; 32], Identity)>)>,
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Registry {
+    /// Watch the token file of `data_dir`.
+    pub fn new(data_dir: &Path) -> Registry {
+        Registry {
+            path: path(data_dir),
+            cache: Mutex::new((None, Vec::new())),
+        }
+    }
+
+    /// The identity a token belongs to (every stored digest is compared, in constant time).
+    pub fn lookup(&self, token: &str) -> Option<Identity> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(&self.path);
+        if now != cache.0 {
+            match read(&self.path) {
+                Ok(entries) => {
+                    let parsed = entries
+                        .into_iter()
+                        .filter_map(|e| {
+                            let mut d = [0u8; 32];
+                            let bytes = (0..32)
+                                .map(|i| u8::from_str_radix(e.sha256.get(2 * i..2 * i + 2)?, 16).ok())
+                                .collect::<Option<Vec<u8>>>()?;
+                            d.copy_from_slice(&bytes);
+                            Some((
+                                d,
+                                Identity {
+                                    name: e.name,
+                                    role: e.role,
+                                    servers: e.servers,
+                                },
+                            ))
+                        })
+                        .collect();
+                    *cache = (now, parsed);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot reload the token file; keeping the previous tokens"),
+            }
+        }
+        let d = auth::digest(token);
+        let mut found = None;
+        for (digest, who) in &cache.1 {
+            if bool::from(digest.ct_eq(&d)) {
+                found = Some(who.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn added_tokens_authenticate_until_revoked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::new(dir.path());
+        let t = add(dir.path(), "alice", Role::Approver, Some(vec!["db".into()])).expect("add");
+        assert!(t.starts_with("tg_") && t.len() > 60);
+        let who = reg.lookup(&t).expect("known");
+        assert_eq!((who.name.as_str(), who.role), ("alice", Role::Approver));
+        assert!(reg.lookup("tg_wrong").is_none());
+        let text = std::fs::read_to_string(path(dir.path())).expect("file");
+        assert!(!text.contains(&t), "the token itself must not be stored");
+        assert!(add(dir.path(), "alice", Role::Admin, None).is_err());
+        assert!(revoke(dir.path(), "alice").expect("revoke"));
+        // The file changed size, so the registry reloads it.
+        assert!(reg.lookup(&t).is_none());
+        assert!(!revoke(dir.path(), "alice").expect("revoke again"));
+    }
+}

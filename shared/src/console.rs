@@ -1,0 +1,326 @@
+//! The console protocol: JSON text frames on the WebSocket at `/v1/console`.
+//!
+//! Every frame is an object tagged by `type`. The broker speaks first with [`ServerMsg::Hello`]
+//! (protocol version, who you are, what you may do) and a [`ServerMsg::Snapshot`] of the queue,
+//! then streams events as calls are held and decided. The console sends [`ClientMsg`] requests,
+//! each with an optional `req` number that the broker echoes in its answer so a client can match
+//! answers to requests. Unknown fields are ignored; an unknown `type` gets an
+//! [`ServerMsg::Error`] and the connection stays open. `docs/protocol.md` has examples.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEntry, AuditFilter};
+use crate::{CallRecord, Verdict};
+
+/// What an identity may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees the queue and the audit trail.
+    Viewer,
+    /// Also decides held calls (possibly only for some servers).
+    Approver,
+    /// Also manages temporary rules; decides on every server.
+    Admin,
+}
+
+impl Role {
+    /// The name used in config, on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "approver" => Ok(Role::Approver),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role \"{other}\" (roles: viewer, approver, admin)"
+            )),
+        }
+    }
+}
+
+/// Which held calls a decision covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Target {
+    /// These call ids.
+    Ids {
+        /// Call ids.
+        ids: Vec<String>,
+    },
+    /// Every pending call with this exact fingerprint (a repeated call, decided once).
+    Fingerprint {
+        /// The fingerprint from the call records.
+        fingerprint: String,
+    },
+}
+
+/// A temporary rule installed from a console (used by the guards); listed and revocable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TempRule {
+    /// Rule id.
+    pub id: String,
+    /// The fingerprint it refuses.
+    pub fingerprint: String,
+    /// Who installed it.
+    pub by: String,
+    /// Until when (ms since the epoch).
+    pub until_ms: u64,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Requests a console sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Approve or reject held calls.
+    Decide {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Which calls.
+        target: Target,
+        /// Approve or reject.
+        verdict: Verdict,
+        /// Shown to the agent on a rejection and kept in the audit trail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Search the audit trail.
+    AuditQuery {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Filters.
+        #[serde(default)]
+        filter: AuditFilter,
+    },
+    /// Ask for a fresh snapshot of the queue.
+    Snapshot {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+    },
+    /// List temporary rules.
+    ListRules {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+    },
+    /// Revoke a temporary rule (admins and approvers).
+    RevokeRule {
+        /// Echoed in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The rule id.
+        id: String,
+    },
+}
+
+/// What became of one call named in a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideResult {
+    /// The call.
+    pub id: String,
+    /// True when the decision was taken (an approval may still wait for a quorum).
+    pub ok: bool,
+    /// The call's status after the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<crate::Outcome>,
+    /// Why the decision was refused, or what it did ("approval 1 of 2").
+    pub message: String,
+}
+
+/// Messages the broker sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// First frame on every connection.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the broker.
+        protocol: u32,
+        /// The broker's version.
+        broker: String,
+        /// The authenticated identity.
+        identity: String,
+        /// Its role.
+        role: Role,
+        /// Servers an approver may decide for; absent means all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<String>>,
+    },
+    /// The whole queue: sent after `hello`, on request, and to a console that fell behind.
+    Snapshot {
+        /// Echoed request number, when asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Every pending call, oldest first.
+        pending: Vec<CallRecord>,
+        /// Active temporary rules.
+        rules: Vec<TempRule>,
+    },
+    /// A call is now held.
+    CallPending {
+        /// The call.
+        call: CallRecord,
+    },
+    /// An approval was counted towards a quorum; the call is still pending.
+    CallApproval {
+        /// The call, with its decisions so far.
+        call: CallRecord,
+    },
+    /// A call was approved or rejected (its `decisions` say by whom).
+    CallDecided {
+        /// The call.
+        call: CallRecord,
+    },
+    /// A call expired undecided.
+    CallExpired {
+        /// The call.
+        call: CallRecord,
+    },
+    /// The client withdrew a call.
+    CallCancelled {
+        /// The call.
+        call: CallRecord,
+    },
+    /// A call's client could not get an answer after a broker restart.
+    CallAbandoned {
+        /// The call.
+        call: CallRecord,
+    },
+    /// The answer to a `decide`.
+    Decided {
+        /// Echoed request number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// One entry per call named (or matched).
+        results: Vec<DecideResult>,
+    },
+    /// The answer to an `audit_query`.
+    AuditResult {
+        /// Echoed request number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Matching entries, oldest first.
+        entries: Vec<AuditEntry>,
+    },
+    /// The answer to `list_rules` and `revoke_rule`.
+    Rules {
+        /// Echoed request number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Active temporary rules.
+        rules: Vec<TempRule>,
+    },
+    /// A request could not be handled; the connection stays open.
+    Error {
+        /// Echoed request number, when the request had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_round_trip_with_type_tags() {
+        let msgs = [
+            ClientMsg::Decide {
+                req: Some(1),
+                target: Target::Ids {
+                    ids: vec!["a".into()],
+                },
+                verdict: Verdict::Reject,
+                reason: Some("no".into()),
+            },
+            ClientMsg::Decide {
+                req: None,
+                target: Target::Fingerprint {
+                    fingerprint: "f".into(),
+                },
+                verdict: Verdict::Approve,
+                reason: None,
+            },
+            ClientMsg::AuditQuery {
+                req: Some(2),
+                filter: AuditFilter {
+                    status: Some(crate::Outcome::Rejected),
+                    ..AuditFilter::default()
+                },
+            },
+            ClientMsg::Snapshot { req: None },
+            ClientMsg::ListRules { req: Some(3) },
+            ClientMsg::RevokeRule {
+                req: None,
+                id: "r".into(),
+            },
+        ];
+        for m in msgs {
+            let text = serde_json::to_string(&m).expect("serialize");
+            let back: ClientMsg = serde_json::from_str(&text).expect("deserialize");
+            assert_eq!(back, m, "{text}");
+        }
+        let decide: ClientMsg = serde_json::from_str(
+            r#"{"type":"decide","target":{"by":"ids","ids":["x"]},"verdict":"approve"}"#,
+        )
+        .expect("documented form parses");
+        assert!(matches!(decide, ClientMsg::Decide { .. }));
+    }
+
+    #[test]
+    fn server_messages_round_trip_with_type_tags() {
+        let msgs = [
+            ServerMsg::Hello {
+                protocol: crate::PROTOCOL_VERSION,
+                broker: "0.1.0".into(),
+                identity: "alice".into(),
+                role: Role::Approver,
+                servers: Some(vec!["db".into()]),
+            },
+            ServerMsg::Error {
+                req: Some(4),
+                message: "m".into(),
+            },
+            ServerMsg::Decided {
+                req: None,
+                results: vec![DecideResult {
+                    id: "a".into(),
+                    ok: false,
+                    outcome: None,
+                    message: "already decided".into(),
+                }],
+            },
+        ];
+        for m in msgs {
+            let text = serde_json::to_string(&m).expect("serialize");
+            assert!(text.starts_with("{\"type\":"), "{text}");
+            let back: ServerMsg = serde_json::from_str(&text).expect("deserialize");
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn roles_parse_from_their_names() {
+        for r in [Role::Viewer, Role::Approver, Role::Admin] {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}
