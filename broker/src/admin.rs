@@ -203,15 +203,23 @@ fn write_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -
     Ok(())
 }
 
-/// `audit verify`: check the hash chain.
-pub fn verify(dir: &DataDir) -> anyhow::Result<()> {
+/// `audit verify`: check the hash chain (and an anchor from an earlier run, if given).
+pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
+    let anchor = anchor
+        .map(|a| {
+            a.split_once(':')
+                .and_then(|(seq, hash)| Some((seq.parse::<u64>().ok()?, hash)))
+                .ok_or_else(|| anyhow::anyhow!("--anchor must be SEQ:HASH, as printed by an earlier `audit verify`"))
+        })
+        .transpose()?;
     let dir = dir.resolve()?;
     let backend = open(&dir)?;
-    let v = store::verify(&backend)?;
+    let v = store::verify(&backend, anchor)?;
     println!(
-        "audit chain OK: {} entries in {}, head {}",
+        "audit chain OK: {} entries in {}; anchor for later checks: {}:{}",
         v.entries,
         dir.display(),
+        v.entries,
         v.head
     );
     Ok(())

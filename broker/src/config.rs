@@ -411,13 +411,13 @@ impl Validator<'_> {
 
     fn auth_mode(&mut self, auth: Option<Spanned<String>>) -> AuthMode {
         match auth {
-            None => AuthMode::Tokens(None),
+            None => AuthMode::Tokens,
             Some(a) => match a.get_ref().as_str() {
-                "token" => AuthMode::Tokens(Some(a.span())),
+                "token" => AuthMode::Tokens,
                 "none" => AuthMode::None,
                 other => {
                     self.problem(a.span(), format!("unknown auth mode {other:?}"), Some("use \"token\" (bearer tokens, the default) or \"none\" (local use only)"));
-                    AuthMode::Tokens(Some(a.span()))
+                    AuthMode::Tokens
                 }
             },
         }
@@ -614,21 +614,9 @@ impl Validator<'_> {
         }
         match mode {
             AuthMode::None => Auth::None,
-            AuthMode::Tokens(span) => {
-                if clients.is_empty() && self.problems.is_empty() {
-                    let hint = Some(
-                        "add [[client]] name = \"...\" token_sha256 = \"...\", or set auth = \"none\" in [broker] for local use only",
-                    );
-                    match span {
-                        Some(s) => self.problem(s, "auth = \"token\" but no [[client]] is configured".into(), hint),
-                        None => self.problems.push(Problem {
-                            line: 0,
-                            column: 0,
-                            message: "clients must authenticate (the default) but no [[client]] is configured".into(),
-                            hint: hint.map(str::to_string),
-                        }),
-                    }
-                }
+            // Without [[client]] tables, callers authenticate with identities from the token
+            // file (`tollgate-broker token add`).
+            AuthMode::Tokens => {
                 Auth::Tokens(clients)
             }
         }
@@ -918,7 +906,7 @@ fn toml_to_json(v: toml::Value) -> Value {
 
 enum AuthMode {
     None,
-    Tokens(Option<Range<usize>>),
+    Tokens,
 }
 
 /// Parse a byte size: an integer, or a string like `4MiB`, `512KiB`, `1MB`, `100`.
@@ -1075,12 +1063,9 @@ action = "deny"
     }
 
     #[test]
-    fn token_auth_requires_clients() {
-        let err = check("[[server]]\nname = \"a\"\ncommand = [\"x\"]\n").expect_err("no clients");
-        assert!(
-            err.to_string().contains("no [[client]] is configured"),
-            "{err}"
-        );
+    fn token_auth_takes_clients_from_config_or_the_token_file() {
+        let none = check("[[server]]\nname = \"a\"\ncommand = [\"x\"]\n").expect("valid");
+        assert!(matches!(none.auth, Auth::Tokens(ref c) if c.is_empty()));
         let hash = "a".repeat(64);
         let ok = check(&format!(
             "[[server]]\nname = \"a\"\ncommand = [\"x\"]\n[[client]]\nname = \"bot\"\ntoken_sha256 = \"{hash}\"\n"

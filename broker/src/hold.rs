@@ -220,14 +220,14 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
     let grace_end = grace.map(|g| started + g);
-    let resolution = loop {
+    let (resolution, mut done) = loop {
         if let Some(r) = waiting.done.borrow().clone() {
             break r;
         }
         tokio::select! {
             changed = waiting.done.changed() => {
                 if changed.is_err() {
-                    break Resolution::Abandoned;
+                    break (Resolution::Abandoned, record.clone());
                 }
             }
             _ = tick.tick() => {
@@ -262,7 +262,6 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         return;
     }
     let recorder = queue.recorder().clone();
-    let mut done = record.clone();
     let forwarded = async {
         let response = match &upstream {
             Upstream::Stdio(u) => u.post(inbound_clone(&inbound)).await,

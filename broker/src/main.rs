@@ -96,7 +96,13 @@ enum Command {
 enum AuditCommand {
     /// Check that no audit entry was edited, removed or reordered; exits 1 naming the first
     /// broken entry.
+    ///
+    /// Prints an anchor (SEQ:HASH). Keep it outside the data directory and pass it to a later
+    /// run with --anchor to also detect entries cut from the end of the chain.
     Verify {
+        /// SEQ:HASH from an earlier verify; that entry must still be in the chain, unchanged.
+        #[arg(long)]
+        anchor: Option<String>,
         #[command(flatten)]
         dir: admin::DataDir,
     },
@@ -168,9 +174,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Audit {
-            action: Some(AuditCommand::Verify { dir }),
+            action: Some(AuditCommand::Verify { anchor, dir }),
             ..
-        } => report("audit verify", admin::verify(&dir)),
+        } => report("audit verify", admin::verify(&dir, anchor.as_deref())),
         Command::Audit {
             action: None,
             dir,

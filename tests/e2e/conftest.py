@@ -128,9 +128,14 @@ def py_http(procs):
     return f"http://127.0.0.1:{port}/mcp", proc
 
 
+def broker_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BROKER_BIN), *args], capture_output=True, text=True, timeout=timeout)
+
+
 @dataclass
 class Broker:
     base: str
+    console: str
     proc: Proc
     config_path: Path
     data_dir: Path
@@ -141,18 +146,84 @@ class Broker:
     def log(self) -> str:
         return self.proc.stderr()
 
-    def audit(self) -> list[dict]:
-        """Stop the broker (the store is single-writer) and read its records."""
+    def token(self, name: str, role: str, servers: str | None = None) -> str:
+        """Create an identity with `tollgate-broker token add` (works while the broker runs)."""
+        args = ["token", "add", "--data-dir", str(self.data_dir), "--name", name, "--role", role]
+        if servers:
+            args += ["--servers", servers]
+        out = broker_cli(*args)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def connect(self, token: str) -> "Console":
+        return Console(self.console, token)
+
+    def audit(self, *filters: str) -> list[dict]:
+        """Stop the broker (the store is single-writer) and read its audit trail."""
         code = self.proc.stop()
         assert code == 0, f"broker exited with {code}: {self.log()[-2000:]}"
-        out = subprocess.run(
-            [str(BROKER_BIN), "audit", "--config", str(self.config_path), "--json", "--limit", "1000"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = broker_cli("audit", "--config", str(self.config_path), "--json", "--limit", "100000", *filters)
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+class Console:
+    """A console API client over a real WebSocket (the `websockets` library)."""
+
+    def __init__(self, url: str, token: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10, max_size=None)
+        self.backlog: list[dict] = []
+        self.hello = self.next("hello")
+        self.snapshot = self.next("snapshot")
+        self.req = 0
+
+    def recv(self, timeout: float = 15) -> dict:
+        if self.backlog:
+            return self.backlog.pop(0)
+        return json.loads(self.ws.recv(timeout=timeout))
+
+    def next(self, kind: str, timeout: float = 15, where=None) -> dict:
+        """The next message of a type (and matching `where`), keeping others for later."""
+        deadline = time.monotonic() + timeout
+        kept = []
+        try:
+            for i, m in enumerate(self.backlog):
+                if m["type"] == kind and (where is None or where(m)):
+                    return self.backlog.pop(i)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {kind} message within {timeout}s; got {kept + self.backlog}")
+                m = json.loads(self.ws.recv(timeout=left))
+                if m["type"] == kind and (where is None or where(m)):
+                    return m
+                kept.append(m)
+        finally:
+            self.backlog.extend(kept)
+
+    def send(self, msg: dict) -> int:
+        self.req += 1
+        self.ws.send(json.dumps({**msg, "req": self.req}))
+        return self.req
+
+    def request(self, msg: dict, answer: str, timeout: float = 15) -> dict:
+        req = self.send(msg)
+        return self.next(answer, timeout, where=lambda m: m.get("req") == req or m["type"] == "error")
+
+    def pending(self, timeout: float = 15, where=None) -> dict:
+        return self.next("call_pending", timeout, where=(lambda m: where(m["call"])) if where else None)["call"]
+
+    def decide(self, ids, verdict: str, reason: str | None = None) -> list[dict]:
+        ids = [ids] if isinstance(ids, str) else ids
+        msg = {"type": "decide", "target": {"by": "ids", "ids": ids}, "verdict": verdict}
+        if reason:
+            msg["reason"] = reason
+        return self.request(msg, "decided")["results"]
+
+    def close(self):
+        self.ws.close()
 
 
 @pytest.fixture
@@ -160,9 +231,9 @@ def broker(procs, tmp_path):
     """Start a broker on a config (TOML text without [broker] listen/data_dir); returns Broker."""
     started = []
 
-    def start(config: str, name: str = "broker", env: dict | None = None) -> Broker:
-        data = tmp_path / f"{name}-data"
-        head = f'[broker]\nlisten = "127.0.0.1:0"\ndata_dir = "{data}"\n'
+    def start(config: str, name: str = "broker", env: dict | None = None, listen: str = "127.0.0.1:0", data_name: str | None = None) -> Broker:
+        data = tmp_path / f"{data_name or name}-data"
+        head = f'[broker]\nlisten = "{listen}"\nconsole_listen = "127.0.0.1:0"\ndata_dir = "{data}"\n'
         body = textwrap.dedent(config)
         if "[broker]" in body:
             body = body.replace("[broker]\n", "", 1)
@@ -171,9 +242,11 @@ def broker(procs, tmp_path):
         proc = procs.start(name, [str(BROKER_BIN), "serve", "--config", str(path)], {"RUST_LOG": "info", **(env or {})})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stdout())
-            if m:
-                b = Broker(m.group(1), proc, path, data)
+            out = proc.stdout()
+            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", out)
+            c = re.search(r"consoles -> (ws://\S+)", out)
+            if m and c:
+                b = Broker(m.group(1), c.group(1), proc, path, data)
                 started.append(b)
                 return b
             if proc.popen.poll() is not None:

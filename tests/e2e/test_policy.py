@@ -71,9 +71,9 @@ def test_denied_echo_is_a_tool_error_naming_the_rule_and_is_recorded(broker):
     assert ("get-sum", "allowed", "default", "agent-7") in by_tool
     assert ("get-sum", "blocked", "big-sums", "agent-7") in by_tool
     allowed = next(r for r in records if r["outcome"] == "allowed")
-    assert allowed["arguments"] == {"a": 1, "b": 2}
-    assert allowed["timings"]["completed_ms"] >= allowed["timings"]["decided_ms"] >= allowed["timings"]["received_ms"]
-    assert "session" in allowed and allowed["request_id"] is not None
+    # The trail keeps the canonical arguments' hash (the arguments stay in the call record).
+    assert allowed["args_hash"] == hashlib.sha256(b'{"a":1,"b":2}').hexdigest()
+    assert allowed["request_id"] is not None and allowed["seq"] >= 1 and len(allowed["hash"]) == 64
 
 
 def _client(b):
@@ -107,6 +107,7 @@ def test_annotation_rule_holds_destructive_tools_once_tools_list_was_seen(broker
         tools = ["*"]
         when = {{ annotation = "destructiveHint", equals = true }}
         action = "approve"
+        expiry = "1s"
         """
     )
 
@@ -119,7 +120,8 @@ def test_annotation_rule_holds_destructive_tools_once_tools_list_was_seen(broker
 
     held, fine = anyio.run(run)
     assert held.is_error is True
-    assert "needs human approval" in held.content[0].text and "hold-destructive" in held.content[0].text
+    # Nobody approves within the rule's expiry, so the held call times out (unlike echo).
+    assert "Timed out waiting for approval" in held.content[0].text
     assert fine.is_error is not True
 
 

@@ -44,7 +44,7 @@ pub enum Resolution {
 
 struct Entry {
     record: CallRecord,
-    done: watch::Sender<Option<Resolution>>,
+    done: watch::Sender<Option<(Resolution, CallRecord)>>,
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -73,8 +73,8 @@ pub const EVENT_BUFFER: usize = 4096;
 
 /// A held call's handle for the code that waits on it.
 pub struct Waiting {
-    /// Becomes `Some` when the call is resolved.
-    pub done: watch::Receiver<Option<Resolution>>,
+    /// Becomes `Some` when the call is resolved, with its final record.
+    pub done: watch::Receiver<Option<(Resolution, CallRecord)>>,
 }
 
 impl Queue {
@@ -283,7 +283,7 @@ impl Queue {
             lock(&self.grants).insert(grant_key(&record), (record.id.clone(), until));
         }
         if let Some(e) = entry {
-            let _ = e.done.send(Some(resolution));
+            let _ = e.done.send(Some((resolution, record.clone())));
         }
         self.publish(ServerMsg::CallDecided { call: record });
     }
@@ -309,7 +309,7 @@ impl Queue {
             Outcome::Abandoned => Resolution::Abandoned,
             _ => Resolution::Cancelled,
         };
-        let _ = entry.done.send(Some(resolution));
+        let _ = entry.done.send(Some((resolution, record.clone())));
         self.publish(match outcome {
             Outcome::Expired => ServerMsg::CallExpired { call: record },
             Outcome::Abandoned => ServerMsg::CallAbandoned { call: record },

@@ -175,6 +175,7 @@ mod tests {
                 expires_ms: 0,
                 quorum,
                 approvers: approvers.iter().map(|s| s.to_string()).collect(),
+                progress_token: None,
             }),
             decisions: vec![],
         }

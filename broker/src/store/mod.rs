@@ -73,7 +73,11 @@ pub fn chain_hash(entry: &AuditEntry) -> String {
 
 /// Check the whole chain: sequence without gaps, each `prev_hash` the hash before it, each
 /// `hash` recomputed. The error names the first entry that fails and why.
-pub fn verify(backend: &dyn Backend) -> anyhow::Result<Verified> {
+///
+/// A chain cut short at its end is still a valid chain; to catch that, pass an `anchor` (a
+/// sequence number and hash printed by an earlier verify, kept somewhere else) and the chain
+/// must still contain that entry with that hash.
+pub fn verify(backend: &dyn Backend, anchor: Option<(u64, &str)>) -> anyhow::Result<Verified> {
     let mut expected_seq = 1;
     let mut prev = GENESIS.to_string();
     let mut problem = None;
@@ -108,12 +112,23 @@ pub fn verify(backend: &dyn Backend) -> anyhow::Result<Verified> {
     if let Some(why) = problem {
         anyhow::bail!("audit chain broken: {why}");
     }
-    let (head_seq, head_hash) = backend.audit_head()?;
-    if head_seq != expected_seq - 1 || (head_seq > 0 && head_hash != prev) {
-        anyhow::bail!(
-            "audit chain broken: the chain ends at entry {} but the store's head says {head_seq}: entries were removed from the end",
-            expected_seq - 1
-        );
+    if let Some((seq, hash)) = anchor {
+        let mut found = None;
+        backend.audit_scan(&mut |e| {
+            if e.seq == seq {
+                found = Some(e.hash);
+                return false;
+            }
+            true
+        })?;
+        match found {
+            Some(h) if h == hash => {}
+            Some(_) => anyhow::bail!("audit chain broken: entry {seq} no longer has the anchored hash"),
+            None => anyhow::bail!(
+                "audit chain broken: the anchored entry {seq} is gone; the chain ends at entry {}: entries were removed from the end",
+                expected_seq - 1
+            ),
+        }
     }
     Ok(Verified {
         entries: expected_seq - 1,

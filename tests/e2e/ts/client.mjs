@@ -2,7 +2,7 @@
 // Usage: node client.mjs '<scenario JSON>'; prints one JSON line with what it observed.
 //
 // scenario.target: {url, token?} for Streamable HTTP, or {command: [...]} for stdio.
-// scenario.run:    "list_and_echo" | "progress" | "cancel"
+// scenario.run:    "list_and_echo" | "progress" | "held" | "cancel"
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -35,6 +35,21 @@ try {
       undefined,
       { onprogress: (p) => progress.push(p.progress), timeout: 30000 },
     );
+    out.progress = progress;
+  } else if (scenario.run === "held") {
+    // A call held for approval longer than the request timeout: progress keeps it alive.
+    const progress = [];
+    const started = Date.now();
+    try {
+      out.result = await client.callTool({ name: scenario.tool, arguments: scenario.arguments }, undefined, {
+        timeout: scenario.timeoutMs,
+        resetTimeoutOnProgress: scenario.resetTimeoutOnProgress ?? true,
+        onprogress: (p) => progress.push(p.progress),
+      });
+    } catch (e) {
+      out.error = String(e);
+    }
+    out.waitedMs = Date.now() - started;
     out.progress = progress;
   } else if (scenario.run === "cancel") {
     const controller = new AbortController();
