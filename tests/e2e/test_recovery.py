@@ -1,0 +1,129 @@
+"""A broker killed with calls held loses none of them: after restart they are listed, a client
+that resumes its stream with Last-Event-ID gets the answer, retry-mode calls stay decidable, the
+rest are closed as abandoned, and the audit chain still verifies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import httpx2 as httpx
+
+from conftest import broker_cli, free_port, post
+
+
+def config(everything_http: str) -> str:
+    return f"""
+    [broker]
+    keepalive = "300ms"
+    resume_grace = "3s"
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "everything"
+    url = "{everything_http}"
+    [[rule]]
+    name = "hold-echo"
+    tools = ["everything/echo"]
+    action = "approve"
+    [[rule]]
+    name = "retry-sums"
+    tools = ["everything/get-sum"]
+    action = "approve"
+    hold = "retry"
+    """
+
+
+class Stream:
+    """An SSE request read in a thread; collects events (id, data)."""
+
+    def __init__(self, method: str, url: str, headers: dict, body: dict | None = None):
+        self.events: list[tuple[str | None, str]] = []
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.error: Exception | None = None
+        self.t = threading.Thread(target=self._run, args=(method, url, headers, body), daemon=True)
+        self.t.start()
+
+    def _run(self, method, url, headers, body):
+        try:
+            with httpx.stream(method, url, json=body, headers=headers, timeout=60) as r:
+                ev_id = None
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        ev_id = line[4:]
+                    elif line.startswith("data: "):
+                        self.events.append((ev_id, line[6:]))
+                        self.first.set()
+        except Exception as e:  # the broker is killed mid-stream on purpose
+            self.error = e
+        finally:
+            self.first.set()
+            self.done.set()
+
+    def results(self) -> list[dict]:
+        return [json.loads(d) for _, d in self.events if d and '"result"' in d]
+
+
+def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, everything_http):
+    port = free_port()
+    b = broker(config(everything_http), listen=f"127.0.0.1:{port}")
+    agent = b.token("agent", "viewer")
+    alice = b.connect(b.token("alice", "approver"))
+    auth = {"authorization": f"Bearer {agent}"}
+    init = post(b.url("everything"), {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25", "accept": "application/json, text/event-stream"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+
+    def call(i, tool, args):
+        return {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool, "arguments": args}}
+
+    resumed = Stream("POST", b.url("everything"), sess, call(1, "echo", {"message": "after the crash"}))
+    first = alice.pending()
+    forgotten = Stream("POST", b.url("everything"), sess, call(2, "echo", {"message": "nobody waits"}))
+    second = alice.pending()
+    retry = post(b.url("everything"), call(3, "get-sum", {"a": 2, "b": 3}), sess).json()
+    assert "queued as call" in retry["result"]["content"][0]["text"]
+    third = alice.pending()
+    assert resumed.first.wait(10)
+    last_id = resumed.events[0][0]
+    assert last_id == f"tg-{first['id']}-1", resumed.events
+
+    b.proc.stop(signal.SIGKILL)
+    resumed.done.wait(10)
+    forgotten.done.wait(10)
+
+    b2 = broker(config(everything_http), name="restarted", data_name="broker", listen=f"127.0.0.1:{port}")
+    alice2 = b2.connect(b2.token("alice2", "approver"))
+    listed = {c["id"]: c for c in alice2.snapshot["pending"]}
+    assert set(listed) == {first["id"], second["id"], third["id"]}, listed.keys()
+
+    again = Stream("GET", b2.url("everything"), {**sess, "last-event-id": last_id})
+    [ok] = alice2.decide(first["id"], "approve")
+    assert ok["ok"], ok
+    assert again.done.wait(20)
+    [result] = again.results()
+    assert result["id"] == 1 and result["result"]["content"][0]["text"] == "Echo: after the crash"
+
+    abandoned = alice2.next("call_abandoned", timeout=15)["call"]
+    assert abandoned["id"] == second["id"] and "after the broker restarted" in abandoned["reason"]
+
+    alice2.decide(third["id"], "approve")
+    ran = post(b2.url("everything"), call(4, "get-sum", {"a": 2, "b": 3}), sess)
+    assert "5" in ran.text and "isError" not in ran.text, ran.text
+
+    trail = b2.audit()
+    by_call = {}
+    for e in trail:
+        by_call.setdefault(e["call_id"], []).append(e["outcome"])
+    assert by_call[first["id"]] == ["pending", "approved"]
+    assert by_call[second["id"]] == ["pending", "abandoned"]
+    assert by_call[third["id"]] == ["pending", "approved"]
+    ok = broker_cli("audit", "verify", "--data-dir", str(b2.data_dir))
+    assert ok.returncode == 0, ok.stderr
+    anchor = ok.stdout.strip().split("anchor for later checks: ")[1]
+    again_ok = broker_cli("audit", "verify", "--data-dir", str(b2.data_dir), "--anchor", anchor)
+    assert again_ok.returncode == 0, again_ok.stderr
+    bad = broker_cli("audit", "verify", "--data-dir", str(b2.data_dir), "--anchor", "2:" + "0" * 64)
+    assert bad.returncode == 1 and "no longer has the anchored hash" in bad.stderr
