@@ -146,7 +146,11 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn write_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -> anyhow::Result<()> {
+fn write_entries(
+    out: &mut impl Write,
+    entries: &[AuditEntry],
+    format: Format,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => {
             for e in entries {
@@ -154,7 +158,10 @@ fn write_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -
             }
         }
         Format::Csv => {
-            writeln!(out, "seq,time,status,client,server,tool,request_id,approvers,rule,reason,args_hash,call_id,hash")?;
+            writeln!(
+                out,
+                "seq,time,status,client,server,tool,request_id,approvers,rule,reason,args_hash,call_id,hash"
+            )?;
             for e in entries {
                 let fields = [
                     e.seq.to_string(),
@@ -193,7 +200,11 @@ fn write_entries(out: &mut impl Write, entries: &[AuditEntry], format: Format) -
                     e.outcome.as_str(),
                     e.client,
                     format!("{}/{}", e.server, e.tool),
-                    if e.approvers.is_empty() { "-".into() } else { e.approvers.join(",") },
+                    if e.approvers.is_empty() {
+                        "-".into()
+                    } else {
+                        e.approvers.join(",")
+                    },
                     e.rule.name,
                     e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
                 )?;
@@ -209,7 +220,11 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
         .map(|a| {
             a.split_once(':')
                 .and_then(|(seq, hash)| Some((seq.parse::<u64>().ok()?, hash)))
-                .ok_or_else(|| anyhow::anyhow!("--anchor must be SEQ:HASH, as printed by an earlier `audit verify`"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--anchor must be SEQ:HASH, as printed by an earlier `audit verify`"
+                    )
+                })
         })
         .transpose()?;
     let dir = dir.resolve()?;
@@ -255,7 +270,11 @@ pub fn token_list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    writeln!(out, "{:<20} {:<9} {:<20} CREATED (UTC)", "NAME", "ROLE", "SERVERS")?;
+    writeln!(
+        out,
+        "{:<20} {:<9} {:<20} CREATED (UTC)",
+        "NAME", "ROLE", "SERVERS"
+    )?;
     for t in &list {
         writeln!(
             out,
@@ -267,7 +286,10 @@ pub fn token_list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
         )?;
     }
     if list.is_empty() {
-        writeln!(out, "(no identities yet: tollgate-broker token add --name NAME --role approver)")?;
+        writeln!(
+            out,
+            "(no identities yet: tollgate-broker token add --name NAME --role approver)"
+        )?;
     }
     Ok(())
 }

@@ -17,9 +17,7 @@ use serde_json::Value;
 use tollgate_shared::RuleRef;
 use toml::Spanned;
 
-use crate::policy::{
-    Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern,
-};
+use crate::policy::{Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern};
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
@@ -401,11 +399,7 @@ impl Validator<'_> {
             ),
             keepalive: self.duration(raw.keepalive, Duration::from_secs(15), "keepalive"),
             retry_ttl: self.duration(raw.retry_ttl, Duration::from_secs(600), "retry_ttl"),
-            resume_grace: self.duration(
-                raw.resume_grace,
-                Duration::from_secs(60),
-                "resume_grace",
-            ),
+            resume_grace: self.duration(raw.resume_grace, Duration::from_secs(60), "resume_grace"),
         }
     }
 
@@ -616,9 +610,7 @@ impl Validator<'_> {
             AuthMode::None => Auth::None,
             // Without [[client]] tables, callers authenticate with identities from the token
             // file (`tollgate-broker token add`).
-            AuthMode::Tokens => {
-                Auth::Tokens(clients)
-            }
+            AuthMode::Tokens => Auth::Tokens(clients),
         }
     }
 

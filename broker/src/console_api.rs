@@ -211,7 +211,10 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
             if who.role == Role::Viewer {
                 return ServerMsg::Error {
                     req,
-                    message: format!("{} is a viewer; revoking rules needs the approver or admin role", who.name),
+                    message: format!(
+                        "{} is a viewer; revoking rules needs the approver or admin role",
+                        who.name
+                    ),
                 };
             }
             ServerMsg::Error {

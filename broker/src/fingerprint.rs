@@ -64,7 +64,10 @@ pub fn exact(server: &str, tool: &str, args_hash: &str) -> String {
     for part in [server, "\0", tool, "\0", args_hash] {
         h.update(part.as_bytes());
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -74,10 +77,9 @@ mod tests {
 
     #[test]
     fn key_order_and_whitespace_do_not_change_the_hash() {
-        let a: Value = serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "s"}"#)
-            .expect("json");
-        let b: Value =
-            serde_json::from_str(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#).expect("json");
+        let a: Value =
+            serde_json::from_str(r#"{"b": [1, {"y": 2, "x": 1}], "a": "s"}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#).expect("json");
         assert_eq!(canonical(&a), r#"{"a":"s","b":[1,{"x":1,"y":2}]}"#);
         assert_eq!(args_hash(&a), args_hash(&b));
         assert_ne!(args_hash(&a), args_hash(&json!({"a": "t"})));

@@ -98,7 +98,7 @@ pub enum Intercept {
     /// Answer the client with this JSON-RPC message instead of forwarding.
     Respond(Value),
     /// The call is held (durably) for approval; wait on it.
-    Hold(Held),
+    Hold(Box<Held>),
 }
 
 /// A call waiting in the approval queue.
@@ -107,6 +107,8 @@ pub struct Held {
     pub record: CallRecord,
     /// The queue's handle.
     pub waiting: Waiting,
+    /// Set when the client waits by polling a task.
+    pub task: Option<crate::tasks::Flavor>,
 }
 
 /// A forwarded call whose completion is still to be recorded.
@@ -116,6 +118,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// Take the record out without recording a completion (someone else will).
+    pub fn disarm(mut self) -> Option<CallRecord> {
+        self.record.take().map(|r| *r)
+    }
+
     /// Record that the upstream answered (`error` is `Some` when forwarding failed).
     pub fn complete(mut self, error: Option<String>) {
         self.finish(error);
@@ -268,7 +275,10 @@ impl Gateway {
         let id = record.request_id.clone();
         let call = format!("{}/{}", record.server, record.tool);
         let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
-        let mode = if verdict.hold.retry {
+        let task = crate::tasks::requested(request, ctx.modern());
+        let mode = if task.is_some() {
+            HoldMode::Task
+        } else if verdict.hold.retry {
             HoldMode::Retry
         } else {
             HoldMode::Stream
@@ -317,6 +327,10 @@ impl Gateway {
             );
             return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
         }
-        Intercept::Hold(Held { record, waiting })
+        Intercept::Hold(Box::new(Held {
+            record,
+            waiting,
+            task,
+        }))
     }
 }

@@ -41,17 +41,34 @@ struct FeedState {
     events: Vec<Bytes>,
     done: bool,
     listeners: usize,
+    end: Option<Resolution>,
+    updated_ms: u64,
 }
 
 /// The events of one held call.
 pub struct Feed {
-    id: String,
+    /// The call id (and task id).
+    pub id: String,
     /// The client that made the call (only it may resume).
     pub client: String,
+    /// The call as it was held.
+    pub record: CallRecord,
+    /// Set when the client waits by polling a task rather than on its request.
+    pub task: Option<crate::tasks::Flavor>,
     modern: bool,
     st: Mutex<FeedState>,
     changed: Notify,
     deserted: Notify,
+}
+
+/// Where a feed stands, for `tasks/get`.
+pub struct FeedStatus {
+    /// The final response, once there is one.
+    pub last: Option<Bytes>,
+    /// How the call was resolved, once it was.
+    pub end: Option<Resolution>,
+    /// When anything last changed (ms since the epoch).
+    pub updated_ms: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,8 +84,25 @@ impl Feed {
             }
             st.events.push(data);
             st.done |= last;
+            st.updated_ms = now_ms();
         }
         self.changed.notify_waiters();
+    }
+
+    fn resolved(&self, end: Resolution) {
+        let mut st = lock(&self.st);
+        st.end = Some(end);
+        st.updated_ms = now_ms();
+    }
+
+    /// A consistent view of the feed's progress.
+    pub fn status(&self) -> FeedStatus {
+        let st = lock(&self.st);
+        FeedStatus {
+            last: st.done.then(|| st.events.last().cloned()).flatten(),
+            end: st.end.clone(),
+            updated_ms: st.updated_ms.max(self.record.timings.received_ms),
+        }
     }
 
     fn finish_with(&self, message: &Value) {
@@ -85,7 +119,7 @@ impl Feed {
     }
 
     /// Wait until the feed holds its final response, and return it.
-    async fn last(self: &Arc<Self>) -> Bytes {
+    pub async fn last(self: &Arc<Self>) -> Bytes {
         loop {
             let notified = self.changed.notified();
             {
@@ -138,6 +172,22 @@ impl Feeds {
         });
     }
 
+    /// The feed of a call id.
+    pub fn get(&self, id: &str) -> Option<Arc<Feed>> {
+        lock(&self.map).get(id).cloned()
+    }
+
+    /// Every feed of one client that waits as a task, oldest first.
+    pub fn tasks_of(&self, client: &str) -> Vec<Arc<Feed>> {
+        let mut v: Vec<_> = lock(&self.map)
+            .values()
+            .filter(|f| f.client == client && f.task.is_some())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// The feed a `Last-Event-ID` of ours points into, and the position after it.
     pub fn for_event_id(&self, last_event_id: &str) -> Option<(Arc<Feed>, usize)> {
         let (id, n) = last_event_id.strip_prefix("tg-")?.rsplit_once('-')?;
@@ -165,6 +215,8 @@ pub struct Drive {
     /// Cancel if no client is attached after this long (recovered calls); `None`: only the
     /// revision's rules apply.
     pub grace: Option<Duration>,
+    /// The client polls a task instead of waiting on its request.
+    pub task: Option<crate::tasks::Flavor>,
 }
 
 /// Register a feed for a held call and start its driver; returns the feed.
@@ -172,7 +224,9 @@ pub fn start(d: Drive) -> Arc<Feed> {
     let feed = Arc::new(Feed {
         id: d.record.id.clone(),
         client: d.record.client.clone(),
-        modern: d.inbound.modern,
+        record: d.record.clone(),
+        task: d.task,
+        modern: d.inbound.modern && d.task.is_none(),
         st: Mutex::new(FeedState::default()),
         changed: Notify::new(),
         deserted: Notify::new(),
@@ -196,7 +250,9 @@ pub fn refusal_text(record: &CallRecord, r: &Resolution) -> String {
         Resolution::Expired => format!(
             "Timed out waiting for approval: nobody approved this call to {call} before it expired, so it was not run. Try again later or ask an approver."
         ),
-        Resolution::Cancelled => format!("The call to {call} was cancelled while it waited for approval."),
+        Resolution::Cancelled => {
+            format!("The call to {call} was cancelled while it waited for approval.")
+        }
         Resolution::Abandoned => format!(
             "The call to {call} was abandoned: the broker restarted while it waited for approval and could not deliver the answer. It was not run."
         ),
@@ -214,8 +270,13 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         upstream,
         keepalive,
         grace,
+        task,
     } = d;
-    let token = record.hold.as_ref().and_then(|h| h.progress_token.clone());
+    let token = record
+        .hold
+        .as_ref()
+        .and_then(|h| h.progress_token.clone())
+        .filter(|_| task.is_none());
     let mut progress = 0u64;
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
@@ -255,11 +316,24 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         }
     };
     let id = jsonrpc::id(&inbound.value);
+    feed.resolved(resolution.clone());
     if resolution != Resolution::Approved {
         let text = refusal_text(&record, &resolution);
         feed.finish_with(&jsonrpc::tool_error(id, &text, inbound.modern));
         feeds.remove_later(record.id.clone());
         return;
+    }
+    let mut inbound = inbound;
+    if task.is_some() {
+        // The broker is the task receiver: the upstream gets a plain call.
+        if let Some(params) = inbound
+            .value
+            .get_mut("params")
+            .and_then(Value::as_object_mut)
+        {
+            params.remove("task");
+        }
+        inbound.raw = Bytes::from(inbound.value.to_string());
     }
     let recorder = queue.recorder().clone();
     let forwarded = async {
@@ -395,7 +469,10 @@ fn renumber_progress(msg: &mut Value, token: Option<&Value>, base: u64) {
 fn sse_response(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
@@ -426,7 +503,10 @@ fn listen(feed: Arc<Feed>, after: usize, keepalive: Duration) -> Response<Body> 
                     }
                 }
                 if tokio::time::timeout(keepalive, notified).await.is_err() {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (listener, next, false)));
+                    return Some((
+                        Ok(Bytes::from_static(b": keep-alive\n\n")),
+                        (listener, next, false),
+                    ));
                 }
             }
         },
@@ -445,8 +525,10 @@ pub fn respond(feed: Arc<Feed>, sse_ok: bool, keepalive: Duration) -> Response<B
             Ok::<_, std::io::Error>(feed.last().await)
         };
         let mut r = Response::new(Body::from_stream(futures_util::stream::once(body)));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         r
     }
 }
@@ -483,7 +565,10 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
     }
     let value = json!({"jsonrpc": "2.0", "id": record.request_id, "method": "tools/call", "params": params});
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(
         header::ACCEPT,
         HeaderValue::from_static("application/json, text/event-stream"),
@@ -538,8 +623,19 @@ mod tests {
             "timings": {"received_ms": 0, "decided_ms": 0}
         }))
         .expect("record");
-        let r = refusal_text(&rec, &Resolution::Rejected { by: "alice".into(), reason: Some("use staging".into()) });
-        assert_eq!(r, "Rejected by alice: use staging. The call to db/drop was not run.");
-        assert!(refusal_text(&rec, &Resolution::Expired).starts_with("Timed out waiting for approval"));
+        let r = refusal_text(
+            &rec,
+            &Resolution::Rejected {
+                by: "alice".into(),
+                reason: Some("use staging".into()),
+            },
+        );
+        assert_eq!(
+            r,
+            "Rejected by alice: use staging. The call to db/drop was not run."
+        );
+        assert!(
+            refusal_text(&rec, &Resolution::Expired).starts_with("Timed out waiting for approval")
+        );
     }
 }

@@ -19,6 +19,7 @@ mod queue;
 mod serve;
 mod sse;
 mod store;
+mod tasks;
 mod tokens;
 mod upstream;
 

@@ -18,9 +18,9 @@ use crate::queue::Queue;
 use crate::store::Recorder;
 use crate::store::sled_backend::SledBackend;
 use crate::tokens::Registry;
-use tollgate_shared::{HoldMode, Outcome};
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
+use tollgate_shared::{HoldMode, Outcome};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -218,10 +218,19 @@ async fn recover(
             (HoldMode::Retry, _) => {}
             (_, None) => {
                 queue
-                    .close(&id, Outcome::Abandoned, Some(format!("server {:?} is no longer configured", record.server)))
+                    .close(
+                        &id,
+                        Outcome::Abandoned,
+                        Some(format!(
+                            "server {:?} is no longer configured",
+                            record.server
+                        )),
+                    )
                     .await;
             }
-            (_, Some(upstream)) => {
+            (mode, Some(upstream)) => {
+                // A task's client comes back by polling its id, so it gets no grace deadline.
+                let task = (mode == HoldMode::Task).then(|| crate::tasks::flavor_of(&record));
                 hold::start(hold::Drive {
                     queue: queue.clone(),
                     feeds: feeds.clone(),
@@ -230,7 +239,8 @@ async fn recover(
                     waiting,
                     upstream,
                     keepalive: config.broker.keepalive,
-                    grace: Some(config.broker.resume_grace),
+                    grace: task.is_none().then_some(config.broker.resume_grace),
+                    task,
                 });
             }
         }

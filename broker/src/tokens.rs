@@ -57,8 +57,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
 
 fn write(path: &Path, tokens: Vec<TokenEntry>) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(&File { tokens })?;
     {
@@ -125,11 +124,12 @@ pub fn revoke(data_dir: &Path, name: &str) -> anyhow::Result<bool> {
 }
 
 type Stamp = Option<(SystemTime, u64)>;
+type Digests = Vec<([u8; 32], Identity)>;
 
 /// The broker's live view of the token file.
 pub struct Registry {
     path: PathBuf,
-    cache: Mutex<(Stamp, Vec<([u8; 32], Identity)>)>,
+    cache: Mutex<(Stamp, Digests)>,
 }
 
 fn stamp(path: &Path) -> Stamp {
@@ -158,7 +158,9 @@ impl Registry {
                         .filter_map(|e| {
                             let mut d = [0u8; 32];
                             let bytes = (0..32)
-                                .map(|i| u8::from_str_radix(e.sha256.get(2 * i..2 * i + 2)?, 16).ok())
+                                .map(|i| {
+                                    u8::from_str_radix(e.sha256.get(2 * i..2 * i + 2)?, 16).ok()
+                                })
                                 .collect::<Option<Vec<u8>>>()?;
                             d.copy_from_slice(&bytes);
                             Some((
@@ -173,7 +175,9 @@ impl Registry {
                         .collect();
                     *cache = (now, parsed);
                 }
-                Err(e) => tracing::error!(error = %e, "cannot reload the token file; keeping the previous tokens"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the token file; keeping the previous tokens")
+                }
             }
         }
         let d = auth::digest(token);

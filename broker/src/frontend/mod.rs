@@ -6,6 +6,7 @@
 //! [`Gateway`] and anything else straight to the upstream.
 
 pub mod headers;
+pub mod patch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +23,13 @@ use crate::config::{Auth, Config};
 use crate::gateway::{CallContext, Gateway, Intercept, now_ms};
 use crate::hold::{self, Feeds};
 use crate::jsonrpc::{self, Kind};
+use crate::queue::Waiting;
+use crate::tasks;
 use crate::tokens::Registry;
-use tollgate_shared::Outcome;
 use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
+use tollgate_shared::Outcome;
 
 /// Where a server's traffic goes.
 #[derive(Clone)]
@@ -55,6 +58,8 @@ pub struct Frontend {
     pub feeds: Arc<Feeds>,
     /// Keep-alive interval on held calls.
     pub keepalive: std::time::Duration,
+    /// Sessions whose client declared task support at `initialize` (2025-11-25).
+    pub task_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Frontend {
@@ -75,6 +80,7 @@ impl Frontend {
             registry,
             feeds,
             keepalive: config.broker.keepalive,
+            task_sessions: Default::default(),
         }
     }
 
@@ -200,9 +206,7 @@ async fn handle(
         Method::POST => post(&fe, &server, client, upstream, headers, session, body).await,
         Method::GET => {
             let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-            if let Some(r) =
-                last.and_then(|l| hold::resume(&fe.feeds, &client, l, fe.keepalive))
-            {
+            if let Some(r) = last.and_then(|l| hold::resume(&fe.feeds, &client, l, fe.keepalive)) {
                 return r;
             }
             match upstream {
@@ -224,6 +228,34 @@ async fn handle(
             r
         }
     }
+}
+
+/// Answer a `tools/call` with a task and see the call through in the background.
+fn start_task(
+    fe: &Frontend,
+    record: tollgate_shared::CallRecord,
+    waiting: Waiting,
+    inbound: Inbound,
+    upstream: Upstream,
+    flavor: tasks::Flavor,
+) -> Response<Body> {
+    let id = jsonrpc::id(&inbound.value);
+    let feed = hold::start(hold::Drive {
+        queue: fe.gateway.queue.clone(),
+        feeds: fe.feeds.clone(),
+        record,
+        waiting,
+        inbound,
+        upstream,
+        keepalive: fe.keepalive,
+        grace: None,
+        task: Some(flavor),
+    });
+    json_response(
+        StatusCode::OK,
+        &tasks::created(&feed, &fe.gateway.queue, id),
+        None,
+    )
 }
 
 async fn post(
@@ -311,20 +343,54 @@ async fn post(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
-    if kind == Kind::Notification && jsonrpc::method(&value) == Some("notifications/cancelled")
+    if kind == Kind::Notification
+        && jsonrpc::method(&value) == Some("notifications/cancelled")
         && let Some(request_id) = value.pointer("/params/requestId")
-        && let Some(held) = fe.gateway.queue.find_request(&client, session.as_deref(), request_id)
+        && let Some(held) = fe
+            .gateway
+            .queue
+            .find_request(&client, session.as_deref(), request_id)
     {
         let why = value
             .pointer("/params/reason")
             .and_then(Value::as_str)
-            .map_or_else(|| "the client cancelled the request".to_string(), |r| format!("the client cancelled: {r}"));
-        fe.gateway.queue.close(&held, Outcome::Cancelled, Some(why)).await;
+            .map_or_else(
+                || "the client cancelled the request".to_string(),
+                |r| format!("the client cancelled: {r}"),
+            );
+        fe.gateway
+            .queue
+            .close(&held, Outcome::Cancelled, Some(why))
+            .await;
         return Response::builder()
             .status(StatusCode::ACCEPTED)
             .body(Body::empty())
             .unwrap_or_default();
     }
+    if kind == Kind::Request
+        && let Some(answer) = tasks::handle(&fe.feeds, &fe.gateway.queue, &client, &value).await
+    {
+        let reply = match answer {
+            tasks::Answer::Now(v) => v,
+            tasks::Answer::Wait(feed) => {
+                feed.last().await;
+                tasks::result_answer(&feed, &fe.gateway.queue, jsonrpc::id(&value))
+            }
+        };
+        return json_response(StatusCode::OK, &reply, None);
+    }
+    let method = jsonrpc::method(&value).unwrap_or_default().to_string();
+    let wants_tasks = kind == Kind::Request
+        && match method.as_str() {
+            "initialize" => value.pointer("/params/capabilities/tasks").is_some(),
+            "server/discover" => tasks::requested(&value, true).is_some(),
+            "tools/list" => session.as_ref().is_some_and(|s| {
+                std::sync::Mutex::lock(&fe.task_sessions)
+                    .map(|set| set.contains(s))
+                    .unwrap_or(false)
+            }),
+            _ => false,
+        };
     let mut inbound = Inbound {
         value,
         raw,
@@ -342,10 +408,35 @@ async fn post(
             session: inbound.session.clone(),
             protocol_version,
         };
-        match fe.gateway.intercept(&ctx, &inbound.value, received_ms).await {
-            Intercept::Forward(t) => inbound.ticket = Some(t),
+        match fe
+            .gateway
+            .intercept(&ctx, &inbound.value, received_ms)
+            .await
+        {
+            Intercept::Forward(t) => {
+                // A task-augmented call that policy allows still gets its task (2025-11-25
+                // clients were told every tool may run as one); the broker runs it at once.
+                if !modern && tasks::requested(&inbound.value, false).is_some() {
+                    if let Some(record) = t.disarm() {
+                        let waiting = Waiting::approved(&record);
+                        return start_task(
+                            fe,
+                            record,
+                            waiting,
+                            inbound,
+                            upstream,
+                            tasks::Flavor::Legacy,
+                        );
+                    }
+                } else {
+                    inbound.ticket = Some(t)
+                }
+            }
             Intercept::Respond(answer) => return json_response(StatusCode::OK, &answer, None),
             Intercept::Hold(held) => {
+                if let Some(flavor) = held.task {
+                    return start_task(fe, held.record, held.waiting, inbound, upstream, flavor);
+                }
                 let feed = hold::start(hold::Drive {
                     queue: fe.gateway.queue.clone(),
                     feeds: fe.feeds.clone(),
@@ -355,10 +446,32 @@ async fn post(
                     upstream,
                     keepalive: fe.keepalive,
                     grace: None,
+                    task: None,
                 });
                 return hold::respond(feed, sse, fe.keepalive);
             }
         }
+    }
+    if wants_tasks {
+        let response = match upstream {
+            Upstream::Stdio(u) => u.post(inbound).await,
+            Upstream::Http(u) => u.post(inbound).await,
+        };
+        if method == "initialize"
+            && let Some(id) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            && let Ok(mut set) = fe.task_sessions.lock()
+        {
+            set.insert(id.to_string());
+        }
+        return patch::result(response, |r| match method.as_str() {
+            "initialize" => tasks::advertise_legacy(r),
+            "tools/list" => tasks::advertise_tools(r),
+            _ => tasks::advertise_extensions(r),
+        })
+        .await;
     }
     match upstream {
         Upstream::Stdio(u) => u.post(inbound).await,

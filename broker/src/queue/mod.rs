@@ -77,6 +77,14 @@ pub struct Waiting {
     pub done: watch::Receiver<Option<(Resolution, CallRecord)>>,
 }
 
+impl Waiting {
+    /// A handle that is already approved (a call policy allowed, run as a task).
+    pub fn approved(record: &CallRecord) -> Waiting {
+        let (_tx, done) = watch::channel(Some((Resolution::Approved, record.clone())));
+        Waiting { done }
+    }
+}
+
 impl Queue {
     /// A queue writing to `recorder`.
     pub fn new(recorder: Recorder, retry_ttl: Duration) -> Arc<Queue> {
@@ -112,6 +120,11 @@ impl Queue {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// A pending call's record.
+    pub fn get(&self, id: &str) -> Option<CallRecord> {
+        lock(&self.entries).get(id).map(|e| e.record.clone())
     }
 
     /// Hold a call: commit it durably, then tell consoles. Fails (and nothing is held) when the
@@ -213,7 +226,9 @@ impl Queue {
                         id,
                         ok: false,
                         outcome: Some(Outcome::Pending),
-                        message: format!("the decision could not be saved, so it was not applied: {e}"),
+                        message: format!(
+                            "the decision could not be saved, so it was not applied: {e}"
+                        ),
                     },
                     None => DecideResult {
                         id,
@@ -271,13 +286,20 @@ impl Queue {
         let resolution = match record.outcome {
             Outcome::Approved => Resolution::Approved,
             _ => Resolution::Rejected {
-                by: record.decisions.last().map(|d| d.by.clone()).unwrap_or_default(),
+                by: record
+                    .decisions
+                    .last()
+                    .map(|d| d.by.clone())
+                    .unwrap_or_default(),
                 reason: record.reason.clone(),
             },
         };
         tracing::info!(call = %record.id, outcome = %record.outcome, "decided");
         if resolution == Resolution::Approved
-            && record.hold.as_ref().is_some_and(|h| h.mode == HoldMode::Retry)
+            && record
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.mode == HoldMode::Retry)
         {
             let until = now_ms() + self.retry_ttl.as_millis() as u64;
             lock(&self.grants).insert(grant_key(&record), (record.id.clone(), until));
@@ -349,7 +371,10 @@ impl Queue {
         lock(&self.entries)
             .values()
             .find(|e| {
-                e.record.hold.as_ref().is_some_and(|h| h.mode == HoldMode::Retry)
+                e.record
+                    .hold
+                    .as_ref()
+                    .is_some_and(|h| h.mode == HoldMode::Retry)
                     && grant_key(&e.record) == key
             })
             .map(|e| e.record.id.clone())

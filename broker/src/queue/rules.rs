@@ -36,12 +36,9 @@ fn when(ms: u64) -> String {
 /// Why a call that is no longer pending cannot be decided.
 pub fn closed_message(rec: &CallRecord) -> String {
     match (rec.outcome, rec.decisions.last()) {
-        (Outcome::Approved | Outcome::Rejected, Some(d)) => format!(
-            "already {} by {} at {}",
-            rec.outcome,
-            d.by,
-            when(d.at_ms)
-        ),
+        (Outcome::Approved | Outcome::Rejected, Some(d)) => {
+            format!("already {} by {} at {}", rec.outcome, d.by, when(d.at_ms))
+        }
         (o, _) => {
             let at = rec.timings.completed_ms.unwrap_or(rec.timings.decided_ms);
             format!("already {o} at {}", when(at))
@@ -67,7 +64,11 @@ fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), String> {
             rec.server
         ));
     }
-    let named = rec.hold.as_ref().map(|h| h.approvers.as_slice()).unwrap_or(&[]);
+    let named = rec
+        .hold
+        .as_ref()
+        .map(|h| h.approvers.as_slice())
+        .unwrap_or(&[]);
     if !named.is_empty() {
         let role = format!("role:{}", who.role.as_str());
         if !named.iter().any(|a| *a == who.name || *a == role) {
@@ -197,7 +198,10 @@ mod tests {
         assert_eq!((next.outcome, change), (Outcome::Approved, Change::Final));
         let bob = who("bob", Role::Admin, None);
         let late = decide(&next, &bob, Verdict::Reject, None, 2000).expect_err("late");
-        assert!(late.starts_with("already approved by alice at 1970-01-01T00:00:01Z"), "{late}");
+        assert!(
+            late.starts_with("already approved by alice at 1970-01-01T00:00:01Z"),
+            "{late}"
+        );
     }
 
     #[test]
@@ -214,14 +218,38 @@ mod tests {
     #[test]
     fn viewers_and_out_of_scope_approvers_are_refused_with_reasons() {
         let rec = call("agent", "db", 1, &[]);
-        let v = decide(&rec, &who("vic", Role::Viewer, None), Verdict::Approve, None, 1)
-            .expect_err("viewer");
+        let v = decide(
+            &rec,
+            &who("vic", Role::Viewer, None),
+            Verdict::Approve,
+            None,
+            1,
+        )
+        .expect_err("viewer");
         assert!(v.contains("viewer"), "{v}");
-        let s = decide(&rec, &who("fay", Role::Approver, Some(&["fs"])), Verdict::Reject, None, 1)
-            .expect_err("scope");
-        assert!(s.contains("only for server(s) fs; this call is for db"), "{s}");
+        let s = decide(
+            &rec,
+            &who("fay", Role::Approver, Some(&["fs"])),
+            Verdict::Reject,
+            None,
+            1,
+        )
+        .expect_err("scope");
+        assert!(
+            s.contains("only for server(s) fs; this call is for db"),
+            "{s}"
+        );
         // Admins are not limited by a server list.
-        assert!(decide(&rec, &who("root", Role::Admin, Some(&["fs"])), Verdict::Reject, None, 1).is_ok());
+        assert!(
+            decide(
+                &rec,
+                &who("root", Role::Admin, Some(&["fs"])),
+                Verdict::Reject,
+                None,
+                1
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -231,9 +259,18 @@ mod tests {
         let (once, change) = decide(&rec, &alice, Verdict::Approve, None, 1).expect("first");
         assert_eq!((once.outcome, change), (Outcome::Pending, Change::Counted));
         let again = decide(&once, &alice, Verdict::Approve, None, 2).expect_err("twice");
-        assert!(again.contains("needs 2 distinct approvers (1 so far)"), "{again}");
-        let (twice, change) =
-            decide(&once, &who("bob", Role::Approver, None), Verdict::Approve, None, 3).expect("second");
+        assert!(
+            again.contains("needs 2 distinct approvers (1 so far)"),
+            "{again}"
+        );
+        let (twice, change) = decide(
+            &once,
+            &who("bob", Role::Approver, None),
+            Verdict::Approve,
+            None,
+            3,
+        )
+        .expect("second");
         assert_eq!((twice.outcome, change), (Outcome::Approved, Change::Final));
         assert_eq!(twice.decisions.len(), 2);
     }
@@ -241,10 +278,34 @@ mod tests {
     #[test]
     fn named_approvers_match_by_name_or_role() {
         let rec = call("agent", "db", 1, &["carol", "role:admin"]);
-        let e = decide(&rec, &who("alice", Role::Approver, None), Verdict::Approve, None, 1)
-            .expect_err("not named");
+        let e = decide(
+            &rec,
+            &who("alice", Role::Approver, None),
+            Verdict::Approve,
+            None,
+            1,
+        )
+        .expect_err("not named");
         assert!(e.contains("carol, role:admin"), "{e}");
-        assert!(decide(&rec, &who("carol", Role::Approver, None), Verdict::Approve, None, 1).is_ok());
-        assert!(decide(&rec, &who("root", Role::Admin, None), Verdict::Approve, None, 1).is_ok());
+        assert!(
+            decide(
+                &rec,
+                &who("carol", Role::Approver, None),
+                Verdict::Approve,
+                None,
+                1
+            )
+            .is_ok()
+        );
+        assert!(
+            decide(
+                &rec,
+                &who("root", Role::Admin, None),
+                Verdict::Approve,
+                None,
+                1
+            )
+            .is_ok()
+        );
     }
 }

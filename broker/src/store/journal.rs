@@ -94,7 +94,9 @@ impl Journal {
 
     /// Empty the journal (after everything in it is durable elsewhere).
     pub fn clear(&mut self) -> anyhow::Result<()> {
-        self.file.set_len(0).context("cannot truncate the journal")?;
+        self.file
+            .set_len(0)
+            .context("cannot truncate the journal")?;
         self.file.sync_all()?;
         self.len = 0;
         Ok(())
@@ -135,7 +137,8 @@ mod tests {
         }
         // A crash mid-write leaves half a line.
         let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
-        f.write_all(b"0123456789abcdef {\"c\":").expect("torn write");
+        f.write_all(b"0123456789abcdef {\"c\":")
+            .expect("torn write");
         let j = Journal::open(&path).expect("open");
         let got = j.entries().expect("entries");
         assert_eq!(got, vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]);

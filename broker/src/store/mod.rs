@@ -123,7 +123,9 @@ pub fn verify(backend: &dyn Backend, anchor: Option<(u64, &str)>) -> anyhow::Res
         })?;
         match found {
             Some(h) if h == hash => {}
-            Some(_) => anyhow::bail!("audit chain broken: entry {seq} no longer has the anchored hash"),
+            Some(_) => {
+                anyhow::bail!("audit chain broken: entry {seq} no longer has the anchored hash")
+            }
             None => anyhow::bail!(
                 "audit chain broken: the anchored entry {seq} is gone; the chain ends at entry {}: entries were removed from the end",
                 expected_seq - 1
@@ -252,7 +254,12 @@ impl Recorder {
         &self.backend
     }
 
-    async fn send(&self, record: CallRecord, audit: bool, ack: Option<oneshot::Sender<Result<(), String>>>) {
+    async fn send(
+        &self,
+        record: CallRecord,
+        audit: bool,
+        ack: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
         let op = Op::Put {
             record: Box::new(record),
             audit,

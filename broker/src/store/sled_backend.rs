@@ -88,7 +88,10 @@ impl SledBackend {
         };
         let entries = lock(&backend.journal).entries()?;
         if !entries.is_empty() {
-            tracing::info!(groups = entries.len(), "replaying the journal after an unclean stop");
+            tracing::info!(
+                groups = entries.len(),
+                "replaying the journal after an unclean stop"
+            );
             for json in entries {
                 let batch: Vec<Mutation> = serde_json::from_slice(&json)
                     .context("a journal entry is not a valid group of writes")?;
@@ -355,7 +358,11 @@ mod tests {
         let backend = Arc::new(SledBackend::open(dir).expect("open"));
         let rec = Recorder::start(backend.clone()).expect("recorder");
         for i in 0..n {
-            let o = if i % 4 == 0 { Outcome::Pending } else { Outcome::Allowed };
+            let o = if i % 4 == 0 {
+                Outcome::Pending
+            } else {
+                Outcome::Allowed
+            };
             rec.record(record(i, o)).await;
         }
         rec.flush().await;
@@ -391,7 +398,9 @@ mod tests {
         let key = 4u64.to_be_bytes();
         let mut e = b.entry(4).expect("read").expect("entry");
         e.outcome = Outcome::Approved;
-        b.audit.insert(key, serde_json::to_vec(&e).expect("json")).expect("tamper");
+        b.audit
+            .insert(key, serde_json::to_vec(&e).expect("json"))
+            .expect("tamper");
         let err = verify(&*b, None).expect_err("tampered").to_string();
         assert!(err.contains("entry 4") && err.contains("edited"), "{err}");
     }
@@ -406,13 +415,20 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
-        let (e2, e3) = (b.entry(2).expect("r").expect("e"), b.entry(3).expect("r").expect("e"));
+        let (e2, e3) = (
+            b.entry(2).expect("r").expect("e"),
+            b.entry(3).expect("r").expect("e"),
+        );
         let mut s2 = e3.clone();
         s2.seq = 2;
         let mut s3 = e2.clone();
         s3.seq = 3;
-        b.audit.insert(2u64.to_be_bytes(), serde_json::to_vec(&s2).expect("j")).expect("w");
-        b.audit.insert(3u64.to_be_bytes(), serde_json::to_vec(&s3).expect("j")).expect("w");
+        b.audit
+            .insert(2u64.to_be_bytes(), serde_json::to_vec(&s2).expect("j"))
+            .expect("w");
+        b.audit
+            .insert(3u64.to_be_bytes(), serde_json::to_vec(&s3).expect("j"))
+            .expect("w");
         assert!(verify(&*b, None).is_err());
 
         let dir = tempfile::tempdir().expect("tempdir");
@@ -421,7 +437,9 @@ mod tests {
         let anchor = verify(&*b, None).expect("verify");
         b.audit.remove(10u64.to_be_bytes()).expect("remove");
         assert_eq!(verify(&*b, None).expect("shorter chain").entries, 9);
-        let err = verify(&*b, Some((10, &anchor.head))).expect_err("anchored").to_string();
+        let err = verify(&*b, Some((10, &anchor.head)))
+            .expect_err("anchored")
+            .to_string();
         assert!(err.contains("anchored entry 10 is gone"), "{err}");
     }
 

@@ -2,7 +2,7 @@
 // Usage: node client.mjs '<scenario JSON>'; prints one JSON line with what it observed.
 //
 // scenario.target: {url, token?} for Streamable HTTP, or {command: [...]} for stdio.
-// scenario.run:    "list_and_echo" | "progress" | "held" | "cancel"
+// scenario.run:    "list_and_echo" | "progress" | "held" | "task" | "cancel"
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -18,7 +18,7 @@ function transportFor(target) {
   return new StreamableHTTPClientTransport(new URL(target.url), { requestInit: { headers } });
 }
 
-const client = new Client({ name: "tollgate-e2e-ts", version: "1.0.0" }, { capabilities: {} });
+const client = new Client({ name: "tollgate-e2e-ts", version: "1.0.0" }, { capabilities: scenario.capabilities ?? {} });
 const transport = transportFor(scenario.target);
 await client.connect(transport);
 const out = { protocolVersion: transport.protocolVersion ?? null };
@@ -51,6 +51,22 @@ try {
     }
     out.waitedMs = Date.now() - started;
     out.progress = progress;
+  } else if (scenario.run === "task") {
+    // A task-augmented call: the SDK creates a task, polls tasks/get, then fetches tasks/result.
+    const tools = await client.listTools();
+    out.taskSupport = Object.fromEntries(tools.tools.map((t) => [t.name, t.execution?.taskSupport ?? null]));
+    out.messages = [];
+    const stream = client.experimental.tasks.callToolStream(
+      { name: scenario.tool, arguments: scenario.arguments },
+      undefined,
+      { timeout: scenario.timeoutMs ?? 60000 },
+    );
+    for await (const m of stream) {
+      out.messages.push({ type: m.type, status: m.task?.status ?? null, statusMessage: m.task?.statusMessage ?? null });
+      if (m.type === "result") out.result = m.result;
+      if (m.type === "error") out.error = String(m.error);
+      if (m.type === "taskCreated") out.taskId = m.task.taskId;
+    }
   } else if (scenario.run === "cancel") {
     const controller = new AbortController();
     const call = client.callTool({ name: scenario.tool, arguments: scenario.arguments }, undefined, { signal: controller.signal });
