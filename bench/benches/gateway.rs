@@ -9,95 +9,23 @@
 //! calls only, so CI proves the benchmark still works without asserting on time.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tollgate_bench::{delta_us, percentile, us};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listening on port {port}")
-}
-
-fn everything() -> Result<PathBuf> {
-    let p =
-        root().join("tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if !p.exists() {
-        bail!(
-            "server-everything is not installed: run `cd tests/e2e && npm ci` (./dev test does this)"
-        );
-    }
-    Ok(p)
-}
-
-fn build_broker() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "tollgate-broker"])
-        .current_dir(root())
-        .status()?;
-    if !status.success() {
-        bail!("building tollgate-broker failed");
-    }
-    Ok(root().join("target/release/tollgate-broker"))
-}
+use tollgate_bench::{
+    Killed, build_broker, delta_us, everything, free_port, percentile, root, us, wait_port,
+};
 
 fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String)> {
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[broker]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\ndata_dir = \"{}\"\n[policy]\ndefault = \"allow\"\n{servers}",
-            dir.join("data").display()
-        ),
+    let (child, base, _) = tollgate_bench::start_broker(
+        bin,
+        dir,
+        &format!("auth = \"none\"\n[policy]\ndefault = \"allow\"\n{servers}"),
     )?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("broker stdout")?;
-    let mut out = BufReader::new(out);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    // Keep draining the broker's stdout so it never writes into a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .context("broker did not announce its address")?
-        .trim()
-        .to_string();
-    Ok((Killed(child), format!("http://{addr}")))
+    Ok((child, base))
 }
 
 /// A Streamable HTTP MCP session: initialize, then echo calls.

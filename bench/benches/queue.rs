@@ -1,0 +1,275 @@
+//! The approval queue under load: how fast calls are held durably, how fast a bulk decision
+//! answers every waiting client, and how long a decision takes to reach its client.
+//!
+//! One release broker holds `e/echo` calls whose message starts with "hold" (the upstream is
+//! server-everything over stdio); one console on the real WebSocket API decides them. Figures
+//! come with baselines from the same run: the disk's rate of single-record `fdatasync`s (what
+//! holding would cost without group commit) and the latency of the same call when policy
+//! allows it (what forwarding costs without a decision).
+//!
+//! Run: `cargo bench -p tollgate-bench --bench queue`. `TOLLGATE_BENCH_SMOKE=1` runs a small
+//! load only, so CI proves the benchmark still works without asserting on time.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tollgate_bench::{build_broker, everything, percentile, rss_mib, start_broker, us};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn token(bin: &Path, data: &Path, name: &str, role: &str) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "add", "--data-dir"])
+        .arg(data)
+        .args(["--name", name, "--role", role])
+        .output()?;
+    if !out.status.success() {
+        bail!("token add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Single-record appends with `fdatasync` for about a second: the disk's sync rate.
+fn sync_rate(dir: &Path) -> Result<f64> {
+    let path = dir.join("sync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        f.write_all(b"0123456789abcdef {\"probe\":true}\n")?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    Ok(rate)
+}
+
+struct Console {
+    ws: Ws,
+}
+
+impl Console {
+    async fn connect(url: &str, token: &str) -> Result<Console> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Console { ws })
+    }
+
+    async fn next(&mut self) -> Result<Value> {
+        loop {
+            match self.ws.next().await.context("console closed")?? {
+                Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+                Message::Close(_) => bail!("console closed"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message of a type.
+    async fn expect(&mut self, kind: &str) -> Result<Value> {
+        loop {
+            let m = self.next().await?;
+            if m["type"] == kind {
+                return Ok(m);
+            }
+        }
+    }
+
+    async fn send(&mut self, v: Value) -> Result<()> {
+        self.ws.send(Message::text(v.to_string())).await?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Agent {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    token: String,
+}
+
+impl Agent {
+    async fn open(url: &str, token: &str) -> Result<Agent> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
+        let resp = http
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(init.to_string())
+            .send()
+            .await?;
+        let session = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .context("no session id")?
+            .to_string();
+        resp.text().await?;
+        let a = Agent {
+            http,
+            url: url.into(),
+            session,
+            token: token.into(),
+        };
+        a.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await?;
+        Ok(a)
+    }
+
+    async fn post(&self, msg: &Value) -> Result<String> {
+        let resp = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-session-id", &self.session)
+            .body(msg.to_string())
+            .send()
+            .await?;
+        Ok(resp.text().await?)
+    }
+
+    async fn echo(&self, id: u64, message: &str) -> Result<String> {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"message":message}}});
+        self.post(&call).await
+    }
+}
+
+fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
+    let (holds, rounds) = if smoke { (200, 20) } else { (10_000, 300) };
+    let script = everything()?;
+    let bin = build_broker()?;
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data"))?;
+    let agent_token = token(&bin, &dir.join("data"), "agent", "viewer")?;
+    let alice_token = token(&bin, &dir.join("data"), "alice", "approver")?;
+    let argv = serde_json::to_string(&["node", &script.display().to_string(), "stdio"])?;
+    let rest = format!(
+        "keepalive = \"60s\"\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
+    );
+    let (broker, base, console_url) = start_broker(&bin, &dir, &rest)?;
+    let pid = broker.0.id();
+    let syncs = sync_rate(&dir)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let mut console = Console::connect(&console_url, &alice_token).await?;
+        console.expect("snapshot").await?;
+        let agent = Agent::open(&format!("{base}/mcp/e"), &agent_token).await?;
+        agent.echo(1, "warm up").await?;
+        let idle_rss = rss_mib(pid).unwrap_or(0.0);
+
+        // Holds: every call in flight at once; done when the console has heard of all of them.
+        let start = Instant::now();
+        let mut clients = Vec::with_capacity(holds);
+        for i in 0..holds {
+            let a = agent.clone();
+            clients.push(tokio::spawn(async move { a.echo(10 + i as u64, "hold loop").await }));
+        }
+        let mut fingerprint = String::new();
+        for _ in 0..holds {
+            let m = console.expect("call_pending").await?;
+            fingerprint = m["call"]["fingerprint"].as_str().unwrap_or_default().to_string();
+        }
+        let hold_time = start.elapsed();
+        let held_rss = rss_mib(pid).unwrap_or(0.0);
+
+        // Bulk reject by fingerprint; done when every client has its answer.
+        let start = Instant::now();
+        console
+            .send(json!({"type":"decide","target":{"by":"fingerprint","fingerprint":fingerprint},"verdict":"reject","reason":"runaway loop"}))
+            .await?;
+        for c in clients {
+            let body = c.await??;
+            if !body.contains("Rejected by alice") {
+                bail!("unexpected answer to a rejected call: {body}");
+            }
+        }
+        let reject_time = start.elapsed();
+
+        // Decision to response, against the same call allowed by policy.
+        let (mut decided, mut allowed) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let t = Instant::now();
+            let body = agent.echo(1_000_000 + r as u64, "fast").await?;
+            allowed.push(t.elapsed());
+            if !body.contains("Echo: fast") {
+                bail!("unexpected allowed answer: {body}");
+            }
+            let a = agent.clone();
+            let call = tokio::spawn(async move { a.echo(2_000_000 + r as u64, &format!("hold {r}")).await });
+            let id = console.expect("call_pending").await?["call"]["id"].as_str().unwrap_or_default().to_string();
+            let t = Instant::now();
+            console
+                .send(json!({"type":"decide","target":{"by":"ids","ids":[id]},"verdict":"approve"}))
+                .await?;
+            let body = call.await??;
+            decided.push(t.elapsed());
+            if !body.contains(&format!("Echo: hold {r}")) {
+                bail!("unexpected approved answer: {body}");
+            }
+        }
+        anyhow::Ok((hold_time, reject_time, decided, allowed, idle_rss, held_rss))
+    })?;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (hold_time, reject_time, mut decided, mut allowed, idle_rss, held_rss) = report;
+    let holds_per_s = holds as f64 / hold_time.as_secs_f64();
+    println!();
+    println!(
+        "approval queue: {holds} concurrent held calls, {rounds} decision rounds{}",
+        if smoke { " [smoke run]" } else { "" }
+    );
+    println!("| measure | value | baseline in this run | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| durable holds per second ({holds} in flight) | {holds_per_s:.0}/s | {syncs:.0} single-record fdatasyncs/s | {:.1}x |",
+        holds_per_s / syncs
+    );
+    println!(
+        "| bulk reject of {holds} held calls until every client has its answer | {:.1} ms | | |",
+        reject_time.as_secs_f64() * 1e3
+    );
+    let (d50, d99) = (
+        percentile(&mut decided, 50.0),
+        percentile(&mut decided, 99.0),
+    );
+    let (a50, a99) = (
+        percentile(&mut allowed, 50.0),
+        percentile(&mut allowed, 99.0),
+    );
+    println!(
+        "| decision → client has the upstream's result, p50 / p99 | {} / {} µs | allowed call {} / {} µs | {:.2}x / {:.2}x |",
+        us(d50),
+        us(d99),
+        us(a50),
+        us(a99),
+        d50.as_secs_f64() / a50.as_secs_f64(),
+        d99.as_secs_f64() / a99.as_secs_f64()
+    );
+    println!("| broker RSS idle / with {holds} held | {idle_rss:.1} / {held_rss:.1} MiB | | |");
+    Ok(())
+}
