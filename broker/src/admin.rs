@@ -303,3 +303,63 @@ pub fn token_revoke(dir: &DataDir, name: &str) -> anyhow::Result<()> {
         anyhow::bail!("no identity named {name:?} (see `tollgate-broker token list`)")
     }
 }
+
+/// `check-disk`: how fast can this disk hold calls durably?
+///
+/// Measures, in a scratch directory on the disk of `dir`: single-record `fdatasync`s per
+/// second (what each hold would cost without group commit), then `records` calls held at once
+/// through the real queue, store and journal (no HTTP), reporting holds per second.
+pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-check-disk-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
+    let syncs = {
+        let path = scratch.path().join("probe");
+        let mut f = std::fs::File::create(&path)?;
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(1) {
+            f.write_all(b"0123456789abcdef {\"probe\":true}\n")?;
+            f.sync_data()?;
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let elapsed = runtime.block_on(async {
+        let backend = std::sync::Arc::new(SledBackend::open(&scratch.path().join("store"))?);
+        let recorder = store::Recorder::start(backend.clone())?;
+        let queue = crate::queue::Queue::new(recorder, Duration::from_secs(60));
+        let start = std::time::Instant::now();
+        let holds: Vec<_> = (0..records)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.hold(crate::queue::sample_call(i)).await.map(|_| ()) })
+            })
+            .collect();
+        for h in holds {
+            h.await?.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let elapsed = start.elapsed();
+        anyhow::Ok(elapsed)
+    })?;
+    let holds = records as f64 / elapsed.as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"fdatasyncs_per_s": syncs, "holds": records, "holds_per_s": holds})
+        );
+    } else {
+        println!("disk under {}:", dir.display());
+        println!("  single-record fdatasyncs per second: {syncs:.0}");
+        println!(
+            "  durable holds per second ({records} at once, group commit): {holds:.0} ({:.1}x)",
+            holds / syncs
+        );
+    }
+    Ok(())
+}

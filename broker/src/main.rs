@@ -78,6 +78,19 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Measure how fast the disk of a data directory can hold calls durably (single syncs vs
+    /// group commit through the real queue and store), before you deploy on it.
+    CheckDisk {
+        /// Directory on the disk to test (a scratch directory is made inside and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Calls held at once.
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Bridge stdio to a running broker, for MCP clients that only launch stdio servers.
     ///
     /// Reads JSON-RPC messages from stdin, one per line, sends them to the broker's Streamable
@@ -195,6 +208,9 @@ fn main() -> ExitCode {
                 report("token revoke", admin::token_revoke(&dir, &name))
             }
         },
+        Command::CheckDisk { dir, records, json } => {
+            report("check-disk", admin::check_disk(&dir, records, json))
+        }
         Command::Connect { url, token } => bridge::run(&url, token),
         Command::HashToken => {
             let mut token = String::new();

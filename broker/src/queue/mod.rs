@@ -389,3 +389,42 @@ fn grant_key(r: &CallRecord) -> GrantKey {
         args_hash: r.args_hash.clone(),
     }
 }
+
+/// A pending call for measurements (`tollgate-broker check-disk`) and tests.
+pub fn sample_call(n: usize) -> CallRecord {
+    let arguments = serde_json::json!({"query": "DELETE FROM orders WHERE id = 1", "n": n});
+    let args_hash = crate::fingerprint::args_hash(&arguments);
+    CallRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        outcome: Outcome::Pending,
+        rule: tollgate_shared::RuleRef {
+            index: 1,
+            name: "sample".into(),
+        },
+        reason: None,
+        client: "agent".into(),
+        server: "db".into(),
+        tool: "execute_sql".into(),
+        request_id: serde_json::json!(n),
+        session: None,
+        protocol_version: Some("2025-11-25".into()),
+        fingerprint: crate::fingerprint::exact("db", "execute_sql", &args_hash),
+        args_hash,
+        arguments,
+        timings: tollgate_shared::Timings {
+            received_ms: now_ms(),
+            decided_ms: now_ms(),
+            completed_ms: None,
+        },
+        error: None,
+        policy_version: String::new(),
+        hold: Some(tollgate_shared::Hold {
+            mode: HoldMode::Stream,
+            expires_ms: now_ms() + 3_600_000,
+            quorum: 1,
+            approvers: Vec::new(),
+            progress_token: None,
+        }),
+        decisions: Vec::new(),
+    }
+}

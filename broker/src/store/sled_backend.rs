@@ -4,10 +4,16 @@
 //! the queue to recover after a restart), `audit` (sequence number, big-endian → entry JSON)
 //! and `audit_idx` (one key per filterable field of an entry: `field byte, value, 0, seq`), so a
 //! filtered search walks only the matching keys and intersects them without decoding entries.
-//! Durability comes from the [`Journal`] in front of sled (see there for why).
+//! Durability comes from the [`Journal`] in front of sled (see there for why): a commit returns
+//! once its group is in the journal and synced, and an applier thread copies groups into sled
+//! in order behind it, so the sled work (its copy-on-write tree updates and the audit indexes)
+//! is off the path of the caller waiting for durability. Reads see a group a moment after its
+//! commit returns. A checkpoint runs on the applier under the journal's lock: it first applies
+//! every group still queued, then flushes and syncs sled, and only then empties the journal.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
@@ -19,15 +25,26 @@ use super::{Backend, GENESIS, Mutation};
 /// Checkpoint (sync sled, empty the journal) once the journal is this large.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-/// The sled store.
-pub struct SledBackend {
+/// The sled trees.
+pub struct Trees {
     dir: PathBuf,
     db: sled::Db,
     calls: sled::Tree,
     pending: sled::Tree,
     audit: sled::Tree,
     audit_idx: sled::Tree,
-    journal: Mutex<Journal>,
+}
+
+enum Job {
+    Apply(Vec<Mutation>),
+    Checkpoint(Option<SyncSender<Result<(), String>>>),
+}
+
+/// The sled store: trees, the journal in front of them and the applier thread behind it.
+pub struct SledBackend {
+    t: Arc<Trees>,
+    journal: Arc<Mutex<Journal>>,
+    applier: Mutex<Option<(Sender<Job>, std::thread::JoinHandle<()>)>>,
 }
 
 const F_STATUS: u8 = b's';
@@ -61,8 +78,12 @@ impl SledBackend {
     pub fn open(dir: &Path) -> anyhow::Result<SledBackend> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        // sled's own periodic flush is off: durability comes from the journal, and checkpoints
+        // flush and sync sled explicitly.
         let db = sled::Config::new()
             .path(dir.join("sled"))
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io)
@@ -76,17 +97,16 @@ impl SledBackend {
                 }
                 e => anyhow::anyhow!("cannot open the store at {}: {e}", dir.display()),
             })?;
-        let journal = Journal::open(&dir.join("journal"))?;
-        let backend = SledBackend {
+        let mut journal = Journal::open(&dir.join("journal"))?;
+        let t = Arc::new(Trees {
             dir: dir.to_path_buf(),
             calls: db.open_tree("calls")?,
             pending: db.open_tree("pending")?,
             audit: db.open_tree("audit")?,
             audit_idx: db.open_tree("audit_idx")?,
             db,
-            journal: Mutex::new(journal),
-        };
-        let entries = lock(&backend.journal).entries()?;
+        });
+        let entries = journal.entries()?;
         if !entries.is_empty() {
             tracing::info!(
                 groups = entries.len(),
@@ -95,13 +115,87 @@ impl SledBackend {
             for json in entries {
                 let batch: Vec<Mutation> = serde_json::from_slice(&json)
                     .context("a journal entry is not a valid group of writes")?;
-                backend.apply(&batch)?;
+                t.apply(&batch)?;
             }
-            backend.checkpoint()?;
+            t.sync()?;
+            journal.clear()?;
         }
-        Ok(backend)
+        let journal = Arc::new(Mutex::new(journal));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (at, aj) = (t.clone(), journal.clone());
+        let handle = std::thread::Builder::new()
+            .name("store-applier".into())
+            .spawn(move || apply_loop(&at, &aj, &rx))
+            .context("cannot start the store's applier thread")?;
+        Ok(SledBackend {
+            t,
+            journal,
+            applier: Mutex::new(Some((tx, handle))),
+        })
     }
 
+    fn send(&self, job: Job) -> anyhow::Result<()> {
+        match &*lock(&self.applier) {
+            Some((tx, _)) => tx
+                .send(job)
+                .map_err(|_| anyhow::anyhow!("the store's applier thread has stopped")),
+            None => anyhow::bail!("the store is closed"),
+        }
+    }
+
+    /// Apply everything committed so far, make sled's own files durable and empty the journal.
+    pub fn checkpoint(&self) -> anyhow::Result<()> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Job::Checkpoint(Some(tx)))?;
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the store's applier thread has stopped"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// The applier thread: copy committed groups into sled, in commit order.
+fn apply_loop(t: &Trees, journal: &Mutex<Journal>, rx: &Receiver<Job>) {
+    // After a failed apply the journal is kept until the next start replays it.
+    let mut failed = false;
+    let apply = |batch: &[Mutation], failed: &mut bool| {
+        if let Err(e) = t.apply(batch) {
+            tracing::error!(error = %e, "cannot apply a committed group to sled; it stays in the journal and is replayed at the next start");
+            *failed = true;
+        }
+    };
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Apply(batch) => apply(&batch, &mut failed),
+            Job::Checkpoint(reply) => {
+                // Every journaled group was queued under this lock, so once it is held the
+                // rest of the queue holds all groups not yet applied.
+                let mut j = lock(journal);
+                let mut waiting = reply.into_iter().collect::<Vec<_>>();
+                while let Ok(job) = rx.try_recv() {
+                    match job {
+                        Job::Apply(batch) => apply(&batch, &mut failed),
+                        Job::Checkpoint(r) => waiting.extend(r),
+                    }
+                }
+                let result = if failed {
+                    Err("a group could not be applied to sled; the journal is kept for the next start".to_string())
+                } else {
+                    t.sync()
+                        .and_then(|()| j.clear())
+                        .map_err(|e| format!("{e:#}"))
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "checkpoint failed");
+                }
+                for w in waiting {
+                    let _ = w.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+impl Trees {
     fn apply(&self, batch: &[Mutation]) -> anyhow::Result<()> {
         let mut calls = sled::Batch::default();
         let mut pending = sled::Batch::default();
@@ -144,12 +238,10 @@ impl SledBackend {
         Ok(())
     }
 
-    /// Make sled's own files durable and empty the journal.
-    pub fn checkpoint(&self) -> anyhow::Result<()> {
-        let mut journal = lock(&self.journal);
+    /// Flush sled and `fsync` every one of its files.
+    fn sync(&self) -> anyhow::Result<()> {
         self.db.flush().context("cannot flush the store")?;
-        sync_tree(&self.dir.join("sled"))?;
-        journal.clear()
+        sync_tree(&self.dir.join("sled"))
     }
 
     fn decode(&self, v: &[u8]) -> anyhow::Result<AuditEntry> {
@@ -225,15 +317,10 @@ impl Backend for SledBackend {
         let json = serde_json::to_vec(batch)?;
         let mut journal = lock(&self.journal);
         journal.append(&[json])?;
-        let big = journal.len() > CHECKPOINT_BYTES;
-        drop(journal);
-        if let Err(e) = self.apply(batch) {
-            // The group is durable in the journal and is replayed at the next start.
-            tracing::error!(error = %e, "cannot apply a committed group to sled; it stays in the journal");
-            return Ok(());
-        }
-        if big {
-            self.checkpoint()?;
+        // Queued under the journal's lock, so a checkpoint sees every journaled group.
+        self.send(Job::Apply(batch.to_vec()))?;
+        if journal.len() > CHECKPOINT_BYTES {
+            self.send(Job::Checkpoint(None))?;
         }
         Ok(())
     }
@@ -242,7 +329,8 @@ impl Backend for SledBackend {
         let Ok(key) = uuid::Uuid::parse_str(id) else {
             return Ok(None);
         };
-        self.calls
+        self.t
+            .calls
             .get(key.as_bytes())?
             .map(|v| serde_json::from_slice(&v).context("a stored record is not valid JSON"))
             .transpose()
@@ -250,9 +338,9 @@ impl Backend for SledBackend {
 
     fn pending(&self) -> anyhow::Result<Vec<CallRecord>> {
         let mut out = Vec::new();
-        for key in self.pending.iter().keys() {
+        for key in self.t.pending.iter().keys() {
             let key = key?;
-            if let Some(v) = self.calls.get(&key)? {
+            if let Some(v) = self.t.calls.get(&key)? {
                 out.push(serde_json::from_slice(&v).context("a stored record is not valid JSON")?);
             }
         }
@@ -260,9 +348,9 @@ impl Backend for SledBackend {
     }
 
     fn audit_head(&self) -> anyhow::Result<(u64, String)> {
-        match self.audit.last()? {
+        match self.t.audit.last()? {
             Some((_, v)) => {
-                let e = self.decode(&v)?;
+                let e = self.t.decode(&v)?;
                 Ok((e.seq, e.hash))
             }
             None => Ok((0, GENESIS.to_string())),
@@ -273,10 +361,12 @@ impl Backend for SledBackend {
         let limit = f.limit.unwrap_or(100);
         let since = f.since_ms.unwrap_or(0);
         let mut out = Vec::new();
-        match self.indexed(f, limit)? {
+        match self.t.indexed(f, limit)? {
             Some(seqs) => {
                 for seq in seqs {
-                    let Some(e) = self.entry(seq)? else { continue };
+                    let Some(e) = self.t.entry(seq)? else {
+                        continue;
+                    };
                     if e.at_ms < since {
                         break;
                     }
@@ -284,8 +374,8 @@ impl Backend for SledBackend {
                 }
             }
             None => {
-                for item in self.audit.iter().values().rev() {
-                    let e = self.decode(&item?)?;
+                for item in self.t.audit.iter().values().rev() {
+                    let e = self.t.decode(&item?)?;
                     if e.at_ms < since || out.len() >= limit {
                         break;
                     }
@@ -298,8 +388,8 @@ impl Backend for SledBackend {
     }
 
     fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> anyhow::Result<()> {
-        for item in self.audit.iter().values() {
-            if !visit(self.decode(&item?)?) {
+        for item in self.t.audit.iter().values() {
+            if !visit(self.t.decode(&item?)?) {
                 break;
             }
         }
@@ -311,6 +401,10 @@ impl Drop for SledBackend {
     fn drop(&mut self) {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "cannot checkpoint the store on close; the journal is replayed at the next start");
+        }
+        if let Some((tx, handle)) = lock(&self.applier).take() {
+            drop(tx);
+            let _ = handle.join();
         }
     }
 }
@@ -366,6 +460,8 @@ mod tests {
             rec.record(record(i, o)).await;
         }
         rec.flush().await;
+        // Reads trail commits by the applier; a checkpoint waits for it.
+        backend.checkpoint().expect("checkpoint");
         backend
     }
 
@@ -396,9 +492,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
         let key = 4u64.to_be_bytes();
-        let mut e = b.entry(4).expect("read").expect("entry");
+        let mut e = b.t.entry(4).expect("read").expect("entry");
         e.outcome = Outcome::Approved;
-        b.audit
+        b.t.audit
             .insert(key, serde_json::to_vec(&e).expect("json"))
             .expect("tamper");
         let err = verify(&*b, None).expect_err("tampered").to_string();
@@ -409,24 +505,24 @@ mod tests {
     async fn removed_and_reordered_entries_break_the_chain() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
-        b.audit.remove(6u64.to_be_bytes()).expect("remove");
+        b.t.audit.remove(6u64.to_be_bytes()).expect("remove");
         let err = verify(&*b, None).expect_err("removed").to_string();
         assert!(err.contains("entry 7 follows entry 5"), "{err}");
 
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
         let (e2, e3) = (
-            b.entry(2).expect("r").expect("e"),
-            b.entry(3).expect("r").expect("e"),
+            b.t.entry(2).expect("r").expect("e"),
+            b.t.entry(3).expect("r").expect("e"),
         );
         let mut s2 = e3.clone();
         s2.seq = 2;
         let mut s3 = e2.clone();
         s3.seq = 3;
-        b.audit
+        b.t.audit
             .insert(2u64.to_be_bytes(), serde_json::to_vec(&s2).expect("j"))
             .expect("w");
-        b.audit
+        b.t.audit
             .insert(3u64.to_be_bytes(), serde_json::to_vec(&s3).expect("j"))
             .expect("w");
         assert!(verify(&*b, None).is_err());
@@ -435,7 +531,7 @@ mod tests {
         let b = filled(dir.path(), 10).await;
         // A cut tail leaves a valid, shorter chain; an anchor kept elsewhere catches it.
         let anchor = verify(&*b, None).expect("verify");
-        b.audit.remove(10u64.to_be_bytes()).expect("remove");
+        b.t.audit.remove(10u64.to_be_bytes()).expect("remove");
         assert_eq!(verify(&*b, None).expect("shorter chain").entries, 9);
         let err = verify(&*b, Some((10, &anchor.head)))
             .expect_err("anchored")
