@@ -284,7 +284,7 @@ impl Gateway {
             HoldMode::Stream
         };
         if mode == HoldMode::Retry {
-            if let Some(approved) = self.queue.take_grant(&record) {
+            if let Some(approved) = self.queue.take_grant(&record).await {
                 tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
                 record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
                 self.recorder.record(record.clone()).await;
@@ -307,6 +307,7 @@ impl Gateway {
             quorum: verdict.hold.quorum.max(1),
             approvers: verdict.hold.approvers.clone(),
             progress_token: request.pointer("/params/_meta/progressToken").cloned(),
+            retried_ms: None,
         });
         let waiting = match self.queue.hold(record.clone()).await {
             Ok(w) => w,

@@ -99,6 +99,13 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         upstreams.insert(s.name.clone(), u);
     }
     recover(&config, &backend, &queue, &feeds, &upstreams).await?;
+    let grants = queue.restore_grants()?;
+    if grants > 0 {
+        tracing::info!(
+            grants,
+            "approved retry-mode calls may still be repeated once"
+        );
+    }
     let gateway = Gateway {
         policy: config.policy.clone(),
         annotations,

@@ -162,6 +162,9 @@ pub struct Hold {
     /// The client's `progressToken`, so keep-alive progress can be sent (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_token: Option<serde_json::Value>,
+    /// Retry mode: when the approved call was repeated and let through (it runs only once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_ms: Option<u64>,
 }
 
 /// Approve or reject.
@@ -224,6 +227,7 @@ mod tests {
                 quorum: 2,
                 approvers: vec!["role:dba".into()],
                 progress_token: Some(serde_json::json!("p")),
+                retried_ms: None,
             }),
             decisions: vec![Decision {
                 by: "bob".into(),

@@ -364,3 +364,44 @@ def test_audit_query_over_the_console_and_the_cli_filters(held):
     assert bad.returncode != 0 and "unknown status" in bad.stderr
     ok = broker_cli("audit", "verify", "--config", str(b.config_path))
     assert ok.returncode == 0 and "audit chain OK: 4 entries" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_typescript_client_abort_cancels_its_held_call(held):
+    b, agent, alice = held()
+    out = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_ts({"target": {"url": b.url("everything"), "token": agent}, "run": "cancel", "tool": "echo", "arguments": {"message": "never mind"}, "cancelAfterMs": 1500})
+        ),
+        daemon=True,
+    )
+    t.start()
+    call = alice.pending()
+    cancelled = alice.next("call_cancelled", timeout=20)["call"]
+    t.join(30)
+    assert cancelled["id"] == call["id"] and "test cancels the call" in cancelled["reason"]
+    assert out["cancelled"] is True
+
+
+def test_tokens_are_managed_while_the_broker_runs(held):
+    from websockets.exceptions import InvalidStatus
+
+    from conftest import broker_cli
+
+    b, agent, alice = held()
+    listed = broker_cli("token", "list", "--data-dir", str(b.data_dir), "--json")
+    names = {json.loads(line)["name"]: json.loads(line) for line in listed.stdout.splitlines()}
+    assert names["alice"]["role"] == "approver" and names["agent"]["role"] == "viewer"
+    assert agent not in listed.stdout and "sha256" not in listed.stdout
+    dup = broker_cli("token", "add", "--data-dir", str(b.data_dir), "--name", "alice", "--role", "admin")
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    bad_role = broker_cli("token", "add", "--data-dir", str(b.data_dir), "--name", "x", "--role", "root")
+    assert bad_role.returncode == 2 and "unknown role" in bad_role.stderr
+    revoked = broker_cli("token", "revoke", "--data-dir", str(b.data_dir), "agent")
+    assert revoked.returncode == 0, revoked.stderr
+    r = post(b.url("everything"), {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}, {"authorization": f"Bearer {agent}"})
+    assert r.status_code == 401
+    with pytest.raises(InvalidStatus):
+        b.connect(agent)
+    again = broker_cli("token", "revoke", "--data-dir", str(b.data_dir), "agent")
+    assert again.returncode == 1 and "no identity named" in again.stderr

@@ -86,6 +86,10 @@ def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, e
     retry = post(b.url("everything"), call(3, "get-sum", {"a": 2, "b": 3}), sess).json()
     assert "queued as call" in retry["result"]["content"][0]["text"]
     third = alice.pending()
+    # A retry-mode call approved before the crash can still be repeated (once) after it.
+    post(b.url("everything"), call(5, "get-sum", {"a": 7, "b": 8}), sess)
+    early = alice.pending()
+    assert alice.decide(early["id"], "approve")[0]["ok"]
     assert resumed.first.wait(10)
     last_id = resumed.events[0][0]
     assert last_id == f"tg-{first['id']}-1", resumed.events
@@ -112,6 +116,10 @@ def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, e
     alice2.decide(third["id"], "approve")
     ran = post(b2.url("everything"), call(4, "get-sum", {"a": 2, "b": 3}), sess)
     assert "5" in ran.text and "isError" not in ran.text, ran.text
+    before_crash = post(b2.url("everything"), call(6, "get-sum", {"a": 7, "b": 8}), sess)
+    assert "15" in before_crash.text and "isError" not in before_crash.text, before_crash.text
+    once = post(b2.url("everything"), call(7, "get-sum", {"a": 7, "b": 8}), sess)
+    assert "queued as call" in once.text
 
     trail = b2.audit()
     by_call = {}

@@ -58,7 +58,7 @@ struct GrantKey {
 /// The queue.
 pub struct Queue {
     entries: Mutex<HashMap<String, Entry>>,
-    grants: Mutex<HashMap<GrantKey, (String, u64)>>,
+    grants: Mutex<HashMap<GrantKey, (CallRecord, u64)>>,
     recorder: Recorder,
     events: broadcast::Sender<Arc<ServerMsg>>,
     retry_ttl: Duration,
@@ -302,7 +302,7 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry)
         {
             let until = now_ms() + self.retry_ttl.as_millis() as u64;
-            lock(&self.grants).insert(grant_key(&record), (record.id.clone(), until));
+            lock(&self.grants).insert(grant_key(&record), (record.clone(), until));
         }
         if let Some(e) = entry {
             let _ = e.done.send(Some((resolution, record.clone())));
@@ -357,12 +357,52 @@ impl Queue {
             .map(|e| e.record.id.clone())
     }
 
-    /// Consume an approved retry-mode call matching this one, if any is still valid.
-    pub fn take_grant(&self, record: &CallRecord) -> Option<String> {
-        let mut grants = lock(&self.grants);
-        let now = now_ms();
-        grants.retain(|_, (_, until)| *until > now);
-        grants.remove(&grant_key(record)).map(|(id, _)| id)
+    /// Consume an approved retry-mode call matching this one, if any is still valid, and
+    /// record on it that it was used, so it is not let through again after a restart.
+    pub async fn take_grant(&self, record: &CallRecord) -> Option<String> {
+        let mut original = {
+            let mut grants = lock(&self.grants);
+            let now = now_ms();
+            grants.retain(|_, (_, until)| *until > now);
+            grants.remove(&grant_key(record)).map(|(r, _)| r)
+        }?;
+        let id = original.id.clone();
+        if let Some(h) = original.hold.as_mut() {
+            h.retried_ms = Some(now_ms());
+        }
+        if let Err(e) = self.recorder.commit_quiet(original).await {
+            tracing::error!(call = %id, error = %e, "cannot record that an approved retry was used");
+        }
+        Some(id)
+    }
+
+    /// After a restart: approved retry-mode calls not yet repeated are let through again,
+    /// until `retry_ttl` after their approval.
+    pub fn restore_grants(&self) -> anyhow::Result<usize> {
+        let ttl = self.retry_ttl.as_millis() as u64;
+        let backend = self.recorder.backend();
+        let filter = tollgate_shared::audit::AuditFilter {
+            status: Some(Outcome::Approved),
+            since_ms: Some(now_ms().saturating_sub(ttl)),
+            limit: Some(usize::MAX),
+            ..Default::default()
+        };
+        let mut n = 0;
+        for e in backend.audit_query(&filter)? {
+            let Some(rec) = backend.call(&e.call_id)? else {
+                continue;
+            };
+            let unused = rec
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.mode == HoldMode::Retry && h.retried_ms.is_none());
+            if unused && rec.outcome == Outcome::Approved {
+                let approved = rec.decisions.last().map_or(e.at_ms, |d| d.at_ms);
+                lock(&self.grants).insert(grant_key(&rec), (rec.clone(), approved + ttl));
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// A retry-mode call from this client with these arguments that is still pending.
@@ -424,6 +464,7 @@ pub fn sample_call(n: usize) -> CallRecord {
             quorum: 1,
             approvers: Vec::new(),
             progress_token: None,
+            retried_ms: None,
         }),
         decisions: Vec::new(),
     }

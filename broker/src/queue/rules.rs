@@ -177,6 +177,7 @@ mod tests {
                 quorum,
                 approvers: approvers.iter().map(|s| s.to_string()).collect(),
                 progress_token: None,
+                retried_ms: None,
             }),
             decisions: vec![],
         }

@@ -288,6 +288,14 @@ impl Recorder {
             .unwrap_or_else(|_| Err("the store writer has stopped".into()))
     }
 
+    /// Write a record update without an audit entry, and wait until it is durable.
+    pub async fn commit_quiet(&self, record: CallRecord) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(record, false, Some(tx)).await;
+        rx.await
+            .unwrap_or_else(|_| Err("the store writer has stopped".into()))
+    }
+
     /// Wait until everything queued so far is on disk.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();

@@ -443,6 +443,7 @@ mod tests {
                 quorum: 1,
                 approvers: vec![],
                 progress_token: None,
+                retried_ms: None,
             }),
             decisions: vec![],
         }
