@@ -280,7 +280,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     let mut progress = 0u64;
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
-    let grace_end = grace.map(|g| started + g);
+    let mut grace_end = grace.map(|g| started + g);
     let (resolution, mut done) = loop {
         if let Some(r) = waiting.done.borrow().clone() {
             break r;
@@ -310,8 +310,13 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             _ = feed.deserted.notified(), if feed.modern => {
                 queue.close(&record.id, Outcome::Cancelled, Some("the client closed its request stream".into())).await;
             }
-            _ = tokio::time::sleep_until(grace_end.unwrap_or(started)), if grace_end.is_some() && feed.listeners() == 0 => {
-                queue.close(&record.id, Outcome::Abandoned, Some("no client came back for the answer after the broker restarted".into())).await;
+            _ = tokio::time::sleep_until(grace_end.unwrap_or(started)), if grace_end.is_some() => {
+                if feed.listeners() == 0 {
+                    queue.close(&record.id, Outcome::Abandoned, Some("no client came back for the answer after the broker restarted".into())).await;
+                } else {
+                    // The client came back: from now on the call waits like any other.
+                    grace_end = None;
+                }
             }
         }
     };
@@ -323,7 +328,13 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         feeds.remove_later(record.id.clone());
         return;
     }
-    let mut inbound = inbound;
+    // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
+    // relayed; the feed answers the client in the form it asked for.
+    let mut inbound = Inbound {
+        sse: true,
+        ticket: None,
+        ..inbound
+    };
     if task.is_some() {
         // The broker is the task receiver: the upstream gets a plain call.
         if let Some(params) = inbound
@@ -337,10 +348,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     }
     let recorder = queue.recorder().clone();
     let forwarded = async {
-        let response = match &upstream {
-            Upstream::Stdio(u) => u.post(inbound_clone(&inbound)).await,
-            Upstream::Http(u) => u.post(inbound_clone(&inbound)).await,
-        };
+        let response = upstream.post(inbound).await;
         relay(response, &feed, token.as_ref(), progress + 1, &id).await
     };
     let error = if feed.modern {
@@ -355,19 +363,6 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     done.error = error;
     recorder.put(done).await;
     feeds.remove_later(record.id.clone());
-}
-
-fn inbound_clone(i: &Inbound) -> Inbound {
-    Inbound {
-        value: i.value.clone(),
-        raw: i.raw.clone(),
-        kind: Kind::Request,
-        headers: i.headers.clone(),
-        session: i.session.clone(),
-        sse: true,
-        modern: i.modern,
-        ticket: None,
-    }
 }
 
 /// Copy the upstream's answer into the feed; returns an error description if forwarding failed.

@@ -40,6 +40,16 @@ pub enum Upstream {
     Http(Arc<HttpUpstream>),
 }
 
+impl Upstream {
+    /// Send a client message on to the upstream; the answer to relay.
+    pub async fn post(&self, inbound: Inbound) -> Response<Body> {
+        match self {
+            Upstream::Stdio(u) => u.post(inbound).await,
+            Upstream::Http(u) => u.post(inbound).await,
+        }
+    }
+}
+
 /// Shared state of the frontend.
 pub struct Frontend {
     /// Policy and recording.
@@ -453,10 +463,7 @@ async fn post(
         }
     }
     if wants_tasks {
-        let response = match upstream {
-            Upstream::Stdio(u) => u.post(inbound).await,
-            Upstream::Http(u) => u.post(inbound).await,
-        };
+        let response = upstream.post(inbound).await;
         if method == "initialize"
             && let Some(id) = response
                 .headers()
@@ -473,10 +480,7 @@ async fn post(
         })
         .await;
     }
-    match upstream {
-        Upstream::Stdio(u) => u.post(inbound).await,
-        Upstream::Http(u) => u.post(inbound).await,
-    }
+    upstream.post(inbound).await
 }
 
 #[cfg(test)]

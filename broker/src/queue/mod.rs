@@ -55,9 +55,34 @@ struct GrantKey {
     args_hash: String,
 }
 
+/// Calls that left the queue recently, kept so a late decision is told who decided and when
+/// without a store read (the store's reads trail its commits by a moment).
+#[derive(Default)]
+struct Closed {
+    map: HashMap<String, CallRecord>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many recently closed calls are remembered.
+const CLOSED_KEPT: usize = 65_536;
+
+impl Closed {
+    fn insert(&mut self, record: CallRecord) {
+        if self.map.insert(record.id.clone(), record.clone()).is_none() {
+            self.order.push_back(record.id);
+        }
+        while self.order.len() > CLOSED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
 /// The queue.
 pub struct Queue {
     entries: Mutex<HashMap<String, Entry>>,
+    closed: Mutex<Closed>,
     grants: Mutex<HashMap<GrantKey, (CallRecord, u64)>>,
     recorder: Recorder,
     events: broadcast::Sender<Arc<ServerMsg>>,
@@ -91,6 +116,7 @@ impl Queue {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Arc::new(Queue {
             entries: Mutex::new(HashMap::new()),
+            closed: Mutex::new(Closed::default()),
             grants: Mutex::new(HashMap::new()),
             recorder,
             events,
@@ -154,7 +180,11 @@ impl Queue {
             tokio::spawn(async move {
                 let wait = at.saturating_sub(now_ms());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
-                q.close(&id, Outcome::Expired, None).await;
+                // A decision being saved wins; if saving it fails the call is pending again
+                // and expires on a later look.
+                while !q.close(&id, Outcome::Expired, None).await && q.get(&id).is_some() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             });
         }
         Waiting { done: rx }
@@ -255,7 +285,9 @@ impl Queue {
                     message: why,
                 },
                 Err(None) => {
-                    let stored = self.recorder.backend().call(&id).ok().flatten();
+                    let recent = lock(&self.closed).map.get(&id).cloned();
+                    let stored =
+                        recent.or_else(|| self.recorder.backend().call(&id).ok().flatten());
                     match stored {
                         Some(rec) => DecideResult {
                             id,
@@ -282,7 +314,13 @@ impl Queue {
             self.publish(ServerMsg::CallApproval { call: record });
             return;
         }
-        let entry = lock(&self.entries).remove(&record.id);
+        // Into `closed` before out of `entries` (under its lock), so a decision racing this one
+        // always finds the call in one of them.
+        let entry = {
+            let mut entries = lock(&self.entries);
+            lock(&self.closed).insert(record.clone());
+            entries.remove(&record.id)
+        };
         let resolution = match record.outcome {
             Outcome::Approved => Resolution::Approved,
             _ => Resolution::Rejected {
@@ -311,17 +349,30 @@ impl Queue {
     }
 
     /// End a pending call without a decision (expired, cancelled, abandoned). Returns false when
-    /// it was no longer pending (someone decided first).
+    /// it was no longer pending (someone decided first, even if that decision is still being
+    /// saved).
     pub async fn close(&self, id: &str, outcome: Outcome, why: Option<String>) -> bool {
-        let Some(entry) = lock(&self.entries).remove(id) else {
-            return false;
+        let (entry, record) = {
+            let mut entries = lock(&self.entries);
+            // A decision being saved right now has already won.
+            if entries
+                .get(id)
+                .is_none_or(|e| e.record.outcome != Outcome::Pending)
+            {
+                return false;
+            }
+            let Some(entry) = entries.remove(id) else {
+                return false;
+            };
+            let mut record = entry.record.clone();
+            record.outcome = outcome;
+            record.timings.completed_ms = Some(now_ms());
+            if why.is_some() {
+                record.reason = why;
+            }
+            lock(&self.closed).insert(record.clone());
+            (entry, record)
         };
-        let mut record = entry.record;
-        record.outcome = outcome;
-        record.timings.completed_ms = Some(now_ms());
-        if why.is_some() {
-            record.reason = why;
-        }
         if let Err(e) = self.recorder.commit(record.clone()).await {
             tracing::error!(call = %id, error = %e, "cannot record the end of a held call");
         }
@@ -467,5 +518,103 @@ pub fn sample_call(n: usize) -> CallRecord {
             retried_ms: None,
         }),
         decisions: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_backend::SledBackend;
+    use tollgate_shared::console::Role;
+
+    fn who(name: &str) -> Identity {
+        Identity {
+            name: name.into(),
+            role: Role::Approver,
+            servers: None,
+        }
+    }
+
+    async fn queue(dir: &std::path::Path) -> Arc<Queue> {
+        let backend = Arc::new(SledBackend::open(dir).expect("open"));
+        Queue::new(
+            Recorder::start(backend).expect("recorder"),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_decision_wins_over_expiry_and_later_decisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path()).await;
+        for round in 0..50 {
+            let call = sample_call(round);
+            let id = call.id.clone();
+            let mut waiting = q.hold(call).await.expect("held");
+            let target = Target::Ids {
+                ids: vec![id.clone()],
+            };
+            // Three racers on two worker threads, started in a different order each round.
+            let (qa, qb, qc) = (q.clone(), q.clone(), q.clone());
+            let (ta, tb, tc) = (target.clone(), target.clone(), id.clone());
+            let approve =
+                async move { qa.decide(&who("alice"), &ta, Verdict::Approve, None).await };
+            let reject = async move { qb.decide(&who("bob"), &tb, Verdict::Reject, None).await };
+            let expire = async move { qc.close(&tc, Outcome::Expired, None).await };
+            let (decided, late, expired) = match round % 3 {
+                0 => {
+                    let (a, b, c) = (
+                        tokio::spawn(approve),
+                        tokio::spawn(reject),
+                        tokio::spawn(expire),
+                    );
+                    (a.await, b.await, c.await)
+                }
+                1 => {
+                    let (c, b, a) = (
+                        tokio::spawn(expire),
+                        tokio::spawn(reject),
+                        tokio::spawn(approve),
+                    );
+                    (a.await, b.await, c.await)
+                }
+                _ => {
+                    let (b, c, a) = (
+                        tokio::spawn(reject),
+                        tokio::spawn(expire),
+                        tokio::spawn(approve),
+                    );
+                    (a.await, b.await, c.await)
+                }
+            };
+            let (decided, late, expired) = (
+                decided.expect("task"),
+                late.expect("task"),
+                expired.expect("task"),
+            );
+            let final_outcome = waiting
+                .done
+                .wait_for(Option::is_some)
+                .await
+                .expect("resolved")
+                .as_ref()
+                .map(|(_, r)| r.outcome);
+            let winners =
+                usize::from(decided[0].ok) + usize::from(expired) + usize::from(late[0].ok);
+            assert_eq!(winners, 1, "round {round}: {decided:?} {expired} {late:?}");
+            match final_outcome {
+                Some(Outcome::Approved) => assert!(decided[0].ok),
+                Some(Outcome::Expired) => assert!(expired),
+                Some(Outcome::Rejected) => assert!(late[0].ok),
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+            let carol = who("carol");
+            let after = q.decide(&carol, &target, Verdict::Approve, None).await;
+            assert!(after[0].message.starts_with("already "), "{after:?}");
+            assert!(
+                !after[0].message.starts_with("already pending"),
+                "{after:?}"
+            );
+        }
     }
 }
