@@ -129,6 +129,21 @@ pub enum ClientMsg {
     },
 }
 
+/// Why a decision was not taken, for scripts (the message says it for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// No call with that id.
+    NotFound,
+    /// The call is no longer pending (decided, expired, cancelled, abandoned).
+    AlreadyClosed,
+    /// This identity may not decide this call (role, server scope, named approvers, own call,
+    /// approved twice towards a quorum).
+    NotAllowed,
+    /// The broker could not save the decision; nothing was applied.
+    StoreFailed,
+}
+
 /// What became of one call named in a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecideResult {
@@ -136,6 +151,9 @@ pub struct DecideResult {
     pub id: String,
     /// True when the decision was taken (an approval may still wait for a quorum).
     pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     /// The call's status after the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<crate::Outcome>,
@@ -303,6 +321,7 @@ mod tests {
                 results: vec![DecideResult {
                     id: "a".into(),
                     ok: false,
+                    refusal: Some(Refusal::AlreadyClosed),
                     outcome: None,
                     message: "already decided".into(),
                 }],

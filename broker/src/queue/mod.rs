@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
-use tollgate_shared::console::{DecideResult, ServerMsg, Target};
+use tollgate_shared::console::{DecideResult, Refusal, ServerMsg, Target};
 use tollgate_shared::{CallRecord, HoldMode, Outcome, Verdict};
 
 use crate::gateway::now_ms;
@@ -226,7 +226,14 @@ impl Queue {
                         changed.push((before, next.clone(), change));
                         results.push((id.clone(), Ok((next, change))));
                     }
-                    Err(why) => results.push((id.clone(), Err(Some(why)))),
+                    Err(why) => {
+                        let refusal = if entry.record.outcome == Outcome::Pending {
+                            Refusal::NotAllowed
+                        } else {
+                            Refusal::AlreadyClosed
+                        };
+                        results.push((id.clone(), Err(Some((refusal, why)))))
+                    }
                 }
             }
         }
@@ -255,6 +262,7 @@ impl Queue {
                     Some(e) => DecideResult {
                         id,
                         ok: false,
+                        refusal: Some(Refusal::StoreFailed),
                         outcome: Some(Outcome::Pending),
                         message: format!(
                             "the decision could not be saved, so it was not applied: {e}"
@@ -263,6 +271,7 @@ impl Queue {
                     None => DecideResult {
                         id,
                         ok: true,
+                        refusal: None,
                         outcome: Some(next.outcome),
                         message: match change {
                             Change::Final => format!("{} by {}", next.outcome, who.name),
@@ -278,9 +287,10 @@ impl Queue {
                         },
                     },
                 },
-                Err(Some(why)) => DecideResult {
+                Err(Some((refusal, why))) => DecideResult {
                     id,
                     ok: false,
+                    refusal: Some(refusal),
                     outcome: None,
                     message: why,
                 },
@@ -292,12 +302,14 @@ impl Queue {
                         Some(rec) => DecideResult {
                             id,
                             ok: false,
+                            refusal: Some(Refusal::AlreadyClosed),
                             outcome: Some(rec.outcome),
                             message: rules::closed_message(&rec),
                         },
                         None => DecideResult {
                             id,
                             ok: false,
+                            refusal: Some(Refusal::NotFound),
                             outcome: None,
                             message: "no such call".into(),
                         },

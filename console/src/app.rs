@@ -1,0 +1,825 @@
+//! The TUI's state and its one way of changing: [`update`] takes an [`Action`] (a key, a tick,
+//! something from the broker) and returns what to send to the broker, if anything. No I/O
+//! happens here, so every behaviour is tested without a terminal or a network.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::console::{ClientMsg, ServerMsg, Target};
+use tollgate_shared::{CallRecord, Outcome, Verdict};
+
+use crate::client::{Event, Me};
+use crate::keys::{Command, KeyMap};
+
+/// The state of the connection, as shown in the status bar.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    /// Trying (attempt number).
+    Connecting(u32),
+    /// Connected.
+    Up,
+    /// Lost; retrying after the delay.
+    Down(String, Duration),
+}
+
+/// What fills the main area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The pending calls.
+    Queue,
+    /// One call in full.
+    Detail,
+    /// One call's arguments against another's.
+    Diff,
+    /// The audit trail.
+    Audit,
+    /// Every key.
+    Help,
+}
+
+/// Sort order of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Oldest first.
+    Age,
+    /// Soonest expiry first.
+    Expiry,
+    /// By server/tool.
+    Tool,
+    /// By client.
+    Client,
+}
+
+impl Sort {
+    fn next(self) -> Sort {
+        match self {
+            Sort::Age => Sort::Expiry,
+            Sort::Expiry => Sort::Tool,
+            Sort::Tool => Sort::Client,
+            Sort::Client => Sort::Age,
+        }
+    }
+
+    /// Name for the status bar.
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Age => "age",
+            Sort::Expiry => "expiry",
+            Sort::Tool => "tool",
+            Sort::Client => "client",
+        }
+    }
+}
+
+/// A modal question.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Typing the filter.
+    Filter(String),
+    /// Typing the reason of a decision on `target` covering `count` calls.
+    Reason {
+        /// Approve or reject.
+        verdict: Verdict,
+        /// Which calls.
+        target: Target,
+        /// How many calls.
+        count: usize,
+        /// Text so far.
+        text: String,
+    },
+    /// Confirming a decision on many calls.
+    Confirm {
+        /// Approve or reject.
+        verdict: Verdict,
+        /// Which calls.
+        target: Target,
+        /// How many calls.
+        count: usize,
+        /// "db/execute_sql ×498, fs/write ×2".
+        summary: String,
+    },
+}
+
+/// One row of the queue: a call, or a group of identical calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The newest call of the row.
+    pub call: CallRecord,
+    /// Calls in the row (1 when not grouped).
+    pub count: usize,
+    /// Ids of the calls in the row.
+    pub ids: Vec<String>,
+    /// First and last received (ms).
+    pub first_ms: u64,
+    /// Newest received (ms).
+    pub last_ms: u64,
+}
+
+impl Row {
+    /// Calls per minute over the row's lifetime (for groups).
+    pub fn rate_per_min(&self) -> f64 {
+        let span = self.last_ms.saturating_sub(self.first_ms).max(1000) as f64 / 60_000.0;
+        self.count as f64 / span
+    }
+}
+
+/// Everything the TUI knows.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The broker URL (for the status bar).
+    pub url: String,
+    /// Who we are, once connected.
+    pub me: Option<Me>,
+    /// Connection state.
+    pub link: Link,
+    /// Pending calls by id.
+    pub calls: HashMap<String, CallRecord>,
+    /// Calls that left the queue, newest last (for diffs and "decided by" notes).
+    pub history: VecDeque<CallRecord>,
+    /// Cursor position in the visible rows.
+    pub cursor: usize,
+    /// Id (or fingerprint, when grouped) under the cursor, so arrivals do not move it.
+    pub cursor_key: Option<String>,
+    /// Selected call ids.
+    pub selected: BTreeSet<String>,
+    /// The main view.
+    pub view: View,
+    /// Group identical calls.
+    pub grouped: bool,
+    /// Filter text (case-insensitive substring of server/tool, client, arguments).
+    pub filter: String,
+    /// Sort order.
+    pub sort: Sort,
+    /// A modal question, if one is open.
+    pub prompt: Option<Prompt>,
+    /// The call marked as diff reference.
+    pub marked: Option<CallRecord>,
+    /// Status messages, newest last.
+    pub notes: VecDeque<String>,
+    /// The last audit query's entries.
+    pub audit: Vec<AuditEntry>,
+    /// Detail/diff scroll offset.
+    pub scroll: u16,
+    /// Requests sent and not answered yet (shows a spinner).
+    pub waiting: usize,
+    /// Next request number.
+    pub next_req: u64,
+    /// Key bindings.
+    pub keys: KeyMap,
+    /// The time (ms since the epoch) as of the last tick; rendering uses it.
+    pub now_ms: u64,
+    /// Spinner frame.
+    pub frame: usize,
+    /// Colours off (`NO_COLOR`).
+    pub no_color: bool,
+    /// Set when the user asked to quit.
+    pub quit: bool,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A key was pressed.
+    Key(KeyEvent),
+    /// Time passed (ms since the epoch).
+    Tick(u64),
+    /// The broker connection reported something.
+    Broker(Event),
+}
+
+const HISTORY: usize = 2000;
+const NOTES: usize = 50;
+
+impl App {
+    /// A fresh state.
+    pub fn new(url: String, keys: KeyMap, no_color: bool, now_ms: u64) -> App {
+        App {
+            url,
+            me: None,
+            link: Link::Connecting(1),
+            calls: HashMap::new(),
+            history: VecDeque::new(),
+            cursor: 0,
+            cursor_key: None,
+            selected: BTreeSet::new(),
+            view: View::Queue,
+            grouped: false,
+            filter: String::new(),
+            sort: Sort::Age,
+            prompt: None,
+            marked: None,
+            notes: VecDeque::new(),
+            audit: Vec::new(),
+            scroll: 0,
+            waiting: 0,
+            next_req: 0,
+            keys,
+            now_ms,
+            frame: 0,
+            no_color,
+            quit: false,
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        self.notes.push_back(s);
+        while self.notes.len() > NOTES {
+            self.notes.pop_front();
+        }
+    }
+
+    fn matches(&self, c: &CallRecord) -> bool {
+        if self.filter.is_empty() {
+            return true;
+        }
+        let f = self.filter.to_lowercase();
+        let hay = format!(
+            "{}/{} {} {}",
+            c.server,
+            c.tool,
+            c.client,
+            c.arguments
+        )
+        .to_lowercase();
+        f.split_whitespace().all(|word| match word.split_once(':') {
+            Some(("server", v)) => c.server.to_lowercase().contains(v),
+            Some(("tool", v)) => c.tool.to_lowercase().contains(v),
+            Some(("client", v)) => c.client.to_lowercase().contains(v),
+            _ => hay.contains(word),
+        })
+    }
+
+    /// The rows on screen, in order.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut calls: Vec<&CallRecord> = self.calls.values().filter(|c| self.matches(c)).collect();
+        calls.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut rows: Vec<Row> = if self.grouped {
+            let mut groups: Vec<Row> = Vec::new();
+            let mut at: HashMap<&str, usize> = HashMap::new();
+            for c in calls {
+                match at.get(c.fingerprint.as_str()) {
+                    Some(&i) => {
+                        let g = &mut groups[i];
+                        g.count += 1;
+                        g.ids.push(c.id.clone());
+                        g.last_ms = c.timings.received_ms;
+                        g.call = c.clone();
+                    }
+                    None => {
+                        at.insert(c.fingerprint.as_str(), groups.len());
+                        groups.push(Row {
+                            call: c.clone(),
+                            count: 1,
+                            ids: vec![c.id.clone()],
+                            first_ms: c.timings.received_ms,
+                            last_ms: c.timings.received_ms,
+                        });
+                    }
+                }
+            }
+            groups
+        } else {
+            calls
+                .into_iter()
+                .map(|c| Row {
+                    call: c.clone(),
+                    count: 1,
+                    ids: vec![c.id.clone()],
+                    first_ms: c.timings.received_ms,
+                    last_ms: c.timings.received_ms,
+                })
+                .collect()
+        };
+        let expiry = |r: &Row| r.call.hold.as_ref().map_or(u64::MAX, |h| h.expires_ms);
+        match self.sort {
+            Sort::Age => rows.sort_by(|a, b| a.first_ms.cmp(&b.first_ms).then(a.call.id.cmp(&b.call.id))),
+            Sort::Expiry => rows.sort_by_key(|r| (expiry(r), r.call.id.clone())),
+            Sort::Tool => rows.sort_by(|a, b| {
+                (&a.call.server, &a.call.tool, &a.call.id).cmp(&(&b.call.server, &b.call.tool, &b.call.id))
+            }),
+            Sort::Client => rows.sort_by(|a, b| (&a.call.client, &a.call.id).cmp(&(&b.call.client, &b.call.id))),
+        }
+        rows
+    }
+
+    fn row_key(&self, r: &Row) -> String {
+        if self.grouped {
+            r.call.fingerprint.clone()
+        } else {
+            r.call.id.clone()
+        }
+    }
+
+    /// The row under the cursor.
+    pub fn current(&self) -> Option<Row> {
+        self.rows().into_iter().nth(self.cursor)
+    }
+
+    /// Put the cursor back on the row it was on (by key), after the rows changed.
+    fn settle_cursor(&mut self) {
+        let rows = self.rows();
+        if let Some(key) = &self.cursor_key
+            && let Some(i) = rows.iter().position(|r| &self.row_key(r) == key)
+        {
+            self.cursor = i;
+        }
+        self.cursor = self.cursor.min(rows.len().saturating_sub(1));
+        self.cursor_key = rows.get(self.cursor).map(|r| self.row_key(r));
+    }
+
+    fn move_cursor(&mut self, delta: isize) {
+        let n = self.rows().len();
+        if n == 0 {
+            return;
+        }
+        self.cursor = (self.cursor as isize + delta).clamp(0, n as isize - 1) as usize;
+        self.cursor_key = self.current().map(|r| self.row_key(&r));
+        self.scroll = 0;
+    }
+
+    /// The call to diff the current one against: the marked one, else the most similar earlier
+    /// call of the same tool (pending or decided).
+    pub fn diff_base(&self) -> Option<CallRecord> {
+        let cur = self.current()?.call;
+        if let Some(m) = &self.marked
+            && m.id != cur.id
+        {
+            return Some(m.clone());
+        }
+        let text = crate::fmt::pretty_sorted(&cur.arguments);
+        self.calls
+            .values()
+            .chain(self.history.iter())
+            .filter(|c| c.id < cur.id && c.server == cur.server && c.tool == cur.tool)
+            .map(|c| {
+                let other = crate::fmt::pretty_sorted(&c.arguments);
+                let ratio = similar::TextDiff::from_lines(&other, &text).ratio();
+                (c, ratio)
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.id.cmp(&b.0.id)))
+            .map(|(c, _)| c.clone())
+    }
+
+    fn request(&mut self, make: impl FnOnce(Option<u64>) -> ClientMsg) -> Option<ClientMsg> {
+        self.next_req += 1;
+        self.waiting += 1;
+        Some(make(Some(self.next_req)))
+    }
+
+    fn summary(&self, ids: &[String]) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for id in ids {
+            if let Some(c) = self.calls.get(id) {
+                let name = format!("{}/{}", c.server, c.tool);
+                match counts.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, k)) => *k += 1,
+                    None => counts.push((name, 1)),
+                }
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+            .iter()
+            .map(|(n, k)| format!("{n} ×{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Decide the row under the cursor: a single call at once (approve) or after a reason
+    /// (reject); a group after confirmation.
+    fn decide_current(&mut self, verdict: Verdict) -> Option<ClientMsg> {
+        let row = self.current()?;
+        let target = if row.count > 1 {
+            Target::Fingerprint {
+                fingerprint: row.call.fingerprint.clone(),
+            }
+        } else {
+            Target::Ids {
+                ids: row.ids.clone(),
+            }
+        };
+        if row.count > 1 {
+            self.prompt = Some(Prompt::Confirm {
+                verdict,
+                target,
+                count: row.count,
+                summary: self.summary(&row.ids),
+            });
+            return None;
+        }
+        self.ask_or_send(verdict, target, 1)
+    }
+
+    fn ask_or_send(&mut self, verdict: Verdict, target: Target, count: usize) -> Option<ClientMsg> {
+        match verdict {
+            Verdict::Reject => {
+                self.prompt = Some(Prompt::Reason {
+                    verdict,
+                    target,
+                    count,
+                    text: String::new(),
+                });
+                None
+            }
+            Verdict::Approve => self.send_decision(verdict, target, None),
+        }
+    }
+
+    fn send_decision(&mut self, verdict: Verdict, target: Target, reason: Option<String>) -> Option<ClientMsg> {
+        if let Target::Ids { ids } = &target {
+            for id in ids {
+                self.selected.remove(id);
+            }
+        }
+        self.request(|req| ClientMsg::Decide {
+            req,
+            target,
+            verdict,
+            reason,
+        })
+    }
+
+    fn decide_selected(&mut self, verdict: Verdict) -> Option<ClientMsg> {
+        let ids: Vec<String> = self
+            .selected
+            .iter()
+            .filter(|id| self.calls.contains_key(*id))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            self.note(format!(
+                "nothing selected: {} selects a row, {} every row matching the filter",
+                self.keys.key_of(Command::Select),
+                self.keys.key_of(Command::SelectAll)
+            ));
+            return None;
+        }
+        self.prompt = Some(Prompt::Confirm {
+            verdict,
+            count: ids.len(),
+            summary: self.summary(&ids),
+            target: Target::Ids { ids },
+        });
+        None
+    }
+
+    fn audit_query(&mut self) -> Option<ClientMsg> {
+        let mut filter = AuditFilter {
+            limit: Some(500),
+            ..AuditFilter::default()
+        };
+        for word in self.filter.split_whitespace() {
+            match word.split_once(':') {
+                Some(("server", v)) => filter.server = Some(v.into()),
+                Some(("tool", v)) => filter.tool = Some(v.into()),
+                Some(("client", v)) => filter.client = Some(v.into()),
+                Some(("approver", v)) => filter.approver = Some(v.into()),
+                Some(("status", v)) => {
+                    filter.status = serde_json::from_value(serde_json::Value::String(v.into())).ok()
+                }
+                _ => {}
+            }
+        }
+        self.request(|req| ClientMsg::AuditQuery { req, filter })
+    }
+}
+
+fn text_input(text: &mut String, key: &KeyEvent) -> Option<bool> {
+    match key.code {
+        KeyCode::Enter => Some(true),
+        KeyCode::Esc => Some(false),
+        KeyCode::Backspace => {
+            text.pop();
+            None
+        }
+        KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            text.clear();
+            None
+        }
+        KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+            text.push(c);
+            None
+        }
+        _ => None,
+    }
+}
+
+fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
+    let prompt = app.prompt.take()?;
+    match prompt {
+        Prompt::Filter(mut text) => {
+            match text_input(&mut text, key) {
+                Some(true) => {
+                    app.filter = text.trim().to_string();
+                    app.cursor = 0;
+                    app.cursor_key = None;
+                    app.settle_cursor();
+                    if app.view == View::Audit {
+                        return app.audit_query();
+                    }
+                }
+                Some(false) => {}
+                None => app.prompt = Some(Prompt::Filter(text)),
+            }
+            None
+        }
+        Prompt::Reason {
+            verdict,
+            target,
+            count,
+            mut text,
+        } => match text_input(&mut text, key) {
+            Some(true) => {
+                let reason = Some(text.trim().to_string()).filter(|t| !t.is_empty());
+                app.send_decision(verdict, target, reason)
+            }
+            Some(false) => {
+                app.note("cancelled: nothing was decided".into());
+                None
+            }
+            None => {
+                app.prompt = Some(Prompt::Reason {
+                    verdict,
+                    target,
+                    count,
+                    text,
+                });
+                None
+            }
+        },
+        Prompt::Confirm {
+            verdict,
+            target,
+            count,
+            summary,
+        } => match key.code {
+            KeyCode::Char('y') | KeyCode::Char('Y') => {
+                if let Target::Ids { ids } = &target {
+                    for id in ids {
+                        app.selected.remove(id);
+                    }
+                }
+                app.ask_or_send(verdict, target, count)
+            }
+            KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
+                app.note("cancelled: nothing was decided".into());
+                None
+            }
+            _ => {
+                app.prompt = Some(Prompt::Confirm {
+                    verdict,
+                    target,
+                    count,
+                    summary,
+                });
+                None
+            }
+        },
+    }
+}
+
+fn leave(app: &mut App, c: &CallRecord, how: String) {
+    let was_mine = app.calls.remove(&c.id).is_some();
+    app.selected.remove(&c.id);
+    app.history.push_back(c.clone());
+    while app.history.len() > HISTORY {
+        app.history.pop_front();
+    }
+    if was_mine {
+        app.note(how);
+    }
+    app.settle_cursor();
+}
+
+fn decided_note(c: &CallRecord) -> String {
+    let by = c
+        .decisions
+        .iter()
+        .filter(|d| {
+            d.verdict
+                == if c.outcome == Outcome::Approved {
+                    Verdict::Approve
+                } else {
+                    Verdict::Reject
+                }
+        })
+        .map(|d| d.by.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    format!("{}/{} {} by {by}{why}", c.server, c.tool, c.outcome)
+}
+
+fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
+    match e {
+        Event::Connecting(n) => {
+            if !matches!(app.link, Link::Down(..)) || n == 1 {
+                app.link = Link::Connecting(n);
+            }
+        }
+        Event::Connected(me, pending) => {
+            app.me = Some(me);
+            app.link = Link::Up;
+            app.waiting = 0;
+            app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
+            app.settle_cursor();
+        }
+        Event::Disconnected(why, wait) => {
+            app.link = Link::Down(why, wait);
+            app.waiting = 0;
+        }
+        Event::Message(m) => match m {
+            ServerMsg::Snapshot { pending, .. } => {
+                app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
+                app.selected.retain(|id| app.calls.contains_key(id));
+                app.settle_cursor();
+            }
+            ServerMsg::CallPending { call } | ServerMsg::CallApproval { call } => {
+                app.calls.insert(call.id.clone(), call);
+                app.settle_cursor();
+            }
+            ServerMsg::CallDecided { call } => {
+                let note = decided_note(&call);
+                leave(app, &call, note);
+            }
+            ServerMsg::CallExpired { call } => {
+                leave(app, &call, format!("{}/{} expired undecided", call.server, call.tool))
+            }
+            ServerMsg::CallCancelled { call } => {
+                leave(app, &call, format!("{}/{} cancelled by its client", call.server, call.tool))
+            }
+            ServerMsg::CallAbandoned { call } => {
+                leave(app, &call, format!("{}/{} abandoned after a restart", call.server, call.tool))
+            }
+            ServerMsg::Decided { results, .. } => {
+                app.waiting = app.waiting.saturating_sub(1);
+                let ok = results.iter().filter(|r| r.ok).count();
+                let refused: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+                if refused.is_empty() {
+                    if ok > 1 {
+                        app.note(format!("{ok} calls decided"));
+                    } else if let Some(r) = results.first()
+                        && r.message.contains("still pending")
+                    {
+                        app.note(r.message.clone());
+                    }
+                } else {
+                    let first = &refused[0].message;
+                    let more = if refused.len() > 1 {
+                        format!(" (and {} more refused)", refused.len() - 1)
+                    } else {
+                        String::new()
+                    };
+                    app.note(format!("refused: {first}{more}"));
+                }
+            }
+            ServerMsg::AuditResult { entries, .. } => {
+                app.waiting = app.waiting.saturating_sub(1);
+                app.audit = entries;
+            }
+            ServerMsg::Error { message, .. } => {
+                app.waiting = app.waiting.saturating_sub(1);
+                app.note(format!("broker: {message}"));
+            }
+            ServerMsg::Hello { .. } | ServerMsg::Rules { .. } => {}
+        },
+    }
+    None
+}
+
+/// Apply one action; returns a message for the broker, if the action calls for one.
+pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
+    match action {
+        Action::Tick(now) => {
+            app.now_ms = now;
+            app.frame = app.frame.wrapping_add(1);
+            None
+        }
+        Action::Broker(e) => broker(app, e),
+        Action::Key(key) => {
+            if app.prompt.is_some() {
+                return prompt_key(app, &key);
+            }
+            let cmd = app.keys.command(&key)?;
+            if app.view == View::Help && cmd != Command::Quit {
+                app.view = View::Queue;
+                return None;
+            }
+            match cmd {
+                Command::Quit => {
+                    if app.view == View::Queue || key.modifiers.contains(KeyModifiers::CONTROL) {
+                        app.quit = true;
+                    } else {
+                        app.view = View::Queue;
+                    }
+                    None
+                }
+                Command::Down => {
+                    if matches!(app.view, View::Detail | View::Diff) {
+                        app.scroll = app.scroll.saturating_add(1);
+                    } else {
+                        app.move_cursor(1);
+                    }
+                    None
+                }
+                Command::Up => {
+                    if matches!(app.view, View::Detail | View::Diff) {
+                        app.scroll = app.scroll.saturating_sub(1);
+                    } else {
+                        app.move_cursor(-1);
+                    }
+                    None
+                }
+                Command::PageDown => {
+                    app.move_cursor(10);
+                    None
+                }
+                Command::PageUp => {
+                    app.move_cursor(-10);
+                    None
+                }
+                Command::Open => {
+                    if app.current().is_some() {
+                        app.view = View::Detail;
+                        app.scroll = 0;
+                    }
+                    None
+                }
+                Command::Back => {
+                    app.view = View::Queue;
+                    None
+                }
+                Command::Approve => app.decide_current(Verdict::Approve),
+                Command::Reject => app.decide_current(Verdict::Reject),
+                Command::Select => {
+                    if let Some(row) = app.current() {
+                        let all_in = row.ids.iter().all(|id| app.selected.contains(id));
+                        for id in row.ids {
+                            if all_in {
+                                app.selected.remove(&id);
+                            } else {
+                                app.selected.insert(id);
+                            }
+                        }
+                        app.move_cursor(1);
+                    }
+                    None
+                }
+                Command::SelectAll => {
+                    let ids: Vec<String> = app.rows().into_iter().flat_map(|r| r.ids).collect();
+                    let n = ids.len();
+                    app.selected.extend(ids);
+                    app.note(format!("{n} calls selected"));
+                    None
+                }
+                Command::ApproveSelected => app.decide_selected(Verdict::Approve),
+                Command::RejectSelected => app.decide_selected(Verdict::Reject),
+                Command::Group => {
+                    app.grouped = !app.grouped;
+                    app.cursor_key = app.current().and_then(|r| {
+                        if app.grouped {
+                            Some(r.call.fingerprint)
+                        } else {
+                            r.ids.first().cloned()
+                        }
+                    });
+                    app.settle_cursor();
+                    None
+                }
+                Command::Filter => {
+                    app.prompt = Some(Prompt::Filter(app.filter.clone()));
+                    None
+                }
+                Command::Mark => {
+                    if let Some(r) = app.current() {
+                        app.note(format!("marked {}/{} as the diff reference", r.call.server, r.call.tool));
+                        app.marked = Some(r.call);
+                    }
+                    None
+                }
+                Command::Diff => {
+                    if app.current().is_some() {
+                        app.view = View::Diff;
+                        app.scroll = 0;
+                    }
+                    None
+                }
+                Command::Audit => {
+                    app.view = View::Audit;
+                    app.audit_query()
+                }
+                Command::Sort => {
+                    app.sort = app.sort.next();
+                    app.settle_cursor();
+                    None
+                }
+                Command::Help => {
+                    app.view = View::Help;
+                    None
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The scriptable commands: `list`, `show`, `approve`, `reject`, `watch`, `audit`.
+//!
+//! Each opens one connection, does its job and exits. Text output is for people; `--json`
+//! prints JSON for scripts (one document, or one object per line for `watch`). Exit codes: 0
+//! success, 1 connection or other errors, 2 usage, 3 a call was not found, 4 a call was already
+//! decided (or expired, cancelled), 5 the identity may not decide it.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use tollgate_shared::audit::AuditFilter;
+use tollgate_shared::console::{ClientMsg, Refusal, ServerMsg, Target};
+use tollgate_shared::{CallRecord, Outcome, Verdict};
+
+use crate::client::{Conn, Settings};
+use crate::fmt::{args_summary, pretty_sorted, short_duration, time};
+
+/// Exit code when a call was not found.
+pub const NOT_FOUND: u8 = 3;
+/// Exit code when a call was no longer pending.
+pub const ALREADY: u8 = 4;
+/// Exit code when the identity may not decide.
+pub const NOT_ALLOWED: u8 = 5;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// One line per pending call.
+pub fn table(calls: &[CallRecord]) -> String {
+    let now = now_ms();
+    let mut s = format!(
+        "{:<36}  {:>6}  {:>7}  {:<28}  {:<12}  ARGUMENTS\n",
+        "ID", "AGE", "EXPIRES", "SERVER/TOOL", "CLIENT"
+    );
+    for c in calls {
+        let expires = c
+            .hold
+            .as_ref()
+            .map_or("-".into(), |h| short_duration(h.expires_ms.saturating_sub(now)));
+        s.push_str(&format!(
+            "{:<36}  {:>6}  {:>7}  {:<28}  {:<12}  {}\n",
+            c.id,
+            short_duration(now.saturating_sub(c.timings.received_ms)),
+            expires,
+            format!("{}/{}", c.server, c.tool),
+            c.client,
+            args_summary(&c.arguments, 60)
+        ));
+    }
+    if calls.is_empty() {
+        s.push_str("(no calls are waiting for approval)\n");
+    }
+    s
+}
+
+/// `list`.
+pub async fn list(s: &Settings, json: bool) -> Result<ExitCode> {
+    let conn = Conn::connect(s).await?;
+    if json {
+        print_json(&conn.pending)?;
+    } else {
+        print!("{}", table(&conn.pending));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `show ID`.
+pub async fn show(s: &Settings, id: &str, json: bool) -> Result<ExitCode> {
+    let mut conn = Conn::connect(s).await?;
+    if let Some(c) = conn.pending.iter().find(|c| c.id == id) {
+        if json {
+            print_json(c)?;
+        } else {
+            print!("{}", detail(c));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Not pending: the audit trail knows what became of it.
+    let req = conn.req();
+    let filter = AuditFilter {
+        call_id: Some(id.to_string()),
+        ..AuditFilter::default()
+    };
+    let entries = match conn.request(req, &ClientMsg::AuditQuery { req: Some(req), filter }).await? {
+        ServerMsg::AuditResult { entries, .. } => entries,
+        _ => Vec::new(),
+    };
+    if entries.is_empty() {
+        eprintln!("tollgate: no call {id} (not pending, not in the audit trail)");
+        return Ok(ExitCode::from(NOT_FOUND));
+    }
+    if json {
+        print_json(&entries)?;
+    } else {
+        println!("call {id} is not pending; its audit trail:");
+        for e in &entries {
+            println!(
+                "  {}  {:<10} {}/{} by {}{}{}",
+                time(e.at_ms),
+                e.outcome.as_str(),
+                e.server,
+                e.tool,
+                e.client,
+                if e.approvers.is_empty() { String::new() } else { format!(", decided by {}", e.approvers.join(", ")) },
+                e.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A held call in full, for `show`.
+pub fn detail(c: &CallRecord) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("call     {}\n", c.id));
+    s.push_str(&format!("tool     {}/{}\n", c.server, c.tool));
+    s.push_str(&format!("client   {}\n", c.client));
+    s.push_str(&format!("rule     {} (rule {})\n", c.rule.name, c.rule.index));
+    if let Some(r) = &c.reason {
+        s.push_str(&format!("reason   {r}\n"));
+    }
+    s.push_str(&format!("received {}\n", time(c.timings.received_ms)));
+    if let Some(h) = &c.hold {
+        s.push_str(&format!("expires  {}\n", time(h.expires_ms)));
+        s.push_str(&format!("waits as {:?}, quorum {}\n", h.mode, h.quorum).to_lowercase());
+        if !h.approvers.is_empty() {
+            s.push_str(&format!("deciders {}\n", h.approvers.join(", ")));
+        }
+    }
+    for d in &c.decisions {
+        s.push_str(&format!("decision {:?} by {} at {}\n", d.verdict, d.by, time(d.at_ms)).to_lowercase());
+    }
+    s.push_str(&format!("pattern  {}\n", c.fingerprint));
+    s.push_str("arguments\n");
+    for line in pretty_sorted(&c.arguments).lines() {
+        s.push_str(&format!("  {line}\n"));
+    }
+    s
+}
+
+/// `approve` / `reject`.
+pub async fn decide(
+    s: &Settings,
+    target: Target,
+    verdict: Verdict,
+    reason: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let mut conn = Conn::connect(s).await?;
+    let req = conn.req();
+    let msg = ClientMsg::Decide {
+        req: Some(req),
+        target,
+        verdict,
+        reason,
+    };
+    let results = match conn.request(req, &msg).await? {
+        ServerMsg::Decided { results, .. } => results,
+        other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
+    };
+    if json {
+        print_json(&results)?;
+    }
+    let mut code = 0u8;
+    if results.is_empty() {
+        eprintln!("tollgate: no pending call matched");
+        code = NOT_FOUND;
+    }
+    for r in &results {
+        if !json {
+            if r.ok {
+                println!("{}  {}", r.id, r.message);
+            } else {
+                eprintln!("{}  refused: {}", r.id, r.message);
+            }
+        }
+        let c = match r.refusal {
+            None => 0,
+            Some(Refusal::NotFound) => NOT_FOUND,
+            Some(Refusal::AlreadyClosed) => ALREADY,
+            Some(Refusal::NotAllowed) => NOT_ALLOWED,
+            Some(Refusal::StoreFailed) => 1,
+        };
+        code = code.max(c);
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// One line for an event, for `watch`.
+pub fn event_line(m: &ServerMsg) -> Option<String> {
+    let (what, call) = match m {
+        ServerMsg::CallPending { call } => ("pending", call),
+        ServerMsg::CallApproval { call } => ("approval", call),
+        ServerMsg::CallDecided { call } => (call.outcome.as_str(), call),
+        ServerMsg::CallExpired { call } => ("expired", call),
+        ServerMsg::CallCancelled { call } => ("cancelled", call),
+        ServerMsg::CallAbandoned { call } => ("abandoned", call),
+        _ => return None,
+    };
+    let by = call
+        .decisions
+        .last()
+        .filter(|_| matches!(call.outcome, Outcome::Approved | Outcome::Rejected) || what == "approval")
+        .map(|d| format!(" by {}", d.by))
+        .unwrap_or_default();
+    Some(format!(
+        "{}  {:<9}  {}/{}  client {}{by}  {}",
+        time(now_ms()),
+        what,
+        call.server,
+        call.tool,
+        call.client,
+        call.id
+    ))
+}
+
+/// `watch`: stream events until interrupted.
+pub async fn watch(s: &Settings, json: bool) -> Result<ExitCode> {
+    let mut conn = Conn::connect(s).await?;
+    if !json {
+        eprintln!(
+            "watching as {} ({}); {} pending. Ctrl-C stops.",
+            conn.me.identity,
+            conn.me.role.as_str(),
+            conn.pending.len()
+        );
+    }
+    loop {
+        let m = conn.next().await?;
+        let mut out = std::io::stdout().lock();
+        if json {
+            if !matches!(m, ServerMsg::Snapshot { .. }) {
+                writeln!(out, "{}", serde_json::to_string(&m)?)?;
+            }
+        } else if let Some(line) = event_line(&m) {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+    }
+}
+
+/// `audit`.
+pub async fn audit(s: &Settings, filter: AuditFilter, json: bool) -> Result<ExitCode> {
+    let mut conn = Conn::connect(s).await?;
+    let req = conn.req();
+    let entries = match conn.request(req, &ClientMsg::AuditQuery { req: Some(req), filter }).await? {
+        ServerMsg::AuditResult { entries, .. } => entries,
+        other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
+    };
+    if json {
+        print_json(&entries)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<20}  {:<10}  {:<12}  {:<28}  {:<12}  REASON",
+        "SEQ", "TIME (UTC)", "STATUS", "CLIENT", "SERVER/TOOL", "BY"
+    );
+    for e in &entries {
+        println!(
+            "{:>6}  {:<20}  {:<10}  {:<12}  {:<28}  {:<12}  {}",
+            e.seq,
+            time(e.at_ms),
+            e.outcome.as_str(),
+            e.client,
+            format!("{}/{}", e.server, e.tool),
+            if e.approvers.is_empty() { "-".into() } else { e.approvers.join(",") },
+            e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
+        );
+    }
+    if entries.is_empty() {
+        println!("(no matching audit entries)");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,108 @@
+//! The terminal loop: raw mode and the alternate screen, a thread reading keys, a ticker, and
+//! the broker backend, all feeding [`Action`]s to [`update`] and redrawing after each.
+//! The loop never waits on the network: the backend runs in its own task behind channels.
+
+use std::io::Stdout;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
+use ratatui::crossterm::execute;
+use ratatui::crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use tokio::sync::mpsc;
+
+use crate::app::{Action, App, update};
+use crate::client::{self, Settings};
+use crate::keys::KeyMap;
+use crate::ui;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Restores the terminal however the loop ends (including a panic).
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = disable_raw_mode();
+        let _ = execute!(std::io::stdout(), LeaveAlternateScreen);
+    }
+}
+
+/// Run the TUI until the user quits.
+pub async fn run(settings: Settings, keys: KeyMap) -> Result<()> {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let mut app = App::new(settings.url.clone(), keys, no_color, now_ms());
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (req_tx, req_rx) = mpsc::channel(64);
+    client::spawn_backend(settings, ev_tx, req_rx);
+
+    let (key_tx, mut key_rx) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        loop {
+            match event::poll(Duration::from_millis(200)) {
+                Ok(true) => match event::read() {
+                    Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                        if key_tx.blocking_send(Some(k)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(TermEvent::Resize(..)) => {
+                        if key_tx.blocking_send(None).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+                Ok(false) => {
+                    if key_tx.is_closed() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+
+    enable_raw_mode().context("cannot put the terminal in raw mode (is this a terminal?)")?;
+    let _restore = Restore;
+    execute!(std::io::stdout(), EnterAlternateScreen)?;
+    let mut term: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    term.clear()?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        term.draw(|f| ui::render(&app, f))?;
+        let action = tokio::select! {
+            k = key_rx.recv() => match k {
+                Some(Some(k)) => Action::Key(k),
+                Some(None) => continue,
+                None => break,
+            },
+            e = ev_rx.recv() => match e {
+                Some(e) => Action::Broker(e),
+                None => break,
+            },
+            _ = tick.tick() => Action::Tick(now_ms()),
+        };
+        if let Some(msg) = update(&mut app, action)
+            && req_tx.try_send(msg).is_err()
+        {
+            app.waiting = app.waiting.saturating_sub(1);
+            app.notes
+                .push_back("not sent: the broker connection is busy or down; try again".into());
+        }
+        if app.quit {
+            break;
+        }
+    }
+    Ok(())
+}
