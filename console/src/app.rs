@@ -115,6 +115,10 @@ pub struct Row {
     pub first_ms: u64,
     /// Newest received (ms).
     pub last_ms: u64,
+    /// The soonest expiry in the row.
+    pub expires_ms: Option<u64>,
+    /// Pending calls with the same fingerprint (a repeated call), grouped or not.
+    pub pattern: usize,
 }
 
 impl Row {
@@ -235,14 +239,7 @@ impl App {
             return true;
         }
         let f = self.filter.to_lowercase();
-        let hay = format!(
-            "{}/{} {} {}",
-            c.server,
-            c.tool,
-            c.client,
-            c.arguments
-        )
-        .to_lowercase();
+        let hay = format!("{}/{} {} {}", c.server, c.tool, c.client, c.arguments).to_lowercase();
         f.split_whitespace().all(|word| match word.split_once(':') {
             Some(("server", v)) => c.server.to_lowercase().contains(v),
             Some(("tool", v)) => c.tool.to_lowercase().contains(v),
@@ -265,6 +262,7 @@ impl App {
                         g.count += 1;
                         g.ids.push(c.id.clone());
                         g.last_ms = c.timings.received_ms;
+                        g.expires_ms = min_expiry(g.expires_ms, c);
                         g.call = c.clone();
                     }
                     None => {
@@ -275,6 +273,8 @@ impl App {
                             ids: vec![c.id.clone()],
                             first_ms: c.timings.received_ms,
                             last_ms: c.timings.received_ms,
+                            expires_ms: min_expiry(None, c),
+                            pattern: 0,
                         });
                     }
                 }
@@ -289,17 +289,34 @@ impl App {
                     ids: vec![c.id.clone()],
                     first_ms: c.timings.received_ms,
                     last_ms: c.timings.received_ms,
+                    expires_ms: min_expiry(None, c),
+                    pattern: 0,
                 })
                 .collect()
         };
-        let expiry = |r: &Row| r.call.hold.as_ref().map_or(u64::MAX, |h| h.expires_ms);
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        for c in self.calls.values() {
+            *sizes.entry(c.fingerprint.as_str()).or_default() += 1;
+        }
+        for r in &mut rows {
+            r.pattern = sizes.get(r.call.fingerprint.as_str()).copied().unwrap_or(1);
+        }
+        let expiry = |r: &Row| r.expires_ms.unwrap_or(u64::MAX);
         match self.sort {
-            Sort::Age => rows.sort_by(|a, b| a.first_ms.cmp(&b.first_ms).then(a.call.id.cmp(&b.call.id))),
+            Sort::Age => {
+                rows.sort_by(|a, b| a.first_ms.cmp(&b.first_ms).then(a.call.id.cmp(&b.call.id)))
+            }
             Sort::Expiry => rows.sort_by_key(|r| (expiry(r), r.call.id.clone())),
             Sort::Tool => rows.sort_by(|a, b| {
-                (&a.call.server, &a.call.tool, &a.call.id).cmp(&(&b.call.server, &b.call.tool, &b.call.id))
+                (&a.call.server, &a.call.tool, &a.call.id).cmp(&(
+                    &b.call.server,
+                    &b.call.tool,
+                    &b.call.id,
+                ))
             }),
-            Sort::Client => rows.sort_by(|a, b| (&a.call.client, &a.call.id).cmp(&(&b.call.client, &b.call.id))),
+            Sort::Client => {
+                rows.sort_by(|a, b| (&a.call.client, &a.call.id).cmp(&(&b.call.client, &b.call.id)))
+            }
         }
         rows
     }
@@ -355,7 +372,12 @@ impl App {
             .filter(|c| c.id < cur.id && c.server == cur.server && c.tool == cur.tool)
             .map(|c| {
                 let other = crate::fmt::pretty_sorted(&c.arguments);
-                let ratio = similar::TextDiff::from_lines(&other, &text).ratio();
+                // Character similarity for ordinary arguments; lines for big ones (quadratic).
+                let ratio = if other.len() + text.len() < 8192 {
+                    similar::TextDiff::from_chars(&other, &text).ratio()
+                } else {
+                    similar::TextDiff::from_lines(&other, &text).ratio()
+                };
                 (c, ratio)
             })
             .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.id.cmp(&b.0.id)))
@@ -427,7 +449,12 @@ impl App {
         }
     }
 
-    fn send_decision(&mut self, verdict: Verdict, target: Target, reason: Option<String>) -> Option<ClientMsg> {
+    fn send_decision(
+        &mut self,
+        verdict: Verdict,
+        target: Target,
+        reason: Option<String>,
+    ) -> Option<ClientMsg> {
         if let Target::Ids { ids } = &target {
             for id in ids {
                 self.selected.remove(id);
@@ -483,6 +510,14 @@ impl App {
             }
         }
         self.request(|req| ClientMsg::AuditQuery { req, filter })
+    }
+}
+
+fn min_expiry(so_far: Option<u64>, c: &CallRecord) -> Option<u64> {
+    let this = c.hold.as_ref().map(|h| h.expires_ms);
+    match (so_far, this) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -608,7 +643,11 @@ fn decided_note(c: &CallRecord) -> String {
         .map(|d| d.by.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    let why = c
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
     format!("{}/{} {} by {by}{why}", c.server, c.tool, c.outcome)
 }
 
@@ -630,7 +669,7 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.link = Link::Down(why, wait);
             app.waiting = 0;
         }
-        Event::Message(m) => match m {
+        Event::Message(m) => match *m {
             ServerMsg::Snapshot { pending, .. } => {
                 app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
                 app.selected.retain(|id| app.calls.contains_key(id));
@@ -644,15 +683,21 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 let note = decided_note(&call);
                 leave(app, &call, note);
             }
-            ServerMsg::CallExpired { call } => {
-                leave(app, &call, format!("{}/{} expired undecided", call.server, call.tool))
-            }
-            ServerMsg::CallCancelled { call } => {
-                leave(app, &call, format!("{}/{} cancelled by its client", call.server, call.tool))
-            }
-            ServerMsg::CallAbandoned { call } => {
-                leave(app, &call, format!("{}/{} abandoned after a restart", call.server, call.tool))
-            }
+            ServerMsg::CallExpired { call } => leave(
+                app,
+                &call,
+                format!("{}/{} expired undecided", call.server, call.tool),
+            ),
+            ServerMsg::CallCancelled { call } => leave(
+                app,
+                &call,
+                format!("{}/{} cancelled by its client", call.server, call.tool),
+            ),
+            ServerMsg::CallAbandoned { call } => leave(
+                app,
+                &call,
+                format!("{}/{} abandoned after a restart", call.server, call.tool),
+            ),
             ServerMsg::Decided { results, .. } => {
                 app.waiting = app.waiting.saturating_sub(1);
                 let ok = results.iter().filter(|r| r.ok).count();
@@ -794,7 +839,10 @@ pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
                 }
                 Command::Mark => {
                     if let Some(r) = app.current() {
-                        app.note(format!("marked {}/{} as the diff reference", r.call.server, r.call.tool));
+                        app.note(format!(
+                            "marked {}/{} as the diff reference",
+                            r.call.server, r.call.tool
+                        ));
                         app.marked = Some(r.call);
                     }
                     None

@@ -44,10 +44,9 @@ pub fn table(calls: &[CallRecord]) -> String {
         "ID", "AGE", "EXPIRES", "SERVER/TOOL", "CLIENT"
     );
     for c in calls {
-        let expires = c
-            .hold
-            .as_ref()
-            .map_or("-".into(), |h| short_duration(h.expires_ms.saturating_sub(now)));
+        let expires = c.hold.as_ref().map_or("-".into(), |h| {
+            short_duration(h.expires_ms.saturating_sub(now))
+        });
         s.push_str(&format!(
             "{:<36}  {:>6}  {:>7}  {:<28}  {:<12}  {}\n",
             c.id,
@@ -92,7 +91,16 @@ pub async fn show(s: &Settings, id: &str, json: bool) -> Result<ExitCode> {
         call_id: Some(id.to_string()),
         ..AuditFilter::default()
     };
-    let entries = match conn.request(req, &ClientMsg::AuditQuery { req: Some(req), filter }).await? {
+    let entries = match conn
+        .request(
+            req,
+            &ClientMsg::AuditQuery {
+                req: Some(req),
+                filter,
+            },
+        )
+        .await?
+    {
         ServerMsg::AuditResult { entries, .. } => entries,
         _ => Vec::new(),
     };
@@ -112,8 +120,15 @@ pub async fn show(s: &Settings, id: &str, json: bool) -> Result<ExitCode> {
                 e.server,
                 e.tool,
                 e.client,
-                if e.approvers.is_empty() { String::new() } else { format!(", decided by {}", e.approvers.join(", ")) },
-                e.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                if e.approvers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", decided by {}", e.approvers.join(", "))
+                },
+                e.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -126,7 +141,10 @@ pub fn detail(c: &CallRecord) -> String {
     s.push_str(&format!("call     {}\n", c.id));
     s.push_str(&format!("tool     {}/{}\n", c.server, c.tool));
     s.push_str(&format!("client   {}\n", c.client));
-    s.push_str(&format!("rule     {} (rule {})\n", c.rule.name, c.rule.index));
+    s.push_str(&format!(
+        "rule     {} (rule {})\n",
+        c.rule.name, c.rule.index
+    ));
     if let Some(r) = &c.reason {
         s.push_str(&format!("reason   {r}\n"));
     }
@@ -139,7 +157,15 @@ pub fn detail(c: &CallRecord) -> String {
         }
     }
     for d in &c.decisions {
-        s.push_str(&format!("decision {:?} by {} at {}\n", d.verdict, d.by, time(d.at_ms)).to_lowercase());
+        s.push_str(
+            &format!(
+                "decision {:?} by {} at {}\n",
+                d.verdict,
+                d.by,
+                time(d.at_ms)
+            )
+            .to_lowercase(),
+        );
     }
     s.push_str(&format!("pattern  {}\n", c.fingerprint));
     s.push_str("arguments\n");
@@ -211,7 +237,9 @@ pub fn event_line(m: &ServerMsg) -> Option<String> {
     let by = call
         .decisions
         .last()
-        .filter(|_| matches!(call.outcome, Outcome::Approved | Outcome::Rejected) || what == "approval")
+        .filter(|_| {
+            matches!(call.outcome, Outcome::Approved | Outcome::Rejected) || what == "approval"
+        })
         .map(|d| format!(" by {}", d.by))
         .unwrap_or_default();
     Some(format!(
@@ -254,7 +282,16 @@ pub async fn watch(s: &Settings, json: bool) -> Result<ExitCode> {
 pub async fn audit(s: &Settings, filter: AuditFilter, json: bool) -> Result<ExitCode> {
     let mut conn = Conn::connect(s).await?;
     let req = conn.req();
-    let entries = match conn.request(req, &ClientMsg::AuditQuery { req: Some(req), filter }).await? {
+    let entries = match conn
+        .request(
+            req,
+            &ClientMsg::AuditQuery {
+                req: Some(req),
+                filter,
+            },
+        )
+        .await?
+    {
         ServerMsg::AuditResult { entries, .. } => entries,
         other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
     };
@@ -274,7 +311,11 @@ pub async fn audit(s: &Settings, filter: AuditFilter, json: bool) -> Result<Exit
             e.outcome.as_str(),
             e.client,
             format!("{}/{}", e.server, e.tool),
-            if e.approvers.is_empty() { "-".into() } else { e.approvers.join(",") },
+            if e.approvers.is_empty() {
+                "-".into()
+            } else {
+                e.approvers.join(",")
+            },
             e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
         );
     }

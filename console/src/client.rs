@@ -131,8 +131,9 @@ impl Conn {
                 None => bail!("the broker closed the connection"),
                 Some(Err(e)) => bail!("the connection to the broker broke: {e}"),
                 Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str())
-                        .with_context(|| format!("the broker sent a message this console does not understand: {t}"));
+                    return serde_json::from_str(t.as_str()).with_context(|| {
+                        format!("the broker sent a message this console does not understand: {t}")
+                    });
                 }
                 Some(Ok(Message::Close(_))) => bail!("the broker closed the connection"),
                 Some(Ok(_)) => {}
@@ -191,7 +192,7 @@ pub enum Event {
     /// The connection dropped or could not be made; retrying in the given time.
     Disconnected(String, Duration),
     /// A message from the broker.
-    Message(ServerMsg),
+    Message(Box<ServerMsg>),
 }
 
 /// Run a connection for the TUI: events out, requests in. Reconnects with backoff (0.5 s
@@ -222,7 +223,7 @@ pub fn spawn_backend(
                     loop {
                         tokio::select! {
                             m = conn.next() => match m {
-                                Ok(m) => if events.send(Event::Message(m)).await.is_err() { return },
+                                Ok(m) => if events.send(Event::Message(Box::new(m))).await.is_err() { return },
                                 Err(e) => break format!("{e:#}"),
                             },
                             r = requests.recv() => match r {
@@ -234,7 +235,8 @@ pub fn spawn_backend(
                 }
                 Err(e) => format!("{e:#}"),
             };
-            let wait = Duration::from_millis(500 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(10));
+            let wait =
+                Duration::from_millis(500 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(10));
             if events.send(Event::Disconnected(why, wait)).await.is_err() {
                 return;
             }

@@ -83,13 +83,19 @@ mod tests {
     #[test]
     fn summaries_fit_one_line() {
         let a = json!({"query": "DROP TABLE x;\nDROP TABLE y", "limit": 5});
-        assert_eq!(args_summary(&a, 100), "query=DROP TABLE x; DROP TABLE y limit=5");
+        assert_eq!(
+            args_summary(&a, 100),
+            "query=DROP TABLE x; DROP TABLE y limit=5"
+        );
         assert_eq!(args_summary(&a, 10), "query=DRO…");
         assert_eq!(args_summary(&json!({}), 20), "(no arguments)");
     }
 
     #[test]
     fn pretty_json_sorts_keys() {
-        assert_eq!(pretty_sorted(&json!({"b": 1, "a": {"d": 2, "c": 3}})), "{\n  \"a\": {\n    \"c\": 3,\n    \"d\": 2\n  },\n  \"b\": 1\n}");
+        assert_eq!(
+            pretty_sorted(&json!({"b": 1, "a": {"d": 2, "c": 3}})),
+            "{\n  \"a\": {\n    \"c\": 3,\n    \"d\": 2\n  },\n  \"b\": 1\n}"
+        );
     }
 }

@@ -62,18 +62,78 @@ impl Command {
         (Command::PageUp, "page_up", "pgup", "page up"),
         (Command::Open, "open", "enter", "open the call's detail"),
         (Command::Back, "back", "esc", "back to the queue / close"),
-        (Command::Approve, "approve", "a", "approve this call (a group row: all its calls)"),
-        (Command::Reject, "reject", "r", "reject this call, with a reason (a group row: all)"),
-        (Command::Select, "select", "space", "select / unselect this row"),
-        (Command::SelectAll, "select_all", "*", "select every row matching the filter"),
-        (Command::ApproveSelected, "approve_selected", "A", "approve the selection (asks first)"),
-        (Command::RejectSelected, "reject_selected", "R", "reject the selection (asks first)"),
-        (Command::Group, "group", "g", "group identical calls (runaway loops) into one row"),
-        (Command::Filter, "filter", "/", "filter by server, tool, client or argument text"),
-        (Command::Mark, "mark", "m", "mark this call as the diff reference"),
-        (Command::Diff, "diff", "d", "diff against the marked or most similar earlier call"),
-        (Command::Audit, "audit", "u", "audit trail (filtered by the current filter)"),
-        (Command::Sort, "sort", "s", "sort by age, expiry, tool or client"),
+        (
+            Command::Approve,
+            "approve",
+            "a",
+            "approve this call (a group row: all its calls)",
+        ),
+        (
+            Command::Reject,
+            "reject",
+            "r",
+            "reject this call, with a reason (a group row: all)",
+        ),
+        (
+            Command::Select,
+            "select",
+            "space",
+            "select / unselect this row",
+        ),
+        (
+            Command::SelectAll,
+            "select_all",
+            "*",
+            "select every row matching the filter",
+        ),
+        (
+            Command::ApproveSelected,
+            "approve_selected",
+            "A",
+            "approve the selection (asks first)",
+        ),
+        (
+            Command::RejectSelected,
+            "reject_selected",
+            "R",
+            "reject the selection (asks first)",
+        ),
+        (
+            Command::Group,
+            "group",
+            "g",
+            "group identical calls (runaway loops) into one row",
+        ),
+        (
+            Command::Filter,
+            "filter",
+            "/",
+            "filter by server, tool, client or argument text",
+        ),
+        (
+            Command::Mark,
+            "mark",
+            "m",
+            "mark this call as the diff reference",
+        ),
+        (
+            Command::Diff,
+            "diff",
+            "d",
+            "diff against the marked or most similar earlier call",
+        ),
+        (
+            Command::Audit,
+            "audit",
+            "u",
+            "audit trail (filtered by the current filter)",
+        ),
+        (
+            Command::Sort,
+            "sort",
+            "s",
+            "sort by age, expiry, tool or client",
+        ),
         (Command::Help, "help", "?", "this help"),
         (Command::Quit, "quit", "q", "quit"),
     ];
@@ -150,7 +210,11 @@ impl Key {
             KeyCodeOrd::Char(c) => c.to_string(),
             KeyCodeOrd::Named(n) => n.to_string(),
         };
-        if self.ctrl { format!("ctrl-{base}") } else { base }
+        if self.ctrl {
+            format!("ctrl-{base}")
+        } else {
+            base
+        }
     }
 }
 
@@ -173,7 +237,11 @@ impl Default for KeyMap {
             }
         }
         // Arrow keys and ctrl-c always work, whatever is remapped.
-        for (k, c) in [("down", Command::Down), ("up", Command::Up), ("ctrl-c", Command::Quit)] {
+        for (k, c) in [
+            ("down", Command::Down),
+            ("up", Command::Up),
+            ("ctrl-c", Command::Quit),
+        ] {
             if let Ok(key) = Key::parse(k) {
                 m.by_key.insert(key, c);
             }
@@ -258,9 +326,19 @@ mod tests {
         assert!(KeyMap::with(&o).expect_err("clash").contains("clashes"));
         o.insert("reject".to_string(), "x".to_string());
         let swapped = KeyMap::with(&o).expect("remapping the other key resolves the clash");
-        assert_eq!(swapped.command(&ev(KeyCode::Char('r'))), Some(Command::Approve));
-        assert_eq!(swapped.command(&ev(KeyCode::Char('x'))), Some(Command::Reject));
+        assert_eq!(
+            swapped.command(&ev(KeyCode::Char('r'))),
+            Some(Command::Approve)
+        );
+        assert_eq!(
+            swapped.command(&ev(KeyCode::Char('x'))),
+            Some(Command::Reject)
+        );
         o.insert("launch".to_string(), "z".to_string());
-        assert!(KeyMap::with(&o).expect_err("unknown").contains("unknown command"));
+        assert!(
+            KeyMap::with(&o)
+                .expect_err("unknown")
+                .contains("unknown command")
+        );
     }
 }

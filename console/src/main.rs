@@ -14,6 +14,9 @@ mod keys;
 mod tui;
 mod ui;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -164,8 +167,11 @@ fn load_config(path: Option<&PathBuf>, explicit: bool) -> Result<FileConfig> {
         return Ok(FileConfig::default());
     };
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("{} is not a valid console config", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid console config", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
@@ -211,7 +217,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fingerprint,
             reason,
             json,
-        }) => cli::decide(&s, target(ids, fingerprint), Verdict::Reject, Some(reason), json).await,
+        }) => {
+            cli::decide(
+                &s,
+                target(ids, fingerprint),
+                Verdict::Reject,
+                Some(reason),
+                json,
+            )
+            .await
+        }
         Some(Cmd::Watch { json }) => cli::watch(&s, json).await,
         Some(Cmd::Audit {
             status,

@@ -6,8 +6,8 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table, Wrap};
-use tollgate_shared::{CallRecord, Verdict};
 use tollgate_shared::console::Target;
+use tollgate_shared::{CallRecord, Verdict};
 
 use crate::app::{App, Link, Prompt, View};
 use crate::fmt::{args_summary, cut, pretty_sorted, short_duration, time};
@@ -77,10 +77,9 @@ pub fn render(app: &App, f: &mut Frame) {
 }
 
 fn status_bar(app: &App, f: &mut Frame, area: Rect) {
-    let who = app
-        .me
-        .as_ref()
-        .map_or("?".to_string(), |m| format!("{} ({})", m.identity, m.role.as_str()));
+    let who = app.me.as_ref().map_or("?".to_string(), |m| {
+        format!("{} ({})", m.identity, m.role.as_str())
+    });
     let link = match &app.link {
         Link::Up => Span::styled("● connected", style(app, Look::Good)),
         Link::Connecting(n) => Span::styled(
@@ -88,7 +87,11 @@ fn status_bar(app: &App, f: &mut Frame, area: Rect) {
             style(app, Look::Warn),
         ),
         Link::Down(why, wait) => Span::styled(
-            format!("✗ disconnected, retrying in {}: {}", short_duration(wait.as_millis() as u64), why),
+            format!(
+                "✗ disconnected, retrying in {}: {}",
+                short_duration(wait.as_millis() as u64),
+                why
+            ),
             style(app, Look::Bad),
         ),
     };
@@ -107,34 +110,43 @@ fn status_bar(app: &App, f: &mut Frame, area: Rect) {
 }
 
 fn footer(app: &App, f: &mut Frame, area: Rect) {
-    let k = |c| app.keys.key_of(c);
-    let hints = match app.view {
-        View::Queue => format!(
-            "{} approve  {} reject  {} select  {}/{} bulk  {} group  {} filter  {} detail  {} diff  {} audit  {} help  {} quit",
-            k(Command::Approve),
-            k(Command::Reject),
-            k(Command::Select),
-            k(Command::ApproveSelected),
-            k(Command::RejectSelected),
-            k(Command::Group),
-            k(Command::Filter),
-            k(Command::Open),
-            k(Command::Diff),
-            k(Command::Audit),
-            k(Command::Help),
-            k(Command::Quit)
-        ),
-        View::Help => "any key closes the help".to_string(),
-        _ => format!(
-            "{} back  {}/{} scroll  {} approve  {} reject  {} help",
-            k(Command::Back),
-            k(Command::Down),
-            k(Command::Up),
-            k(Command::Approve),
-            k(Command::Reject),
-            k(Command::Help)
-        ),
+    let items: &[(Command, &str)] = match app.view {
+        View::Queue => &[
+            (Command::Approve, "approve"),
+            (Command::Reject, "reject"),
+            (Command::Select, "select"),
+            (Command::RejectSelected, "bulk reject"),
+            (Command::Group, "group"),
+            (Command::Filter, "filter"),
+            (Command::Open, "detail"),
+            (Command::Diff, "diff"),
+            (Command::Audit, "audit"),
+            (Command::Quit, "quit"),
+        ],
+        View::Help => &[],
+        _ => &[
+            (Command::Back, "back"),
+            (Command::Down, "scroll"),
+            (Command::Approve, "approve"),
+            (Command::Reject, "reject"),
+            (Command::Quit, "back"),
+        ],
     };
+    // As many hints as fit, always ending with the help key.
+    let help = format!("{} help", app.keys.key_of(Command::Help));
+    let mut hints = String::new();
+    for (c, label) in items {
+        let item = format!("{} {label}  ", app.keys.key_of(*c));
+        if hints.chars().count() + item.chars().count() + help.len() > area.width as usize {
+            break;
+        }
+        hints.push_str(&item);
+    }
+    hints.push_str(if app.view == View::Help {
+        "any key closes the help"
+    } else {
+        &help
+    });
     let mut state = format!("sort {}", app.sort.label());
     if app.grouped {
         state.push_str(" · grouped");
@@ -158,10 +170,16 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
 
 fn queue(app: &App, f: &mut Frame, area: Rect) {
     let rows = app.rows();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let title = if app.grouped {
-        format!(" Queue · {} calls in {} groups ", app.calls.len(), rows.len())
+        format!(
+            " Queue · {} in {} ",
+            plural(app.calls.len(), "call", "calls"),
+            plural(rows.len(), "group", "groups")
+        )
     } else {
-        format!(" Queue · {} calls ", rows.len())
+        format!(" Queue · {} ", plural(rows.len(), "call", "calls"))
     };
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
     if rows.is_empty() {
@@ -176,9 +194,20 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     let inner_h = area.height.saturating_sub(3) as usize;
     let first = app.cursor.saturating_sub(inner_h.saturating_sub(1));
     let wide = area.width >= 120;
-    let args_w = area.width.saturating_sub(if wide { 75 } else { 52 }).max(10) as usize;
+    let args_w = area
+        .width
+        .saturating_sub(if wide { 75 } else { 52 })
+        .max(10) as usize;
     let header = if wide {
-        vec!["", "AGE", "EXPIRES", "SERVER/TOOL", "CLIENT", "×", "ARGUMENTS"]
+        vec![
+            "",
+            "AGE",
+            "EXPIRES",
+            "SERVER/TOOL",
+            "CLIENT",
+            "×",
+            "ARGUMENTS",
+        ]
     } else {
         vec!["", "AGE", "EXP", "SERVER/TOOL", "×", "ARGUMENTS"]
     };
@@ -190,29 +219,48 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
         .map(|(i, r)| {
             let c = &r.call;
             let sel = r.ids.iter().any(|id| app.selected.contains(id));
-            let mark = if sel { "●" } else { " " };
+            // Visible without colour too: › is the cursor, ● a selected row.
+            let mark = match (i == app.cursor, sel) {
+                (true, true) => "◉",
+                (true, false) => "›",
+                (false, true) => "●",
+                (false, false) => " ",
+            };
             let age = short_duration(app.now_ms.saturating_sub(r.first_ms));
-            let exp = c.hold.as_ref().map_or("-".into(), |h| {
-                if h.expires_ms <= app.now_ms {
-                    "now".into()
-                } else {
-                    short_duration(h.expires_ms - app.now_ms)
-                }
-            });
-            let count = if r.count > 1 {
-                format!("{}", r.count)
+            let exp = match r.expires_ms {
+                None => "-".into(),
+                Some(at) if at <= app.now_ms => "now".into(),
+                Some(at) => short_duration(at - app.now_ms),
+            };
+            let count = if r.pattern > 1 {
+                format!("{}", r.pattern)
             } else {
                 String::new()
             };
             let tool = format!("{}/{}", c.server, c.tool);
             let args = args_summary(&c.arguments, args_w);
             let cells: Vec<Cell> = if wide {
-                vec![mark.into(), age.into(), exp.into(), tool.into(), c.client.clone().into(), count.into(), args.into()]
+                vec![
+                    mark.into(),
+                    age.into(),
+                    exp.into(),
+                    tool.into(),
+                    c.client.clone().into(),
+                    count.into(),
+                    args.into(),
+                ]
             } else {
-                vec![mark.into(), age.into(), exp.into(), tool.into(), count.into(), args.into()]
+                vec![
+                    mark.into(),
+                    age.into(),
+                    exp.into(),
+                    tool.into(),
+                    count.into(),
+                    args.into(),
+                ]
             };
             let mut row = TableRow::new(cells);
-            if r.count > 1 {
+            if r.pattern > 1 {
                 row = row.style(style(app, Look::Warn));
             }
             if sel {
@@ -260,7 +308,10 @@ fn json_lines(app: &App, text: &str) -> Vec<Line<'static>> {
             if let Some(rest) = t.strip_prefix('"')
                 && let Some(end) = rest.find("\": ")
             {
-                spans.push(Span::styled(format!("\"{}\"", &rest[..end]), style(app, Look::Key)));
+                spans.push(Span::styled(
+                    format!("\"{}\"", &rest[..end]),
+                    style(app, Look::Key),
+                ));
                 spans.push(Span::raw(": "));
                 spans.push(value_span(app, &rest[end + 3..]));
             } else {
@@ -292,15 +343,30 @@ fn field(app: &App, name: &str, value: String) -> Line<'static> {
 
 fn detail(app: &App, f: &mut Frame, area: Rect) {
     let Some(row) = app.current() else {
-        f.render_widget(Paragraph::new("No call selected.").block(Block::bordered()), area);
+        f.render_widget(
+            Paragraph::new("No call selected.").block(Block::bordered()),
+            area,
+        );
         return;
     };
     let c = &row.call;
     let mut lines = vec![
         field(app, "tool", format!("{}/{}", c.server, c.tool)),
         field(app, "client", c.client.clone()),
-        field(app, "rule", format!("\"{}\" (rule {} of the policy)", c.rule.name, c.rule.index)),
-        field(app, "received", format!("{} ({} ago)", time(c.timings.received_ms), short_duration(app.now_ms.saturating_sub(c.timings.received_ms)))),
+        field(
+            app,
+            "rule",
+            format!("\"{}\" (rule {} of the policy)", c.rule.name, c.rule.index),
+        ),
+        field(
+            app,
+            "received",
+            format!(
+                "{} ({} ago)",
+                time(c.timings.received_ms),
+                short_duration(app.now_ms.saturating_sub(c.timings.received_ms))
+            ),
+        ),
     ];
     if let Some(r) = &c.reason {
         lines.push(field(app, "why", r.clone()));
@@ -309,17 +375,29 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
         lines.push(field(
             app,
             "expires",
-            format!("{} (in {})", time(h.expires_ms), short_duration(h.expires_ms.saturating_sub(app.now_ms))),
+            format!(
+                "{} (in {})",
+                time(h.expires_ms),
+                short_duration(h.expires_ms.saturating_sub(app.now_ms))
+            ),
         ));
         let who = if h.approvers.is_empty() {
             "any approver".to_string()
         } else {
             h.approvers.join(", ")
         };
-        lines.push(field(app, "needs", format!("{} approval(s) from {who}; waits as {:?}", h.quorum, h.mode).to_lowercase()));
+        lines.push(field(
+            app,
+            "needs",
+            format!("{} approval(s) from {who}; waits as {:?}", h.quorum, h.mode).to_lowercase(),
+        ));
     }
     for d in &c.decisions {
-        lines.push(field(app, "decision", format!("{:?} by {} at {}", d.verdict, d.by, time(d.at_ms)).to_lowercase()));
+        lines.push(field(
+            app,
+            "decision",
+            format!("{:?} by {} at {}", d.verdict, d.by, time(d.at_ms)).to_lowercase(),
+        ));
     }
     if row.count > 1 {
         lines.push(Line::styled(
@@ -344,7 +422,10 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
 
 fn diff(app: &App, f: &mut Frame, area: Rect) {
     let Some(row) = app.current() else {
-        f.render_widget(Paragraph::new("No call selected.").block(Block::bordered()), area);
+        f.render_widget(
+            Paragraph::new("No call selected.").block(Block::bordered()),
+            area,
+        );
         return;
     };
     let Some(base) = app.diff_base() else {
@@ -354,27 +435,46 @@ fn diff(app: &App, f: &mut Frame, area: Rect) {
             row.call.tool,
             app.keys.key_of(Command::Mark)
         );
-        f.render_widget(Paragraph::new(text).block(Block::bordered().title(" Diff ")), area);
+        f.render_widget(
+            Paragraph::new(text).block(Block::bordered().title(" Diff ")),
+            area,
+        );
         return;
     };
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
-    let (old, new) = (pretty_sorted(&base.arguments), pretty_sorted(&row.call.arguments));
+    let (old, new) = (
+        pretty_sorted(&base.arguments),
+        pretty_sorted(&row.call.arguments),
+    );
     let (l, r) = side_by_side(app, &old, &new);
-    let lt = format!(" {} {} ", if app.marked.as_ref().is_some_and(|m| m.id == base.id) { "marked" } else { "most similar" }, short_id(&base));
+    let lt = format!(
+        " {} {} ",
+        if app.marked.as_ref().is_some_and(|m| m.id == base.id) {
+            "marked"
+        } else {
+            "most similar"
+        },
+        short_id(&base)
+    );
     let rt = format!(" this call {} ", short_id(&row.call));
     f.render_widget(
-        Paragraph::new(l).block(Block::bordered().title(lt)).scroll((app.scroll, 0)),
+        Paragraph::new(l)
+            .block(Block::bordered().title(lt))
+            .scroll((app.scroll, 0)),
         left,
     );
     f.render_widget(
-        Paragraph::new(r).block(Block::bordered().title(rt)).scroll((app.scroll, 0)),
+        Paragraph::new(r)
+            .block(Block::bordered().title(rt))
+            .scroll((app.scroll, 0)),
         right,
     );
 }
 
 fn short_id(c: &CallRecord) -> String {
-    c.id.rsplit('-').next().unwrap_or(&c.id).chars().take(8).collect()
+    let n = c.id.chars().count();
+    c.id.chars().skip(n.saturating_sub(8)).collect()
 }
 
 /// Two aligned columns of lines; changed lines marked, changed words emphasised.
@@ -392,19 +492,28 @@ fn side_by_side(app: &App, old: &str, new: &str) -> (Vec<Line<'static>>, Vec<Lin
                     r.push(Line::raw(format!("  {line}")));
                 }
             }
-            DiffOp::Delete { old_index, old_len, .. } => {
+            DiffOp::Delete {
+                old_index, old_len, ..
+            } => {
                 for line in &old_lines[old_index..old_index + old_len] {
                     l.push(Line::styled(format!("- {line}"), style(app, Look::Bad)));
                     r.push(Line::raw(""));
                 }
             }
-            DiffOp::Insert { new_index, new_len, .. } => {
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => {
                 for line in &new_lines[new_index..new_index + new_len] {
                     l.push(Line::raw(""));
                     r.push(Line::styled(format!("+ {line}"), style(app, Look::Good)));
                 }
             }
-            DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+            DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => {
                 for i in 0..old_len.max(new_len) {
                     let a = (i < old_len).then(|| old_lines[old_index + i]);
                     let b = (i < new_len).then(|| new_lines[new_index + i]);
@@ -454,11 +563,19 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
     let title = format!(
         " Audit trail · {} entries{} ",
         app.audit.len(),
-        if app.filter.is_empty() { String::new() } else { format!(" · {}", app.filter) }
+        if app.filter.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", app.filter)
+        }
     );
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
     if app.audit.is_empty() {
-        let text = if app.waiting > 0 { "Searching…" } else { "No matching audit entries. Filter with server:, tool:, client:, approver:, status:." };
+        let text = if app.waiting > 0 {
+            "Searching…"
+        } else {
+            "No matching audit entries. Filter with server:, tool:, client:, approver:, status:."
+        };
         f.render_widget(Paragraph::new(text).block(block), area);
         return;
     }
@@ -471,7 +588,9 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
         .take(inner_h)
         .map(|e| {
             let look = match e.outcome {
-                tollgate_shared::Outcome::Approved | tollgate_shared::Outcome::Allowed => Look::Good,
+                tollgate_shared::Outcome::Approved | tollgate_shared::Outcome::Allowed => {
+                    Look::Good
+                }
                 tollgate_shared::Outcome::Rejected | tollgate_shared::Outcome::Blocked => Look::Bad,
                 _ => Look::Warn,
             };
@@ -480,8 +599,15 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
                 Cell::from(Span::styled(e.outcome.as_str(), style(app, look))),
                 Cell::from(format!("{}/{}", e.server, e.tool)),
                 Cell::from(e.client.clone()),
-                Cell::from(if e.approvers.is_empty() { "-".into() } else { e.approvers.join(",") }),
-                Cell::from(cut(e.reason.as_deref().or(e.error.as_deref()).unwrap_or(""), reason_w)),
+                Cell::from(if e.approvers.is_empty() {
+                    "-".into()
+                } else {
+                    e.approvers.join(",")
+                }),
+                Cell::from(cut(
+                    e.reason.as_deref().or(e.error.as_deref()).unwrap_or(""),
+                    reason_w,
+                )),
             ])
         })
         .collect();
@@ -496,7 +622,17 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
             Constraint::Min(8),
         ],
     )
-    .header(TableRow::new(vec!["TIME", "STATUS", "SERVER/TOOL", "CLIENT", "BY", "REASON"]).style(style(app, Look::Dim)))
+    .header(
+        TableRow::new(vec![
+            "TIME",
+            "STATUS",
+            "SERVER/TOOL",
+            "CLIENT",
+            "BY",
+            "REASON",
+        ])
+        .style(style(app, Look::Dim)),
+    )
     .block(block);
     f.render_widget(table, area);
 }
@@ -506,7 +642,10 @@ fn help(app: &App, f: &mut Frame, area: Rect) {
         .iter()
         .map(|(c, _, _, text)| {
             Line::from(vec![
-                Span::styled(format!("{:>8}  ", app.keys.key_of(*c)), style(app, Look::Key)),
+                Span::styled(
+                    format!("{:>8}  ", app.keys.key_of(*c)),
+                    style(app, Look::Key),
+                ),
                 Span::raw(*text),
             ])
         })
@@ -520,7 +659,10 @@ fn help(app: &App, f: &mut Frame, area: Rect) {
         "Keys are remappable in [keys] of the config file (see docs/console.md).",
         style(app, Look::Dim),
     ));
-    lines.push(Line::styled(format!("Broker: {}", app.url), style(app, Look::Dim)));
+    lines.push(Line::styled(
+        format!("Broker: {}", app.url),
+        style(app, Look::Dim),
+    ));
     f.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
@@ -532,7 +674,12 @@ fn help(app: &App, f: &mut Frame, area: Rect) {
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
-    Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
 }
 
 fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
@@ -541,12 +688,22 @@ fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
             " Filter ".to_string(),
             vec![
                 Line::raw(format!("/{text}▏")),
-                Line::styled("enter applies · esc cancels · ctrl-u clears", style(app, Look::Dim)),
+                Line::styled(
+                    "enter applies · esc cancels · ctrl-u clears",
+                    style(app, Look::Dim),
+                ),
             ],
         ),
-        Prompt::Reason { verdict, count, text, target } => {
+        Prompt::Reason {
+            verdict,
+            count,
+            text,
+            target,
+        } => {
             let what = match target {
-                Target::Fingerprint { .. } | Target::Ids { .. } if *count > 1 => format!("{count} calls"),
+                Target::Fingerprint { .. } | Target::Ids { .. } if *count > 1 => {
+                    format!("{count} calls")
+                }
                 _ => "this call".to_string(),
             };
             (
@@ -558,10 +715,18 @@ fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
                 ],
             )
         }
-        Prompt::Confirm { verdict, count, summary, .. } => (
+        Prompt::Confirm {
+            verdict,
+            count,
+            summary,
+            ..
+        } => (
             format!(" {} {count} calls? ", verb(*verdict)),
             vec![
-                Line::styled(format!("{} {count} calls:", verb(*verdict)), style(app, Look::Title)),
+                Line::styled(
+                    format!("{} {count} calls:", verb(*verdict)),
+                    style(app, Look::Title),
+                ),
                 Line::raw(cut(summary, 60)),
                 Line::raw(""),
                 Line::styled("y confirms · n or esc cancels", style(app, Look::Dim)),
@@ -571,7 +736,8 @@ fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
     let r = centered(area, 64, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(Span::styled(title, style(app, Look::Title)))),
+        Paragraph::new(lines)
+            .block(Block::bordered().title(Span::styled(title, style(app, Look::Title)))),
         r,
     );
 }

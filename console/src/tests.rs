@@ -1,0 +1,499 @@
+//! State and rendering tests: `update` without a terminal, and every view drawn into ratatui's
+//! `TestBackend` at 80×24 and 160×48, compared with `insta` snapshots.
+
+use std::time::Duration;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde_json::json;
+use tollgate_shared::audit::AuditEntry;
+use tollgate_shared::console::{ClientMsg, DecideResult, Refusal, Role, ServerMsg, Target};
+use tollgate_shared::{CallRecord, Decision, Hold, HoldMode, Outcome, RuleRef, Timings, Verdict};
+
+use crate::app::{Action, App, Link, Prompt, View, update};
+use crate::client::{Event, Me};
+use crate::keys::KeyMap;
+use crate::ui;
+
+const NOW: u64 = 1_764_000_000_000;
+
+fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallRecord {
+    CallRecord {
+        id: format!("01a20000-0000-7000-8000-{n:012}"),
+        outcome: Outcome::Pending,
+        rule: RuleRef {
+            index: 2,
+            name: "needs-a-human".into(),
+        },
+        reason: None,
+        client: "agent-7".into(),
+        server: "db".into(),
+        tool: tool.into(),
+        request_id: json!(n),
+        session: None,
+        protocol_version: Some("2025-11-25".into()),
+        arguments: args,
+        timings: Timings {
+            received_ms: NOW - 60_000 + n * 1000,
+            decided_ms: NOW - 60_000 + n * 1000,
+            completed_ms: None,
+        },
+        error: None,
+        args_hash: String::new(),
+        fingerprint: fingerprint.into(),
+        policy_version: "abc".into(),
+        hold: Some(Hold {
+            mode: HoldMode::Stream,
+            expires_ms: NOW + 540_000 + n * 1000,
+            quorum: 1,
+            approvers: vec![],
+            progress_token: None,
+            retried_ms: None,
+        }),
+        decisions: vec![],
+    }
+}
+
+fn key(c: char) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
+}
+
+fn code(k: KeyCode) -> Action {
+    Action::Key(KeyEvent::new(k, KeyModifiers::NONE))
+}
+
+fn typed(app: &mut App, text: &str) {
+    for c in text.chars() {
+        update(app, key(c));
+    }
+}
+
+/// A connected console with a mixed queue: two deploys, a 500-call loop and a wire transfer.
+fn sample() -> App {
+    let mut app = App::new(
+        "ws://127.0.0.1:8081/v1/console".into(),
+        KeyMap::default(),
+        true,
+        NOW,
+    );
+    let mut pending = vec![
+        call(
+            1,
+            "execute_sql",
+            json!({"query": "DROP TABLE orders", "database": "prod"}),
+            "fp-drop",
+        ),
+        call(
+            2,
+            "execute_sql",
+            json!({"query": "DROP TABLE orders_archive", "database": "prod"}),
+            "fp-drop2",
+        ),
+        call(
+            3,
+            "transfer",
+            json!({"to": "acct-991", "amount": 50000, "memo": "Q3 vendor payment"}),
+            "fp-wire",
+        ),
+    ];
+    for i in 0..500 {
+        pending.push(call(
+            10 + i,
+            "delete_row",
+            json!({"table": "sessions", "id": 7}),
+            "fp-loop",
+        ));
+    }
+    update(
+        &mut app,
+        Action::Broker(Event::Connected(
+            Me {
+                identity: "alice".into(),
+                role: Role::Approver,
+                servers: None,
+            },
+            pending,
+        )),
+    );
+    app
+}
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    t.draw(|f| ui::render(app, f)).expect("draw");
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        let mut line = String::new();
+        for x in 0..w {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn snap(name: &str, app: &App) {
+    insta::assert_snapshot!(format!("{name}_80x24"), screen(app, 80, 24));
+    insta::assert_snapshot!(format!("{name}_160x48"), screen(app, 160, 48));
+}
+
+#[test]
+fn view_queue() {
+    snap("queue", &sample());
+}
+
+#[test]
+fn view_groups() {
+    let mut app = sample();
+    update(&mut app, key('g'));
+    snap("groups", &app);
+}
+
+#[test]
+fn view_detail() {
+    let mut app = sample();
+    update(&mut app, key('j'));
+    update(&mut app, key('j'));
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::Detail);
+    snap("detail", &app);
+}
+
+#[test]
+fn view_diff_against_the_most_similar_earlier_call() {
+    let mut app = sample();
+    update(&mut app, key('j'));
+    update(&mut app, key('d'));
+    assert_eq!(app.view, View::Diff);
+    assert_eq!(app.diff_base().map(|c| c.tool), Some("execute_sql".into()));
+    snap("diff", &app);
+}
+
+#[test]
+fn view_bulk_confirm() {
+    let mut app = sample();
+    update(&mut app, key('g'));
+    // The loop group is the biggest; put the cursor on it.
+    let at = app
+        .rows()
+        .iter()
+        .position(|r| r.count == 500)
+        .expect("group");
+    for _ in 0..at {
+        update(&mut app, key('j'));
+    }
+    assert!(update(&mut app, key('r')).is_none(), "a group asks first");
+    snap("bulk_confirm", &app);
+}
+
+#[test]
+fn view_audit() {
+    let mut app = sample();
+    let sent = update(&mut app, key('u'));
+    assert!(matches!(sent, Some(ClientMsg::AuditQuery { .. })));
+    let entries = (0..3)
+        .map(|i| AuditEntry {
+            seq: i + 1,
+            at_ms: NOW - 30_000 + i * 1000,
+            call_id: format!("c{i}"),
+            outcome: [Outcome::Pending, Outcome::Rejected, Outcome::Approved][i as usize],
+            client: "agent-7".into(),
+            server: "db".into(),
+            tool: "execute_sql".into(),
+            request_id: json!(i),
+            rule: RuleRef {
+                index: 2,
+                name: "needs-a-human".into(),
+            },
+            reason: (i == 1).then(|| "use the staging database".to_string()),
+            args_hash: String::new(),
+            approvers: if i == 0 { vec![] } else { vec!["bob".into()] },
+            error: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        })
+        .collect();
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::AuditResult {
+            req: Some(1),
+            entries,
+        }))),
+    );
+    snap("audit", &app);
+}
+
+#[test]
+fn view_help() {
+    let mut app = sample();
+    update(&mut app, key('?'));
+    snap("help", &app);
+}
+
+#[test]
+fn view_disconnected() {
+    let mut app = sample();
+    update(
+        &mut app,
+        Action::Broker(Event::Disconnected(
+            "cannot reach the broker at ws://127.0.0.1:8081/v1/console: Connection refused".into(),
+            Duration::from_secs(4),
+        )),
+    );
+    snap("disconnected", &app);
+}
+
+#[test]
+fn view_empty_queue() {
+    let mut app = App::new("ws://x".into(), KeyMap::default(), true, NOW);
+    update(
+        &mut app,
+        Action::Broker(Event::Connected(
+            Me {
+                identity: "vic".into(),
+                role: Role::Viewer,
+                servers: None,
+            },
+            vec![],
+        )),
+    );
+    insta::assert_snapshot!("empty_80x24", screen(&app, 80, 24));
+}
+
+#[test]
+fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
+    let mut app = sample();
+    let first = app.current().expect("row").call.id;
+    let sent = update(&mut app, key('a'));
+    assert_eq!(
+        sent,
+        Some(ClientMsg::Decide {
+            req: Some(1),
+            target: Target::Ids {
+                ids: vec![first.clone()]
+            },
+            verdict: Verdict::Approve,
+            reason: None,
+        })
+    );
+    assert!(update(&mut app, key('r')).is_none());
+    assert!(matches!(app.prompt, Some(Prompt::Reason { .. })));
+    typed(&mut app, "use staging");
+    let sent = update(&mut app, code(KeyCode::Enter));
+    assert!(matches!(
+        sent,
+        Some(ClientMsg::Decide { verdict: Verdict::Reject, reason: Some(ref r), .. }) if r == "use staging"
+    ));
+    // Esc in the reason prompt cancels without sending.
+    update(&mut app, key('r'));
+    assert!(update(&mut app, code(KeyCode::Esc)).is_none());
+    assert!(app.prompt.is_none());
+    assert!(
+        app.notes
+            .back()
+            .is_some_and(|n| n.contains("nothing was decided"))
+    );
+}
+
+#[test]
+fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
+    let mut app = sample();
+    update(&mut app, key('g'));
+    assert_eq!(app.rows().len(), 4);
+    let at = app
+        .rows()
+        .iter()
+        .position(|r| r.count == 500)
+        .expect("group");
+    for _ in 0..at {
+        update(&mut app, key('j'));
+    }
+    update(&mut app, key('r'));
+    assert!(
+        matches!(app.prompt, Some(Prompt::Confirm { count: 500, ref summary, .. }) if summary == "db/delete_row ×500")
+    );
+    update(&mut app, key('y'));
+    typed(&mut app, "loop");
+    let sent = update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        sent,
+        Some(ClientMsg::Decide {
+            req: Some(1),
+            target: Target::Fingerprint {
+                fingerprint: "fp-loop".into()
+            },
+            verdict: Verdict::Reject,
+            reason: Some("loop".into()),
+        })
+    );
+}
+
+#[test]
+fn bulk_selection_by_filter_decides_after_confirmation() {
+    let mut app = sample();
+    update(&mut app, key('/'));
+    typed(&mut app, "tool:execute");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.rows().len(), 2);
+    update(&mut app, key('*'));
+    assert_eq!(app.selected.len(), 2);
+    assert!(update(&mut app, key('A')).is_none());
+    assert!(matches!(app.prompt, Some(Prompt::Confirm { count: 2, .. })));
+    let sent = update(&mut app, key('y'));
+    match sent {
+        Some(ClientMsg::Decide {
+            target: Target::Ids { ids },
+            verdict: Verdict::Approve,
+            ..
+        }) => assert_eq!(ids.len(), 2),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(app.selected.is_empty());
+    // n cancels a confirmation.
+    update(&mut app, key(' '));
+    update(&mut app, key('R'));
+    assert!(update(&mut app, key('n')).is_none());
+    assert!(app.prompt.is_none());
+}
+
+#[test]
+fn space_toggles_and_moves_and_nothing_selected_says_so() {
+    let mut app = sample();
+    update(&mut app, key('R'));
+    assert!(
+        app.notes
+            .back()
+            .is_some_and(|n| n.starts_with("nothing selected"))
+    );
+    update(&mut app, key(' '));
+    assert_eq!(app.selected.len(), 1);
+    assert_eq!(app.cursor, 1);
+    update(&mut app, key('k'));
+    update(&mut app, key(' '));
+    assert!(app.selected.is_empty());
+}
+
+#[test]
+fn new_arrivals_do_not_steal_the_cursor() {
+    let mut app = sample();
+    update(&mut app, key('s'));
+    update(&mut app, key('s')); // sort by tool
+    update(&mut app, key('j'));
+    let before = app.current().expect("row").call.id;
+    // An earlier-sorting tool arrives above the cursor.
+    let mut new = call(900, "alter_table", json!({}), "fp-new");
+    new.timings.received_ms = NOW;
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {
+            call: new,
+        }))),
+    );
+    assert_eq!(app.current().expect("row").call.id, before);
+}
+
+#[test]
+fn a_call_decided_elsewhere_leaves_with_a_note_saying_by_whom() {
+    let mut app = sample();
+    let mut c = app.current().expect("row").call;
+    c.outcome = Outcome::Rejected;
+    c.reason = Some("not today".into());
+    c.decisions.push(Decision {
+        by: "bob".into(),
+        verdict: Verdict::Reject,
+        reason: Some("not today".into()),
+        at_ms: NOW,
+    });
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::CallDecided {
+            call: c.clone(),
+        }))),
+    );
+    assert!(!app.calls.contains_key(&c.id));
+    assert_eq!(
+        app.notes.back().map(String::as_str),
+        Some("db/execute_sql rejected by bob: not today")
+    );
+}
+
+#[test]
+fn refusals_from_the_broker_are_shown() {
+    let mut app = sample();
+    update(&mut app, key('a'));
+    assert_eq!(app.waiting, 1);
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::Decided {
+            req: Some(1),
+            results: vec![DecideResult {
+                id: "x".into(),
+                ok: false,
+                refusal: Some(Refusal::AlreadyClosed),
+                outcome: Some(Outcome::Approved),
+                message: "already approved by bob at 2026-11-24T18:50:56Z".into(),
+            }],
+        }))),
+    );
+    assert_eq!(app.waiting, 0);
+    assert!(
+        app.notes
+            .back()
+            .is_some_and(|n| n == "refused: already approved by bob at 2026-11-24T18:50:56Z")
+    );
+}
+
+#[test]
+fn reconnecting_resyncs_the_queue_from_the_new_snapshot() {
+    let mut app = sample();
+    update(&mut app, key(' '));
+    update(
+        &mut app,
+        Action::Broker(Event::Disconnected("gone".into(), Duration::from_secs(1))),
+    );
+    assert!(matches!(app.link, Link::Down(..)));
+    let keep = call(
+        1,
+        "execute_sql",
+        json!({"query": "DROP TABLE orders", "database": "prod"}),
+        "fp-drop",
+    );
+    update(
+        &mut app,
+        Action::Broker(Event::Connected(
+            Me {
+                identity: "alice".into(),
+                role: Role::Approver,
+                servers: None,
+            },
+            vec![keep.clone()],
+        )),
+    );
+    assert_eq!(app.link, Link::Up);
+    assert_eq!(app.calls.len(), 1);
+    assert_eq!(app.current().map(|r| r.call.id), Some(keep.id));
+    // A snapshot after falling behind prunes selections of calls that are gone.
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::Snapshot {
+            req: None,
+            pending: vec![],
+            rules: vec![],
+        }))),
+    );
+    assert!(app.selected.is_empty() && app.rows().is_empty());
+}
+
+#[test]
+fn quitting_from_a_subview_goes_back_first() {
+    let mut app = sample();
+    update(&mut app, code(KeyCode::Enter));
+    update(&mut app, key('q'));
+    assert_eq!(app.view, View::Queue);
+    assert!(!app.quit);
+    update(&mut app, key('q'));
+    assert!(app.quit);
+}
