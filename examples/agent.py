@@ -1,0 +1,76 @@
+"""A scripted agent for Tollgate demos and tests: real MCP calls through the broker with the
+official Python SDK (`mcp`).
+
+    python examples/agent.py URL [--token T] [--loop N] [--script demo|test] [--json]
+
+It makes safe calls, risky calls that policy holds for approval, near-duplicates worth diffing,
+and a runaway loop of N identical calls, all at once on one MCP session (as a looping agent
+would), and prints what each call got back. With --json it prints one JSON object at the end:
+{"label": [result text, ...], ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import anyio
+import httpx2 as httpx
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+
+def script(name: str, loop: int) -> list[tuple[str, str, dict]]:
+    calls = [
+        ("ship", "echo", {"message": "deploy v2.3.1 to production"}),
+        ("prod", "echo", {"message": "drop table orders on production"}),
+    ]
+    if name == "demo":
+        calls += [
+            ("safe", "get-sum", {"a": 2, "b": 3}),
+            ("near-duplicate", "echo", {"message": "deploy v2.3.2 to production"}),
+            ("big-sum", "get-sum", {"a": 5_000_000, "b": 1}),
+            ("secret", "echo", {"message": "my password is hunter2"}),
+        ]
+    calls += [("loop", "echo", {"message": "retry: delete session 7"})] * loop
+    return calls
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("url")
+    p.add_argument("--token")
+    p.add_argument("--loop", type=int, default=20)
+    p.add_argument("--script", choices=["demo", "test"], default="test")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
+    http = httpx.AsyncClient(
+        headers=headers,
+        timeout=httpx.Timeout(30, read=900),
+        limits=httpx.Limits(max_connections=a.loop + 50, max_keepalive_connections=50),
+    )
+    results: dict[str, list[str]] = {}
+
+    async def one(c: Client, label: str, tool: str, args: dict) -> None:
+        try:
+            r = await c.call_tool(tool, args)
+            text = " ".join(getattr(x, "text", "") for x in r.content)
+        except Exception as e:  # the agent reports failures instead of dying
+            text = f"error: {e}"
+        results.setdefault(label, []).append(text)
+        if not a.json:
+            print(f"{label:>15}: {text[:110]}", flush=True)
+
+    async with Client(streamable_http_client(a.url, http_client=http)) as c:
+        async with anyio.create_task_group() as tg:
+            for label, tool, args in script(a.script, a.loop):
+                tg.start_soon(one, c, label, tool, args)
+    if a.json:
+        json.dump(results, sys.stdout)
+        print()
+
+
+if __name__ == "__main__":
+    anyio.run(main)

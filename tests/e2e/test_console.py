@@ -1,0 +1,220 @@
+"""The approver's console against a real broker: the scriptable CLI (with its exit codes) and
+the TUI driven in tmux, deciding real held calls made with the Python mcp SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, ROOT, everything_stdio_command, toml_list
+
+CONSOLE_BIN = Path(os.environ.get("TOLLGATE_CONSOLE_BIN", ROOT / "target" / "debug" / "tollgate"))
+AGENT = ROOT / "examples" / "agent.py"
+
+
+def config() -> str:
+    return f"""
+    [broker]
+    keepalive = "2s"
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "everything"
+    command = {toml_list(everything_stdio_command())}
+    [[rule]]
+    name = "echo-needs-a-human"
+    tools = ["everything/echo"]
+    action = "approve"
+    """
+
+
+def console(b, token: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOLLGATE_URL": b.console, "TOLLGATE_TOKEN": token, "XDG_CONFIG_HOME": "/nonexistent"}
+    return subprocess.run([str(CONSOLE_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start_agent(procs, b, token: str, loop: int):
+    return procs.start(
+        "agent",
+        [PYTHON, str(AGENT), b.url("everything"), "--token", token, "--loop", str(loop), "--json"],
+    )
+
+
+def agent_results(proc, timeout: float = 120) -> dict:
+    proc.popen.wait(timeout)
+    out = proc.stdout().strip().splitlines()
+    assert out, proc.stderr()[-2000:]
+    return json.loads(out[-1])
+
+
+def wait_pending(b, token: str, n: int, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = console(b, token, "list", "--json")
+        assert r.returncode == 0, r.stderr
+        calls = json.loads(r.stdout)
+        if len(calls) >= n:
+            return calls
+        time.sleep(0.3)
+    raise TimeoutError(f"fewer than {n} held calls after {timeout}s")
+
+
+def test_cli_lists_shows_decides_and_reports_refusals_with_exit_codes(broker, procs):
+    b = broker(config())
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    viewer = b.token("vic", "viewer")
+    a = start_agent(procs, b, agent, loop=3)
+    calls = wait_pending(b, alice, 5)
+    by = {c["arguments"]["message"]: c for c in calls}
+    ship = by["deploy v2.3.1 to production"]["id"]
+    prod = by["drop table orders on production"]["id"]
+
+    table = console(b, alice, "list")
+    assert table.returncode == 0 and "everything/echo" in table.stdout and ship in table.stdout
+    shown = console(b, alice, "show", ship)
+    assert shown.returncode == 0 and '"message": "deploy v2.3.1 to production"' in shown.stdout
+    assert "echo-needs-a-human" in shown.stdout
+
+    refused = console(b, viewer, "approve", ship)
+    assert refused.returncode == 5 and "is a viewer" in refused.stderr
+    ok = console(b, alice, "approve", ship, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)[0]["outcome"] == "approved"
+    again = console(b, alice, "approve", ship)
+    assert again.returncode == 4 and "already approved by alice" in again.stderr
+    missing = console(b, alice, "reject", "0190c1a2-0000-7000-8000-000000000000", "--reason", "x")
+    assert missing.returncode == 3 and "no such call" in missing.stderr
+    no_reason = console(b, alice, "reject", prod)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    assert console(b, alice, "reject", prod, "--reason", "use staging").returncode == 0
+    loop_fp = by["retry: delete session 7"]["fingerprint"]
+    bulk = console(b, alice, "reject", "--fingerprint", loop_fp, "--reason", "runaway loop", "--json")
+    assert bulk.returncode == 0 and len(json.loads(bulk.stdout)) == 3
+
+    got = agent_results(a)
+    assert got["ship"] == ["Echo: deploy v2.3.1 to production"]
+    assert got["prod"][0].startswith("Rejected by alice: use staging.")
+    assert len(got["loop"]) == 3 and all(t.startswith("Rejected by alice: runaway loop") for t in got["loop"])
+
+    audit = console(b, alice, "audit", "--status", "rejected", "--json")
+    assert audit.returncode == 0 and len(json.loads(audit.stdout)) == 4
+    gone = console(b, alice, "show", prod)
+    assert gone.returncode == 0 and "rejected" in gone.stdout and "use staging" in gone.stdout
+    bad = console(b, "tg_wrong", "list")
+    assert bad.returncode == 1 and "refused the token (HTTP 401)" in bad.stderr
+    b.proc.stop()
+    down = console(b, alice, "list")
+    assert down.returncode == 1 and "cannot reach the broker" in down.stderr
+
+
+def test_watch_streams_events_as_json_lines(broker, procs):
+    b = broker(config())
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    env = {**os.environ, "TOLLGATE_URL": b.console, "TOLLGATE_TOKEN": alice}
+    w = subprocess.Popen([str(CONSOLE_BIN), "watch", "--json"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(0.5)
+        a = start_agent(procs, b, agent, loop=0)
+        calls = wait_pending(b, alice, 2)
+        for c in calls:
+            assert console(b, alice, "approve", c["id"]).returncode == 0
+        agent_results(a)
+        seen = []
+        while len([m for m in seen if m["type"] == "call_decided"]) < 2:
+            seen.append(json.loads(w.stdout.readline()))
+        assert [m["type"] for m in seen].count("call_pending") == 2
+    finally:
+        w.kill()
+        w.wait()
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def screen(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_screen(session: str, pattern: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = screen(session)
+        if re.search(pattern, s):
+            return s
+        time.sleep(0.2)
+    raise TimeoutError(f"screen never showed {pattern!r}:\n{screen(session)}")
+
+
+def keys(session: str, *ks: str, literal: bool = False) -> None:
+    for k in ks:
+        tmux("send-keys", "-t", session, *(["-l"] if literal else []), k)
+        time.sleep(0.15)
+
+
+@pytest.fixture
+def tmux_session():
+    name = f"tollgate-e2e-{os.getpid()}"
+    yield name
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def test_tui_approves_rejects_and_rejects_a_500_call_loop_in_tmux(broker, procs, tmux_session):
+    b = broker(config())
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    a = start_agent(procs, b, agent, loop=500)
+    wait_pending(b, alice, 502, timeout=120)
+    cmd = f"env TOLLGATE_URL={b.console} TOLLGATE_TOKEN={alice} XDG_CONFIG_HOME=/nonexistent {CONSOLE_BIN}"
+    tmux("new-session", "-d", "-s", tmux_session, "-x", "100", "-y", "30", cmd)
+    s = wait_screen(tmux_session, r"502 pending · ● connected")
+    assert "alice (approver)" in s and "everything/echo" in s
+
+    # Approve one: filter to it, then a.
+    keys(tmux_session, "/")
+    keys(tmux_session, "deploy v2.3.1", literal=True)
+    keys(tmux_session, "Enter")
+    wait_screen(tmux_session, r"Queue · 1 call ")
+    keys(tmux_session, "a")
+    wait_screen(tmux_session, r"echo approved by alice")
+
+    # Reject one with a reason.
+    keys(tmux_session, "/", "C-u")
+    keys(tmux_session, "drop table", literal=True)
+    keys(tmux_session, "Enter")
+    wait_screen(tmux_session, r"Queue · 1 call ")
+    keys(tmux_session, "r")
+    wait_screen(tmux_session, r"Reason \(shown to the agent\)")
+    keys(tmux_session, "use staging", literal=True)
+    keys(tmux_session, "Enter")
+    wait_screen(tmux_session, r"echo rejected by alice: use staging")
+
+    # The loop: clear the filter, group, reject the one row that is 500 calls.
+    keys(tmux_session, "/", "C-u", "Enter")
+    keys(tmux_session, "g")
+    s = wait_screen(tmux_session, r"500 calls in 1 group")
+    assert re.search(r"›.*everything/echo\s+500\s+message=retry: delete session 7", s), s
+    keys(tmux_session, "r")
+    wait_screen(tmux_session, r"Reject 500 calls")
+    keys(tmux_session, "y")
+    keys(tmux_session, "runaway loop", literal=True)
+    keys(tmux_session, "Enter")
+    s = wait_screen(tmux_session, r"· 0 pending", timeout=60)
+    assert "No calls are waiting for approval." in s
+
+    got = agent_results(a, timeout=120)
+    assert got["ship"] == ["Echo: deploy v2.3.1 to production"]
+    assert got["prod"][0].startswith("Rejected by alice: use staging.")
+    assert len(got["loop"]) == 500
+    assert all(t.startswith("Rejected by alice: runaway loop.") for t in got["loop"])
+
+    keys(tmux_session, "q")
+    time.sleep(0.5)
+    assert subprocess.run(["tmux", "has-session", "-t", tmux_session], capture_output=True).returncode != 0, "q quits"
