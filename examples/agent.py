@@ -22,17 +22,23 @@ from mcp.client.streamable_http import streamable_http_client
 
 
 def script(name: str, loop: int) -> list[tuple[str, str, dict]]:
+    if name == "demo":
+        # Against examples/ops_server.py under examples/demo.toml.
+        return [
+            ("safe", "list_buckets", {}),
+            ("safe-sql", "execute_sql", {"database": "analytics", "query": "SELECT count(*) FROM orders"}),
+            ("small-transfer", "transfer_funds", {"to": "acct-17", "amount": 250, "memo": "team lunch"}),
+            ("secret", "execute_sql", {"database": "prod", "query": "UPDATE users SET password = 'hunter2'"}),
+            ("drop", "execute_sql", {"database": "prod", "query": "DROP TABLE orders"}),
+            ("bucket", "delete_bucket", {"bucket": "prod-logs-2024"}),
+            ("bucket-near-duplicate", "delete_bucket", {"bucket": "prod-logs-2025"}),
+            ("wire", "transfer_funds", {"to": "acct-991", "amount": 50000, "memo": "Q3 vendor payment"}),
+            ("wire-near-duplicate", "transfer_funds", {"to": "acct-991", "amount": 500000, "memo": "Q3 vendor payment"}),
+        ] + [("loop", "execute_sql", {"database": "prod", "query": "DELETE FROM sessions WHERE id = 7"})] * loop
     calls = [
         ("ship", "echo", {"message": "deploy v2.3.1 to production"}),
         ("prod", "echo", {"message": "drop table orders on production"}),
     ]
-    if name == "demo":
-        calls += [
-            ("safe", "get-sum", {"a": 2, "b": 3}),
-            ("near-duplicate", "echo", {"message": "deploy v2.3.2 to production"}),
-            ("big-sum", "get-sum", {"a": 5_000_000, "b": 1}),
-            ("secret", "echo", {"message": "my password is hunter2"}),
-        ]
     calls += [("loop", "echo", {"message": "retry: delete session 7"})] * loop
     return calls
 

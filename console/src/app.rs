@@ -150,7 +150,7 @@ pub struct App {
     pub selected: BTreeSet<String>,
     /// The main view.
     pub view: View,
-    /// Group identical calls.
+    /// Group identical calls into one row (the default: a runaway loop is one line).
     pub grouped: bool,
     /// Filter text (case-insensitive substring of server/tool, client, arguments).
     pub filter: String,
@@ -209,7 +209,7 @@ impl App {
             cursor_key: None,
             selected: BTreeSet::new(),
             view: View::Queue,
-            grouped: false,
+            grouped: true,
             filter: String::new(),
             sort: Sort::Age,
             prompt: None,

@@ -141,15 +141,16 @@ fn snap(name: &str, app: &App) {
 }
 
 #[test]
-fn view_queue() {
-    snap("queue", &sample());
+fn view_queue_ungrouped() {
+    let mut app = sample();
+    update(&mut app, key('g'));
+    assert!(!app.grouped);
+    snap("queue", &app);
 }
 
 #[test]
-fn view_groups() {
-    let mut app = sample();
-    update(&mut app, key('g'));
-    snap("groups", &app);
+fn view_groups_by_default() {
+    snap("groups", &sample());
 }
 
 #[test]
@@ -175,7 +176,6 @@ fn view_diff_against_the_most_similar_earlier_call() {
 #[test]
 fn view_bulk_confirm() {
     let mut app = sample();
-    update(&mut app, key('g'));
     // The loop group is the biggest; put the cursor on it.
     let at = app
         .rows()
@@ -301,7 +301,6 @@ fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
 #[test]
 fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
     let mut app = sample();
-    update(&mut app, key('g'));
     assert_eq!(app.rows().len(), 4);
     let at = app
         .rows()
@@ -362,6 +361,7 @@ fn bulk_selection_by_filter_decides_after_confirmation() {
 #[test]
 fn space_toggles_and_moves_and_nothing_selected_says_so() {
     let mut app = sample();
+    update(&mut app, key('g'));
     update(&mut app, key('R'));
     assert!(
         app.notes
@@ -379,6 +379,7 @@ fn space_toggles_and_moves_and_nothing_selected_says_so() {
 #[test]
 fn new_arrivals_do_not_steal_the_cursor() {
     let mut app = sample();
+    update(&mut app, key('g'));
     update(&mut app, key('s'));
     update(&mut app, key('s')); // sort by tool
     update(&mut app, key('j'));

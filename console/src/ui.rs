@@ -172,14 +172,20 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     let rows = app.rows();
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let shown: usize = rows.iter().map(|r| r.count).sum();
+    let of = if shown < app.calls.len() {
+        format!(" (of {})", app.calls.len())
+    } else {
+        String::new()
+    };
     let title = if app.grouped {
         format!(
-            " Queue · {} in {} ",
-            plural(app.calls.len(), "call", "calls"),
+            " Queue · {} in {}{of} ",
+            plural(shown, "call", "calls"),
             plural(rows.len(), "group", "groups")
         )
     } else {
-        format!(" Queue · {} ", plural(rows.len(), "call", "calls"))
+        format!(" Queue · {}{of} ", plural(shown, "call", "calls"))
     };
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
     if rows.is_empty() {
