@@ -3,6 +3,7 @@
 //! happens here, so every behaviour is tested without a terminal or a network.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -106,7 +107,7 @@ pub enum Prompt {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// The newest call of the row.
-    pub call: CallRecord,
+    pub call: Arc<CallRecord>,
     /// Calls in the row (1 when not grouped).
     pub count: usize,
     /// Ids of the calls in the row.
@@ -139,9 +140,13 @@ pub struct App {
     /// Connection state.
     pub link: Link,
     /// Pending calls by id.
-    pub calls: HashMap<String, CallRecord>,
+    pub calls: HashMap<String, Arc<CallRecord>>,
+    /// The rows on screen, rebuilt only when something they depend on changed.
+    rows: Vec<Row>,
+    /// Set when `rows` must be rebuilt.
+    dirty: bool,
     /// Calls that left the queue, newest last (for diffs and "decided by" notes).
-    pub history: VecDeque<CallRecord>,
+    pub history: VecDeque<Arc<CallRecord>>,
     /// Cursor position in the visible rows.
     pub cursor: usize,
     /// Id (or fingerprint, when grouped) under the cursor, so arrivals do not move it.
@@ -159,7 +164,7 @@ pub struct App {
     /// A modal question, if one is open.
     pub prompt: Option<Prompt>,
     /// The call marked as diff reference.
-    pub marked: Option<CallRecord>,
+    pub marked: Option<Arc<CallRecord>>,
     /// Status messages, newest last.
     pub notes: VecDeque<String>,
     /// The last audit query's entries.
@@ -204,6 +209,8 @@ impl App {
             me: None,
             link: Link::Connecting(1),
             calls: HashMap::new(),
+            rows: Vec::new(),
+            dirty: false,
             history: VecDeque::new(),
             cursor: 0,
             cursor_key: None,
@@ -249,8 +256,29 @@ impl App {
     }
 
     /// The rows on screen, in order.
-    pub fn rows(&self) -> Vec<Row> {
-        let mut calls: Vec<&CallRecord> = self.calls.values().filter(|c| self.matches(c)).collect();
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Rebuild the rows if anything changed, and keep the cursor on its row.
+    pub fn refresh(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.rows = self.compute_rows();
+        self.dirty = false;
+        if let Some(key) = &self.cursor_key
+            && let Some(i) = self.rows.iter().position(|r| &self.row_key(r) == key)
+        {
+            self.cursor = i;
+        }
+        self.cursor = self.cursor.min(self.rows.len().saturating_sub(1));
+        self.cursor_key = self.rows.get(self.cursor).map(|r| self.row_key(r));
+    }
+
+    fn compute_rows(&self) -> Vec<Row> {
+        let mut calls: Vec<&Arc<CallRecord>> =
+            self.calls.values().filter(|c| self.matches(c)).collect();
         calls.sort_by(|a, b| a.id.cmp(&b.id));
         let mut rows: Vec<Row> = if self.grouped {
             let mut groups: Vec<Row> = Vec::new();
@@ -263,12 +291,12 @@ impl App {
                         g.ids.push(c.id.clone());
                         g.last_ms = c.timings.received_ms;
                         g.expires_ms = min_expiry(g.expires_ms, c);
-                        g.call = c.clone();
+                        g.call = Arc::clone(c);
                     }
                     None => {
                         at.insert(c.fingerprint.as_str(), groups.len());
                         groups.push(Row {
-                            call: c.clone(),
+                            call: Arc::clone(c),
                             count: 1,
                             ids: vec![c.id.clone()],
                             first_ms: c.timings.received_ms,
@@ -284,7 +312,7 @@ impl App {
             calls
                 .into_iter()
                 .map(|c| Row {
-                    call: c.clone(),
+                    call: Arc::clone(c),
                     count: 1,
                     ids: vec![c.id.clone()],
                     first_ms: c.timings.received_ms,
@@ -330,46 +358,47 @@ impl App {
     }
 
     /// The row under the cursor.
-    pub fn current(&self) -> Option<Row> {
-        self.rows().into_iter().nth(self.cursor)
+    pub fn current(&self) -> Option<&Row> {
+        self.rows.get(self.cursor)
     }
 
-    /// Put the cursor back on the row it was on (by key), after the rows changed.
+    /// Mark the rows for rebuilding (at the end of this update).
     fn settle_cursor(&mut self) {
-        let rows = self.rows();
-        if let Some(key) = &self.cursor_key
-            && let Some(i) = rows.iter().position(|r| &self.row_key(r) == key)
-        {
-            self.cursor = i;
-        }
-        self.cursor = self.cursor.min(rows.len().saturating_sub(1));
-        self.cursor_key = rows.get(self.cursor).map(|r| self.row_key(r));
+        self.dirty = true;
     }
 
     fn move_cursor(&mut self, delta: isize) {
-        let n = self.rows().len();
+        let n = self.rows.len();
         if n == 0 {
             return;
         }
         self.cursor = (self.cursor as isize + delta).clamp(0, n as isize - 1) as usize;
-        self.cursor_key = self.current().map(|r| self.row_key(&r));
+        self.cursor_key = self.current().map(|r| self.row_key(r));
         self.scroll = 0;
     }
 
     /// The call to diff the current one against: the marked one, else the most similar earlier
     /// call of the same tool (pending or decided).
-    pub fn diff_base(&self) -> Option<CallRecord> {
-        let cur = self.current()?.call;
+    pub fn diff_base(&self) -> Option<Arc<CallRecord>> {
+        let cur = Arc::clone(&self.current()?.call);
         if let Some(m) = &self.marked
             && m.id != cur.id
         {
-            return Some(m.clone());
+            return Some(Arc::clone(m));
         }
         let text = crate::fmt::pretty_sorted(&cur.arguments);
-        self.calls
+        // The 200 latest earlier calls of the same tool are candidates, so a huge queue does
+        // not make the diff view slow.
+        let mut candidates: Vec<&Arc<CallRecord>> = self
+            .calls
             .values()
             .chain(self.history.iter())
             .filter(|c| c.id < cur.id && c.server == cur.server && c.tool == cur.tool)
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        candidates.truncate(200);
+        candidates
+            .into_iter()
             .map(|c| {
                 let other = crate::fmt::pretty_sorted(&c.arguments);
                 // Character similarity for ordinary arguments; lines for big ones (quadratic).
@@ -381,7 +410,7 @@ impl App {
                 (c, ratio)
             })
             .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.id.cmp(&b.0.id)))
-            .map(|(c, _)| c.clone())
+            .map(|(c, _)| Arc::clone(c))
     }
 
     fn request(&mut self, make: impl FnOnce(Option<u64>) -> ClientMsg) -> Option<ClientMsg> {
@@ -412,7 +441,7 @@ impl App {
     /// Decide the row under the cursor: a single call at once (approve) or after a reason
     /// (reject); a group after confirmation.
     fn decide_current(&mut self, verdict: Verdict) -> Option<ClientMsg> {
-        let row = self.current()?;
+        let row = self.current()?.clone();
         let target = if row.count > 1 {
             Target::Fingerprint {
                 fingerprint: row.call.fingerprint.clone(),
@@ -615,10 +644,10 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
     }
 }
 
-fn leave(app: &mut App, c: &CallRecord, how: String) {
+fn leave(app: &mut App, c: CallRecord, how: String) {
     let was_mine = app.calls.remove(&c.id).is_some();
     app.selected.remove(&c.id);
-    app.history.push_back(c.clone());
+    app.history.push_back(Arc::new(c));
     while app.history.len() > HISTORY {
         app.history.pop_front();
     }
@@ -662,7 +691,10 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.me = Some(me);
             app.link = Link::Up;
             app.waiting = 0;
-            app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
+            app.calls = pending
+                .into_iter()
+                .map(|c| (c.id.clone(), Arc::new(c)))
+                .collect();
             app.settle_cursor();
         }
         Event::Disconnected(why, wait) => {
@@ -671,31 +703,34 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
         }
         Event::Message(m) => match *m {
             ServerMsg::Snapshot { pending, .. } => {
-                app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
+                app.calls = pending
+                    .into_iter()
+                    .map(|c| (c.id.clone(), Arc::new(c)))
+                    .collect();
                 app.selected.retain(|id| app.calls.contains_key(id));
                 app.settle_cursor();
             }
             ServerMsg::CallPending { call } | ServerMsg::CallApproval { call } => {
-                app.calls.insert(call.id.clone(), call);
+                app.calls.insert(call.id.clone(), Arc::new(call));
                 app.settle_cursor();
             }
             ServerMsg::CallDecided { call } => {
                 let note = decided_note(&call);
-                leave(app, &call, note);
+                leave(app, call, note);
             }
             ServerMsg::CallExpired { call } => leave(
                 app,
-                &call,
+                call.clone(),
                 format!("{}/{} expired undecided", call.server, call.tool),
             ),
             ServerMsg::CallCancelled { call } => leave(
                 app,
-                &call,
+                call.clone(),
                 format!("{}/{} cancelled by its client", call.server, call.tool),
             ),
             ServerMsg::CallAbandoned { call } => leave(
                 app,
-                &call,
+                call.clone(),
                 format!("{}/{} abandoned after a restart", call.server, call.tool),
             ),
             ServerMsg::Decided { results, .. } => {
@@ -736,6 +771,23 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
 
 /// Apply one action; returns a message for the broker, if the action calls for one.
 pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
+    let out = apply(app, action);
+    app.refresh();
+    out
+}
+
+/// Apply several actions and rebuild the rows once: a burst of arrivals costs one rebuild.
+pub fn update_batch(app: &mut App, actions: Vec<Action>) -> Vec<ClientMsg> {
+    let out = actions.into_iter().filter_map(|a| apply(app, a)).collect();
+    app.refresh();
+    out
+}
+
+fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
+    if matches!(action, Action::Key(_)) {
+        // Keys act on what is on screen.
+        app.refresh();
+    }
     match action {
         Action::Tick(now) => {
             app.now_ms = now;
@@ -800,8 +852,9 @@ pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
                 Command::Reject => app.decide_current(Verdict::Reject),
                 Command::Select => {
                     if let Some(row) = app.current() {
-                        let all_in = row.ids.iter().all(|id| app.selected.contains(id));
-                        for id in row.ids {
+                        let ids = row.ids.clone();
+                        let all_in = ids.iter().all(|id| app.selected.contains(id));
+                        for id in ids {
                             if all_in {
                                 app.selected.remove(&id);
                             } else {
@@ -813,7 +866,11 @@ pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
                     None
                 }
                 Command::SelectAll => {
-                    let ids: Vec<String> = app.rows().into_iter().flat_map(|r| r.ids).collect();
+                    let ids: Vec<String> = app
+                        .rows
+                        .iter()
+                        .flat_map(|r| r.ids.iter().cloned())
+                        .collect();
                     let n = ids.len();
                     app.selected.extend(ids);
                     app.note(format!("{n} calls selected"));
@@ -825,7 +882,7 @@ pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
                     app.grouped = !app.grouped;
                     app.cursor_key = app.current().and_then(|r| {
                         if app.grouped {
-                            Some(r.call.fingerprint)
+                            Some(r.call.fingerprint.clone())
                         } else {
                             r.ids.first().cloned()
                         }
@@ -838,12 +895,12 @@ pub fn update(app: &mut App, action: Action) -> Option<ClientMsg> {
                     None
                 }
                 Command::Mark => {
-                    if let Some(r) = app.current() {
+                    if let Some(call) = app.current().map(|r| Arc::clone(&r.call)) {
                         app.note(format!(
                             "marked {}/{} as the diff reference",
-                            r.call.server, r.call.tool
+                            call.server, call.tool
                         ));
-                        app.marked = Some(r.call);
+                        app.marked = Some(call);
                     }
                     None
                 }

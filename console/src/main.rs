@@ -6,16 +6,7 @@
 //! (`$XDG_CONFIG_HOME/tollgate/console.toml`, or `~/.config/tollgate/console.toml`), which can
 //! also remap keys.
 
-mod app;
-mod cli;
-mod client;
-mod fmt;
-mod keys;
-mod tui;
-mod ui;
-
-#[cfg(test)]
-mod tests;
+use tollgate_console::{cli, client, keys, tui};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -169,7 +169,10 @@ fn view_diff_against_the_most_similar_earlier_call() {
     update(&mut app, key('j'));
     update(&mut app, key('d'));
     assert_eq!(app.view, View::Diff);
-    assert_eq!(app.diff_base().map(|c| c.tool), Some("execute_sql".into()));
+    assert_eq!(
+        app.diff_base().map(|c| c.tool.clone()),
+        Some("execute_sql".into())
+    );
     snap("diff", &app);
 }
 
@@ -266,7 +269,7 @@ fn view_empty_queue() {
 #[test]
 fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
     let mut app = sample();
-    let first = app.current().expect("row").call.id;
+    let first = app.current().expect("row").call.id.clone();
     let sent = update(&mut app, key('a'));
     assert_eq!(
         sent,
@@ -383,7 +386,7 @@ fn new_arrivals_do_not_steal_the_cursor() {
     update(&mut app, key('s'));
     update(&mut app, key('s')); // sort by tool
     update(&mut app, key('j'));
-    let before = app.current().expect("row").call.id;
+    let before = app.current().expect("row").call.id.clone();
     // An earlier-sorting tool arrives above the cursor.
     let mut new = call(900, "alter_table", json!({}), "fp-new");
     new.timings.received_ms = NOW;
@@ -399,7 +402,7 @@ fn new_arrivals_do_not_steal_the_cursor() {
 #[test]
 fn a_call_decided_elsewhere_leaves_with_a_note_saying_by_whom() {
     let mut app = sample();
-    let mut c = app.current().expect("row").call;
+    let mut c = app.current().expect("row").call.as_ref().clone();
     c.outcome = Outcome::Rejected;
     c.reason = Some("not today".into());
     c.decisions.push(Decision {
@@ -475,7 +478,7 @@ fn reconnecting_resyncs_the_queue_from_the_new_snapshot() {
     );
     assert_eq!(app.link, Link::Up);
     assert_eq!(app.calls.len(), 1);
-    assert_eq!(app.current().map(|r| r.call.id), Some(keep.id));
+    assert_eq!(app.current().map(|r| r.call.id.clone()), Some(keep.id));
     // A snapshot after falling behind prunes selections of calls that are gone.
     update(
         &mut app,

@@ -15,7 +15,7 @@ use ratatui::crossterm::terminal::{
 };
 use tokio::sync::mpsc;
 
-use crate::app::{Action, App, update};
+use crate::app::{Action, App, update_batch};
 use crate::client::{self, Settings};
 use crate::keys::KeyMap;
 use crate::ui;
@@ -93,12 +93,21 @@ pub async fn run(settings: Settings, keys: KeyMap) -> Result<()> {
             },
             _ = tick.tick() => Action::Tick(now_ms()),
         };
-        if let Some(msg) = update(&mut app, action)
-            && req_tx.try_send(msg).is_err()
-        {
-            app.waiting = app.waiting.saturating_sub(1);
-            app.notes
-                .push_back("not sent: the broker connection is busy or down; try again".into());
+        // Whatever else has arrived meanwhile is applied with it, so a burst of broker
+        // events costs one rebuild and one frame.
+        let mut actions = vec![action];
+        while actions.len() < 4096 {
+            match ev_rx.try_recv() {
+                Ok(e) => actions.push(Action::Broker(e)),
+                Err(_) => break,
+            }
+        }
+        for msg in update_batch(&mut app, actions) {
+            if req_tx.try_send(msg).is_err() {
+                app.waiting = app.waiting.saturating_sub(1);
+                app.notes
+                    .push_back("not sent: the broker connection is busy or down; try again".into());
+            }
         }
         if app.quit {
             break;

@@ -1,0 +1,174 @@
+//! The console with a huge queue: frame render time and memory with 100 000 pending calls,
+//! against the same measures with 100 calls in the same run.
+//!
+//! The state is built through the console's own `update` (a `Connected` event carrying the
+//! queue, as after connecting to a broker) and drawn by its own `render` into ratatui's
+//! `TestBackend`, so this measures the console's work per frame without a terminal's I/O.
+//!
+//! Run: `cargo bench -p tollgate-bench --bench console`; `TOLLGATE_BENCH_SMOKE=1` for a small run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde_json::json;
+use tollgate_bench::{percentile, rss_mib, us};
+use tollgate_console::app::{Action, App, update};
+use tollgate_console::client::{Event, Me};
+use tollgate_console::keys::KeyMap;
+use tollgate_console::ui;
+use tollgate_shared::console::{Role, ServerMsg};
+use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, RuleRef, Timings};
+
+const NOW: u64 = 1_764_000_000_000;
+
+fn call(n: usize) -> CallRecord {
+    // A realistic mix: most calls are a few runaway loops, the rest all different.
+    let (tool, args, fp) = if n % 10 < 7 {
+        (
+            "delete_row",
+            json!({"table": "sessions", "id": n % 5}),
+            format!("loop-{}", n % 5),
+        )
+    } else {
+        (
+            "execute_sql",
+            json!({"database": "prod", "query": format!("UPDATE accounts SET tier = 'gold' WHERE id = {n}"), "dry_run": false}),
+            format!("fp-{n}"),
+        )
+    };
+    CallRecord {
+        id: format!("01a20000-0000-7000-8000-{n:012}"),
+        outcome: Outcome::Pending,
+        rule: RuleRef {
+            index: 2,
+            name: "writes-need-a-human".into(),
+        },
+        reason: None,
+        client: format!("agent-{}", n % 7),
+        server: "db".into(),
+        tool: tool.into(),
+        request_id: json!(n),
+        session: Some("5f0c2d1e".into()),
+        protocol_version: Some("2025-11-25".into()),
+        arguments: args,
+        timings: Timings {
+            received_ms: NOW - 600_000 + n as u64,
+            decided_ms: NOW,
+            completed_ms: None,
+        },
+        error: None,
+        args_hash: "3b4c".repeat(16),
+        fingerprint: fp,
+        policy_version: "a1b2c3d4e5f6".into(),
+        hold: Some(Hold {
+            mode: HoldMode::Stream,
+            expires_ms: NOW + 600_000,
+            quorum: 1,
+            approvers: vec![],
+            progress_token: None,
+            retried_ms: None,
+        }),
+        decisions: vec![],
+    }
+}
+
+struct Measure {
+    calls: usize,
+    grouped: Vec<Duration>,
+    flat: Vec<Duration>,
+    arrival: Vec<Duration>,
+    rss: f64,
+    process_rss: f64,
+}
+
+fn measure(calls: usize, frames: usize) -> Result<Measure> {
+    let before = rss_mib(std::process::id()).unwrap_or(0.0);
+    let mut app = App::new("ws://bench".into(), KeyMap::default(), false, NOW);
+    let me = Me {
+        identity: "alice".into(),
+        role: Role::Approver,
+        servers: None,
+    };
+    update(
+        &mut app,
+        Action::Broker(Event::Connected(me, (0..calls).map(call).collect())),
+    );
+    let process_rss = rss_mib(std::process::id()).unwrap_or(0.0);
+    let rss = process_rss - before;
+    let mut term = Terminal::new(TestBackend::new(160, 48))?;
+    let mut frame = |app: &App| -> Result<Duration> {
+        let t = Instant::now();
+        term.draw(|f| ui::render(app, f))?;
+        Ok(t.elapsed())
+    };
+    let mut grouped = Vec::with_capacity(frames);
+    for _ in 0..frames {
+        grouped.push(frame(&app)?);
+    }
+    update(
+        &mut app,
+        Action::Key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE)),
+    );
+    assert!(!app.grouped);
+    let mut flat = Vec::with_capacity(frames);
+    for _ in 0..frames {
+        flat.push(frame(&app)?);
+    }
+    let mut arrival = Vec::with_capacity(frames);
+    for i in 0..frames {
+        let t = Instant::now();
+        let c = call(calls + i);
+        update(
+            &mut app,
+            Action::Broker(Event::Message(Box::new(ServerMsg::CallPending { call: c }))),
+        );
+        arrival.push(t.elapsed());
+    }
+    Ok(Measure {
+        calls,
+        grouped,
+        flat,
+        arrival,
+        rss,
+        process_rss,
+    })
+}
+
+fn main() -> Result<()> {
+    let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
+    let (big, frames) = if smoke { (2_000, 5) } else { (100_000, 50) };
+    // The big run first, so its process RSS is not inflated by the small one.
+    let large = measure(big, frames)?;
+    let small = measure(100, frames)?;
+    println!();
+    println!(
+        "console: frame render (160x48, TestBackend) and memory, {frames} frames each{}",
+        if smoke { " [smoke run]" } else { "" }
+    );
+    println!(
+        "| pending calls | grouped frame p50 / p99 | flat frame p50 / p99 | call arrival p50 | state memory | process RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for mut m in [small, large] {
+        let g = (
+            percentile(&mut m.grouped, 50.0),
+            percentile(&mut m.grouped, 99.0),
+        );
+        let f = (percentile(&mut m.flat, 50.0), percentile(&mut m.flat, 99.0));
+        println!(
+            "| {} | {} / {} µs | {} / {} µs | {} µs | {:.1} MiB | {:.1} MiB |",
+            m.calls,
+            us(g.0),
+            us(g.1),
+            us(f.0),
+            us(f.1),
+            us(percentile(&mut m.arrival, 50.0)),
+            m.rss,
+            m.process_rss
+        );
+    }
+    Ok(())
+}
