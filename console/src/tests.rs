@@ -501,3 +501,21 @@ fn quitting_from_a_subview_goes_back_first() {
     update(&mut app, key('q'));
     assert!(app.quit);
 }
+
+#[test]
+fn no_color_draws_without_colours_and_colour_mode_uses_them() {
+    use ratatui::style::Color;
+    let colours = |no_color: bool| {
+        let mut app = sample();
+        app.no_color = no_color;
+        let mut t = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+        t.draw(|f| ui::render(&app, f)).expect("draw");
+        let buf = t.backend().buffer().clone();
+        buf.content()
+            .iter()
+            .filter(|c| c.fg != Color::Reset || c.bg != Color::Reset)
+            .count()
+    };
+    assert_eq!(colours(true), 0);
+    assert!(colours(false) > 0);
+}
