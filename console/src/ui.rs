@@ -202,7 +202,7 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     let wide = area.width >= 120;
     let args_w = area
         .width
-        .saturating_sub(if wide { 75 } else { 52 })
+        .saturating_sub(if wide { 69 } else { 54 })
         .max(10) as usize;
     let header = if wide {
         vec![
@@ -215,7 +215,7 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
             "ARGUMENTS",
         ]
     } else {
-        vec!["", "AGE", "EXP", "SERVER/TOOL", "×", "ARGUMENTS"]
+        vec!["", "AGE", "EXP", "SERVER/TOOL", "CLIENT", "×", "ARGUMENTS"]
     };
     let body: Vec<TableRow> = rows
         .iter()
@@ -245,26 +245,25 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
             };
             let tool = format!("{}/{}", c.server, c.tool);
             let args = args_summary(&c.arguments, args_w);
-            let cells: Vec<Cell> = if wide {
-                vec![
-                    mark.into(),
-                    age.into(),
-                    exp.into(),
-                    tool.into(),
-                    c.client.clone().into(),
-                    count.into(),
-                    args.into(),
-                ]
+            // A group row leads with its rate, so a runaway loop reads as one.
+            let args = if r.count > 1 {
+                let rate = format!("[{:.0}/min] ", r.rate_per_min());
+                format!(
+                    "{rate}{}",
+                    args_summary(&c.arguments, args_w.saturating_sub(rate.len()))
+                )
             } else {
-                vec![
-                    mark.into(),
-                    age.into(),
-                    exp.into(),
-                    tool.into(),
-                    count.into(),
-                    args.into(),
-                ]
+                args
             };
+            let cells: Vec<Cell> = vec![
+                mark.into(),
+                age.into(),
+                exp.into(),
+                tool.into(),
+                c.client.clone().into(),
+                count.into(),
+                args.into(),
+            ];
             let mut row = TableRow::new(cells);
             if r.pattern > 1 {
                 row = row.style(style(app, Look::Warn));
@@ -291,10 +290,11 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     } else {
         vec![
             Constraint::Length(1),
+            Constraint::Length(5),
             Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(24),
-            Constraint::Length(4),
+            Constraint::Length(20),
+            Constraint::Length(9),
+            Constraint::Length(3),
             Constraint::Min(10),
         ]
     };

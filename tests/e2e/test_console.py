@@ -199,7 +199,7 @@ def test_tui_approves_rejects_and_rejects_a_500_call_loop_in_tmux(broker, procs,
     # The loop: clear the filter; grouped by default, the 500 calls are the one row left.
     keys(tmux_session, "/", "C-u", "Enter")
     s = wait_screen(tmux_session, r"500 calls in 1 group")
-    assert re.search(r"›.*everything/echo\s+500\s+message=retry: delete session 7", s), s
+    assert re.search(r"›.*everything/echo\s+agent\s+500\s+\[\d+/min\] message=retry: delete session 7", s), s
     keys(tmux_session, "r")
     wait_screen(tmux_session, r"Reject 500 calls")
     keys(tmux_session, "y")
