@@ -14,7 +14,7 @@ use tollgate_shared::console::{ClientMsg, Refusal, ServerMsg, Target};
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
 use crate::client::{Conn, Settings};
-use crate::fmt::{args_summary, pretty_sorted, short_duration, time};
+use crate::fmt::{args_summary, now_ms, pretty_sorted, short_duration, time};
 
 /// Exit code when a call was not found.
 pub const NOT_FOUND: u8 = 3;
@@ -22,12 +22,6 @@ pub const NOT_FOUND: u8 = 3;
 pub const ALREADY: u8 = 4;
 /// Exit code when the identity may not decide.
 pub const NOT_ALLOWED: u8 = 5;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();

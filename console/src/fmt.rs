@@ -3,6 +3,13 @@
 use serde_json::Value;
 use std::time::{Duration, UNIX_EPOCH};
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A compact age or countdown: `42s`, `3m05s`, `2h04m`, `3d`.
 pub fn short_duration(ms: u64) -> String {
     let s = ms / 1000;

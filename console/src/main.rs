@@ -6,6 +6,7 @@
 //! (`$XDG_CONFIG_HOME/tollgate/console.toml`, or `~/.config/tollgate/console.toml`), which can
 //! also remap keys.
 
+use tollgate_console::fmt::now_ms;
 use tollgate_console::{cli, client, keys, tui};
 
 use std::collections::BTreeMap;
@@ -165,12 +166,6 @@ fn load_config(path: Option<&PathBuf>, explicit: bool) -> Result<FileConfig> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

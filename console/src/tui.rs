@@ -17,14 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::app::{Action, App, update_batch};
 use crate::client::{self, Settings};
+use crate::fmt::now_ms;
 use crate::keys::KeyMap;
 use crate::ui;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Restores the terminal however the loop ends (including a panic).
 struct Restore;
