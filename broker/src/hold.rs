@@ -591,6 +591,7 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
         sse: true,
         modern,
         ticket: None,
+        recovered: true,
     }
 }
 

@@ -135,3 +135,48 @@ def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, e
     assert again_ok.returncode == 0, again_ok.stderr
     bad = broker_cli("audit", "verify", "--data-dir", str(b2.data_dir), "--anchor", "2:" + "0" * 64)
     assert bad.returncode == 1 and "no longer has the anchored hash" in bad.stderr
+
+
+def test_a_stdio_session_is_restored_for_a_held_call_after_kill_9(broker):
+    from conftest import everything_stdio_command, toml_list
+
+    port = free_port()
+    cfg = f"""
+    [broker]
+    keepalive = "300ms"
+    resume_grace = "5s"
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "everything"
+    command = {toml_list(everything_stdio_command())}
+    [[rule]]
+    name = "hold-echo"
+    tools = ["everything/echo"]
+    action = "approve"
+    """
+    b = broker(cfg, listen=f"127.0.0.1:{port}")
+    agent = b.token("agent", "viewer")
+    alice = b.connect(b.token("alice", "approver"))
+    auth = {"authorization": f"Bearer {agent}"}
+    init = post(b.url("everything"), {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25", "accept": "application/json, text/event-stream"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    held = Stream("POST", b.url("everything"), sess, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "survives"}}})
+    call = alice.pending()
+    assert held.first.wait(10)
+    last_id = held.events[0][0]
+
+    b.proc.stop(signal.SIGKILL)
+    held.done.wait(10)
+    b2 = broker(cfg, name="restarted", data_name="broker", listen=f"127.0.0.1:{port}")
+    alice2 = b2.connect(b2.token("alice2", "approver"))
+    assert [c["id"] for c in alice2.snapshot["pending"]] == [call["id"]]
+    resumed = Stream("GET", b2.url("everything"), {**sess, "last-event-id": last_id})
+    assert alice2.decide(call["id"], "approve")[0]["ok"]
+    assert resumed.done.wait(30)
+    [result] = resumed.results()
+    assert result["result"]["content"][0]["text"] == "Echo: survives"
+    # The restored session carries the client's next requests too.
+    more = post(b2.url("everything"), {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get-sum", "arguments": {"a": 2, "b": 3}}}, sess)
+    assert more.status_code == 200 and "5" in more.text, more.text

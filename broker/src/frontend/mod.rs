@@ -410,6 +410,7 @@ async fn post(
         sse,
         modern,
         ticket: None,
+        recovered: false,
     };
     if kind == Kind::Request && jsonrpc::method(&inbound.value) == Some("tools/call") {
         let ctx = CallContext {

@@ -33,6 +33,9 @@ pub struct Inbound {
     pub modern: bool,
     /// For an allowed `tools/call`: the record to complete when the answer is relayed.
     pub ticket: Option<Ticket>,
+    /// A held call recovered after a broker restart: a handshake session that died with the
+    /// broker may be restored to carry it.
+    pub recovered: bool,
 }
 
 /// Strip the CR/LF bytes from a JSON text so it fits on one stdio line. Outside strings they

@@ -209,6 +209,45 @@ impl StdioUpstream {
         Ok(session)
     }
 
+    /// Bring back a handshake session that ended with a previous broker process, so a held call
+    /// recovered from the store can be forwarded on it: a new child, given an `initialize`
+    /// (the call's protocol revision, no client capabilities) and `notifications/initialized`
+    /// before anything else, registered under the old session id so the resuming client's
+    /// later requests find it too.
+    async fn restore_session(&self, id: &str, inbound: &Inbound) -> Result<Arc<Session>, String> {
+        let version = inbound
+            .headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("2025-11-25");
+        let session = self.start_session(Some(id.to_string()), false)?;
+        let init_id = json!("tollgate-restore");
+        let init = json!({
+            "jsonrpc": "2.0",
+            "id": init_id,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "tollgate-broker", "version": env!("CARGO_PKG_VERSION")},
+            }
+        });
+        let initialized =
+            Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}");
+        {
+            let mut st = lock(&session.state);
+            st.internal.insert(jsonrpc::id_key(&init_id));
+            st.init = Some(init.clone());
+            st.initialized = Some(initialized.clone());
+        }
+        if !session.send(Bytes::from(init.to_string())).await || !session.send(initialized).await {
+            return Err("the restored upstream session did not accept its handshake".into());
+        }
+        lock(&self.sessions).insert(id.to_string(), session.clone());
+        tracing::info!(server = %self.name, session = %id, "restored an MCP session for a recovered held call");
+        Ok(session)
+    }
+
     async fn shared_session(&self) -> Result<Arc<Session>, String> {
         let mut shared = self.shared.lock().await;
         match &*shared {
@@ -234,6 +273,10 @@ impl StdioUpstream {
         let session = match (&inbound.session, is_init) {
             (Some(id), _) if !inbound.modern => match self.session(id) {
                 Some(s) => s,
+                None if inbound.recovered => match self.restore_session(id, &inbound).await {
+                    Ok(s) => s,
+                    Err(why) => return self.start_failed(&inbound.value, &why),
+                },
                 None => return session_not_found(&inbound.value),
             },
             (_, true) if !inbound.modern => {
