@@ -55,7 +55,7 @@ pub enum Format {
 pub struct Search {
     /// Only this status: allowed, blocked, pending, approved, rejected, expired, cancelled,
     /// abandoned, rate_limited.
-    #[arg(long, value_parser = parse_outcome)]
+    #[arg(long, value_parser = |s: &str| s.parse::<Outcome>())]
     status: Option<Outcome>,
     /// Only calls to this server.
     #[arg(long)]
@@ -87,12 +87,6 @@ pub struct Search {
     /// Shorthand for --format csv.
     #[arg(long, conflicts_with_all = ["format", "json"])]
     csv: bool,
-}
-
-fn parse_outcome(s: &str) -> Result<Outcome, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        format!("unknown status {s:?} (statuses: allowed, blocked, pending, approved, rejected, expired, cancelled, abandoned, rate_limited)")
-    })
 }
 
 fn open(dir: &Path) -> anyhow::Result<SledBackend> {
@@ -138,14 +132,6 @@ pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn write_entries(
     out: &mut impl Write,
     entries: &[AuditEntry],
@@ -157,59 +143,8 @@ fn write_entries(
                 writeln!(out, "{}", serde_json::to_string(e)?)?;
             }
         }
-        Format::Csv => {
-            writeln!(
-                out,
-                "seq,time,status,client,server,tool,request_id,approvers,rule,reason,args_hash,call_id,hash"
-            )?;
-            for e in entries {
-                let fields = [
-                    e.seq.to_string(),
-                    time(e.at_ms),
-                    e.outcome.to_string(),
-                    e.client.clone(),
-                    e.server.clone(),
-                    e.tool.clone(),
-                    e.request_id.to_string(),
-                    e.approvers.join(" "),
-                    e.rule.name.clone(),
-                    e.reason.clone().or(e.error.clone()).unwrap_or_default(),
-                    e.args_hash.clone(),
-                    e.call_id.clone(),
-                    e.hash.clone(),
-                ];
-                let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                writeln!(out, "{}", row.join(","))?;
-            }
-        }
-        Format::Table => {
-            writeln!(
-                out,
-                "{:>6} {:<20} {:<12} {:<12} {:<28} {:<12} {:<14} REASON",
-                "SEQ", "TIME (UTC)", "STATUS", "CLIENT", "SERVER/TOOL", "BY", "RULE"
-            )?;
-            if entries.is_empty() {
-                writeln!(out, "(no matching audit entries)")?;
-            }
-            for e in entries {
-                writeln!(
-                    out,
-                    "{:>6} {:<20} {:<12} {:<12} {:<28} {:<12} {:<14} {}",
-                    e.seq,
-                    time(e.at_ms),
-                    e.outcome.as_str(),
-                    e.client,
-                    format!("{}/{}", e.server, e.tool),
-                    if e.approvers.is_empty() {
-                        "-".into()
-                    } else {
-                        e.approvers.join(",")
-                    },
-                    e.rule.name,
-                    e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
-                )?;
-            }
-        }
+        Format::Csv => out.write_all(tollgate_shared::audit::csv(entries).as_bytes())?,
+        Format::Table => out.write_all(tollgate_shared::audit::table(entries).as_bytes())?,
     }
     Ok(())
 }

@@ -532,9 +532,7 @@ impl App {
                 Some(("tool", v)) => filter.tool = Some(v.into()),
                 Some(("client", v)) => filter.client = Some(v.into()),
                 Some(("approver", v)) => filter.approver = Some(v.into()),
-                Some(("status", v)) => {
-                    filter.status = serde_json::from_value(serde_json::Value::String(v.into())).ok()
-                }
+                Some(("status", v)) => filter.status = v.parse().ok(),
                 _ => {}
             }
         }

@@ -293,28 +293,6 @@ pub async fn audit(s: &Settings, filter: AuditFilter, json: bool) -> Result<Exit
         print_json(&entries)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:>6}  {:<20}  {:<10}  {:<12}  {:<28}  {:<12}  REASON",
-        "SEQ", "TIME (UTC)", "STATUS", "CLIENT", "SERVER/TOOL", "BY"
-    );
-    for e in &entries {
-        println!(
-            "{:>6}  {:<20}  {:<10}  {:<12}  {:<28}  {:<12}  {}",
-            e.seq,
-            time(e.at_ms),
-            e.outcome.as_str(),
-            e.client,
-            format!("{}/{}", e.server, e.tool),
-            if e.approvers.is_empty() {
-                "-".into()
-            } else {
-                e.approvers.join(",")
-            },
-            e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
-        );
-    }
-    if entries.is_empty() {
-        println!("(no matching audit entries)");
-    }
+    print!("{}", tollgate_shared::audit::table(&entries));
     Ok(ExitCode::SUCCESS)
 }

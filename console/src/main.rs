@@ -103,7 +103,7 @@ enum Cmd {
     Audit {
         /// Only this status (allowed, blocked, pending, approved, rejected, expired, cancelled,
         /// abandoned, rate_limited).
-        #[arg(long, value_parser = parse_outcome)]
+        #[arg(long, value_parser = |s: &str| s.parse::<Outcome>())]
         status: Option<Outcome>,
         /// Only this server.
         #[arg(long)]
@@ -127,11 +127,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_outcome(s: &str) -> Result<Outcome, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown status {s:?}"))
 }
 
 /// The console's config file.

@@ -77,3 +77,119 @@ pub struct AuditFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
 }
+
+/// RFC 3339 UTC time, seconds precision.
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+fn by(e: &AuditEntry, sep: &str) -> String {
+    e.approvers.join(sep)
+}
+
+/// Entries as a table for people (the `audit` commands of both binaries).
+pub fn table(entries: &[AuditEntry]) -> String {
+    let mut out = format!(
+        "{:>6}  {:<20}  {:<12}  {:<12}  {:<28}  {:<12}  {:<14}  REASON\n",
+        "SEQ", "TIME (UTC)", "STATUS", "CLIENT", "SERVER/TOOL", "BY", "RULE"
+    );
+    if entries.is_empty() {
+        out.push_str("(no matching audit entries)\n");
+    }
+    for e in entries {
+        let who = if e.approvers.is_empty() {
+            "-".to_string()
+        } else {
+            by(e, ",")
+        };
+        out.push_str(&format!(
+            "{:>6}  {:<20}  {:<12}  {:<12}  {:<28}  {:<12}  {:<14}  {}\n",
+            e.seq,
+            time(e.at_ms),
+            e.outcome.as_str(),
+            e.client,
+            format!("{}/{}", e.server, e.tool),
+            who,
+            e.rule.name,
+            e.reason.as_deref().or(e.error.as_deref()).unwrap_or("")
+        ));
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Entries as CSV with a header row.
+pub fn csv(entries: &[AuditEntry]) -> String {
+    let mut out = String::from(
+        "seq,time,status,client,server,tool,request_id,approvers,rule,reason,args_hash,call_id,hash\n",
+    );
+    for e in entries {
+        let fields = [
+            e.seq.to_string(),
+            time(e.at_ms),
+            e.outcome.to_string(),
+            e.client.clone(),
+            e.server.clone(),
+            e.tool.clone(),
+            e.request_id.to_string(),
+            by(e, " "),
+            e.rule.name.clone(),
+            e.reason.clone().or(e.error.clone()).unwrap_or_default(),
+            e.args_hash.clone(),
+            e.call_id.clone(),
+            e.hash.clone(),
+        ];
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting_and_table_says_when_empty() {
+        let e = AuditEntry {
+            seq: 1,
+            at_ms: 0,
+            call_id: "c".into(),
+            outcome: Outcome::Rejected,
+            client: "a".into(),
+            server: "s".into(),
+            tool: "t".into(),
+            request_id: serde_json::json!(1),
+            rule: RuleRef {
+                index: 1,
+                name: "r".into(),
+            },
+            reason: Some("no, \"never\"".into()),
+            args_hash: "h".into(),
+            approvers: vec!["bob".into()],
+            error: None,
+            prev_hash: "p".into(),
+            hash: "x".into(),
+        };
+        let text = csv(std::slice::from_ref(&e));
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("\"no, \"\"never\"\"\"")),
+            "{text}"
+        );
+        assert!(table(&[]).contains("(no matching audit entries)"));
+        assert!(table(&[e]).contains("1970-01-01T00:00:00Z  rejected"));
+        assert_eq!("approved".parse::<Outcome>(), Ok(Outcome::Approved));
+        assert!("maybe".parse::<Outcome>().is_err());
+    }
+}

@@ -183,9 +183,13 @@ def test_closing_the_stream_cancels_on_2026_07_28_but_not_before(broker):
 
 def test_typescript_client_waits_past_its_request_timeout_thanks_to_progress(held, everything_http):
     b, agent, alice = held(server_line=f'url = "{everything_http}"')
-    approver = threading.Thread(
-        target=lambda: (time.sleep(3.5), alice.decide(alice.pending()["id"], "approve")), daemon=True
-    )
+    def approve_late():
+        # 3.5 s after the call is held, so the client's wait is measured from its hold.
+        call = alice.pending()
+        time.sleep(3.5)
+        alice.decide(call["id"], "approve")
+
+    approver = threading.Thread(target=approve_late, daemon=True)
     approver.start()
     # A 1.5 s request timeout would fail a 3.5 s wait without the broker's progress keep-alives.
     out = run_ts(
