@@ -17,7 +17,7 @@ def config(everything_http: str) -> str:
     return f"""
     [broker]
     keepalive = "300ms"
-    resume_grace = "3s"
+    resume_grace = "8s"
     [policy]
     default = "allow"
     [[server]]
@@ -110,7 +110,7 @@ def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, e
     [result] = again.results()
     assert result["id"] == 1 and result["result"]["content"][0]["text"] == "Echo: after the crash"
 
-    abandoned = alice2.next("call_abandoned", timeout=15)["call"]
+    abandoned = alice2.next("call_abandoned", timeout=30)["call"]
     assert abandoned["id"] == second["id"] and "after the broker restarted" in abandoned["reason"]
 
     alice2.decide(third["id"], "approve")
@@ -144,7 +144,7 @@ def test_a_stdio_session_is_restored_for_a_held_call_after_kill_9(broker):
     cfg = f"""
     [broker]
     keepalive = "300ms"
-    resume_grace = "5s"
+    resume_grace = "10s"
     [policy]
     default = "allow"
     [[server]]
