@@ -70,8 +70,10 @@ fn call(n: usize) -> CallRecord {
             approvers: vec![],
             progress_token: None,
             retried_ms: None,
+            secrets_withheld: false,
         }),
         decisions: vec![],
+        findings: Vec::new(),
     }
 }
 

@@ -30,6 +30,21 @@ pub struct Config {
     pub auth: Auth,
     /// The rules.
     pub policy: Policy,
+    /// The DLP guard's settings.
+    pub dlp: DlpSettings,
+}
+
+/// `[dlp]`: secret scanning of arguments.
+#[derive(Debug, Clone)]
+pub struct DlpSettings {
+    /// Scan at all (default true).
+    pub enabled: bool,
+    /// Default action on findings.
+    pub action: crate::guards::DlpAction,
+    /// The high-entropy detector, `None` when turned off.
+    pub entropy: Option<crate::guards::dlp::Entropy>,
+    /// Custom detectors: name and regex.
+    pub detectors: Vec<(String, Regex)>,
 }
 
 /// `[broker]`: listeners, storage and limits.
@@ -178,6 +193,25 @@ struct RawConfig {
     server: Vec<Spanned<RawServer>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    dlp: RawDlp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDlp {
+    enabled: Option<bool>,
+    action: Option<Spanned<String>>,
+    entropy: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    detector: Vec<RawDetector>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetector {
+    name: String,
+    regex: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -239,6 +273,7 @@ struct RawRule {
     quorum: Option<Spanned<i64>>,
     #[serde(default)]
     approvers: Vec<String>,
+    dlp: Option<Spanned<String>>,
 }
 
 /// Read and validate a config file.
@@ -338,11 +373,13 @@ impl Validator<'_> {
         let servers = self.servers(raw.server, broker.upstream_timeout);
         let auth = self.auth(mode, raw.client);
         let policy = self.policy(raw.policy, raw.rule, &servers);
+        let dlp = self.dlp(raw.dlp);
         Config {
             broker,
             servers,
             auth,
             policy,
+            dlp,
         }
     }
 
@@ -692,6 +729,9 @@ impl Validator<'_> {
                 Some(w) => self.conditions(index, w),
             };
             let hold = self.hold_terms(index, action, r.expiry, r.hold, r.quorum, r.approvers);
+            let dlp = r
+                .dlp
+                .and_then(|d| self.dlp_action(d, &format!("rule {index}")));
             out.push(Rule {
                 id: RuleRef { index, name },
                 tools,
@@ -699,12 +739,83 @@ impl Validator<'_> {
                 action,
                 reason: r.reason,
                 hold,
+                dlp,
             });
         }
         Policy {
             rules: out,
             default,
             version: String::new(),
+        }
+    }
+
+    fn dlp_action(&mut self, v: Spanned<String>, what: &str) -> Option<crate::guards::DlpAction> {
+        let parsed = crate::guards::DlpAction::parse(v.get_ref());
+        if parsed.is_none() {
+            self.problem(
+                v.span(),
+                format!("{what}: unknown DLP action {:?}", v.get_ref()),
+                Some("use \"deny\", \"approve\" (a person sees the findings, masked) or \"redact\" (forward with secrets replaced)"),
+            );
+        }
+        parsed
+    }
+
+    fn dlp(&mut self, raw: RawDlp) -> DlpSettings {
+        let action = raw
+            .action
+            .and_then(|a| self.dlp_action(a, "[dlp] action"))
+            .unwrap_or(crate::guards::DlpAction::Approve);
+        let entropy = match raw.entropy {
+            None => Some(crate::guards::dlp::Entropy::default()),
+            Some(v) => match v.get_ref() {
+                toml::Value::Boolean(false) => None,
+                toml::Value::Boolean(true) => Some(crate::guards::dlp::Entropy::default()),
+                toml::Value::Table(t) => {
+                    let d = crate::guards::dlp::Entropy::default();
+                    let min_length = t.get("min_length").and_then(toml::Value::as_integer);
+                    let bits = t
+                        .get("bits")
+                        .and_then(|b| b.as_float().or(b.as_integer().map(|i| i as f64)));
+                    let unknown = t.keys().any(|k| k != "min_length" && k != "bits");
+                    if unknown || min_length.is_some_and(|m| m < 8) {
+                        self.problem(
+                            v.span(),
+                            "[dlp] entropy takes min_length (8 or more) and bits".into(),
+                            Some("entropy = { min_length = 40, bits = 4.5 }, or entropy = false"),
+                        );
+                    }
+                    Some(crate::guards::dlp::Entropy {
+                        min_length: min_length.map_or(d.min_length, |m| m.max(8) as usize),
+                        bits: bits.unwrap_or(d.bits),
+                    })
+                }
+                _ => {
+                    self.problem(
+                        v.span(),
+                        "[dlp] entropy must be a table or false".into(),
+                        Some("entropy = { min_length = 40, bits = 4.5 }, or entropy = false"),
+                    );
+                    None
+                }
+            },
+        };
+        let mut detectors = Vec::new();
+        for d in raw.detector {
+            match Regex::new(d.regex.get_ref()) {
+                Ok(r) => detectors.push((d.name, r)),
+                Err(e) => self.problem(
+                    d.regex.span(),
+                    format!("[[dlp.detector]] {:?}: bad regex: {e}", d.name),
+                    Some("regexes use Rust regex syntax; escape backslashes in TOML strings or use '...' literal strings"),
+                ),
+            }
+        }
+        DlpSettings {
+            enabled: raw.enabled.unwrap_or(true),
+            action,
+            entropy,
+            detectors,
         }
     }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Timings};
 
 use crate::fingerprint;
+use crate::guards::DlpAction;
 use crate::jsonrpc;
 use crate::policy::{Action, CallView, Policy, Verdict};
 use crate::queue::{Queue, Waiting};
@@ -109,12 +110,16 @@ pub struct Held {
     pub waiting: Waiting,
     /// Set when the client waits by polling a task.
     pub task: Option<crate::tasks::Flavor>,
+    /// DLP rewrote the request's arguments: re-serialise it before forwarding.
+    pub rewritten: bool,
 }
 
 /// A forwarded call whose completion is still to be recorded.
 pub struct Ticket {
     record: Option<Box<CallRecord>>,
     recorder: Recorder,
+    /// DLP rewrote the request's arguments: re-serialise it before forwarding.
+    pub rewritten: bool,
 }
 
 impl Ticket {
@@ -162,14 +167,17 @@ pub struct Gateway {
     pub default_expiry: Duration,
     /// How long an approved retry-mode call may be repeated to run.
     pub retry_ttl: Duration,
+    /// The DLP guard, unless `[dlp] enabled = false`.
+    pub dlp: Option<crate::guards::Dlp>,
 }
 
 impl Gateway {
     /// Decide one `tools/call` request.
+    /// DLP may rewrite `request` (`redact`): the caller forwards what it holds afterwards.
     pub async fn intercept(
         &self,
         ctx: &CallContext,
-        request: &Value,
+        request: &mut Value,
         received_ms: u64,
     ) -> Intercept {
         let id = jsonrpc::id(request);
@@ -200,8 +208,21 @@ impl Gateway {
             arguments,
             annotations: annotations.as_ref(),
         };
-        let verdict = self.policy.evaluate(&view);
-        let args_hash = fingerprint::args_hash(arguments);
+        let mut verdict = self.policy.evaluate(&view);
+        // DLP: the stored, audited and displayed arguments never hold the secrets found.
+        let mut findings = Vec::new();
+        let mut stored_args = arguments.clone();
+        let mut dlp_action = None;
+        if let Some(dlp) = &self.dlp {
+            findings = dlp.scanner.scan(arguments);
+            if !findings.is_empty() {
+                dlp.scanner.redact(&mut stored_args);
+                dlp_action = Some(verdict.dlp.unwrap_or(dlp.action));
+            }
+        }
+        let tool = tool.to_string();
+        let tool = tool.as_str();
+        let args_hash = fingerprint::args_hash(&stored_args);
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
         let _enter = span.enter();
         let mut record = CallRecord {
@@ -215,7 +236,7 @@ impl Gateway {
             request_id: id.clone(),
             session: ctx.session.clone(),
             protocol_version: ctx.protocol_version.clone(),
-            arguments: arguments.clone(),
+            arguments: stored_args.clone(),
             timings: Timings {
                 received_ms,
                 decided_ms: now_ms(),
@@ -227,7 +248,61 @@ impl Gateway {
             policy_version: self.policy.version.clone(),
             hold: None,
             decisions: Vec::new(),
+            findings,
         };
+        let mut withheld = false;
+        let mut rewritten = false;
+        if let Some(action) = dlp_action
+            && verdict.action != Action::Deny
+        {
+            let what: Vec<String> = record
+                .findings
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} at {} ({})",
+                        f.detector,
+                        if f.path.is_empty() { "/" } else { &f.path },
+                        f.masked
+                    )
+                })
+                .collect();
+            let what = what.join(", ");
+            match action {
+                DlpAction::Deny => {
+                    tracing::info!(
+                        findings = record.findings.len(),
+                        "blocked: secrets in arguments"
+                    );
+                    record.outcome = Outcome::Blocked;
+                    record.reason = Some(format!("secrets in arguments: {what}"));
+                    self.recorder.record(record).await;
+                    let text = format!(
+                        "Tollgate blocked this call to {}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again.",
+                        ctx.server
+                    );
+                    return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+                }
+                DlpAction::Redact => {
+                    if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
+                        params.insert("arguments".into(), stored_args.clone());
+                        rewritten = true;
+                    }
+                    record.reason = Some(format!("secrets redacted before forwarding: {what}"));
+                }
+                DlpAction::Approve => {
+                    withheld = true;
+                    if verdict.action == Action::Allow {
+                        verdict.action = Action::Approve;
+                        verdict.hold = crate::policy::HoldTerms {
+                            quorum: 1,
+                            ..Default::default()
+                        };
+                    }
+                    record.reason = Some(format!("secrets in arguments: {what}"));
+                }
+            }
+        }
         match verdict.action {
             Action::Allow => {
                 tracing::info!("allowed");
@@ -235,6 +310,7 @@ impl Gateway {
                 Intercept::Forward(Ticket {
                     record: Some(Box::new(record)),
                     recorder: self.recorder.clone(),
+                    rewritten,
                 })
             }
             Action::Deny => {
@@ -252,7 +328,13 @@ impl Gateway {
                 self.recorder.record(record).await;
                 Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
             }
-            Action::Approve => self.hold(ctx, request, record, &verdict).await,
+            Action::Approve => {
+                let mut held = self.hold(ctx, request, record, &verdict, withheld).await;
+                if let Intercept::Hold(h) = &mut held {
+                    h.rewritten = rewritten;
+                }
+                held
+            }
         }
     }
 }
@@ -262,6 +344,7 @@ impl Gateway {
         Intercept::Forward(Ticket {
             record: Some(Box::new(record)),
             recorder: self.recorder.clone(),
+            rewritten: false,
         })
     }
 
@@ -271,6 +354,7 @@ impl Gateway {
         request: &Value,
         mut record: CallRecord,
         verdict: &Verdict,
+        secrets_withheld: bool,
     ) -> Intercept {
         let id = record.request_id.clone();
         let call = format!("{}/{}", record.server, record.tool);
@@ -308,6 +392,7 @@ impl Gateway {
             approvers: verdict.hold.approvers.clone(),
             progress_token: request.pointer("/params/_meta/progressToken").cloned(),
             retried_ms: None,
+            secrets_withheld,
         });
         let waiting = match self.queue.hold(record.clone()).await {
             Ok(w) => w,
@@ -332,6 +417,7 @@ impl Gateway {
             record,
             waiting,
             task,
+            rewritten: false,
         }))
     }
 }

@@ -12,6 +12,7 @@ mod console_api;
 mod fingerprint;
 mod frontend;
 mod gateway;
+mod guards;
 mod hold;
 mod jsonrpc;
 mod policy;

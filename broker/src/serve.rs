@@ -113,6 +113,10 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         queue: queue.clone(),
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
+        dlp: config.dlp.enabled.then(|| crate::guards::Dlp {
+            scanner: crate::guards::dlp::Scanner::new(config.dlp.entropy, &config.dlp.detectors),
+            action: config.dlp.action,
+        }),
     };
     let fe = Arc::new(Frontend::new(
         &config,
@@ -221,8 +225,14 @@ async fn recover(
         let upstream = upstreams.get(&record.server).cloned();
         let id = record.id.clone();
         let waiting = queue.admit(record.clone());
+        let withheld = record.hold.as_ref().is_some_and(|h| h.secrets_withheld);
         match (mode, upstream) {
             (HoldMode::Retry, _) => {}
+            (_, _) if withheld => {
+                queue
+                    .close(&id, Outcome::Abandoned, Some("its arguments held secrets, which the store never keeps, so it cannot be forwarded after a restart".into()))
+                    .await;
+            }
             (_, None) => {
                 queue
                     .close(

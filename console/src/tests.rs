@@ -50,8 +50,10 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
             approvers: vec![],
             progress_token: None,
             retried_ms: None,
+            secrets_withheld: false,
         }),
         decisions: vec![],
+        findings: Vec::new(),
     }
 }
 
@@ -93,10 +95,16 @@ fn sample() -> App {
         call(
             3,
             "transfer",
-            json!({"to": "acct-991", "amount": 50000, "memo": "Q3 vendor payment"}),
+            json!({"to": "acct-991", "amount": 50000, "memo": "Q3 vendor payment", "api_key": "[REDACTED:secret_field]"}),
             "fp-wire",
         ),
     ];
+    // The DLP guard found a secret in the transfer; the console only ever sees it masked.
+    pending[2].findings.push(tollgate_shared::Finding {
+        detector: "secret_field".into(),
+        path: "/api_key".into(),
+        masked: "sk_l…9dc2 (32 chars)".into(),
+    });
     for i in 0..500 {
         pending.push(call(
             10 + i,

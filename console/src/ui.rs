@@ -255,6 +255,12 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
             } else {
                 args
             };
+            // DLP findings lead the line: the approver sees there is a secret before opening it.
+            let args = if c.findings.is_empty() {
+                args
+            } else {
+                format!("[secret] {args}")
+            };
             let cells: Vec<Cell> = vec![
                 mark.into(),
                 age.into(),
@@ -396,6 +402,17 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
             app,
             "needs",
             format!("{} approval(s) from {who}; waits as {:?}", h.quorum, h.mode).to_lowercase(),
+        ));
+    }
+    for f in &c.findings {
+        lines.push(Line::styled(
+            format!(
+                "secret    {} at {} ({}); shown redacted below",
+                f.detector,
+                if f.path.is_empty() { "/" } else { &f.path },
+                f.masked
+            ),
+            style(app, Look::Bad),
         ));
     }
     for d in &c.decisions {

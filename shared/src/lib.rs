@@ -144,6 +144,21 @@ pub struct CallRecord {
     /// rejection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<Decision>,
+    /// Secrets the DLP guard found (masked); when present, `arguments` are stored redacted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+}
+
+/// A secret found in a call's arguments by the DLP guard. The secret itself is never kept:
+/// only where it was and a masked excerpt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Which detector matched (`aws_access_key`, `jwt`, `secret_field`, a custom name, ...).
+    pub detector: String,
+    /// JSON pointer into the arguments (`""` for the whole object).
+    pub path: String,
+    /// First and last characters and the length, e.g. `AKIA…MPLE (20 chars)`.
+    pub masked: String,
 }
 
 /// How a held call waits for its decision.
@@ -176,6 +191,10 @@ pub struct Hold {
     /// Retry mode: when the approved call was repeated and let through (it runs only once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_ms: Option<u64>,
+    /// The stored arguments are redacted but the call forwards the originals (DLP `approve`):
+    /// only the waiting request holds them, so the call cannot be forwarded after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secrets_withheld: bool,
 }
 
 /// Approve or reject.
@@ -239,12 +258,18 @@ mod tests {
                 approvers: vec!["role:dba".into()],
                 progress_token: Some(serde_json::json!("p")),
                 retried_ms: None,
+                secrets_withheld: false,
             }),
             decisions: vec![Decision {
                 by: "bob".into(),
                 verdict: Verdict::Approve,
                 reason: None,
                 at_ms: 3,
+            }],
+            findings: vec![Finding {
+                detector: "jwt".into(),
+                path: "/token".into(),
+                masked: "eyJh…R8U (91 chars)".into(),
             }],
         };
         let text = serde_json::to_string(&record).expect("serialize");

@@ -421,10 +421,13 @@ async fn post(
         };
         match fe
             .gateway
-            .intercept(&ctx, &inbound.value, received_ms)
+            .intercept(&ctx, &mut inbound.value, received_ms)
             .await
         {
             Intercept::Forward(t) => {
+                if t.rewritten {
+                    inbound.raw = bytes::Bytes::from(inbound.value.to_string());
+                }
                 // A task-augmented call that policy allows still gets its task (2025-11-25
                 // clients were told every tool may run as one); the broker runs it at once.
                 if !modern && tasks::requested(&inbound.value, false).is_some() {
@@ -445,6 +448,9 @@ async fn post(
             }
             Intercept::Respond(answer) => return json_response(StatusCode::OK, &answer, None),
             Intercept::Hold(held) => {
+                if held.rewritten {
+                    inbound.raw = bytes::Bytes::from(inbound.value.to_string());
+                }
                 if let Some(flavor) = held.task {
                     return start_task(fe, held.record, held.waiting, inbound, upstream, flavor);
                 }

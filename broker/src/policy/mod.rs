@@ -108,6 +108,9 @@ pub struct Rule {
     pub reason: Option<String>,
     /// For `approve`: how the call waits and who decides.
     pub hold: HoldTerms,
+    /// What happens when the DLP guard finds secrets in a call this rule matches (overrides
+    /// `[dlp] action`).
+    pub dlp: Option<crate::guards::DlpAction>,
 }
 
 /// How a call held by a rule waits, and who may decide it.
@@ -158,6 +161,8 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// How a held call waits (meaningful for `approve`).
     pub hold: HoldTerms,
+    /// The rule's DLP action, if it sets one.
+    pub dlp: Option<crate::guards::DlpAction>,
 }
 
 impl Policy {
@@ -170,6 +175,7 @@ impl Policy {
                     rule: rule.id.clone(),
                     reason: rule.reason.clone(),
                     hold: rule.hold.clone(),
+                    dlp: rule.dlp,
                 };
             }
         }
@@ -184,6 +190,7 @@ impl Policy {
                 quorum: 1,
                 ..HoldTerms::default()
             },
+            dlp: None,
         }
     }
 }
@@ -259,6 +266,7 @@ mod tests {
     fn rule(index: usize, tools: &[&str], when: Vec<Condition>, action: Action) -> Rule {
         Rule {
             hold: HoldTerms::default(),
+            dlp: None,
             id: RuleRef {
                 index,
                 name: format!("rule {index}"),

@@ -528,8 +528,10 @@ pub fn sample_call(n: usize) -> CallRecord {
             approvers: Vec::new(),
             progress_token: None,
             retried_ms: None,
+            secrets_withheld: false,
         }),
         decisions: Vec::new(),
+        findings: Vec::new(),
     }
 }
 

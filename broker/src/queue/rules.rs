@@ -178,8 +178,10 @@ mod tests {
                 approvers: approvers.iter().map(|s| s.to_string()).collect(),
                 progress_token: None,
                 retried_ms: None,
+                secrets_withheld: false,
             }),
             decisions: vec![],
+            findings: Vec::new(),
         }
     }
 

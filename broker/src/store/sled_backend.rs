@@ -444,8 +444,10 @@ mod tests {
                 approvers: vec![],
                 progress_token: None,
                 retried_ms: None,
+                secrets_withheld: false,
             }),
             decisions: vec![],
+            findings: Vec::new(),
         }
     }
 

@@ -1,0 +1,502 @@
+//! DLP: finding secrets in tool arguments before anyone else sees them.
+//!
+//! [`Scanner::scan`] walks every string of the arguments at any depth (object values, array
+//! items, and object keys' values by name) and reports each [`Finding`] with the JSON pointer
+//! where it was found and a masked excerpt; the secret itself never leaves this module except
+//! through [`redact`], which replaces it in place. Detectors: cloud keys (AWS, GCP, Azure),
+//! GitHub/GitLab/Slack/Stripe tokens, private key blocks, JWTs, passwords in URLs, credit card
+//! numbers (Luhn-checked), fields named like secrets, high-entropy strings, and custom regexes
+//! from the config. A secret split over several values of one object is found by also scanning
+//! the object's string values joined together.
+
+use regex::Regex;
+use serde_json::Value;
+use tollgate_shared::Finding;
+
+/// A detector: a name and how to find its secrets in a string.
+struct Detector {
+    name: String,
+    regex: Regex,
+    /// Capture group holding the secret (0: the whole match).
+    group: usize,
+    /// Digits must pass the Luhn check (card numbers).
+    luhn: bool,
+}
+
+/// The high-entropy detector's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entropy {
+    /// Shortest run of token characters considered.
+    pub min_length: usize,
+    /// Shannon entropy (bits per character) at or above which a run is reported.
+    pub bits: f64,
+}
+
+impl Default for Entropy {
+    fn default() -> Entropy {
+        // Hex digests and UUIDs stay below 4 bits per character; random base64 of 40+
+        // characters is above 5.
+        Entropy {
+            min_length: 40,
+            bits: 4.5,
+        }
+    }
+}
+
+/// All detectors, compiled once.
+pub struct Scanner {
+    detectors: Vec<Detector>,
+    entropy: Option<Entropy>,
+    token: Regex,
+    secret_field: Regex,
+}
+
+fn re(s: &str) -> Regex {
+    // The built-in patterns are constants checked by the tests below.
+    Regex::new(s).unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| unreachable!()))
+}
+
+const BUILT_IN: [(&str, &str, usize, bool); 13] = [
+    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0, false),
+    (
+        "aws_secret_key",
+        r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?([A-Za-z0-9/+=]{40})\b",
+        1,
+        false,
+    ),
+    ("gcp_api_key", r"\bAIza[0-9A-Za-z\-_]{35}\b", 0, false),
+    (
+        "azure_storage_key",
+        r"AccountKey=([A-Za-z0-9+/=]{86,88})",
+        1,
+        false,
+    ),
+    (
+        "github_token",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        0,
+        false,
+    ),
+    ("gitlab_token", r"\bglpat-[A-Za-z0-9\-_]{20,}\b", 0, false),
+    ("slack_token", r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b", 0, false),
+    (
+        "slack_webhook",
+        r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+",
+        0,
+        false,
+    ),
+    (
+        "stripe_key",
+        r"\b(?:sk|rk)_live_[0-9a-zA-Z]{24,}\b",
+        0,
+        false,
+    ),
+    (
+        "private_key",
+        r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----)?",
+        0,
+        false,
+    ),
+    (
+        "jwt",
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        0,
+        false,
+    ),
+    (
+        "url_password",
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@",
+        1,
+        false,
+    ),
+    ("credit_card", r"\b(?:\d[ -]?){12,18}\d\b", 0, true),
+];
+
+fn luhn(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                *d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+fn shannon(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in s.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = *c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// What the masked form of a secret shows: its first and last 4 characters when it is long
+/// enough that this gives nothing useful away, else only stars.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() >= 16 {
+        let head: String = chars[..4].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{head}…{tail} ({} chars)", chars.len())
+    } else {
+        format!("{} ({} chars)", "*".repeat(chars.len().min(8)), chars.len())
+    }
+}
+
+/// A secret's place in one string.
+struct Hit {
+    detector: String,
+    start: usize,
+    end: usize,
+}
+
+impl Scanner {
+    /// Built-in detectors, the entropy detector (`None` turns it off) and custom `(name, regex)`
+    /// detectors.
+    pub fn new(entropy: Option<Entropy>, custom: &[(String, Regex)]) -> Scanner {
+        let mut detectors: Vec<Detector> = BUILT_IN
+            .iter()
+            .map(|(name, pattern, group, luhn)| Detector {
+                name: (*name).into(),
+                regex: re(pattern),
+                group: *group,
+                luhn: *luhn,
+            })
+            .collect();
+        detectors.extend(custom.iter().map(|(name, regex)| Detector {
+            name: name.clone(),
+            regex: regex.clone(),
+            group: 0,
+            luhn: false,
+        }));
+        Scanner {
+            detectors,
+            entropy,
+            token: re(r"[A-Za-z0-9+/=_\-]+"),
+            secret_field: re(
+                r"(?i)^(?:password|passwd|pwd|secret|client_secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|credentials?)$",
+            ),
+        }
+    }
+
+    fn hits(&self, s: &str) -> Vec<Hit> {
+        let mut out: Vec<Hit> = Vec::new();
+        for d in &self.detectors {
+            for caps in d.regex.captures_iter(s) {
+                let Some(m) = caps.get(d.group) else { continue };
+                if d.luhn && !luhn(m.as_str()) {
+                    continue;
+                }
+                out.push(Hit {
+                    detector: d.name.clone(),
+                    start: m.start(),
+                    end: m.end(),
+                });
+            }
+        }
+        if let Some(e) = self.entropy {
+            for m in self.token.find_iter(s) {
+                if m.as_str().len() >= e.min_length
+                    && shannon(m.as_str()) >= e.bits
+                    && !out.iter().any(|h| h.start < m.end() && m.start() < h.end)
+                {
+                    out.push(Hit {
+                        detector: "high_entropy".into(),
+                        start: m.start(),
+                        end: m.end(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+        // Keep the first (longest) hit of overlapping ones.
+        let mut kept: Vec<Hit> = Vec::new();
+        for h in out {
+            if kept.last().is_none_or(|k| h.start >= k.end) {
+                kept.push(h);
+            }
+        }
+        kept
+    }
+
+    /// Every secret in the arguments.
+    pub fn scan(&self, args: &Value) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.walk(args, &mut String::new(), &mut out);
+        out
+    }
+
+    fn walk(&self, v: &Value, path: &mut String, out: &mut Vec<Finding>) {
+        match v {
+            Value::String(s) => {
+                for h in self.hits(s) {
+                    out.push(Finding {
+                        detector: h.detector,
+                        path: path.clone(),
+                        masked: mask(&s[h.start..h.end]),
+                    });
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("/{i}"));
+                    self.walk(item, path, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    if let Value::String(s) = item
+                        && !s.is_empty()
+                        && !s.starts_with("[REDACTED:")
+                        && self.secret_field.is_match(k)
+                        && !self
+                            .hits(s)
+                            .iter()
+                            .any(|h| h.start == 0 && h.end == s.len())
+                    {
+                        out.push(Finding {
+                            detector: "secret_field".into(),
+                            path: path.clone(),
+                            masked: mask(s),
+                        });
+                    }
+                    self.walk(item, path, out);
+                    path.truncate(len);
+                }
+                // A secret split over two neighbouring string values of this object.
+                let parts: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+                for pair in parts.windows(2) {
+                    let joined = pair.concat();
+                    for h in self.hits(&joined) {
+                        if h.start < pair[0].len() && h.end > pair[0].len() {
+                            out.push(Finding {
+                                detector: format!("{} (split across keys)", h.detector),
+                                path: path.clone(),
+                                masked: mask(&joined[h.start..h.end]),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace every secret in the arguments with `[REDACTED:<detector>]`; a secret split over
+    /// several values blanks each value it touches. Returns how many were replaced.
+    pub fn redact(&self, args: &mut Value) -> usize {
+        match args {
+            Value::String(s) => {
+                let hits = self.hits(s);
+                for h in hits.iter().rev() {
+                    s.replace_range(h.start..h.end, &format!("[REDACTED:{}]", h.detector));
+                }
+                hits.len()
+            }
+            Value::Array(items) => items.iter_mut().map(|i| self.redact(i)).sum(),
+            Value::Object(map) => {
+                let mut n = 0;
+                let keys: Vec<String> = map.keys().cloned().collect();
+                for k in &keys {
+                    if let Some(item) = map.get_mut(k) {
+                        if let Value::String(s) = item
+                            && !s.is_empty()
+                            && self.secret_field.is_match(k)
+                        {
+                            *item = Value::String("[REDACTED:secret_field]".into());
+                            n += 1;
+                            continue;
+                        }
+                        n += self.redact(item);
+                    }
+                }
+                let parts: Vec<(String, String)> = map
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .collect();
+                for pair in parts.windows(2) {
+                    let joined = format!("{}{}", pair[0].1, pair[1].1);
+                    let cut = pair[0].1.len();
+                    if let Some(h) = self
+                        .hits(&joined)
+                        .into_iter()
+                        .find(|h| h.start < cut && h.end > cut)
+                    {
+                        for (k, _) in pair {
+                            map.insert(
+                                k.clone(),
+                                Value::String(format!("[REDACTED:{}]", h.detector)),
+                            );
+                        }
+                        n += 1;
+                    }
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scanner() -> Scanner {
+        Scanner::new(
+            Some(Entropy::default()),
+            &[(
+                "internal_token".into(),
+                Regex::new(r"itk_[a-z0-9]{16}").expect("regex"),
+            )],
+        )
+    }
+
+    fn detectors(v: Value) -> Vec<String> {
+        scanner().scan(&v).into_iter().map(|f| f.detector).collect()
+    }
+
+    #[test]
+    fn built_in_patterns_compile() {
+        for (name, pattern, ..) in BUILT_IN {
+            assert!(Regex::new(pattern).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn each_detector_finds_its_secret() {
+        let cases = [
+            ("aws_access_key", "key AKIAIOSFODNN7EXAMPLE here"),
+            (
+                "aws_secret_key",
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            ),
+            ("gcp_api_key", "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI"),
+            (
+                "azure_storage_key",
+                "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;",
+            ),
+            ("github_token", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+            ("gitlab_token", "glpat-xxxxxxxxxxxxxxxxxxxx"),
+            ("slack_token", "xoxb-1234567890-abcdefghij"),
+            (
+                "slack_webhook",
+                "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            ),
+            ("stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+            (
+                "private_key",
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+            ),
+            (
+                "jwt",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            ),
+            (
+                "url_password",
+                "postgres://admin:hunter2@db.internal:5432/app",
+            ),
+            ("credit_card", "card 4111 1111 1111 1111 exp 12/29"),
+            (
+                "high_entropy",
+                "token Zx8Kq2LmN9pR4sT7vW1yB3dF6gH0jK5nQ8rU2wX4zA7cE9",
+            ),
+            ("internal_token", "itk_0123456789abcdef"),
+        ];
+        for (want, text) in cases {
+            let got = detectors(json!({"value": text}));
+            assert!(got.iter().any(|d| d == want), "{want}: {got:?} in {text:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_values_are_not_secrets() {
+        for text in [
+            "SELECT * FROM orders WHERE id = 4111",
+            "0190c1a2-0000-7000-8000-000000000000",
+            "3b4c9d2a41c07be3f5e1ab23cd45ef67890a1b2c3d4e5f60718293a4b5c6d7e8",
+            "https://example.com/path?q=1",
+            "card 4111 1111 1111 1112",
+            "the quick brown fox jumps over the lazy dog",
+        ] {
+            assert!(detectors(json!({"value": text})).is_empty(), "{text}");
+        }
+        assert!(detectors(json!({"password": ""})).is_empty());
+    }
+
+    #[test]
+    fn secrets_are_found_deep_in_arrays_by_field_name_and_split_across_keys() {
+        let v = json!({"a": [{"b": {"c": ["x", "AKIAIOSFODNN7EXAMPLE"]}}]});
+        let f = scanner().scan(&v);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].detector.as_str(), f[0].path.as_str()),
+            ("aws_access_key", "/a/0/b/c/1")
+        );
+        let f = scanner().scan(&json!({"db": {"password": "hunter2"}}));
+        assert_eq!(
+            (f[0].detector.as_str(), f[0].path.as_str()),
+            ("secret_field", "/db/password")
+        );
+        let split = scanner().scan(&json!({"part1": "AKIAIOSF", "part2": "ODNN7EXAMPLE"}));
+        assert!(
+            split
+                .iter()
+                .any(|f| f.detector == "aws_access_key (split across keys)"),
+            "{split:?}"
+        );
+    }
+
+    #[test]
+    fn masks_and_redaction_never_show_the_secret() {
+        let secret = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+        let mut v = json!({"note": format!("use {secret} please"), "nested": [{"password": "hunter2"}], "a": "AKIAIOSF", "b": "ODNN7EXAMPLE"});
+        let f = scanner().scan(&v);
+        for finding in &f {
+            assert!(
+                !finding.masked.contains(secret) && !finding.masked.contains("hunter2"),
+                "{finding:?}"
+            );
+        }
+        assert_eq!(mask(secret), "ghp_…8B4a (40 chars)");
+        let n = scanner().redact(&mut v);
+        assert!(n >= 3);
+        let text = v.to_string();
+        assert!(
+            !text.contains(secret) && !text.contains("hunter2") && !text.contains("ODNN7EXAMPLE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("use [REDACTED:github_token] please"),
+            "{text}"
+        );
+        assert!(
+            scanner().scan(&v).is_empty(),
+            "redacted arguments scan clean: {text}"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! Guards: automated checks that run before policy, so people only judge intent.
+//!
+//! [`dlp`] finds secrets in arguments. What happens to a call with findings is decided by the
+//! matching rule's `dlp` key, else `[dlp] action`: refuse it, hold it for a person (who sees the
+//! findings masked), or forward it with the secrets replaced. Whatever the action, the stored
+//! record, the audit trail and the console only ever see redacted arguments.
+
+pub mod dlp;
+
+/// What to do with a call whose arguments hold secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlpAction {
+    /// Refuse it, naming the findings (masked).
+    Deny,
+    /// Hold it for a person, who sees the findings masked.
+    Approve,
+    /// Forward it with the secrets replaced by `[REDACTED:<detector>]`.
+    Redact,
+}
+
+impl DlpAction {
+    /// Parse the config spelling.
+    pub fn parse(s: &str) -> Option<DlpAction> {
+        match s {
+            "deny" => Some(DlpAction::Deny),
+            "approve" => Some(DlpAction::Approve),
+            "redact" => Some(DlpAction::Redact),
+            _ => None,
+        }
+    }
+}
+
+/// The DLP guard as configured: detectors and the default action.
+pub struct Dlp {
+    /// The detectors.
+    pub scanner: dlp::Scanner,
+    /// What happens unless the matching rule says otherwise.
+    pub action: DlpAction,
+}

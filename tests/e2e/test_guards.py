@@ -1,0 +1,108 @@
+"""Guards before humans: the DLP guard finds secrets in tool arguments and, per rule, refuses
+the call, forwards it with the secrets replaced, or holds it for a person who sees them masked;
+the secret never reaches the broker's log, its store or the console."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import anyio
+import httpx2 as httpx
+from mcp import Client
+
+from conftest import everything_stdio_command, toml_list
+
+SECRET = "AKIAIOSFODNN7EXAMPLE"
+GH = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
+
+
+def config() -> str:
+    return f"""
+    [broker]
+    keepalive = "300ms"
+    [dlp]
+    action = "deny"
+    [[dlp.detector]]
+    name = "internal_token"
+    regex = 'itk_[a-z0-9]{{16}}'
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "everything"
+    command = {toml_list(everything_stdio_command())}
+    [[rule]]
+    name = "sums-redact"
+    tools = ["everything/get-sum"]
+    action = "allow"
+    [[rule]]
+    name = "echo-redacts"
+    tools = ["everything/echo"]
+    when = {{ arg = "/message", matches = "^redact" }}
+    action = "allow"
+    dlp = "redact"
+    [[rule]]
+    name = "echo-asks"
+    tools = ["everything/echo"]
+    when = {{ arg = "/message", matches = "^ask" }}
+    action = "allow"
+    dlp = "approve"
+    """
+
+
+def call(url: str, token: str, tool: str, args: dict):
+    async def run():
+        from mcp.client.streamable_http import streamable_http_client
+
+        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        async with Client(streamable_http_client(url, http_client=http)) as c:
+            return await c.call_tool(tool, args)
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    fut = pool.submit(anyio.run, run)
+    pool.shutdown(wait=False)
+    return fut
+
+
+def test_dlp_denies_redacts_or_holds_and_the_secret_goes_nowhere(broker):
+    b = broker(config())
+    agent = b.token("agent", "viewer")
+    alice = b.connect(b.token("alice", "approver"))
+    url = b.url("everything")
+
+    denied = call(url, agent, "echo", {"message": f"deploy with key {SECRET}"}).result(30)
+    assert denied.is_error is True
+    text = denied.content[0].text
+    assert "contain secrets" in text and "aws_access_key at /message (AKIA…MPLE (20 chars))" in text
+    assert SECRET not in text
+
+    custom = call(url, agent, "echo", {"message": "token itk_0123456789abcdef"}).result(30)
+    assert custom.is_error is True and "internal_token" in custom.content[0].text
+
+    redacted = call(url, agent, "echo", {"message": f"redact {GH} now"}).result(30)
+    assert redacted.is_error is not True
+    assert redacted.content[0].text == "Echo: redact [REDACTED:github_token] now"
+
+    held = call(url, agent, "echo", {"message": f"ask about {SECRET}", "nested": [{"password": "hunter2"}]})
+    pending = alice.pending()
+    assert pending["arguments"]["message"] == "ask about [REDACTED:aws_access_key]"
+    assert pending["arguments"]["nested"] == [{"password": "[REDACTED:secret_field]"}]
+    assert {f["detector"] for f in pending["findings"]} == {"aws_access_key", "secret_field"}
+    assert all(SECRET not in f["masked"] and "hunter2" not in f["masked"] for f in pending["findings"])
+    alice.decide(pending["id"], "approve")
+    # Approved, the upstream gets the arguments as the agent sent them.
+    assert held.result(30).content[0].text == f"Echo: ask about {SECRET}"
+
+    clean = call(url, agent, "get-sum", {"a": 1, "b": 2}).result(30)
+    assert clean.is_error is not True
+
+    trail = b.audit()
+    blocked = [e for e in trail if e["outcome"] == "blocked"]
+    assert len(blocked) == 2 and all("secrets in arguments" in e["reason"] for e in blocked)
+    # Nothing secret in the broker's log or anywhere in its data directory (journal, sled).
+    log = b.log()
+    for secret in (SECRET, GH, "hunter2", "itk_0123456789abcdef"):
+        assert secret not in log, secret
+        for f in Path(b.data_dir).rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes(), (secret, f)
