@@ -32,6 +32,8 @@ pub struct Config {
     pub policy: Policy,
     /// The DLP guard's settings.
     pub dlp: DlpSettings,
+    /// Rate limits (`[[limit]]`).
+    pub limits: Vec<crate::guards::limits::Limit>,
 }
 
 /// `[dlp]`: secret scanning of arguments.
@@ -195,6 +197,20 @@ struct RawConfig {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     dlp: RawDlp,
+    #[serde(default)]
+    limit: Vec<Spanned<RawLimit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    name: Option<String>,
+    tools: Spanned<Vec<Spanned<String>>>,
+    per_client: Option<Spanned<String>>,
+    per_server: Option<Spanned<String>>,
+    per_tool: Option<Spanned<String>>,
+    global: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,12 +390,14 @@ impl Validator<'_> {
         let auth = self.auth(mode, raw.client);
         let policy = self.policy(raw.policy, raw.rule, &servers);
         let dlp = self.dlp(raw.dlp);
+        let limits = self.limits(raw.limit);
         Config {
             broker,
             servers,
             auth,
             policy,
             dlp,
+            limits,
         }
     }
 
@@ -747,6 +765,72 @@ impl Validator<'_> {
             default,
             version: String::new(),
         }
+    }
+
+    fn limits(&mut self, raw: Vec<Spanned<RawLimit>>) -> Vec<crate::guards::limits::Limit> {
+        use crate::guards::limits::{Limit, Scope, parse_rate};
+        let mut out = Vec::new();
+        for (i, l) in raw.into_iter().enumerate() {
+            let span = l.span();
+            let l = l.into_inner();
+            let name = l.name.unwrap_or_else(|| format!("limit {}", i + 1));
+            let mut tools = Vec::new();
+            for t in l.tools.into_inner() {
+                match ToolPattern::new(t.get_ref()) {
+                    Ok(p) => tools.push(p),
+                    Err(e) => self.problem(
+                        t.span(),
+                        format!("{name}: {e}"),
+                        Some("patterns are \"server/tool\" with * and ? wildcards"),
+                    ),
+                }
+            }
+            let burst = match l.burst {
+                None => None,
+                Some(b) => match u32::try_from(*b.get_ref()) {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        self.problem(b.span(), format!("{name}: burst must be 1 or more"), None);
+                        None
+                    }
+                },
+            };
+            let scopes = [
+                (Scope::Client, l.per_client),
+                (Scope::Server, l.per_server),
+                (Scope::Tool, l.per_tool),
+                (Scope::Global, l.global),
+            ];
+            let mut any = false;
+            for (scope, rate) in scopes {
+                let Some(rate) = rate else { continue };
+                any = true;
+                match parse_rate(rate.get_ref()) {
+                    Some((count, per_ms)) => out.push(Limit {
+                        name: name.clone(),
+                        tools: tools.clone(),
+                        scope,
+                        count,
+                        per_ms,
+                        burst: burst.unwrap_or(count),
+                        text: rate.get_ref().clone(),
+                    }),
+                    None => self.problem(
+                        rate.span(),
+                        format!("{name}: {:?} is not a rate", rate.get_ref()),
+                        Some("write rates like \"60/min\", \"10/s\", \"1000/h\" or \"5/d\""),
+                    ),
+                }
+            }
+            if !any {
+                self.problem(
+                    span,
+                    format!("{name} sets no rate"),
+                    Some("add per_client, per_server, per_tool or global, e.g. per_client = \"60/min\""),
+                );
+            }
+        }
+        out
     }
 
     fn dlp_action(&mut self, v: Spanned<String>, what: &str) -> Option<crate::guards::DlpAction> {
@@ -1163,6 +1247,30 @@ action = "deny"
         let err = check("[broker]\nauth = \"none\"\nlisen = \"x\"\n").expect_err("unknown key");
         assert_eq!(err.problems[0].line, 3, "{err}");
         assert!(err.problems[0].message.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_dlp_settings_are_checked() {
+        let base = "[broker]\nauth = \"none\"\n[[server]]\nname = \"a\"\ncommand = [\"x\"]\n";
+        let ok = check(&format!(
+            "{base}[[limit]]\ntools = [\"a/*\"]\nper_client = \"60/min\"\nglobal = \"10/s\"\n[dlp]\naction = \"redact\"\nentropy = false\n"
+        ))
+        .expect("valid");
+        assert_eq!(ok.limits.len(), 2);
+        assert!(ok.dlp.entropy.is_none());
+        let err = check(&format!(
+            "{base}[[limit]]\ntools = [\"a/*\"]\nper_client = \"lots\"\n[[limit]]\nname = \"empty\"\ntools = [\"*\"]\n[dlp]\naction = \"shred\"\n[[dlp.detector]]\nname = \"x\"\nregex = \"(\"\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        for want in [
+            "\"lots\" is not a rate",
+            "empty sets no rate",
+            "unknown DLP action \"shred\"",
+            "bad regex",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 
     #[test]

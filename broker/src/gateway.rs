@@ -169,6 +169,8 @@ pub struct Gateway {
     pub retry_ttl: Duration,
     /// The DLP guard, unless `[dlp] enabled = false`.
     pub dlp: Option<crate::guards::Dlp>,
+    /// Rate limits.
+    pub limiter: crate::guards::limits::Limiter,
 }
 
 impl Gateway {
@@ -200,6 +202,11 @@ impl Gateway {
                     "tools/call params.arguments must be an object",
                 ));
             }
+        };
+        let limited = if self.limiter.is_empty() {
+            Ok(())
+        } else {
+            self.limiter.check(&ctx.server, tool, &ctx.client, now_ms())
         };
         let annotations = self.annotations.get(&ctx.server, tool);
         let view = CallView {
@@ -250,6 +257,21 @@ impl Gateway {
             decisions: Vec::new(),
             findings,
         };
+        if let Err(l) = limited {
+            let wait = l.retry_after_ms.div_ceil(1000).max(1);
+            tracing::info!(limit = %l.limit, retry_after_s = wait, "rate limited");
+            record.outcome = Outcome::RateLimited;
+            record.reason = Some(format!(
+                "rate limit \"{}\" ({}): retry in {wait} s",
+                l.limit, l.rule
+            ));
+            self.recorder.record(record).await;
+            let text = format!(
+                "Tollgate refused this call to {}/{tool}: rate limit \"{}\" ({}) is exhausted. Retry in {wait} s.",
+                ctx.server, l.limit, l.rule
+            );
+            return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+        }
         let mut withheld = false;
         let mut rewritten = false;
         if let Some(action) = dlp_action

@@ -113,6 +113,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         queue: queue.clone(),
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
+        limiter: crate::guards::limits::Limiter::new(config.limits.clone()),
         dlp: config.dlp.enabled.then(|| crate::guards::Dlp {
             scanner: crate::guards::dlp::Scanner::new(config.dlp.entropy, &config.dlp.detectors),
             action: config.dlp.action,

@@ -106,3 +106,49 @@ def test_dlp_denies_redacts_or_holds_and_the_secret_goes_nowhere(broker):
         for f in Path(b.data_dir).rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes(), (secret, f)
+
+
+def test_rate_limits_refuse_at_once_with_a_retry_time_and_hold_under_concurrency(broker):
+    b = broker(
+        f"""
+        [policy]
+        default = "allow"
+        [[server]]
+        name = "everything"
+        command = {toml_list(everything_stdio_command())}
+        [[limit]]
+        name = "sums"
+        tools = ["everything/get-sum"]
+        per_client = "3/min"
+        """
+    )
+    a = b.token("agent-a", "viewer")
+    other = b.token("agent-b", "viewer")
+    url = b.url("everything")
+
+    async def burst(token: str, n: int):
+        from mcp.client.streamable_http import streamable_http_client
+
+        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        results = []
+        async with Client(streamable_http_client(url, http_client=http)) as c:
+            async def one(i):
+                results.append(await c.call_tool("get-sum", {"a": i, "b": 1}))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+        return results
+
+    got = anyio.run(burst, a, 8)
+    ok = [r for r in got if r.is_error is not True]
+    refused = [r for r in got if r.is_error is True]
+    assert len(ok) == 3 and len(refused) == 5, [r.content[0].text for r in got]
+    assert all('rate limit "sums" (3/min per client) is exhausted. Retry in' in r.content[0].text for r in refused)
+    # Another client has its own bucket; echo is not limited.
+    assert all(r.is_error is not True for r in anyio.run(burst, other, 3))
+    assert call(url, a, "echo", {"message": "not limited"}).result(30).is_error is not True
+
+    limited = b.audit("--status", "rate_limited")
+    assert len(limited) == 5 and all(e["client"] == "agent-a" for e in limited)
+    assert all("retry in" in e["reason"] for e in limited)
