@@ -285,6 +285,31 @@ def run_ts(scenario: dict, timeout: float = 60) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def sdk_client(url: str, token: str, timeout: float = 60):
+    """A Python mcp SDK client on Streamable HTTP that sends a bearer token."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    return Client(streamable_http_client(url, http_client=http))
+
+
+def sdk_call(url: str, token: str, tool: str, args: dict):
+    """Call a tool with the Python SDK in a thread; returns a Future of the CallToolResult."""
+    import concurrent.futures
+
+    import anyio
+
+    async def run():
+        async with sdk_client(url, token) as c:
+            return await c.call_tool(tool, args)
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    fut = pool.submit(anyio.run, run)
+    pool.shutdown(wait=False)
+    return fut
+
+
 def post(url: str, body, headers: dict | None = None, **kw) -> httpx.Response:
     h = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)

@@ -4,17 +4,14 @@ approver's refusal, a timeout message, or sees its cancellation recorded."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import threading
 import time
 
-import anyio
 import httpx2 as httpx
 import pytest
-from mcp import Client
 
-from conftest import everything_stdio_command, post, py_stdio_command, run_ts, toml_list
+from conftest import everything_stdio_command, post, py_stdio_command, run_ts, sdk_call, toml_list
 
 
 def held_config(server_line: str, rule_extra: str = "", broker_extra: str = "") -> str:
@@ -39,22 +36,6 @@ def held_config(server_line: str, rule_extra: str = "", broker_extra: str = "") 
 
 def stdio_everything() -> str:
     return f"command = {toml_list(everything_stdio_command())}"
-
-
-def sdk_call(url: str, token: str, tool: str, args: dict):
-    """Call a tool with the Python SDK (in a thread); returns a Future of the CallToolResult."""
-
-    async def run():
-        from mcp.client.streamable_http import streamable_http_client
-
-        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        async with Client(streamable_http_client(url, http_client=http)) as c:
-            return await c.call_tool(tool, args)
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    fut = pool.submit(anyio.run, run)
-    pool.shutdown(wait=False)
-    return fut
 
 
 @pytest.fixture

@@ -4,14 +4,11 @@ the secret never reaches the broker's log, its store or the console."""
 
 from __future__ import annotations
 
-import concurrent.futures
 from pathlib import Path
 
 import anyio
-import httpx2 as httpx
-from mcp import Client
 
-from conftest import everything_stdio_command, toml_list
+from conftest import everything_stdio_command, sdk_call, sdk_client, toml_list
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 GH = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
@@ -50,40 +47,26 @@ def config() -> str:
     """
 
 
-def call(url: str, token: str, tool: str, args: dict):
-    async def run():
-        from mcp.client.streamable_http import streamable_http_client
-
-        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        async with Client(streamable_http_client(url, http_client=http)) as c:
-            return await c.call_tool(tool, args)
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    fut = pool.submit(anyio.run, run)
-    pool.shutdown(wait=False)
-    return fut
-
-
 def test_dlp_denies_redacts_or_holds_and_the_secret_goes_nowhere(broker):
     b = broker(config())
     agent = b.token("agent", "viewer")
     alice = b.connect(b.token("alice", "approver"))
     url = b.url("everything")
 
-    denied = call(url, agent, "echo", {"message": f"deploy with key {SECRET}"}).result(30)
+    denied = sdk_call(url, agent, "echo", {"message": f"deploy with key {SECRET}"}).result(30)
     assert denied.is_error is True
     text = denied.content[0].text
     assert "contain secrets" in text and "aws_access_key at /message (AKIA…MPLE (20 chars))" in text
     assert SECRET not in text
 
-    custom = call(url, agent, "echo", {"message": "token itk_0123456789abcdef"}).result(30)
+    custom = sdk_call(url, agent, "echo", {"message": "token itk_0123456789abcdef"}).result(30)
     assert custom.is_error is True and "internal_token" in custom.content[0].text
 
-    redacted = call(url, agent, "echo", {"message": f"redact {GH} now"}).result(30)
+    redacted = sdk_call(url, agent, "echo", {"message": f"redact {GH} now"}).result(30)
     assert redacted.is_error is not True
     assert redacted.content[0].text == "Echo: redact [REDACTED:github_token] now"
 
-    held = call(url, agent, "echo", {"message": f"ask about {SECRET}", "nested": [{"password": "hunter2"}]})
+    held = sdk_call(url, agent, "echo", {"message": f"ask about {SECRET}", "nested": [{"password": "hunter2"}]})
     pending = alice.pending()
     assert pending["arguments"]["message"] == "ask about [REDACTED:aws_access_key]"
     assert pending["arguments"]["nested"] == [{"password": "[REDACTED:secret_field]"}]
@@ -93,7 +76,7 @@ def test_dlp_denies_redacts_or_holds_and_the_secret_goes_nowhere(broker):
     # Approved, the upstream gets the arguments as the agent sent them.
     assert held.result(30).content[0].text == f"Echo: ask about {SECRET}"
 
-    clean = call(url, agent, "get-sum", {"a": 1, "b": 2}).result(30)
+    clean = sdk_call(url, agent, "get-sum", {"a": 1, "b": 2}).result(30)
     assert clean.is_error is not True
 
     trail = b.audit()
@@ -127,11 +110,8 @@ def test_rate_limits_refuse_at_once_with_a_retry_time_and_hold_under_concurrency
     url = b.url("everything")
 
     async def burst(token: str, n: int):
-        from mcp.client.streamable_http import streamable_http_client
-
-        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
         results = []
-        async with Client(streamable_http_client(url, http_client=http)) as c:
+        async with sdk_client(url, token) as c:
             async def one(i):
                 results.append(await c.call_tool("get-sum", {"a": i, "b": 1}))
 
@@ -147,7 +127,7 @@ def test_rate_limits_refuse_at_once_with_a_retry_time_and_hold_under_concurrency
     assert all('rate limit "sums" (3/min per client) is exhausted. Retry in' in r.content[0].text for r in refused)
     # Another client has its own bucket; echo is not limited.
     assert all(r.is_error is not True for r in anyio.run(burst, other, 3))
-    assert call(url, a, "echo", {"message": "not limited"}).result(30).is_error is not True
+    assert sdk_call(url, a, "echo", {"message": "not limited"}).result(30).is_error is not True
 
     limited = b.audit("--status", "rate_limited")
     assert len(limited) == 5 and all(e["client"] == "agent-a" for e in limited)

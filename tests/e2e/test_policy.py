@@ -9,7 +9,7 @@ import subprocess
 import anyio
 from mcp import Client, StdioServerParameters
 
-from conftest import BROKER_BIN, everything_stdio_command, post, py_stdio_command, run_ts, toml_list
+from conftest import BROKER_BIN, everything_stdio_command, post, py_stdio_command, run_ts, sdk_client, toml_list
 
 TOKEN = "s3cret-token-for-tests"
 TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
@@ -77,12 +77,7 @@ def test_denied_echo_is_a_tool_error_naming_the_rule_and_is_recorded(broker):
 
 
 def _client(b):
-    import httpx2
-
-    from mcp.client.streamable_http import streamable_http_client
-
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-    return Client(streamable_http_client(b.url("everything"), http_client=http))
+    return sdk_client(b.url("everything"), TOKEN, timeout=30)
 
 
 def test_typescript_client_sees_the_denial_too(broker, everything_http):
