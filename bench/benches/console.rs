@@ -74,6 +74,8 @@ fn call(n: usize) -> CallRecord {
         }),
         decisions: vec![],
         findings: Vec::new(),
+        shape: String::new(),
+        signals: Default::default(),
     }
 }
 
@@ -110,11 +112,14 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
     for _ in 0..frames {
         grouped.push(frame(&app)?);
     }
-    update(
-        &mut app,
-        Action::Key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE)),
-    );
-    assert!(!app.grouped);
+    // g cycles identical → same shape → flat.
+    for _ in 0..2 {
+        update(
+            &mut app,
+            Action::Key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE)),
+        );
+    }
+    assert_eq!(app.grouping, tollgate_console::app::Grouping::Flat);
     let mut flat = Vec::with_capacity(frames);
     for _ in 0..frames {
         flat.push(frame(&app)?);

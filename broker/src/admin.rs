@@ -277,7 +277,7 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
             })
             .collect();
         for h in holds {
-            h.await?.map_err(|e| anyhow::anyhow!(e))?;
+            h.await?.map_err(|e| anyhow::anyhow!(e.to_string()))?;
         }
         let elapsed = start.elapsed();
         anyhow::Ok(elapsed)

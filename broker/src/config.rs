@@ -34,6 +34,10 @@ pub struct Config {
     pub dlp: DlpSettings,
     /// Rate limits (`[[limit]]`).
     pub limits: Vec<crate::guards::limits::Limit>,
+    /// Budgets (`[[budget]]`).
+    pub budgets: Vec<crate::guards::budget::Budget>,
+    /// Loop detection (`[loops]`).
+    pub loops: crate::guards::loops::LoopConfig,
 }
 
 /// `[dlp]`: secret scanning of arguments.
@@ -199,6 +203,39 @@ struct RawConfig {
     dlp: RawDlp,
     #[serde(default)]
     limit: Vec<Spanned<RawLimit>>,
+    #[serde(default)]
+    budget: Vec<Spanned<RawBudget>>,
+    #[serde(default)]
+    loops: RawLoops,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    name: Option<String>,
+    #[serde(default)]
+    tools: Option<Vec<Spanned<String>>>,
+    max_pending: Option<Spanned<i64>>,
+    max_approved: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    daily: Option<Spanned<f64>>,
+    #[serde(default)]
+    costs: Vec<RawCost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCost {
+    tools: Vec<Spanned<String>>,
+    weight: Spanned<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLoops {
+    threshold: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    action: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +428,8 @@ impl Validator<'_> {
         let policy = self.policy(raw.policy, raw.rule, &servers);
         let dlp = self.dlp(raw.dlp);
         let limits = self.limits(raw.limit);
+        let budgets = self.budgets(raw.budget);
+        let loops = self.loops(raw.loops);
         Config {
             broker,
             servers,
@@ -398,6 +437,127 @@ impl Validator<'_> {
             policy,
             dlp,
             limits,
+            budgets,
+            loops,
+        }
+    }
+
+    fn patterns(&mut self, name: &str, raw: Vec<Spanned<String>>) -> Vec<ToolPattern> {
+        let mut tools = Vec::new();
+        for t in raw {
+            match ToolPattern::new(t.get_ref()) {
+                Ok(p) => tools.push(p),
+                Err(e) => self.problem(
+                    t.span(),
+                    format!("{name}: {e}"),
+                    Some("patterns are \"server/tool\" with * and ? wildcards"),
+                ),
+            }
+        }
+        tools
+    }
+
+    fn count(&mut self, name: &str, key: &str, v: Option<Spanned<i64>>) -> Option<u32> {
+        let v = v?;
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.problem(v.span(), format!("{name}: {key} must be 1 or more"), None);
+                None
+            }
+        }
+    }
+
+    fn budgets(&mut self, raw: Vec<Spanned<RawBudget>>) -> Vec<crate::guards::budget::Budget> {
+        use crate::guards::budget::{Budget, Cost};
+        let mut out = Vec::new();
+        for (i, b) in raw.into_iter().enumerate() {
+            let span = b.span();
+            let b = b.into_inner();
+            let name = b.name.unwrap_or_else(|| format!("budget {}", i + 1));
+            let tools = match b.tools {
+                Some(t) => self.patterns(&name, t),
+                None => vec![ToolPattern::new("*/*").expect("the catch-all pattern")],
+            };
+            let max_pending = self.count(&name, "max_pending", b.max_pending);
+            let max_approved = self.count(&name, "max_approved", b.max_approved);
+            let window = self.duration(
+                b.window,
+                Duration::from_secs(3600),
+                &format!("{name}: window"),
+            );
+            let mut positive = |v: Spanned<f64>, what: &str| {
+                if *v.get_ref() > 0.0 && v.get_ref().is_finite() {
+                    Some(*v.get_ref())
+                } else {
+                    self.problem(
+                        v.span(),
+                        format!("{name}: {what} must be a number above zero"),
+                        None,
+                    );
+                    None
+                }
+            };
+            let daily = b.daily.and_then(|d| positive(d, "daily"));
+            let mut costs = Vec::new();
+            for c in b.costs {
+                if let Some(weight) = positive(c.weight, "a cost weight") {
+                    costs.push((c.tools, weight));
+                }
+            }
+            let costs = costs
+                .into_iter()
+                .map(|(t, weight)| Cost {
+                    tools: self.patterns(&name, t),
+                    weight,
+                })
+                .collect();
+            if max_pending.is_none() && max_approved.is_none() && daily.is_none() {
+                self.problem(
+                    span,
+                    format!("{name} sets no cap"),
+                    Some("add max_pending, max_approved (with window) or daily"),
+                );
+            }
+            out.push(Budget {
+                name,
+                tools,
+                max_pending,
+                max_approved,
+                window_ms: window.as_millis() as u64,
+                daily,
+                costs,
+            });
+        }
+        out
+    }
+
+    fn loops(&mut self, raw: RawLoops) -> crate::guards::loops::LoopConfig {
+        use crate::guards::loops::{LoopAction, LoopConfig};
+        let d = LoopConfig::default();
+        let threshold = self
+            .count("[loops]", "threshold", raw.threshold)
+            .unwrap_or(d.threshold);
+        let window = self.duration(
+            raw.window,
+            Duration::from_millis(d.window_ms),
+            "[loops] window",
+        );
+        let action = match raw.action {
+            None => d.action,
+            Some(a) => LoopAction::parse(a.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    a.span(),
+                    format!("[loops] action: unknown action {:?}", a.get_ref()),
+                    Some("use \"flag\" (mark the calls), \"approve\" (hold them for a person) or \"deny\""),
+                );
+                d.action
+            }),
+        };
+        LoopConfig {
+            threshold,
+            window_ms: window.as_millis() as u64,
+            action,
         }
     }
 
@@ -774,27 +934,8 @@ impl Validator<'_> {
             let span = l.span();
             let l = l.into_inner();
             let name = l.name.unwrap_or_else(|| format!("limit {}", i + 1));
-            let mut tools = Vec::new();
-            for t in l.tools.into_inner() {
-                match ToolPattern::new(t.get_ref()) {
-                    Ok(p) => tools.push(p),
-                    Err(e) => self.problem(
-                        t.span(),
-                        format!("{name}: {e}"),
-                        Some("patterns are \"server/tool\" with * and ? wildcards"),
-                    ),
-                }
-            }
-            let burst = match l.burst {
-                None => None,
-                Some(b) => match u32::try_from(*b.get_ref()) {
-                    Ok(n) if n >= 1 => Some(n),
-                    _ => {
-                        self.problem(b.span(), format!("{name}: burst must be 1 or more"), None);
-                        None
-                    }
-                },
-            };
+            let tools = self.patterns(&name, l.tools.into_inner());
+            let burst = self.count(&name, "burst", l.burst);
             let scopes = [
                 (Scope::Client, l.per_client),
                 (Scope::Server, l.per_server),
@@ -1268,6 +1409,45 @@ action = "deny"
             "empty sets no rate",
             "unknown DLP action \"shred\"",
             "bad regex",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn budgets_and_loops_are_checked() {
+        let base = "[broker]\nauth = \"none\"\n[[server]]\nname = \"a\"\ncommand = [\"x\"]\n";
+        let ok = check(&format!(
+            "{base}[[budget]]\nname = \"agents\"\nmax_pending = 20\nmax_approved = 100\nwindow = \"1h\"\ndaily = 500\ncosts = [{{ tools = [\"a/drop*\"], weight = 25 }}]\n[loops]\nthreshold = 50\nwindow = \"30s\"\naction = \"approve\"\n"
+        ))
+        .expect("valid");
+        let b = &ok.budgets[0];
+        assert_eq!(
+            (b.max_pending, b.max_approved, b.window_ms, b.daily),
+            (Some(20), Some(100), 3_600_000, Some(500.0))
+        );
+        assert_eq!(b.costs[0].weight, 25.0);
+        assert!(b.tools[0].matches("any", "tool"), "all tools by default");
+        assert_eq!(ok.loops.threshold, 50);
+        assert_eq!(ok.loops.window_ms, 30_000);
+        assert_eq!(ok.loops.action, crate::guards::loops::LoopAction::Approve);
+        let defaults = check(base).expect("valid");
+        assert_eq!(defaults.loops.threshold, 20);
+        assert_eq!(
+            defaults.loops.action,
+            crate::guards::loops::LoopAction::Flag
+        );
+        let err = check(&format!(
+            "{base}[[budget]]\nname = \"none\"\n[[budget]]\nmax_pending = 0\ndaily = -3\n[loops]\naction = \"panic\"\nthreshold = 0\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        for want in [
+            "none sets no cap",
+            "budget 2: max_pending must be 1 or more",
+            "budget 2: daily must be a number above zero",
+            "[loops] action: unknown action \"panic\"",
+            "[loops]: threshold must be 1 or more",
         ] {
             assert!(err.contains(want), "{want}: {err}");
         }

@@ -18,12 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
 use tollgate_shared::PROTOCOL_VERSION;
-use tollgate_shared::console::{ClientMsg, Role, ServerMsg, Target};
+use tollgate_shared::console::{ClientMsg, ServerMsg, Target};
 
 use crate::auth;
 use crate::frontend::status_error;
-use crate::queue::Queue;
 use crate::queue::rules::Identity;
+use crate::queue::{Follow, Queue};
 use crate::tokens::Registry;
 
 /// What the console API needs.
@@ -99,7 +99,7 @@ fn snapshot(queue: &Queue, req: Option<u64>) -> ServerMsg {
     ServerMsg::Snapshot {
         req,
         pending: queue.snapshot(),
-        rules: Vec::new(),
+        rules: queue.temp.list(crate::gateway::now_ms()),
     }
 }
 
@@ -173,6 +173,8 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
             target,
             verdict,
             reason,
+            block_for_ms,
+            allow_next,
         } => {
             if let Target::Ids { ids } = &target
                 && ids.is_empty()
@@ -182,11 +184,36 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
                     message: "decide needs at least one call id".into(),
                 };
             }
-            let results = api
+            let follow = match (block_for_ms, allow_next) {
+                (Some(_), Some(_)) => {
+                    return ServerMsg::Error {
+                        req,
+                        message: "block_for_ms and allow_next exclude each other".into(),
+                    };
+                }
+                (Some(ms), None) => Some(Follow::BlockFor(ms)),
+                (None, Some(a)) => Some(Follow::AllowNext(a)),
+                (None, None) => None,
+            };
+            match api
                 .queue
-                .decide(who, &target, verdict, reason.as_deref())
-                .await;
-            ServerMsg::Decided { req, results }
+                .decide_and_follow(who, &target, verdict, reason.as_deref(), follow)
+                .await
+            {
+                Ok((results, rule)) => {
+                    let (rule, rule_refused) = match rule {
+                        Ok(r) => (r, None),
+                        Err(why) => (None, Some(why)),
+                    };
+                    ServerMsg::Decided {
+                        req,
+                        results,
+                        rule,
+                        rule_refused,
+                    }
+                }
+                Err(message) => ServerMsg::Error { req, message },
+            }
         }
         ClientMsg::AuditQuery { req, filter } => {
             let backend = api.queue.recorder().backend().clone();
@@ -205,22 +232,14 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
         ClientMsg::Snapshot { req } => snapshot(&api.queue, req),
         ClientMsg::ListRules { req } => ServerMsg::Rules {
             req,
-            rules: Vec::new(),
+            rules: api.queue.temp.list(crate::gateway::now_ms()),
         },
-        ClientMsg::RevokeRule { req, id } => {
-            if who.role == Role::Viewer {
-                return ServerMsg::Error {
-                    req,
-                    message: format!(
-                        "{} is a viewer; revoking rules needs the approver or admin role",
-                        who.name
-                    ),
-                };
-            }
-            ServerMsg::Error {
+        ClientMsg::RevokeRule { req, id } => match api.queue.revoke_rule(who, &id) {
+            Ok(_) => ServerMsg::Rules {
                 req,
-                message: format!("no temporary rule {id:?} (list them with list_rules)"),
-            }
-        }
+                rules: api.queue.temp.list(crate::gateway::now_ms()),
+            },
+            Err(message) => ServerMsg::Error { req, message },
+        },
     }
 }

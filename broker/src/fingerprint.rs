@@ -4,6 +4,12 @@
 //! arguments, whatever the key order or whitespace the client used. Canonical JSON sorts object
 //! keys at every depth and drops insignificant whitespace; the argument hash is its SHA-256, and
 //! the exact fingerprint hashes server, tool and canonical arguments together.
+//!
+//! The shape fingerprint groups calls that are the same request with different volatile values
+//! (a loop paging through ids, a retry with a fresh timestamp): it hashes server, tool and the
+//! arguments' [`shape`], which keeps keys, structure and text but masks numbers, digit runs,
+//! UUIDs, long hex strings and long mixed letter-and-digit tokens, and treats arrays as the set
+//! of their element shapes.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -70,6 +76,118 @@ pub fn exact(server: &str, tool: &str, args_hash: &str) -> String {
         .collect()
 }
 
+/// The shape of arguments as text: keys sorted, numbers as `N`, strings with volatile parts
+/// masked (`<uuid>`, `<hex>`, `<id>`, digit runs as `#`), arrays as their distinct element
+/// shapes in sorted order.
+pub fn shape(value: &Value) -> String {
+    let mut out = String::new();
+    write_shape(value, &mut out);
+    out
+}
+
+fn write_shape(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<_> = map.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_shape(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            let mut shapes: Vec<String> = items.iter().map(shape).collect();
+            shapes.sort_unstable();
+            shapes.dedup();
+            out.push('[');
+            out.push_str(&shapes.join(","));
+            out.push(']');
+        }
+        Value::Number(_) => out.push('N'),
+        Value::String(s) => out.push_str(&Value::String(mask(s)).to_string()),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Mask the volatile parts of a string (see [`shape`]).
+pub fn mask(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphanumeric()) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        // A run of letters, digits and inner hyphens: a UUID or a word.
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(rest.len());
+        let run = &rest[..end];
+        if is_uuid(run) {
+            out.push_str("<uuid>");
+        } else {
+            for (i, word) in run.split('-').enumerate() {
+                if i > 0 {
+                    out.push('-');
+                }
+                mask_word(word, &mut out);
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_uuid(run: &str) -> bool {
+    let groups: Vec<&str> = run.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn mask_word(word: &str, out: &mut String) {
+    let digits = word.bytes().any(|b| b.is_ascii_digit());
+    if !digits {
+        out.push_str(word);
+    } else if word.len() >= 8 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        out.push_str("<hex>");
+    } else if word.len() >= 16 && word.bytes().any(|b| b.is_ascii_alphabetic()) {
+        out.push_str("<id>");
+    } else {
+        let mut in_digits = false;
+        for c in word.chars() {
+            if c.is_ascii_digit() {
+                if !in_digits {
+                    out.push('#');
+                }
+                in_digits = true;
+            } else {
+                out.push(c);
+                in_digits = false;
+            }
+        }
+    }
+}
+
+/// The shape fingerprint of a call: 16 hex digits over server, tool and the arguments' shape.
+pub fn shape_fingerprint(server: &str, tool: &str, arguments: &Value) -> String {
+    let mut h = Sha256::new();
+    for part in [server, "\0", tool, "\0", "shape", "\0", &shape(arguments)] {
+        h.update(part.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +209,161 @@ mod tests {
         assert_ne!(exact("s", "t", &h), exact("s", "u", &h));
         assert_ne!(exact("st", "", &h), exact("s", "t", &h));
         assert_eq!(exact("s", "t", &h).len(), 16);
+    }
+
+    #[test]
+    fn shapes_mask_volatile_values_and_keep_the_rest() {
+        let a = json!({
+            "sql": "SELECT * FROM t WHERE id = 17 LIMIT 50",
+            "request": "0190c1a2-beef-7000-8000-00000000abcd",
+            "at": "2026-11-24T21:24:29Z",
+            "commit": "9f86d081884c7d65",
+            "token": "req_AbC9xYz0QwErTy12",
+            "page": 3,
+            "ids": [1, 2, 3],
+            "dry_run": true,
+        });
+        assert_eq!(
+            shape(&a),
+            r##"{"at":"#-#-#T#:#:#Z","commit":"<hex>","dry_run":true,"ids":[N],"page":N,"request":"<uuid>","sql":"SELECT * FROM t WHERE id = # LIMIT #","token":"req_<id>"}"##
+        );
+        let b = json!({
+            "sql": "SELECT * FROM t WHERE id = 18 LIMIT 50",
+            "request": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "at": "2026-11-25T01:00:00Z",
+            "commit": "e3b0c44298fc1c14",
+            "token": "req_ZZZ9xYz0QwErTy99",
+            "page": 4,
+            "ids": [9],
+            "dry_run": true,
+        });
+        assert_eq!(
+            shape_fingerprint("db", "q", &a),
+            shape_fingerprint("db", "q", &b)
+        );
+        // Text, booleans, keys, server and tool still tell calls apart.
+        let mut c = b.clone();
+        c["dry_run"] = json!(false);
+        assert_ne!(
+            shape_fingerprint("db", "q", &a),
+            shape_fingerprint("db", "q", &c)
+        );
+        let mut d = b.clone();
+        d["sql"] = json!("DELETE FROM t WHERE id = 18");
+        assert_ne!(
+            shape_fingerprint("db", "q", &a),
+            shape_fingerprint("db", "q", &d)
+        );
+        assert_ne!(
+            shape_fingerprint("db", "q", &a),
+            shape_fingerprint("db", "r", &a)
+        );
+        assert_ne!(
+            shape_fingerprint("db", "q", &a),
+            shape_fingerprint("db2", "q", &a)
+        );
+        // Short hex-looking words without digits are words ("beef", "cafe").
+        assert_eq!(mask("add beef to cafe 42"), "add beef to cafe #");
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e9f64..1e9).prop_map(Value::from),
+                "[a-z ]{0,12}".prop_map(Value::from),
+                "[ -~]{0,20}".prop_map(Value::from),
+            ]
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// The same value with every object's keys inserted in reverse order.
+        fn reversed(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut out = Map::new();
+                    for (k, x) in m.iter().rev() {
+                        out.insert(k.clone(), reversed(x));
+                    }
+                    Value::Object(out)
+                }
+                Value::Array(a) => Value::Array(a.iter().map(reversed).collect()),
+                other => other.clone(),
+            }
+        }
+
+        /// The same value with every number replaced, every digit changed and every UUID
+        /// regenerated: what a loop changes between iterations.
+        fn churned(v: &Value, salt: u8) -> Value {
+            match v {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .map(|(k, x)| (k.clone(), churned(x, salt)))
+                        .collect(),
+                ),
+                Value::Array(a) => Value::Array(a.iter().map(|x| churned(x, salt)).collect()),
+                Value::Number(n) => Value::from(n.as_f64().unwrap_or(0.0) + f64::from(salt) + 1.0),
+                Value::String(s) => Value::String(
+                    s.chars()
+                        .map(|c| match c.to_digit(10) {
+                            Some(d) => char::from_digit((d + u32::from(salt) % 9 + 1) % 10, 10)
+                                .unwrap_or('0'),
+                            None => c,
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn key_order_and_whitespace_never_change_a_fingerprint(v in json()) {
+                let pretty: Value = serde_json::from_str(
+                    &serde_json::to_string_pretty(&reversed(&v)).expect("serialize"),
+                ).expect("reparse");
+                prop_assert_eq!(canonical(&v), canonical(&pretty));
+                prop_assert_eq!(args_hash(&v), args_hash(&pretty));
+                prop_assert_eq!(
+                    shape_fingerprint("s", "t", &v),
+                    shape_fingerprint("s", "t", &pretty)
+                );
+                // Canonical JSON is JSON and means the same value.
+                let back: Value = serde_json::from_str(&canonical(&v)).expect("canonical parses");
+                prop_assert_eq!(back, v);
+            }
+
+            #[test]
+            fn volatile_values_never_change_a_shape(v in json(), salt in 0u8..9) {
+                let moved = churned(&v, salt);
+                prop_assert_eq!(shape(&v), shape(&moved));
+            }
+
+            #[test]
+            fn a_new_key_always_changes_the_shape(v in json(), key in "[A-Z]{1,4}") {
+                let mut obj = match v {
+                    Value::Object(m) => m,
+                    other => Map::from_iter([("x".to_string(), other)]),
+                };
+                let before = shape_fingerprint("s", "t", &Value::Object(obj.clone()));
+                obj.insert(key, Value::Null);
+                prop_assert_ne!(before, shape_fingerprint("s", "t", &Value::Object(obj)));
+            }
+        }
     }
 }

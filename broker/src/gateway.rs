@@ -12,10 +12,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Timings};
+use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Signals, Timings};
 
 use crate::fingerprint;
 use crate::guards::DlpAction;
+use crate::guards::loops::LoopAction;
 use crate::jsonrpc;
 use crate::policy::{Action, CallView, Policy, Verdict};
 use crate::queue::{Queue, Waiting};
@@ -171,6 +172,47 @@ pub struct Gateway {
     pub dlp: Option<crate::guards::Dlp>,
     /// Rate limits.
     pub limiter: crate::guards::limits::Limiter,
+    /// Loop detection.
+    pub loops: crate::guards::loops::Loops,
+    /// Recent refusals by rate limits and budgets, per client, for approvers' flags.
+    pub throttle: Throttle,
+}
+
+/// Recent rate-limit and budget refusals per client, so approvers see that a client whose call
+/// they judge is also being throttled.
+#[derive(Default)]
+pub struct Throttle {
+    recent: std::sync::Mutex<HashMap<String, (String, u32, u64)>>,
+}
+
+/// How long a refusal keeps a client flagged.
+const THROTTLE_WINDOW_MS: u64 = 60_000;
+
+impl Throttle {
+    fn refused(&self, client: &str, what: &str, now: u64) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() > 10_000 {
+            recent.retain(|_, (_, _, at)| *at + THROTTLE_WINDOW_MS > now);
+        }
+        let e = recent
+            .entry(client.to_string())
+            .or_insert_with(|| (String::new(), 0, 0));
+        if e.2 + THROTTLE_WINDOW_MS <= now {
+            e.1 = 0;
+        }
+        *e = (what.to_string(), e.1 + 1, now);
+    }
+
+    fn flag(&self, client: &str, now: u64) -> Option<String> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (what, n, at) = recent.get(client)?;
+        (at + THROTTLE_WINDOW_MS > now).then(|| {
+            format!(
+                "{what} refused {n} call{} from {client} in the last minute",
+                if *n == 1 { "" } else { "s" }
+            )
+        })
+    }
 }
 
 impl Gateway {
@@ -203,11 +245,7 @@ impl Gateway {
                 ));
             }
         };
-        let limited = if self.limiter.is_empty() {
-            Ok(())
-        } else {
-            self.limiter.check(&ctx.server, tool, &ctx.client, now_ms())
-        };
+        let now = now_ms();
         let annotations = self.annotations.get(&ctx.server, tool);
         let view = CallView {
             server: &ctx.server,
@@ -230,6 +268,8 @@ impl Gateway {
         let tool = tool.to_string();
         let tool = tool.as_str();
         let args_hash = fingerprint::args_hash(&stored_args);
+        let shape = fingerprint::shape_fingerprint(&ctx.server, tool, &stored_args);
+        let seen = self.loops.observe(&shape, now);
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
         let _enter = span.enter();
         let mut record = CallRecord {
@@ -246,7 +286,7 @@ impl Gateway {
             arguments: stored_args.clone(),
             timings: Timings {
                 received_ms,
-                decided_ms: now_ms(),
+                decided_ms: now,
                 completed_ms: None,
             },
             error: None,
@@ -256,10 +296,62 @@ impl Gateway {
             hold: None,
             decisions: Vec::new(),
             findings,
+            shape,
+            signals: Signals {
+                repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
+                window_ms: if seen.repeats > 1 {
+                    self.loops.config.window_ms
+                } else {
+                    0
+                },
+                looping: seen.looping,
+                throttled: self.throttle.flag(&ctx.client, now),
+            },
         };
-        if let Err(l) = limited {
+        // A pattern someone rejected and blocked: refused before anything else.
+        if let Some(rule) = self
+            .queue
+            .temp
+            .blocking(&record.fingerprint, &record.shape, now)
+        {
+            tracing::info!(temp_rule = %rule.id, by = %rule.by, "blocked by a temporary rule");
+            let until = humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + Duration::from_millis(rule.until_ms),
+            );
+            let because = rule
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            record.outcome = Outcome::Blocked;
+            record.rule = tollgate_shared::RuleRef {
+                index: 0,
+                name: rule.id.clone(),
+            };
+            record.reason = Some(format!(
+                "temporary rule {} by {} until {until}{because}",
+                rule.id, rule.by
+            ));
+            record.decisions.push(tollgate_shared::Decision {
+                by: rule.by.clone(),
+                verdict: tollgate_shared::Verdict::Reject,
+                reason: rule.reason.clone(),
+                at_ms: rule.created_ms,
+            });
+            self.recorder.record(record).await;
+            let text = format!(
+                "Tollgate refused this call to {}/{tool} at once: {} rejected this repeated call and blocked it until {until} (temporary rule {}){because}. The call was not run.",
+                ctx.server, rule.by, rule.id
+            );
+            return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+        }
+        if !self.limiter.is_empty()
+            && let Err(l) = self.limiter.check(&ctx.server, tool, &ctx.client, now)
+        {
             let wait = l.retry_after_ms.div_ceil(1000).max(1);
             tracing::info!(limit = %l.limit, retry_after_s = wait, "rate limited");
+            self.throttle
+                .refused(&ctx.client, &format!("rate limit \"{}\"", l.limit), now);
             record.outcome = Outcome::RateLimited;
             record.reason = Some(format!(
                 "rate limit \"{}\" ({}): retry in {wait} s",
@@ -271,6 +363,38 @@ impl Gateway {
                 ctx.server, l.limit, l.rule
             );
             return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+        }
+        if seen.looping && verdict.action != Action::Deny {
+            let what = format!(
+                "{} calls of this shape within {}",
+                seen.repeats,
+                humantime::format_duration(Duration::from_millis(self.loops.config.window_ms))
+            );
+            match self.loops.config.action {
+                LoopAction::Flag => {}
+                LoopAction::Deny => {
+                    tracing::info!(repeats = seen.repeats, "blocked: runaway loop");
+                    record.outcome = Outcome::Blocked;
+                    record.reason = Some(format!("runaway loop: {what}"));
+                    self.recorder.record(record).await;
+                    let text = format!(
+                        "Tollgate blocked this call to {}/{tool}: it looks like a runaway loop ({what}). The call was not run. Stop repeating it.",
+                        ctx.server
+                    );
+                    return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+                }
+                LoopAction::Approve => {
+                    if verdict.action == Action::Allow {
+                        verdict.action = Action::Approve;
+                        verdict.hold = crate::policy::HoldTerms {
+                            quorum: 1,
+                            ..Default::default()
+                        };
+                        verdict.reason = Some(format!("possible runaway loop: {what}"));
+                        record.reason = verdict.reason.clone();
+                    }
+                }
+            }
         }
         let mut withheld = false;
         let mut rewritten = false;
@@ -327,6 +451,13 @@ impl Gateway {
         }
         match verdict.action {
             Action::Allow => {
+                if let Err(over) =
+                    self.queue
+                        .budgets()
+                        .charge_run(&ctx.server, tool, &ctx.client, now_ms())
+                {
+                    return self.over_budget(ctx, record, &over).await;
+                }
                 tracing::info!("allowed");
                 self.recorder.record(record.clone()).await;
                 Intercept::Forward(Ticket {
@@ -362,6 +493,29 @@ impl Gateway {
 }
 
 impl Gateway {
+    async fn over_budget(
+        &self,
+        ctx: &CallContext,
+        mut record: CallRecord,
+        over: &crate::guards::budget::OverBudget,
+    ) -> Intercept {
+        tracing::info!(budget = %over.budget, "over budget");
+        self.throttle.refused(
+            &ctx.client,
+            &format!("budget \"{}\"", over.budget),
+            now_ms(),
+        );
+        record.outcome = Outcome::RateLimited;
+        record.reason = Some(format!("budget \"{}\": {}", over.budget, over.why));
+        let id = record.request_id.clone();
+        let text = format!(
+            "Tollgate refused this call to {}/{}: budget \"{}\" is exhausted ({}). {}",
+            record.server, record.tool, over.budget, over.why, over.retry
+        );
+        self.recorder.record(record).await;
+        Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+    }
+
     fn forward(&self, record: CallRecord) -> Intercept {
         Intercept::Forward(Ticket {
             record: Some(Box::new(record)),
@@ -406,6 +560,41 @@ impl Gateway {
                 return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
             }
         }
+        if !secrets_withheld
+            && verdict.hold.quorum <= 1
+            && let Some(rule) = self
+                .queue
+                .temp
+                .take_allowance(&record.fingerprint, now_ms(), |r| {
+                    r.by != record.client
+                        && (verdict.hold.approvers.is_empty()
+                            || verdict.hold.approvers.contains(&r.by))
+                })
+        {
+            if let Err(over) = self.queue.budgets().charge_run(
+                &record.server,
+                &record.tool,
+                &record.client,
+                now_ms(),
+            ) {
+                return self.over_budget(ctx, record, &over).await;
+            }
+            tracing::info!(temp_rule = %rule.id, by = %rule.by, "pre-approved by a temporary rule");
+            record.reason = Some(format!(
+                "pre-approved by {} with temporary rule {} ({} left)",
+                rule.by,
+                rule.id,
+                rule.remaining.unwrap_or(0)
+            ));
+            record.decisions.push(tollgate_shared::Decision {
+                by: rule.by.clone(),
+                verdict: tollgate_shared::Verdict::Approve,
+                reason: rule.reason.clone(),
+                at_ms: rule.created_ms,
+            });
+            self.recorder.record(record.clone()).await;
+            return self.forward(record);
+        }
         record.outcome = Outcome::Pending;
         record.hold = Some(Hold {
             mode,
@@ -418,6 +607,10 @@ impl Gateway {
         });
         let waiting = match self.queue.hold(record.clone()).await {
             Ok(w) => w,
+            Err(crate::queue::HoldError::OverBudget(over)) => {
+                record.hold = None;
+                return self.over_budget(ctx, record, &over).await;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot hold a call: the store failed");
                 let text = format!(

@@ -77,7 +77,16 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let backend = Arc::new(SledBackend::open(&config.broker.data_dir)?);
     let recorder = Recorder::start(backend.clone())?;
-    let queue = Queue::new(recorder.clone(), config.broker.retry_ttl);
+    let temp = crate::queue::temp::TempRules::load(
+        config.broker.data_dir.join("temp_rules.json"),
+        crate::gateway::now_ms(),
+    )?;
+    let queue = Queue::with_guards(
+        recorder.clone(),
+        config.broker.retry_ttl,
+        crate::guards::budget::Budgets::new(config.budgets.clone()),
+        temp,
+    );
     let feeds = Arc::new(Feeds::default());
     let registry = Arc::new(Registry::new(&config.broker.data_dir));
     let annotations = Arc::new(Annotations::default());
@@ -114,6 +123,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
         limiter: crate::guards::limits::Limiter::new(config.limits.clone()),
+        loops: crate::guards::loops::Loops::new(config.loops.clone()),
+        throttle: Default::default(),
         dlp: config.dlp.enabled.then(|| crate::guards::Dlp {
             scanner: crate::guards::dlp::Scanner::new(config.dlp.entropy, &config.dlp.detectors),
             action: config.dlp.action,

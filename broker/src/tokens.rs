@@ -56,15 +56,20 @@ fn read(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
 }
 
 fn write(path: &Path, tokens: Vec<TokenEntry>) -> anyhow::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(&File { tokens })?)
+}
+
+/// Replace `path` with `text` so that a crash leaves the old or the new file, never a mix:
+/// write a sibling, sync it, rename it over, sync the directory.
+pub fn write_atomic(path: &Path, text: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(&File { tokens })?;
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&text)?;
+        f.write_all(text)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
-use tollgate_shared::console::{ClientMsg, ServerMsg, Target};
+use tollgate_shared::console::{ClientMsg, ServerMsg, Target, TempRule};
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
 use crate::client::{Event, Me};
@@ -36,8 +36,50 @@ pub enum View {
     Diff,
     /// The audit trail.
     Audit,
+    /// The temporary rules.
+    Rules,
     /// Every key.
     Help,
+}
+
+/// How the queue groups calls into rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Identical calls (exact fingerprint) share a row: the default.
+    Exact,
+    /// Calls of the same shape share a row (a loop that varies ids or counters).
+    Shape,
+    /// One row per call.
+    Flat,
+}
+
+impl Grouping {
+    fn next(self) -> Grouping {
+        match self {
+            Grouping::Exact => Grouping::Shape,
+            Grouping::Shape => Grouping::Flat,
+            Grouping::Flat => Grouping::Exact,
+        }
+    }
+
+    /// The key calls share within a group (`None` when flat).
+    pub fn key(self, c: &CallRecord) -> Option<&str> {
+        match self {
+            Grouping::Exact => Some(&c.fingerprint),
+            Grouping::Shape if !c.shape.is_empty() => Some(&c.shape),
+            Grouping::Shape => Some(&c.fingerprint),
+            Grouping::Flat => None,
+        }
+    }
+
+    /// Name for the footer.
+    pub fn label(self) -> &'static str {
+        match self {
+            Grouping::Exact => "grouped",
+            Grouping::Shape => "grouped by shape",
+            Grouping::Flat => "flat",
+        }
+    }
 }
 
 /// Sort order of the queue.
@@ -87,6 +129,8 @@ pub enum Prompt {
         target: Target,
         /// How many calls.
         count: usize,
+        /// Also block the pattern for this long (ms).
+        block_for_ms: Option<u64>,
         /// Text so far.
         text: String,
     },
@@ -98,6 +142,8 @@ pub enum Prompt {
         target: Target,
         /// How many calls.
         count: usize,
+        /// Also block the pattern for this long (ms).
+        block_for_ms: Option<u64>,
         /// "db/execute_sql ×498, fs/write ×2".
         summary: String,
     },
@@ -118,8 +164,41 @@ pub struct Row {
     pub last_ms: u64,
     /// The soonest expiry in the row.
     pub expires_ms: Option<u64>,
-    /// Pending calls with the same fingerprint (a repeated call), grouped or not.
+    /// Pending calls with the same fingerprint (a repeated call), grouped or not; with shape
+    /// grouping, the same shape.
     pub pattern: usize,
+    /// Guard flags of any call in the row: a secret found, a loop suspected, a client
+    /// throttled.
+    pub flags: RowFlags,
+}
+
+/// What the guards noticed about any call in a row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowFlags {
+    /// DLP findings.
+    pub secret: bool,
+    /// Loop suspected.
+    pub looping: bool,
+    /// The client was refused by a rate limit or budget recently.
+    pub throttled: bool,
+}
+
+impl RowFlags {
+    fn of(c: &CallRecord) -> RowFlags {
+        RowFlags {
+            secret: !c.findings.is_empty(),
+            looping: c.signals.looping,
+            throttled: c.signals.throttled.is_some(),
+        }
+    }
+
+    fn merge(self, o: RowFlags) -> RowFlags {
+        RowFlags {
+            secret: self.secret || o.secret,
+            looping: self.looping || o.looping,
+            throttled: self.throttled || o.throttled,
+        }
+    }
 }
 
 impl Row {
@@ -155,8 +234,8 @@ pub struct App {
     pub selected: BTreeSet<String>,
     /// The main view.
     pub view: View,
-    /// Group identical calls into one row (the default: a runaway loop is one line).
-    pub grouped: bool,
+    /// How rows group calls (by default identical calls: a runaway loop is one line).
+    pub grouping: Grouping,
     /// Filter text (case-insensitive substring of server/tool, client, arguments).
     pub filter: String,
     /// Sort order.
@@ -169,6 +248,12 @@ pub struct App {
     pub notes: VecDeque<String>,
     /// The last audit query's entries.
     pub audit: Vec<AuditEntry>,
+    /// Active temporary rules.
+    pub rules: Vec<TempRule>,
+    /// Cursor in the rules view.
+    pub rule_cursor: usize,
+    /// How long `x` blocks a pattern (ms).
+    pub block_for_ms: u64,
     /// Detail/diff scroll offset.
     pub scroll: u16,
     /// Requests sent and not answered yet (shows a spinner).
@@ -199,6 +284,8 @@ pub enum Action {
 }
 
 const HISTORY: usize = 2000;
+/// How long `x` blocks a pattern unless the config says otherwise: 15 minutes.
+pub const DEFAULT_BLOCK_MS: u64 = 15 * 60_000;
 const NOTES: usize = 50;
 
 impl App {
@@ -216,13 +303,16 @@ impl App {
             cursor_key: None,
             selected: BTreeSet::new(),
             view: View::Queue,
-            grouped: true,
+            grouping: Grouping::Exact,
             filter: String::new(),
             sort: Sort::Age,
             prompt: None,
             marked: None,
             notes: VecDeque::new(),
             audit: Vec::new(),
+            rules: Vec::new(),
+            rule_cursor: 0,
+            block_for_ms: DEFAULT_BLOCK_MS,
             scroll: 0,
             waiting: 0,
             next_req: 0,
@@ -280,21 +370,24 @@ impl App {
         let mut calls: Vec<&Arc<CallRecord>> =
             self.calls.values().filter(|c| self.matches(c)).collect();
         calls.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut rows: Vec<Row> = if self.grouped {
+        let grouping = self.grouping;
+        let mut rows: Vec<Row> = if grouping != Grouping::Flat {
             let mut groups: Vec<Row> = Vec::new();
             let mut at: HashMap<&str, usize> = HashMap::new();
             for c in calls {
-                match at.get(c.fingerprint.as_str()) {
+                let key = grouping.key(c).unwrap_or_default();
+                match at.get(key) {
                     Some(&i) => {
                         let g = &mut groups[i];
                         g.count += 1;
                         g.ids.push(c.id.clone());
                         g.last_ms = c.timings.received_ms;
                         g.expires_ms = min_expiry(g.expires_ms, c);
+                        g.flags = g.flags.merge(RowFlags::of(c));
                         g.call = Arc::clone(c);
                     }
                     None => {
-                        at.insert(c.fingerprint.as_str(), groups.len());
+                        at.insert(key, groups.len());
                         groups.push(Row {
                             call: Arc::clone(c),
                             count: 1,
@@ -303,6 +396,7 @@ impl App {
                             last_ms: c.timings.received_ms,
                             expires_ms: min_expiry(None, c),
                             pattern: 0,
+                            flags: RowFlags::of(c),
                         });
                     }
                 }
@@ -319,15 +413,22 @@ impl App {
                     last_ms: c.timings.received_ms,
                     expires_ms: min_expiry(None, c),
                     pattern: 0,
+                    flags: RowFlags::of(c),
                 })
                 .collect()
         };
-        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        let pattern_key = |c: &CallRecord| -> String {
+            match grouping {
+                Grouping::Shape => Grouping::Shape.key(c).unwrap_or_default().to_string(),
+                _ => c.fingerprint.clone(),
+            }
+        };
+        let mut sizes: HashMap<String, usize> = HashMap::new();
         for c in self.calls.values() {
-            *sizes.entry(c.fingerprint.as_str()).or_default() += 1;
+            *sizes.entry(pattern_key(c)).or_default() += 1;
         }
         for r in &mut rows {
-            r.pattern = sizes.get(r.call.fingerprint.as_str()).copied().unwrap_or(1);
+            r.pattern = sizes.get(&pattern_key(&r.call)).copied().unwrap_or(1);
         }
         let expiry = |r: &Row| r.expires_ms.unwrap_or(u64::MAX);
         match self.sort {
@@ -350,10 +451,15 @@ impl App {
     }
 
     fn row_key(&self, r: &Row) -> String {
-        if self.grouped {
-            r.call.fingerprint.clone()
-        } else {
-            r.call.id.clone()
+        self.grouping.key(&r.call).unwrap_or(&r.call.id).to_string()
+    }
+
+    /// The fingerprint a pattern decision on this row targets: its group's key (the shape when
+    /// grouped by shape), else the call's exact fingerprint.
+    fn pattern_of(&self, r: &Row) -> String {
+        match self.grouping {
+            Grouping::Shape => Grouping::Shape.key(&r.call).unwrap_or_default().to_string(),
+            _ => r.call.fingerprint.clone(),
         }
     }
 
@@ -440,41 +546,51 @@ impl App {
 
     /// Decide the row under the cursor: a single call at once (approve) or after a reason
     /// (reject); a group after confirmation.
-    fn decide_current(&mut self, verdict: Verdict) -> Option<ClientMsg> {
+    fn decide_current(&mut self, verdict: Verdict, block: bool) -> Option<ClientMsg> {
         let row = self.current()?.clone();
-        let target = if row.count > 1 {
+        // A pattern (a group row, or a block) is decided by fingerprint; one call by id.
+        let target = if row.count > 1 || block {
             Target::Fingerprint {
-                fingerprint: row.call.fingerprint.clone(),
+                fingerprint: self.pattern_of(&row),
             }
         } else {
             Target::Ids {
                 ids: row.ids.clone(),
             }
         };
+        let block_for_ms = block.then_some(self.block_for_ms);
         if row.count > 1 {
             self.prompt = Some(Prompt::Confirm {
                 verdict,
                 target,
                 count: row.count,
+                block_for_ms,
                 summary: self.summary(&row.ids),
             });
             return None;
         }
-        self.ask_or_send(verdict, target, 1)
+        self.ask_or_send(verdict, target, 1, block_for_ms)
     }
 
-    fn ask_or_send(&mut self, verdict: Verdict, target: Target, count: usize) -> Option<ClientMsg> {
+    fn ask_or_send(
+        &mut self,
+        verdict: Verdict,
+        target: Target,
+        count: usize,
+        block_for_ms: Option<u64>,
+    ) -> Option<ClientMsg> {
         match verdict {
             Verdict::Reject => {
                 self.prompt = Some(Prompt::Reason {
                     verdict,
                     target,
                     count,
+                    block_for_ms,
                     text: String::new(),
                 });
                 None
             }
-            Verdict::Approve => self.send_decision(verdict, target, None),
+            Verdict::Approve => self.send_decision(verdict, target, None, None),
         }
     }
 
@@ -483,6 +599,7 @@ impl App {
         verdict: Verdict,
         target: Target,
         reason: Option<String>,
+        block_for_ms: Option<u64>,
     ) -> Option<ClientMsg> {
         if let Target::Ids { ids } = &target {
             for id in ids {
@@ -494,6 +611,8 @@ impl App {
             target,
             verdict,
             reason,
+            block_for_ms,
+            allow_next: None,
         })
     }
 
@@ -515,6 +634,7 @@ impl App {
         self.prompt = Some(Prompt::Confirm {
             verdict,
             count: ids.len(),
+            block_for_ms: None,
             summary: self.summary(&ids),
             target: Target::Ids { ids },
         });
@@ -591,11 +711,12 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
             verdict,
             target,
             count,
+            block_for_ms,
             mut text,
         } => match text_input(&mut text, key) {
             Some(true) => {
                 let reason = Some(text.trim().to_string()).filter(|t| !t.is_empty());
-                app.send_decision(verdict, target, reason)
+                app.send_decision(verdict, target, reason, block_for_ms)
             }
             Some(false) => {
                 app.note("cancelled: nothing was decided".into());
@@ -606,6 +727,7 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
                     verdict,
                     target,
                     count,
+                    block_for_ms,
                     text,
                 });
                 None
@@ -615,6 +737,7 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
             verdict,
             target,
             count,
+            block_for_ms,
             summary,
         } => match key.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => {
@@ -623,7 +746,7 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
                         app.selected.remove(id);
                     }
                 }
-                app.ask_or_send(verdict, target, count)
+                app.ask_or_send(verdict, target, count, block_for_ms)
             }
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
                 app.note("cancelled: nothing was decided".into());
@@ -634,6 +757,7 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
                     verdict,
                     target,
                     count,
+                    block_for_ms,
                     summary,
                 });
                 None
@@ -700,7 +824,8 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.waiting = 0;
         }
         Event::Message(m) => match *m {
-            ServerMsg::Snapshot { pending, .. } => {
+            ServerMsg::Snapshot { pending, rules, .. } => {
+                app.rules = rules;
                 app.calls = pending
                     .into_iter()
                     .map(|c| (c.id.clone(), Arc::new(c)))
@@ -731,8 +856,27 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 call.clone(),
                 format!("{}/{} abandoned after a restart", call.server, call.tool),
             ),
-            ServerMsg::Decided { results, .. } => {
+            ServerMsg::Decided {
+                results,
+                rule,
+                rule_refused,
+                ..
+            } => {
                 app.waiting = app.waiting.saturating_sub(1);
+                if let Some(r) = rule {
+                    app.note(format!(
+                        "{} blocks {}/{} until {} (t shows rules)",
+                        r.id,
+                        r.server,
+                        r.tool,
+                        crate::fmt::time(r.until_ms)
+                    ));
+                    return None;
+                }
+                if let Some(why) = rule_refused {
+                    app.note(why);
+                    return None;
+                }
                 let ok = results.iter().filter(|r| r.ok).count();
                 let refused: Vec<_> = results.iter().filter(|r| !r.ok).collect();
                 if refused.is_empty() {
@@ -761,7 +905,14 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 app.waiting = app.waiting.saturating_sub(1);
                 app.note(format!("broker: {message}"));
             }
-            ServerMsg::Hello { .. } | ServerMsg::Rules { .. } => {}
+            ServerMsg::Rules { req, rules } => {
+                if req.is_some() {
+                    app.waiting = app.waiting.saturating_sub(1);
+                }
+                app.rules = rules;
+                app.rule_cursor = app.rule_cursor.min(app.rules.len().saturating_sub(1));
+            }
+            ServerMsg::Hello { .. } => {}
         },
     }
     None
@@ -811,6 +962,14 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     }
                     None
                 }
+                Command::Down if app.view == View::Rules => {
+                    app.rule_cursor = (app.rule_cursor + 1).min(app.rules.len().saturating_sub(1));
+                    None
+                }
+                Command::Up if app.view == View::Rules => {
+                    app.rule_cursor = app.rule_cursor.saturating_sub(1);
+                    None
+                }
                 Command::Down => {
                     if matches!(app.view, View::Detail | View::Diff) {
                         app.scroll = app.scroll.saturating_add(1);
@@ -846,8 +1005,25 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     app.view = View::Queue;
                     None
                 }
-                Command::Approve => app.decide_current(Verdict::Approve),
-                Command::Reject => app.decide_current(Verdict::Reject),
+                Command::Approve => app.decide_current(Verdict::Approve, false),
+                Command::Reject => app.decide_current(Verdict::Reject, false),
+                Command::BlockPattern => app.decide_current(Verdict::Reject, true),
+                Command::Rules => {
+                    app.view = View::Rules;
+                    app.request(|req| ClientMsg::ListRules { req })
+                }
+                Command::Revoke => {
+                    if app.view != View::Rules {
+                        app.note(format!(
+                            "{} revokes a rule in the rules view ({})",
+                            app.keys.key_of(Command::Revoke),
+                            app.keys.key_of(Command::Rules)
+                        ));
+                        return None;
+                    }
+                    let id = app.rules.get(app.rule_cursor)?.id.clone();
+                    app.request(|req| ClientMsg::RevokeRule { req, id })
+                }
                 Command::Select => {
                     if let Some(row) = app.current() {
                         let ids = row.ids.clone();
@@ -877,14 +1053,13 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                 Command::ApproveSelected => app.decide_selected(Verdict::Approve),
                 Command::RejectSelected => app.decide_selected(Verdict::Reject),
                 Command::Group => {
-                    app.grouped = !app.grouped;
-                    app.cursor_key = app.current().and_then(|r| {
-                        if app.grouped {
-                            Some(r.call.fingerprint.clone())
-                        } else {
-                            r.ids.first().cloned()
-                        }
+                    app.grouping = app.grouping.next();
+                    app.cursor_key = app.current().map(|r| {
+                        app.grouping
+                            .key(&r.call)
+                            .map_or_else(|| r.call.id.clone(), str::to_string)
                     });
+                    app.note(format!("rows: {}", app.grouping.label()));
                     app.settle_cursor();
                     None
                 }

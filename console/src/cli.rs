@@ -1,4 +1,4 @@
-//! The scriptable commands: `list`, `show`, `approve`, `reject`, `watch`, `audit`.
+//! The scriptable commands: `list`, `show`, `approve`, `reject`, `rules`, `watch`, `audit`.
 //!
 //! Each opens one connection, does its job and exits. Text output is for people; `--json`
 //! prints JSON for scripts (one document, or one object per line for `watch`). Exit codes: 0
@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use tollgate_shared::audit::AuditFilter;
-use tollgate_shared::console::{ClientMsg, Refusal, ServerMsg, Target};
+use tollgate_shared::console::{
+    AllowNext, ClientMsg, Refusal, RuleKind, ServerMsg, Target, TempRule,
+};
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
 use crate::client::{Conn, Settings};
@@ -169,12 +171,94 @@ pub fn detail(c: &CallRecord) -> String {
     s
 }
 
+/// A temporary rule to install with a decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Follow {
+    /// `reject --block-for`.
+    pub block_for_ms: Option<u64>,
+    /// `approve --allow-next`.
+    pub allow_next: Option<AllowNext>,
+}
+
+/// One line describing a temporary rule.
+pub fn rule_line(r: &TempRule) -> String {
+    let now = now_ms();
+    let what = match r.kind {
+        RuleKind::Block => "block".to_string(),
+        RuleKind::Allow => format!("allow {} more", r.remaining.unwrap_or(0)),
+    };
+    format!(
+        "{:<10}  {:<14}  {:<16}  {:<24}  {:<10}  {:>7}  {:>5}  {}",
+        r.id,
+        what,
+        r.fingerprint,
+        format!("{}/{}", r.server, r.tool),
+        r.by,
+        short_duration(r.until_ms.saturating_sub(now)),
+        r.hits,
+        r.reason.as_deref().unwrap_or("")
+    )
+}
+
+fn rules_table(rules: &[TempRule]) -> String {
+    let mut s = format!(
+        "{:<10}  {:<14}  {:<16}  {:<24}  {:<10}  {:>7}  {:>5}  REASON\n",
+        "ID", "KIND", "FINGERPRINT", "SERVER/TOOL", "BY", "LEFT", "HITS"
+    );
+    for r in rules {
+        s.push_str(&rule_line(r));
+        s.push('\n');
+    }
+    if rules.is_empty() {
+        s.push_str("(no temporary rules)\n");
+    }
+    s
+}
+
+/// `rules` and `rules revoke ID`.
+pub async fn rules(s: &Settings, revoke: Option<String>, json: bool) -> Result<ExitCode> {
+    let mut conn = Conn::connect(s).await?;
+    let req = conn.req();
+    let msg = match &revoke {
+        Some(id) => ClientMsg::RevokeRule {
+            req: Some(req),
+            id: id.clone(),
+        },
+        None => ClientMsg::ListRules { req: Some(req) },
+    };
+    let rules = match conn.request(req, &msg).await? {
+        ServerMsg::Rules { rules, .. } => rules,
+        ServerMsg::Error { message, .. } => {
+            eprintln!("tollgate: {message}");
+            let code = if message.starts_with("no active temporary rule") {
+                NOT_FOUND
+            } else {
+                NOT_ALLOWED
+            };
+            return Ok(ExitCode::from(code));
+        }
+        other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
+    };
+    if let Some(id) = &revoke
+        && !json
+    {
+        println!("revoked {id}");
+    }
+    if json {
+        print_json(&rules)?;
+    } else {
+        print!("{}", rules_table(&rules));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `approve` / `reject`.
 pub async fn decide(
     s: &Settings,
     target: Target,
     verdict: Verdict,
     reason: Option<String>,
+    follow: Follow,
     json: bool,
 ) -> Result<ExitCode> {
     let mut conn = Conn::connect(s).await?;
@@ -184,13 +268,44 @@ pub async fn decide(
         target,
         verdict,
         reason,
+        block_for_ms: follow.block_for_ms,
+        allow_next: follow.allow_next,
     };
-    let results = match conn.request(req, &msg).await? {
-        ServerMsg::Decided { results, .. } => results,
+    let (results, rule, rule_refused) = match conn.request(req, &msg).await? {
+        ServerMsg::Decided {
+            results,
+            rule,
+            rule_refused,
+            ..
+        } => (results, rule, rule_refused),
+        ServerMsg::Error { message, .. } => {
+            eprintln!("tollgate: {message}");
+            return Ok(ExitCode::from(2));
+        }
         other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
     };
     if json {
-        print_json(&results)?;
+        print_json(&serde_json::json!({
+            "results": results,
+            "rule": rule,
+            "rule_refused": rule_refused,
+        }))?;
+    } else {
+        if let Some(r) = &rule {
+            println!(
+                "temporary rule {}: {} calls with fingerprint {} for {}",
+                r.id,
+                match r.kind {
+                    RuleKind::Block => "refuse new".to_string(),
+                    RuleKind::Allow => format!("let through the next {}", r.remaining.unwrap_or(0)),
+                },
+                r.fingerprint,
+                short_duration(r.until_ms.saturating_sub(r.created_ms))
+            );
+        }
+        if let Some(why) = &rule_refused {
+            eprintln!("tollgate: {why}");
+        }
     }
     let mut code = 0u8;
     if results.is_empty() {
@@ -213,6 +328,9 @@ pub async fn decide(
             Some(Refusal::StoreFailed) => 1,
         };
         code = code.max(c);
+    }
+    if rule_refused.is_some() {
+        code = code.max(1);
     }
     Ok(ExitCode::from(code))
 }

@@ -47,6 +47,8 @@ pub struct Conn {
     pub me: Me,
     /// The queue when we connected.
     pub pending: Vec<CallRecord>,
+    /// Temporary rules when we connected.
+    pub rules: Vec<tollgate_shared::console::TempRule>,
 }
 
 /// Why connecting failed, worded for the person at the terminal.
@@ -95,6 +97,7 @@ impl Conn {
                 servers: None,
             },
             pending: Vec::new(),
+            rules: Vec::new(),
         };
         match conn.next().await? {
             ServerMsg::Hello {
@@ -118,8 +121,9 @@ impl Conn {
             }
             other => bail!("the broker did not greet with hello: {other:?}"),
         }
-        if let ServerMsg::Snapshot { pending, .. } = conn.next().await? {
+        if let ServerMsg::Snapshot { pending, rules, .. } = conn.next().await? {
             conn.pending = pending;
+            conn.rules = rules;
         }
         Ok(conn)
     }
@@ -213,10 +217,15 @@ pub fn spawn_backend(
                 Ok(mut conn) => {
                     attempt = 0;
                     let pending = std::mem::take(&mut conn.pending);
+                    let rules = ServerMsg::Rules {
+                        req: None,
+                        rules: std::mem::take(&mut conn.rules),
+                    };
                     if events
                         .send(Event::Connected(conn.me.clone(), pending))
                         .await
                         .is_err()
+                        || events.send(Event::Message(Box::new(rules))).await.is_err()
                     {
                         return;
                     }

@@ -35,7 +35,13 @@ pub enum Command {
     ApproveSelected,
     /// Reject the selection, after confirmation.
     RejectSelected,
-    /// Group identical calls into one row each.
+    /// Reject the call or group under the cursor and block its pattern for a while.
+    BlockPattern,
+    /// Show the temporary rules.
+    Rules,
+    /// Revoke the temporary rule under the cursor (rules view).
+    Revoke,
+    /// Cycle grouping: identical calls, same shape, none.
     Group,
     /// Edit the filter.
     Filter,
@@ -55,7 +61,7 @@ pub enum Command {
 
 impl Command {
     /// Every command with its config name, default key and help text.
-    pub const ALL: [(Command, &'static str, &'static str, &'static str); 20] = [
+    pub const ALL: [(Command, &'static str, &'static str, &'static str); 23] = [
         (Command::Down, "down", "j", "move down (also ↓)"),
         (Command::Up, "up", "k", "move up (also ↑)"),
         (Command::PageDown, "page_down", "pgdn", "page down"),
@@ -99,10 +105,28 @@ impl Command {
             "reject the selection (asks first)",
         ),
         (
+            Command::BlockPattern,
+            "block_pattern",
+            "x",
+            "reject this pattern and refuse its new calls for a while",
+        ),
+        (
+            Command::Rules,
+            "rules",
+            "t",
+            "temporary rules (blocked and pre-approved patterns)",
+        ),
+        (
+            Command::Revoke,
+            "revoke",
+            "D",
+            "revoke the rule under the cursor (rules view)",
+        ),
+        (
             Command::Group,
             "group",
             "g",
-            "group identical calls (runaway loops) into one row",
+            "group rows: identical calls → same shape → none",
         ),
         (
             Command::Filter,
@@ -311,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn default_keys_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for (c, _, k, _) in Command::ALL {
+            assert!(seen.insert(k), "{c:?}: default key {k} is taken twice");
+        }
+    }
+
+    #[test]
     fn defaults_and_remaps() {
         let m = KeyMap::default();
         assert_eq!(m.command(&ev(KeyCode::Char('a'))), Some(Command::Approve));
@@ -324,17 +356,17 @@ mod tests {
         assert_eq!(m.key_of(Command::Approve), "y");
         o.insert("approve".to_string(), "r".to_string());
         assert!(KeyMap::with(&o).expect_err("clash").contains("clashes"));
-        o.insert("reject".to_string(), "x".to_string());
+        o.insert("reject".to_string(), "z".to_string());
         let swapped = KeyMap::with(&o).expect("remapping the other key resolves the clash");
         assert_eq!(
             swapped.command(&ev(KeyCode::Char('r'))),
             Some(Command::Approve)
         );
         assert_eq!(
-            swapped.command(&ev(KeyCode::Char('x'))),
+            swapped.command(&ev(KeyCode::Char('z'))),
             Some(Command::Reject)
         );
-        o.insert("launch".to_string(), "z".to_string());
+        o.insert("launch".to_string(), "q".to_string());
         assert!(
             KeyMap::with(&o)
                 .expect_err("unknown")

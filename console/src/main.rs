@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tollgate_shared::audit::AuditFilter;
-use tollgate_shared::console::Target;
+use tollgate_shared::console::{AllowNext, Target};
 use tollgate_shared::{Outcome, Verdict};
 
 use client::Settings;
@@ -74,6 +74,13 @@ enum Cmd {
         /// Why (kept in the audit trail).
         #[arg(long)]
         reason: Option<String>,
+        /// Also let the next N identical calls (same fingerprint) through without asking, for
+        /// --for (1 to 1000 calls; needs --fingerprint; installs a temporary allow rule).
+        #[arg(long, requires = "fingerprint", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        allow_next: Option<u32>,
+        /// How long --allow-next lasts (at most 24h).
+        #[arg(long = "for", requires = "allow_next", default_value = "10m", value_parser = humantime::parse_duration)]
+        for_: Duration,
         /// JSON results.
         #[arg(long)]
         json: bool,
@@ -89,7 +96,20 @@ enum Cmd {
         /// Why: shown to the agent and kept in the audit trail.
         #[arg(long)]
         reason: String,
+        /// Also refuse new calls with this fingerprint at once for this long, e.g. 15m (at most
+        /// 24h; needs --fingerprint; installs a temporary block rule).
+        #[arg(long, requires = "fingerprint", value_parser = humantime::parse_duration)]
+        block_for: Option<Duration>,
         /// JSON results.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List temporary rules (installed by `reject --block-for` and `approve --allow-next`), or
+    /// revoke one.
+    Rules {
+        #[command(subcommand)]
+        action: Option<RulesCmd>,
+        /// JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -129,12 +149,23 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum RulesCmd {
+    /// Remove a temporary rule now.
+    Revoke {
+        /// The rule id (t-...).
+        id: String,
+    },
+}
+
 /// The console's config file.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     url: Option<String>,
     token: Option<String>,
+    /// How long `x` blocks a pattern ("15m").
+    block_for: Option<String>,
     #[serde(default)]
     keys: BTreeMap<String, String>,
 }
@@ -182,7 +213,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         None => {
             let keys = keys::KeyMap::with(&file.keys).map_err(|e| anyhow::anyhow!(e))?;
-            tui::run(s, keys).await?;
+            let block_for = match &file.block_for {
+                None => tollgate_console::app::DEFAULT_BLOCK_MS,
+                Some(text) => humantime::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero() && *d <= Duration::from_secs(86_400))
+                    .with_context(|| {
+                        format!("block_for = {text:?} in the console config: write a duration up to 24h, like \"15m\"")
+                    })?
+                    .as_millis() as u64,
+            };
+            tui::run(s, keys, block_for).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::List { json }) => cli::list(&s, json).await,
@@ -191,23 +232,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ids,
             fingerprint,
             reason,
+            allow_next,
+            for_,
             json,
-        }) => cli::decide(&s, target(ids, fingerprint), Verdict::Approve, reason, json).await,
+        }) => {
+            let follow = cli::Follow {
+                block_for_ms: None,
+                allow_next: allow_next.map(|count| AllowNext {
+                    count,
+                    for_ms: for_.as_millis() as u64,
+                }),
+            };
+            let target = target(ids, fingerprint);
+            cli::decide(&s, target, Verdict::Approve, reason, follow, json).await
+        }
         Some(Cmd::Reject {
             ids,
             fingerprint,
             reason,
+            block_for,
             json,
         }) => {
-            cli::decide(
-                &s,
-                target(ids, fingerprint),
-                Verdict::Reject,
-                Some(reason),
-                json,
-            )
-            .await
+            let follow = cli::Follow {
+                block_for_ms: block_for.map(|d| d.as_millis() as u64),
+                allow_next: None,
+            };
+            let target = target(ids, fingerprint);
+            cli::decide(&s, target, Verdict::Reject, Some(reason), follow, json).await
         }
+        Some(Cmd::Rules { action, json }) => match action {
+            None => cli::rules(&s, None, json).await,
+            Some(RulesCmd::Revoke { id }) => cli::rules(&s, Some(id), json).await,
+        },
         Some(Cmd::Watch { json }) => cli::watch(&s, json).await,
         Some(Cmd::Audit {
             status,

@@ -11,7 +11,7 @@ use tollgate_shared::audit::AuditEntry;
 use tollgate_shared::console::{ClientMsg, DecideResult, Refusal, Role, ServerMsg, Target};
 use tollgate_shared::{CallRecord, Decision, Hold, HoldMode, Outcome, RuleRef, Timings, Verdict};
 
-use crate::app::{Action, App, Link, Prompt, View, update};
+use crate::app::{Action, App, Grouping, Link, Prompt, View, update};
 use crate::client::{Event, Me};
 use crate::keys::KeyMap;
 use crate::ui;
@@ -54,6 +54,8 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
         }),
         decisions: vec![],
         findings: Vec::new(),
+        shape: String::new(),
+        signals: Default::default(),
     }
 }
 
@@ -105,13 +107,35 @@ fn sample() -> App {
         path: "/api_key".into(),
         masked: "sk_l…9dc2 (32 chars)".into(),
     });
+    pending[2].signals.throttled =
+        Some("rate limit \"transfers\" refused 3 calls from agent-7 in the last minute".into());
+    let looping = tollgate_shared::Signals {
+        repeats: 500,
+        window_ms: 60_000,
+        looping: true,
+        throttled: None,
+    };
     for i in 0..500 {
-        pending.push(call(
+        let mut c = call(
             10 + i,
             "delete_row",
             json!({"table": "sessions", "id": 7}),
             "fp-loop",
-        ));
+        );
+        c.shape = "sh-delete".into();
+        c.signals = looping.clone();
+        pending.push(c);
+    }
+    // Two more rows of the same shape with other ids: one pattern when grouped by shape.
+    for (n, id) in [(600, 8), (601, 9)] {
+        let mut c = call(
+            n,
+            "delete_row",
+            json!({"table": "sessions", "id": id}),
+            &format!("fp-del{id}"),
+        );
+        c.shape = "sh-delete".into();
+        pending.push(c);
     }
     update(
         &mut app,
@@ -152,7 +176,9 @@ fn snap(name: &str, app: &App) {
 fn view_queue_ungrouped() {
     let mut app = sample();
     update(&mut app, key('g'));
-    assert!(!app.grouped);
+    assert_eq!(app.grouping, Grouping::Shape);
+    update(&mut app, key('g'));
+    assert_eq!(app.grouping, Grouping::Flat);
     snap("queue", &app);
 }
 
@@ -288,6 +314,8 @@ fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
             },
             verdict: Verdict::Approve,
             reason: None,
+            block_for_ms: None,
+            allow_next: None,
         })
     );
     assert!(update(&mut app, key('r')).is_none());
@@ -312,7 +340,7 @@ fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
 #[test]
 fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
     let mut app = sample();
-    assert_eq!(app.rows().len(), 4);
+    assert_eq!(app.rows().len(), 6);
     let at = app
         .rows()
         .iter()
@@ -337,6 +365,8 @@ fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
             },
             verdict: Verdict::Reject,
             reason: Some("loop".into()),
+            block_for_ms: None,
+            allow_next: None,
         })
     );
 }
@@ -448,6 +478,8 @@ fn refusals_from_the_broker_are_shown() {
                 outcome: Some(Outcome::Approved),
                 message: "already approved by bob at 2026-11-24T18:50:56Z".into(),
             }],
+            rule: None,
+            rule_refused: None,
         }))),
     );
     assert_eq!(app.waiting, 0);
@@ -526,4 +558,168 @@ fn no_color_draws_without_colours_and_colour_mode_uses_them() {
     };
     assert_eq!(colours(true), 0);
     assert!(colours(false) > 0);
+}
+
+/// Put the cursor on the delete_row loop's row.
+fn loop_row(app: &mut App) {
+    let at = app
+        .rows()
+        .iter()
+        .position(|r| r.call.tool == "delete_row" && r.count > 1)
+        .expect("the loop's row");
+    for _ in 0..at {
+        update(app, key('j'));
+    }
+}
+
+#[test]
+fn blocking_a_pattern_rejects_it_by_fingerprint_with_a_block_time() {
+    let mut app = sample();
+    loop_row(&mut app);
+    assert!(update(&mut app, key('x')).is_none());
+    assert!(matches!(
+        app.prompt,
+        Some(Prompt::Confirm {
+            count: 500,
+            block_for_ms: Some(900_000),
+            ..
+        })
+    ));
+    snap("block_confirm", &app);
+    update(&mut app, key('y'));
+    typed(&mut app, "runaway loop");
+    let sent = update(&mut app, code(KeyCode::Enter));
+    assert_eq!(
+        sent,
+        Some(ClientMsg::Decide {
+            req: Some(1),
+            target: Target::Fingerprint {
+                fingerprint: "fp-loop".into()
+            },
+            verdict: Verdict::Reject,
+            reason: Some("runaway loop".into()),
+            block_for_ms: Some(900_000),
+            allow_next: None,
+        })
+    );
+    // A single call is blocked by its fingerprint too (the rule needs one).
+    let mut app = sample();
+    update(&mut app, key('x'));
+    assert!(matches!(
+        app.prompt,
+        Some(Prompt::Reason {
+            target: Target::Fingerprint { .. },
+            block_for_ms: Some(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn grouping_by_shape_merges_calls_that_differ_in_volatile_values() {
+    let mut app = sample();
+    assert_eq!(app.rows().len(), 6, "3 singles, the loop and two other ids");
+    update(&mut app, key('g'));
+    assert_eq!(app.grouping, Grouping::Shape);
+    // Calls without a shape fall back to their exact fingerprint.
+    assert_eq!(app.rows().len(), 4);
+    loop_row(&mut app);
+    let row = app.current().expect("row").clone();
+    assert_eq!(row.count, 502);
+    snap("queue_by_shape", &app);
+    update(&mut app, key('x'));
+    update(&mut app, key('y'));
+    typed(&mut app, "loop");
+    let sent = update(&mut app, code(KeyCode::Enter));
+    assert!(matches!(
+        sent,
+        Some(ClientMsg::Decide { target: Target::Fingerprint { ref fingerprint }, .. }) if fingerprint == "sh-delete"
+    ));
+}
+
+#[test]
+fn the_rules_view_lists_and_revokes_temporary_rules() {
+    let mut app = sample();
+    let rule = |id: &str, kind| tollgate_shared::console::TempRule {
+        id: id.into(),
+        kind,
+        fingerprint: "fp-loop".into(),
+        server: "db".into(),
+        tool: "delete_row".into(),
+        by: "alice".into(),
+        created_ms: NOW - 60_000,
+        until_ms: NOW + 840_000,
+        reason: Some("runaway loop".into()),
+        remaining: (kind == tollgate_shared::console::RuleKind::Allow).then_some(4),
+        hits: 12,
+    };
+    let sent = update(&mut app, key('t'));
+    assert_eq!(sent, Some(ClientMsg::ListRules { req: Some(1) }));
+    assert_eq!(app.view, View::Rules);
+    snap("rules_empty", &app);
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::Rules {
+            req: Some(1),
+            rules: vec![
+                rule("t-0000aaaa", tollgate_shared::console::RuleKind::Block),
+                rule("t-0000bbbb", tollgate_shared::console::RuleKind::Allow),
+            ],
+        }))),
+    );
+    assert_eq!(app.waiting, 0);
+    update(&mut app, key('j'));
+    snap("rules", &app);
+    let sent = update(&mut app, key('D'));
+    assert_eq!(
+        sent,
+        Some(ClientMsg::RevokeRule {
+            req: Some(2),
+            id: "t-0000bbbb".into()
+        })
+    );
+    // Rules pushed by the broker (another console revoked one) replace the list.
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::Rules {
+            req: None,
+            rules: vec![],
+        }))),
+    );
+    assert!(app.rules.is_empty());
+    assert_eq!(app.rule_cursor, 0);
+    // Outside the rules view, d explains itself instead of revoking.
+    update(&mut app, code(KeyCode::Esc));
+    assert!(update(&mut app, key('D')).is_none());
+}
+
+#[test]
+fn a_decision_that_installed_a_rule_says_so() {
+    let mut app = sample();
+    update(
+        &mut app,
+        Action::Broker(Event::Message(Box::new(ServerMsg::Decided {
+            req: Some(1),
+            results: vec![],
+            rule: Some(tollgate_shared::console::TempRule {
+                id: "t-0000cccc".into(),
+                kind: tollgate_shared::console::RuleKind::Block,
+                fingerprint: "fp-loop".into(),
+                server: "db".into(),
+                tool: "delete_row".into(),
+                by: "alice".into(),
+                created_ms: NOW,
+                until_ms: NOW + 900_000,
+                reason: None,
+                remaining: None,
+                hits: 0,
+            }),
+            rule_refused: None,
+        }))),
+    );
+    let note = app.notes.back().expect("note");
+    assert!(
+        note.starts_with("t-0000cccc blocks db/delete_row until"),
+        "{note}"
+    );
 }

@@ -32,9 +32,10 @@ impl Drop for Restore {
 }
 
 /// Run the TUI until the user quits.
-pub async fn run(settings: Settings, keys: KeyMap) -> Result<()> {
+pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<()> {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut app = App::new(settings.url.clone(), keys, no_color, now_ms());
+    app.block_for_ms = block_for_ms;
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let (req_tx, req_rx) = mpsc::channel(64);
     client::spawn_backend(settings, ev_tx, req_rx);

@@ -6,10 +6,10 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row as TableRow, Table, Wrap};
-use tollgate_shared::console::Target;
+use tollgate_shared::console::{RuleKind, Target};
 use tollgate_shared::{CallRecord, Verdict};
 
-use crate::app::{App, Link, Prompt, View};
+use crate::app::{App, Grouping, Link, Prompt, View};
 use crate::fmt::{args_summary, cut, pretty_sorted, short_duration, time};
 use crate::keys::Command;
 
@@ -68,6 +68,7 @@ pub fn render(app: &App, f: &mut Frame) {
         View::Detail => detail(app, f, main),
         View::Diff => diff(app, f, main),
         View::Audit => audit(app, f, main),
+        View::Rules => rules(app, f, main),
         View::Help => help(app, f, main),
     }
     footer(app, f, bottom);
@@ -116,6 +117,7 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
             (Command::Reject, "reject"),
             (Command::Select, "select"),
             (Command::RejectSelected, "bulk reject"),
+            (Command::BlockPattern, "block pattern"),
             (Command::Group, "group"),
             (Command::Filter, "filter"),
             (Command::Open, "detail"),
@@ -124,6 +126,13 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
             (Command::Quit, "quit"),
         ],
         View::Help => &[],
+        View::Rules => &[
+            (Command::Back, "back"),
+            (Command::Down, "down"),
+            (Command::Up, "up"),
+            (Command::Revoke, "revoke"),
+            (Command::Quit, "back"),
+        ],
         _ => &[
             (Command::Back, "back"),
             (Command::Down, "scroll"),
@@ -148,8 +157,15 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
         &help
     });
     let mut state = format!("sort {}", app.sort.label());
-    if app.grouped {
-        state.push_str(" · grouped");
+    if app.grouping != Grouping::Flat {
+        state.push_str(&format!(" · {}", app.grouping.label()));
+    }
+    if !app.rules.is_empty() {
+        state.push_str(&format!(
+            " · {} rule{}",
+            app.rules.len(),
+            if app.rules.len() == 1 { "" } else { "s" }
+        ));
     }
     if !app.filter.is_empty() {
         state.push_str(&format!(" · filter \"{}\"", app.filter));
@@ -178,11 +194,23 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     } else {
         String::new()
     };
-    let title = if app.grouped {
+    let title = if app.grouping != Grouping::Flat {
         format!(
             " Queue · {} in {}{of} ",
             plural(shown, "call", "calls"),
-            plural(rows.len(), "group", "groups")
+            plural(
+                rows.len(),
+                if app.grouping == Grouping::Shape {
+                    "pattern"
+                } else {
+                    "group"
+                },
+                if app.grouping == Grouping::Shape {
+                    "patterns"
+                } else {
+                    "groups"
+                }
+            )
         )
     } else {
         format!(" Queue · {}{of} ", plural(shown, "call", "calls"))
@@ -255,12 +283,19 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
             } else {
                 args
             };
-            // DLP findings lead the line: the approver sees there is a secret before opening it.
-            let args = if c.findings.is_empty() {
-                args
-            } else {
-                format!("[secret] {args}")
-            };
+            // Guard flags lead the line, so the approver sees them before opening the call:
+            // a secret in the arguments, a probable loop, a client being throttled.
+            let mut flags = String::new();
+            if r.flags.secret {
+                flags.push_str("[secret] ");
+            }
+            if r.flags.looping {
+                flags.push_str("[loop] ");
+            }
+            if r.flags.throttled {
+                flags.push_str("[throttled] ");
+            }
+            let args = format!("{flags}{args}");
             let cells: Vec<Cell> = vec![
                 mark.into(),
                 age.into(),
@@ -415,6 +450,35 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
             style(app, Look::Bad),
         ));
     }
+    if c.signals.repeats > 1 {
+        lines.push(Line::styled(
+            format!(
+                "{:<10}{} calls of this shape in the last {}{}",
+                if c.signals.looping { "loop" } else { "repeats" },
+                c.signals.repeats,
+                short_duration(c.signals.window_ms),
+                if c.signals.looping {
+                    " (over the loop threshold)"
+                } else {
+                    ""
+                }
+            ),
+            style(
+                app,
+                if c.signals.looping {
+                    Look::Bad
+                } else {
+                    Look::Dim
+                },
+            ),
+        ));
+    }
+    if let Some(t) = &c.signals.throttled {
+        lines.push(Line::styled(
+            format!("throttled {t}"),
+            style(app, Look::Warn),
+        ));
+    }
     for d in &c.decisions {
         lines.push(field(
             app,
@@ -425,10 +489,16 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
     if row.count > 1 {
         lines.push(Line::styled(
             format!(
-                "pattern   {} identical calls, {:.1}/min, first {} ago (deciding this row decides all)",
+                "pattern   {} {} calls, {:.1}/min, first seen {} ago, last {} ago (deciding this row decides all)",
                 row.count,
+                if app.grouping == Grouping::Shape {
+                    "same-shape"
+                } else {
+                    "identical"
+                },
                 row.rate_per_min(),
-                short_duration(app.now_ms.saturating_sub(row.first_ms))
+                short_duration(app.now_ms.saturating_sub(row.first_ms)),
+                short_duration(app.now_ms.saturating_sub(row.last_ms))
             ),
             style(app, Look::Warn),
         ));
@@ -660,6 +730,81 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(table, area);
 }
 
+fn rules(app: &App, f: &mut Frame, area: Rect) {
+    let title = format!(
+        " Temporary rules · {} · {} revokes ",
+        app.rules.len(),
+        app.keys.key_of(Command::Revoke)
+    );
+    let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
+    if app.rules.is_empty() {
+        let text = format!(
+            "No temporary rules. {} on a queue row rejects its pattern and refuses new calls of it for {}.",
+            app.keys.key_of(Command::BlockPattern),
+            short_duration(app.block_for_ms)
+        );
+        f.render_widget(
+            Paragraph::new(text).wrap(Wrap { trim: true }).block(block),
+            area,
+        );
+        return;
+    }
+    let reason_w = area.width.saturating_sub(78).max(8) as usize;
+    let rows: Vec<TableRow> = app
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let kind = match r.kind {
+                RuleKind::Block => "block".to_string(),
+                RuleKind::Allow => format!("allow {}", r.remaining.unwrap_or(0)),
+            };
+            let mut row = TableRow::new(vec![
+                Cell::from(if i == app.rule_cursor { "›" } else { " " }),
+                Cell::from(r.id.clone()),
+                Cell::from(kind),
+                Cell::from(format!("{}/{}", r.server, r.tool)),
+                Cell::from(r.by.clone()),
+                Cell::from(short_duration(r.until_ms.saturating_sub(app.now_ms))),
+                Cell::from(r.hits.to_string()),
+                Cell::from(cut(r.reason.as_deref().unwrap_or(""), reason_w)),
+            ]);
+            if i == app.rule_cursor {
+                row = row.style(style(app, Look::Cursor));
+            }
+            row
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(1),
+            Constraint::Length(10),
+            Constraint::Length(9),
+            Constraint::Length(24),
+            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Min(8),
+        ],
+    )
+    .header(
+        TableRow::new(vec![
+            "",
+            "ID",
+            "KIND",
+            "SERVER/TOOL",
+            "BY",
+            "LEFT",
+            "HITS",
+            "REASON",
+        ])
+        .style(style(app, Look::Dim)),
+    )
+    .block(block);
+    f.render_widget(table, area);
+}
+
 fn help(app: &App, f: &mut Frame, area: Rect) {
     let mut lines: Vec<Line> = Command::ALL
         .iter()
@@ -722,6 +867,7 @@ fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
             count,
             text,
             target,
+            block_for_ms,
         } => {
             let what = match target {
                 Target::Fingerprint { .. } | Target::Ids { .. } if *count > 1 => {
@@ -729,32 +875,58 @@ fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
                 }
                 _ => "this call".to_string(),
             };
-            (
-                format!(" {} {what} ", verb(*verdict)),
-                vec![
-                    Line::raw("Reason (shown to the agent):"),
-                    Line::raw(format!("{text}▏")),
-                    Line::styled("enter sends · esc cancels", style(app, Look::Dim)),
-                ],
-            )
+            let mut lines = vec![
+                Line::raw("Reason (shown to the agent):"),
+                Line::raw(format!("{text}▏")),
+            ];
+            if let Some(ms) = block_for_ms {
+                lines.insert(
+                    0,
+                    Line::styled(
+                        format!(
+                            "and refuse new calls of this pattern for {}",
+                            short_duration(*ms)
+                        ),
+                        style(app, Look::Warn),
+                    ),
+                );
+            }
+            lines.push(Line::styled(
+                "enter sends · esc cancels",
+                style(app, Look::Dim),
+            ));
+            (format!(" {} {what} ", verb(*verdict)), lines)
         }
         Prompt::Confirm {
             verdict,
             count,
             summary,
+            block_for_ms,
             ..
-        } => (
-            format!(" {} {count} calls? ", verb(*verdict)),
-            vec![
+        } => {
+            let mut lines = vec![
                 Line::styled(
                     format!("{} {count} calls:", verb(*verdict)),
                     style(app, Look::Title),
                 ),
                 Line::raw(cut(summary, 60)),
-                Line::raw(""),
-                Line::styled("y confirms · n or esc cancels", style(app, Look::Dim)),
-            ],
-        ),
+            ];
+            if let Some(ms) = block_for_ms {
+                lines.push(Line::styled(
+                    format!(
+                        "and refuse new calls of this pattern for {}",
+                        short_duration(*ms)
+                    ),
+                    style(app, Look::Warn),
+                ));
+            }
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                "y confirms · n or esc cancels",
+                style(app, Look::Dim),
+            ));
+            (format!(" {} {count} calls? ", verb(*verdict)), lines)
+        }
     };
     let r = centered(area, 64, lines.len() as u16 + 2);
     f.render_widget(Clear, r);

@@ -65,20 +65,54 @@ pub enum Target {
     },
 }
 
-/// A temporary rule installed from a console (used by the guards); listed and revocable.
+/// What a temporary rule does to new calls that match it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// Refuse them at once (audited `blocked`, naming the rule and who installed it).
+    Block,
+    /// Let a bounded number of identical calls through without asking again.
+    Allow,
+}
+
+/// A temporary rule installed by a decision ("reject pattern for 15 min", "approve the next
+/// 5"): listed, expiring, revocable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TempRule {
-    /// Rule id.
+    /// Rule id (`t-` and 8 hex digits).
     pub id: String,
-    /// The fingerprint it refuses.
+    /// Block or allow.
+    pub kind: RuleKind,
+    /// The exact or shape fingerprint it matches (allow rules: exact only).
     pub fingerprint: String,
+    /// The server of the calls it was made from.
+    pub server: String,
+    /// The tool of the calls it was made from.
+    pub tool: String,
     /// Who installed it.
     pub by: String,
+    /// When (ms since the epoch).
+    pub created_ms: u64,
     /// Until when (ms since the epoch).
     pub until_ms: u64,
-    /// Why.
+    /// The reason given with the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Allow rules: how many more calls it lets through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u32>,
+    /// Calls it has answered so far.
+    #[serde(default)]
+    pub hits: u64,
+}
+
+/// "Approve the next `count` identical calls within `for_ms`", sent with an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowNext {
+    /// How many future calls (1 to 1000).
+    pub count: u32,
+    /// For how long (ms, at most a day).
+    pub for_ms: u64,
 }
 
 /// Requests a console sends.
@@ -97,6 +131,14 @@ pub enum ClientMsg {
         /// Shown to the agent on a rejection and kept in the audit trail.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// With a rejection by fingerprint: also refuse new calls of that fingerprint at once
+        /// for this long (ms, at most a day), as a temporary block rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        block_for_ms: Option<u64>,
+        /// With an approval by exact fingerprint: also let the next identical calls through,
+        /// bounded in count and time, as a temporary allow rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allow_next: Option<AllowNext>,
     },
     /// Search the audit trail.
     AuditQuery {
@@ -226,6 +268,12 @@ pub enum ServerMsg {
         req: Option<u64>,
         /// One entry per call named (or matched).
         results: Vec<DecideResult>,
+        /// The temporary rule the decision installed, when it asked for one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<TempRule>,
+        /// Why the asked-for rule was not installed although the decision was taken.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule_refused: Option<String>,
     },
     /// The answer to an `audit_query`.
     AuditResult {
@@ -235,7 +283,8 @@ pub enum ServerMsg {
         /// Matching entries, oldest first.
         entries: Vec<AuditEntry>,
     },
-    /// The answer to `list_rules` and `revoke_rule`.
+    /// The answer to `list_rules` and `revoke_rule`, and sent to every console when the rules
+    /// change.
     Rules {
         /// Echoed request number.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +316,8 @@ mod tests {
                 },
                 verdict: Verdict::Reject,
                 reason: Some("no".into()),
+                block_for_ms: None,
+                allow_next: None,
             },
             ClientMsg::Decide {
                 req: None,
@@ -275,6 +326,11 @@ mod tests {
                 },
                 verdict: Verdict::Approve,
                 reason: None,
+                block_for_ms: None,
+                allow_next: Some(AllowNext {
+                    count: 5,
+                    for_ms: 600_000,
+                }),
             },
             ClientMsg::AuditQuery {
                 req: Some(2),
@@ -325,6 +381,8 @@ mod tests {
                     outcome: None,
                     message: "already decided".into(),
                 }],
+                rule: None,
+                rule_refused: None,
             },
         ];
         for m in msgs {

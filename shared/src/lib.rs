@@ -147,6 +147,47 @@ pub struct CallRecord {
     /// Secrets the DLP guard found (masked); when present, `arguments` are stored redacted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// Shape fingerprint: server, tool and the arguments' structure with volatile values
+    /// (numbers, digit runs, ids, timestamps) masked, so a loop that varies a counter is one
+    /// pattern. 16 hex characters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shape: String,
+    /// What the guards noticed around the call (repeats of its shape, rate limits its client
+    /// hit), shown to approvers as flags.
+    #[serde(default, skip_serializing_if = "Signals::is_empty")]
+    pub signals: Signals,
+}
+
+/// Patterns the guards noticed around a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Calls of this shape seen within the loop window, this one included (set from 2).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u32,
+    /// The loop window in ms.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub window_ms: u64,
+    /// `repeats` reached the loop threshold: probably a runaway loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub looping: bool,
+    /// A rate limit or budget refused calls from this client recently: which, and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Signals {
+    /// Nothing noticed.
+    pub fn is_empty(&self) -> bool {
+        self == &Signals::default()
+    }
 }
 
 /// A secret found in a call's arguments by the DLP guard. The secret itself is never kept:
@@ -271,6 +312,13 @@ mod tests {
                 path: "/token".into(),
                 masked: "eyJh…R8U (91 chars)".into(),
             }],
+            shape: "0123456789abcdef".into(),
+            signals: Signals {
+                repeats: 40,
+                window_ms: 60_000,
+                looping: true,
+                throttled: Some("rate limit \"sums\" refused 3 calls".into()),
+            },
         };
         let text = serde_json::to_string(&record).expect("serialize");
         assert!(text.contains("\"outcome\":\"blocked\""), "{text}");

@@ -1,14 +1,17 @@
 //! Guards: automated checks that run before policy, so people only judge intent.
 //!
 //! [`limits`] refuses calls over a rate limit at once (audited `rate_limited`, with when to
-//! retry).
+//! retry); [`budget`] caps pending calls, approvals and daily cost per client.
+//! [`loops`] counts calls per shape fingerprint and flags (or holds, or refuses) runaway loops.
 //! [`dlp`] finds secrets in arguments. What happens to a call with findings is decided by the
 //! matching rule's `dlp` key, else `[dlp] action`: refuse it, hold it for a person (who sees the
 //! findings masked), or forward it with the secrets replaced. Whatever the action, the stored
 //! record, the audit trail and the console only ever see redacted arguments.
 
+pub mod budget;
 pub mod dlp;
 pub mod limits;
+pub mod loops;
 
 /// What to do with a call whose arguments hold secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

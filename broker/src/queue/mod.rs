@@ -9,18 +9,23 @@
 //! events and is sent a fresh snapshot instead, so a slow console never holds the broker up.
 
 pub mod rules;
+pub mod temp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
-use tollgate_shared::console::{DecideResult, Refusal, ServerMsg, Target};
+use tollgate_shared::console::{
+    AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
+};
 use tollgate_shared::{CallRecord, HoldMode, Outcome, Verdict};
 
 use crate::gateway::now_ms;
+use crate::guards::budget::{Budgets, OverBudget};
 use crate::store::Recorder;
 use rules::{Change, Identity};
+use temp::TempRules;
 
 /// How a held call ended (what its waiting client should be told).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +92,36 @@ pub struct Queue {
     recorder: Recorder,
     events: broadcast::Sender<Arc<ServerMsg>>,
     retry_ttl: Duration,
+    budgets: Budgets,
+    /// Temporary rules installed by decisions.
+    pub temp: TempRules,
+}
+
+/// Why a call could not be held.
+#[derive(Debug)]
+pub enum HoldError {
+    /// A budget is exhausted: the call is refused, not queued.
+    OverBudget(OverBudget),
+    /// The store could not write it.
+    Store(String),
+}
+
+impl std::fmt::Display for HoldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HoldError::OverBudget(o) => write!(f, "budget \"{}\": {}", o.budget, o.why),
+            HoldError::Store(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A temporary rule asked for with a decision.
+#[derive(Debug, Clone, Copy)]
+pub enum Follow {
+    /// Refuse the pattern's new calls for this long.
+    BlockFor(u64),
+    /// Let the next identical calls through.
+    AllowNext(AllowNext),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,8 +146,23 @@ impl Waiting {
 }
 
 impl Queue {
-    /// A queue writing to `recorder`.
+    /// A queue writing to `recorder`, without budgets or saved temporary rules.
     pub fn new(recorder: Recorder, retry_ttl: Duration) -> Arc<Queue> {
+        Queue::with_guards(
+            recorder,
+            retry_ttl,
+            Budgets::new(Vec::new()),
+            TempRules::in_memory(),
+        )
+    }
+
+    /// A queue writing to `recorder`, enforcing `budgets` and keeping `temp` rules.
+    pub fn with_guards(
+        recorder: Recorder,
+        retry_ttl: Duration,
+        budgets: Budgets,
+        temp: TempRules,
+    ) -> Arc<Queue> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Arc::new(Queue {
             entries: Mutex::new(HashMap::new()),
@@ -121,7 +171,14 @@ impl Queue {
             recorder,
             events,
             retry_ttl,
+            budgets,
+            temp,
         })
+    }
+
+    /// The budgets held calls count against (allowed calls are charged by the gateway).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Where records go.
@@ -153,15 +210,28 @@ impl Queue {
         lock(&self.entries).get(id).map(|e| e.record.clone())
     }
 
-    /// Hold a call: commit it durably, then tell consoles. Fails (and nothing is held) when the
-    /// store cannot write it.
-    pub async fn hold(self: &Arc<Self>, record: CallRecord) -> Result<Waiting, String> {
-        self.recorder.commit(record.clone()).await?;
-        Ok(self.admit(record))
+    /// Hold a call: reserve its place in the budgets, commit it durably, then tell consoles.
+    /// Fails (and nothing is held or reserved) when a budget is full or the store cannot
+    /// write it.
+    pub async fn hold(self: &Arc<Self>, record: CallRecord) -> Result<Waiting, HoldError> {
+        self.budgets
+            .reserve_hold(&record, now_ms())
+            .map_err(HoldError::OverBudget)?;
+        if let Err(e) = self.recorder.commit(record.clone()).await {
+            self.budgets.release(&record, false, now_ms());
+            return Err(HoldError::Store(e));
+        }
+        Ok(self.enter(record))
     }
 
-    /// Put an already-stored pending call into the queue (used at start-up for recovered calls).
+    /// Put an already-stored pending call into the queue (used at start-up for recovered
+    /// calls, which count against budgets again without a check).
     pub fn admit(self: &Arc<Self>, record: CallRecord) -> Waiting {
+        self.budgets.adopt(&record, now_ms());
+        self.enter(record)
+    }
+
+    fn enter(self: &Arc<Self>, record: CallRecord) -> Waiting {
         let (tx, rx) = watch::channel(None);
         let id = record.id.clone();
         let expires = record.hold.as_ref().map(|h| h.expires_ms);
@@ -203,7 +273,9 @@ impl Queue {
             Target::Fingerprint { fingerprint } => {
                 let mut v: Vec<_> = lock(&self.entries)
                     .values()
-                    .filter(|e| &e.record.fingerprint == fingerprint)
+                    .filter(|e| {
+                        &e.record.fingerprint == fingerprint || &e.record.shape == fingerprint
+                    })
                     .map(|e| e.record.id.clone())
                     .collect();
                 v.sort();
@@ -320,6 +392,147 @@ impl Queue {
         out
     }
 
+    /// Decide calls and, when asked, install a temporary rule for the pattern decided. Bad
+    /// requests are refused before anything is decided; when the decision went through but no
+    /// rule can follow from it, the second part of the answer says why.
+    pub async fn decide_and_follow(
+        &self,
+        who: &Identity,
+        target: &Target,
+        verdict: Verdict,
+        reason: Option<&str>,
+        follow: Option<Follow>,
+    ) -> Result<(Vec<DecideResult>, Result<Option<TempRule>, String>), String> {
+        let Some(follow) = follow else {
+            return Ok((self.decide(who, target, verdict, reason).await, Ok(None)));
+        };
+        let Target::Fingerprint { fingerprint } = target else {
+            return Err(
+                "a temporary rule follows a decision by fingerprint: use target {\"by\": \"fingerprint\"}"
+                    .into(),
+            );
+        };
+        if who.role == Role::Viewer {
+            return Err(format!(
+                "{} is a viewer; deciding calls and installing rules needs the approver or admin role",
+                who.name
+            ));
+        }
+        let (kind, for_ms, remaining) = match follow {
+            Follow::BlockFor(ms) if verdict == Verdict::Reject => (RuleKind::Block, ms, None),
+            Follow::BlockFor(_) => return Err("block_for_ms goes with a rejection".into()),
+            Follow::AllowNext(a) if verdict == Verdict::Approve => {
+                if a.count == 0 || a.count > temp::MAX_ALLOW_COUNT {
+                    return Err(format!(
+                        "allow_next.count must be between 1 and {}",
+                        temp::MAX_ALLOW_COUNT
+                    ));
+                }
+                (RuleKind::Allow, a.for_ms, Some(a.count))
+            }
+            Follow::AllowNext(_) => return Err("allow_next goes with an approval".into()),
+        };
+        if for_ms == 0 || for_ms > temp::MAX_RULE_MS {
+            return Err("a temporary rule lasts between 1 ms and 24 h".into());
+        }
+        if kind == RuleKind::Allow
+            && lock(&self.entries)
+                .values()
+                .any(|e| &e.record.shape == fingerprint && &e.record.fingerprint != fingerprint)
+        {
+            return Err(format!(
+                "{fingerprint} is a shape fingerprint: approving future calls needs an exact one, so only identical calls are let through"
+            ));
+        }
+        let results = self.decide(who, target, verdict, reason).await;
+        let decided: Vec<CallRecord> = {
+            let closed = lock(&self.closed);
+            let entries = lock(&self.entries);
+            results
+                .iter()
+                .filter(|r| r.ok)
+                .filter_map(|r| {
+                    closed
+                        .map
+                        .get(&r.id)
+                        .cloned()
+                        .or_else(|| entries.get(&r.id).map(|e| e.record.clone()))
+                })
+                .collect()
+        };
+        let Some(first) = decided.first() else {
+            return Ok((
+                results,
+                Err(format!(
+                    "no temporary rule was installed: no pending call with fingerprint {fingerprint} was decided by {}",
+                    who.name
+                )),
+            ));
+        };
+        if kind == RuleKind::Allow && decided.iter().any(|c| c.outcome != Outcome::Approved) {
+            return Ok((
+                results,
+                Err("no allow rule was installed: the calls need more approvals than yours (quorum), so future ones must too".into()),
+            ));
+        }
+        let now = now_ms();
+        let rule = TempRule {
+            id: temp::new_id(),
+            kind,
+            fingerprint: fingerprint.clone(),
+            server: first.server.clone(),
+            tool: first.tool.clone(),
+            by: who.name.clone(),
+            created_ms: now,
+            until_ms: now + for_ms,
+            reason: reason.map(str::to_string),
+            remaining,
+            hits: 0,
+        };
+        if let Err(e) = self.temp.add(rule.clone(), now) {
+            return Ok((
+                results,
+                Err(format!("no temporary rule was installed: {e}")),
+            ));
+        }
+        tracing::info!(rule = %rule.id, kind = ?rule.kind, fingerprint = %rule.fingerprint, by = %rule.by, until_ms = rule.until_ms, "temporary rule installed");
+        self.rules_changed();
+        Ok((results, Ok(Some(rule))))
+    }
+
+    /// Revoke a temporary rule: admins any, approvers their own or those for servers they
+    /// decide for.
+    pub fn revoke_rule(&self, who: &Identity, id: &str) -> Result<TempRule, String> {
+        let gone = self.temp.revoke(id, now_ms(), |r| match who.role {
+            Role::Admin => Ok(()),
+            Role::Approver
+                if r.by == who.name
+                    || who.servers.as_ref().is_none_or(|s| s.contains(&r.server)) =>
+            {
+                Ok(())
+            }
+            Role::Approver => Err(format!(
+                "{} may not revoke rule {} (made by {} for server {}, outside their servers)",
+                who.name, r.id, r.by, r.server
+            )),
+            Role::Viewer => Err(format!(
+                "{} is a viewer; revoking rules needs the approver or admin role",
+                who.name
+            )),
+        })?;
+        tracing::info!(rule = %gone.id, by = %who.name, "temporary rule revoked");
+        self.rules_changed();
+        Ok(gone)
+    }
+
+    /// Tell consoles the rules changed.
+    pub fn rules_changed(&self) {
+        self.publish(ServerMsg::Rules {
+            req: None,
+            rules: self.temp.list(now_ms()),
+        });
+    }
+
     /// Tell the world about a committed decision.
     fn settle(&self, record: CallRecord, change: Change) {
         if change == Change::Counted {
@@ -333,6 +546,10 @@ impl Queue {
             lock(&self.closed).insert(record.clone());
             entries.remove(&record.id)
         };
+        if entry.is_some() {
+            self.budgets
+                .release(&record, record.outcome == Outcome::Approved, now_ms());
+        }
         let resolution = match record.outcome {
             Outcome::Approved => Resolution::Approved,
             _ => Resolution::Rejected {
@@ -385,6 +602,7 @@ impl Queue {
             lock(&self.closed).insert(record.clone());
             (entry, record)
         };
+        self.budgets.release(&record, false, now_ms());
         if let Err(e) = self.recorder.commit(record.clone()).await {
             tracing::error!(call = %id, error = %e, "cannot record the end of a held call");
         }
@@ -532,6 +750,8 @@ pub fn sample_call(n: usize) -> CallRecord {
         }),
         decisions: Vec::new(),
         findings: Vec::new(),
+        shape: String::new(),
+        signals: Default::default(),
     }
 }
 

@@ -182,6 +182,8 @@ mod tests {
             }),
             decisions: vec![],
             findings: Vec::new(),
+            shape: String::new(),
+            signals: Default::default(),
         }
     }
 

@@ -140,9 +140,11 @@ pub fn verify(backend: &dyn Backend, anchor: Option<(u64, &str)>) -> anyhow::Res
 
 /// Build the audit entry for a record's current outcome (hashes filled in by the writer).
 pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
+    // Allowed and blocked calls carry a decision when a temporary rule someone installed
+    // answered them.
     let deciding = match record.outcome {
-        Outcome::Approved => Some(Verdict::Approve),
-        Outcome::Rejected => Some(Verdict::Reject),
+        Outcome::Approved | Outcome::Allowed => Some(Verdict::Approve),
+        Outcome::Rejected | Outcome::Blocked => Some(Verdict::Reject),
         _ => None,
     };
     let approvers = record

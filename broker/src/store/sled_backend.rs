@@ -448,6 +448,8 @@ mod tests {
             }),
             decisions: vec![],
             findings: Vec::new(),
+            shape: String::new(),
+            signals: Default::default(),
         }
     }
 

@@ -1,0 +1,274 @@
+//! Temporary rules installed by decisions: "reject this pattern and refuse it for 15 minutes",
+//! "approve this call and the next 5 identical ones within 10 minutes".
+//!
+//! Block rules match a call's exact or shape fingerprint and refuse it before any other guard
+//! runs. Allow rules match an exact fingerprint only, and only stand in for a person when the
+//! call would otherwise be held under terms their author could satisfy alone (quorum 1, no
+//! named approvers other than them, not their own call, no withheld secrets); each use
+//! counts down. Rules expire, can be revoked, and are kept in `<data_dir>/temp_rules.json`
+//! (replaced atomically and synced on every change), so a restart keeps them.
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tollgate_shared::console::{RuleKind, TempRule};
+
+/// Longest a temporary rule may last.
+pub const MAX_RULE_MS: u64 = 24 * 3_600_000;
+/// Most calls an allow rule may let through.
+pub const MAX_ALLOW_COUNT: u32 = 1_000;
+
+#[derive(Serialize, Deserialize, Default)]
+struct File {
+    rules: Vec<TempRule>,
+}
+
+/// The temporary rules.
+pub struct TempRules {
+    path: Option<PathBuf>,
+    rules: RwLock<Vec<TempRule>>,
+}
+
+impl TempRules {
+    /// Rules kept only in memory (tests, `check-disk`).
+    pub fn in_memory() -> TempRules {
+        TempRules {
+            path: None,
+            rules: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Load the rules saved in `path` (none if it does not exist), dropping expired ones.
+    pub fn load(path: PathBuf, now_ms: u64) -> anyhow::Result<TempRules> {
+        let mut rules = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<File>(&bytes)
+                    .with_context(|| {
+                        format!(
+                            "{} is not a temporary rules file; move it away to start without temporary rules",
+                            path.display()
+                        )
+                    })?
+                    .rules
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        rules.retain(|r| r.until_ms > now_ms);
+        Ok(TempRules {
+            path: Some(path),
+            rules: RwLock::new(rules),
+        })
+    }
+
+    fn save(&self, rules: &[TempRule]) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let text = serde_json::to_vec_pretty(&File {
+            rules: rules.to_vec(),
+        })
+        .map_err(|e| e.to_string())?;
+        crate::tokens::write_atomic(path, &text)
+            .map_err(|e| format!("cannot save temporary rules to {}: {e:#}", path.display()))
+    }
+
+    /// Active rules, oldest first.
+    pub fn list(&self, now_ms: u64) -> Vec<TempRule> {
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        rules
+            .iter()
+            .filter(|r| r.until_ms > now_ms)
+            .cloned()
+            .collect()
+    }
+
+    /// Install a rule (saved before it takes effect).
+    pub fn add(&self, rule: TempRule, now_ms: u64) -> Result<(), String> {
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<TempRule> = rules
+            .iter()
+            .filter(|r| r.until_ms > now_ms)
+            .cloned()
+            .collect();
+        next.push(rule);
+        self.save(&next)?;
+        *rules = next;
+        Ok(())
+    }
+
+    /// Remove a rule; `may` says whether the caller may remove this one (or why not).
+    pub fn revoke(
+        &self,
+        id: &str,
+        now_ms: u64,
+        may: impl FnOnce(&TempRule) -> Result<(), String>,
+    ) -> Result<TempRule, String> {
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let Some(pos) = rules.iter().position(|r| r.id == id && r.until_ms > now_ms) else {
+            return Err(format!(
+                "no active temporary rule {id:?} (it may have expired; list them with list_rules)"
+            ));
+        };
+        may(&rules[pos])?;
+        let mut next = rules.clone();
+        let gone = next.remove(pos);
+        next.retain(|r| r.until_ms > now_ms);
+        self.save(&next)?;
+        *rules = next;
+        Ok(gone)
+    }
+
+    /// The block rule refusing a call with these fingerprints, if any (counted as a hit).
+    pub fn blocking(&self, fingerprint: &str, shape: &str, now_ms: u64) -> Option<TempRule> {
+        {
+            let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+            if rules.is_empty() {
+                return None;
+            }
+            rules.iter().find(|r| {
+                r.kind == RuleKind::Block
+                    && r.until_ms > now_ms
+                    && (r.fingerprint == fingerprint || r.fingerprint == shape)
+            })?;
+        }
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let rule = rules.iter_mut().find(|r| {
+            r.kind == RuleKind::Block
+                && r.until_ms > now_ms
+                && (r.fingerprint == fingerprint || r.fingerprint == shape)
+        })?;
+        rule.hits += 1;
+        Some(rule.clone())
+    }
+
+    /// Use one allowance of an allow rule for this exact fingerprint, if `usable` accepts its
+    /// author. The count is saved before the call is let through; the rule goes when used up.
+    pub fn take_allowance(
+        &self,
+        fingerprint: &str,
+        now_ms: u64,
+        usable: impl Fn(&TempRule) -> bool,
+    ) -> Option<TempRule> {
+        {
+            let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+            if !rules.iter().any(|r| r.kind == RuleKind::Allow) {
+                return None;
+            }
+        }
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let pos = rules.iter().position(|r| {
+            r.kind == RuleKind::Allow
+                && r.until_ms > now_ms
+                && r.fingerprint == fingerprint
+                && r.remaining.unwrap_or(0) > 0
+                && usable(r)
+        })?;
+        let mut next = rules.clone();
+        let rule = &mut next[pos];
+        rule.remaining = Some(rule.remaining.unwrap_or(1) - 1);
+        rule.hits += 1;
+        let used = rule.clone();
+        if used.remaining == Some(0) {
+            next.remove(pos);
+        }
+        next.retain(|r| r.until_ms > now_ms);
+        if let Err(e) = self.save(&next) {
+            tracing::error!(error = %e, "cannot save an allow rule's count: the call is held instead");
+            return None;
+        }
+        *rules = next;
+        Some(used)
+    }
+}
+
+/// A new rule id.
+pub fn new_id() -> String {
+    format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(kind: RuleKind, fingerprint: &str, until_ms: u64, remaining: Option<u32>) -> TempRule {
+        TempRule {
+            id: new_id(),
+            kind,
+            fingerprint: fingerprint.into(),
+            server: "db".into(),
+            tool: "query".into(),
+            by: "alice".into(),
+            created_ms: 0,
+            until_ms,
+            reason: Some("loop".into()),
+            remaining,
+            hits: 0,
+        }
+    }
+
+    #[test]
+    fn block_rules_match_either_fingerprint_until_they_expire() {
+        let rules = TempRules::in_memory();
+        rules
+            .add(rule(RuleKind::Block, "shape1", 1_000, None), 0)
+            .expect("add");
+        assert!(rules.blocking("exact1", "shape1", 10).is_some());
+        assert!(rules.blocking("shape1", "other", 10).is_some());
+        assert!(rules.blocking("exact1", "shape2", 10).is_none());
+        assert_eq!(rules.list(10)[0].hits, 2);
+        assert!(
+            rules.blocking("exact1", "shape1", 1_000).is_none(),
+            "expired"
+        );
+        assert!(rules.list(1_000).is_empty());
+    }
+
+    #[test]
+    fn allow_rules_count_down_and_respect_their_guard() {
+        let rules = TempRules::in_memory();
+        rules
+            .add(rule(RuleKind::Allow, "exact1", 1_000, Some(2)), 0)
+            .expect("add");
+        assert!(rules.take_allowance("exact1", 1, |_| false).is_none());
+        assert_eq!(
+            rules
+                .take_allowance("exact1", 1, |_| true)
+                .and_then(|r| r.remaining),
+            Some(1)
+        );
+        assert!(rules.take_allowance("exact1", 2, |_| true).is_some());
+        assert!(
+            rules.take_allowance("exact1", 3, |_| true).is_none(),
+            "used up"
+        );
+        assert!(rules.list(3).is_empty(), "a used-up rule is gone");
+    }
+
+    #[test]
+    fn rules_survive_a_reload_and_revocation_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("temp_rules.json");
+        let rules = TempRules::load(path.clone(), 0).expect("load");
+        let r = rule(RuleKind::Block, "f", 10_000, None);
+        let id = r.id.clone();
+        rules.add(r, 0).expect("add");
+        rules
+            .add(rule(RuleKind::Block, "old", 5, None), 0)
+            .expect("add");
+        let again = TempRules::load(path.clone(), 100).expect("reload");
+        assert_eq!(again.list(100).len(), 1, "the expired rule is dropped");
+        let refused = again.revoke(&id, 100, |_| Err("not yours".into()));
+        assert_eq!(refused, Err("not yours".into()));
+        assert!(again.revoke(&id, 100, |_| Ok(())).is_ok());
+        assert!(again.revoke(&id, 100, |_| Ok(())).is_err());
+        assert!(
+            TempRules::load(path, 100)
+                .expect("reload")
+                .list(100)
+                .is_empty()
+        );
+    }
+}
