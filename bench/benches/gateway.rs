@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tollgate_bench::{
-    Killed, build_broker, delta_us, everything, free_port, percentile, root, us, wait_port,
-};
+use tollgate_bench::{HttpSession, Killed, build_broker, delta_us, everything, percentile, us};
 
 fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String)> {
     let (child, base, _) = tollgate_bench::start_broker(
@@ -26,63 +24,6 @@ fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String
         &format!("auth = \"none\"\n[policy]\ndefault = \"allow\"\n{servers}"),
     )?;
     Ok((child, base))
-}
-
-/// A Streamable HTTP MCP session: initialize, then echo calls.
-struct HttpSession {
-    client: reqwest::Client,
-    url: String,
-    session: Option<String>,
-    next: u64,
-}
-
-impl HttpSession {
-    async fn open(url: &str) -> Result<HttpSession> {
-        let mut s = HttpSession {
-            client: reqwest::Client::new(),
-            url: url.into(),
-            session: None,
-            next: 0,
-        };
-        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
-        let resp = s.post(&init).await?;
-        s.session = resp.0;
-        s.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
-            .await?;
-        Ok(s)
-    }
-
-    async fn post(&self, msg: &Value) -> Result<(Option<String>, String)> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", "2025-11-25");
-        if let Some(s) = &self.session {
-            req = req.header("mcp-session-id", s);
-        }
-        let resp = req.body(msg.to_string()).send().await?;
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.text().await?;
-        Ok((session, body))
-    }
-
-    async fn echo(&mut self) -> Result<Duration> {
-        self.next += 1;
-        let call = json!({"jsonrpc":"2.0","id":self.next,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bench"}}});
-        let t = Instant::now();
-        let (_, body) = self.post(&call).await?;
-        let d = t.elapsed();
-        if !body.contains("Echo: bench") {
-            bail!("unexpected echo answer: {body}");
-        }
-        Ok(d)
-    }
 }
 
 /// A stdio MCP session with a child process: the direct baseline for stdio upstreams.
@@ -162,21 +103,7 @@ fn main() -> Result<()> {
     let broker_bin = build_broker()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let preload = root().join("tests/e2e/servers/loopback.cjs");
-
-    let port = free_port()?;
-    let _http_upstream = Killed(
-        Command::new("node")
-            .arg("--require")
-            .arg(&preload)
-            .arg(&script)
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_port(port)?;
+    let (_http_upstream, port) = tollgate_bench::start_everything_http()?;
     let stdio_argv = vec![
         "node".to_string(),
         script.display().to_string(),
@@ -208,10 +135,10 @@ fn main() -> Result<()> {
         };
         for i in 0..warmup + n {
             let (a, b, c, d) = (
-                direct_http.echo().await?,
-                via_http.echo().await?,
+                direct_http.echo("bench").await?,
+                via_http.echo("bench").await?,
                 direct_stdio.echo()?,
-                via_stdio.echo().await?,
+                via_stdio.echo("bench").await?,
             );
             if i >= warmup {
                 http.direct.push(a);

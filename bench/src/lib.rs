@@ -7,9 +7,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 /// A child process killed when dropped.
 pub struct Killed(pub Child);
@@ -141,6 +142,86 @@ pub fn us(d: Duration) -> String {
 /// Signed difference in microseconds.
 pub fn delta_us(a: Duration, b: Duration) -> String {
     format!("{:+.1}", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+}
+
+/// A Streamable HTTP MCP session (revision 2025-11-25): initialize, then echo calls.
+pub struct HttpSession {
+    client: reqwest::Client,
+    url: String,
+    session: Option<String>,
+    next: u64,
+}
+
+impl HttpSession {
+    /// Initialize a session at `url`.
+    pub async fn open(url: &str) -> Result<HttpSession> {
+        let mut s = HttpSession {
+            client: reqwest::Client::new(),
+            url: url.into(),
+            session: None,
+            next: 0,
+        };
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
+        let resp = s.post(&init).await?;
+        s.session = resp.0;
+        s.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await?;
+        Ok(s)
+    }
+
+    /// POST one JSON-RPC message; the session id header, if any, and the body.
+    pub async fn post(&self, msg: &Value) -> Result<(Option<String>, String)> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.body(msg.to_string()).send().await?;
+        let session = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.text().await?;
+        Ok((session, body))
+    }
+
+    /// Call `echo` with `message`; the round-trip time.
+    pub async fn echo(&mut self, message: &str) -> Result<Duration> {
+        self.next += 1;
+        let call = json!({"jsonrpc":"2.0","id":self.next,"method":"tools/call","params":{"name":"echo","arguments":{"message":message}}});
+        let t = Instant::now();
+        let (_, body) = self.post(&call).await?;
+        let d = t.elapsed();
+        if !body.contains("Echo: ") || body.contains("\"isError\":true") {
+            bail!("unexpected echo answer: {body}");
+        }
+        Ok(d)
+    }
+}
+
+/// Start `@modelcontextprotocol/server-everything` over Streamable HTTP on a free port (with the
+/// loopback preload the end-to-end tests use); the process and its port.
+pub fn start_everything_http() -> Result<(Killed, u16)> {
+    let script = everything()?;
+    let port = free_port()?;
+    let child = Killed(
+        Command::new("node")
+            .arg("--require")
+            .arg(root().join("tests/e2e/servers/loopback.cjs"))
+            .arg(&script)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(port)?;
+    Ok((child, port))
 }
 
 #[cfg(test)]

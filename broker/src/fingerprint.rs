@@ -117,59 +117,66 @@ fn write_shape(value: &Value, out: &mut String) {
 
 /// Mask the volatile parts of a string (see [`shape`]).
 pub fn mask(s: &str) -> String {
+    let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find(|c: char| c.is_ascii_alphanumeric()) {
-        out.push_str(&rest[..start]);
-        rest = &rest[start..];
-        // A run of letters, digits and inner hyphens: a UUID or a word.
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .unwrap_or(rest.len());
-        let run = &rest[..end];
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        // A run of ASCII letters, digits and inner hyphens (a UUID, or words): its ends are
+        // ASCII, so they are character boundaries.
+        out.push_str(&s[copied..i]);
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-') {
+            i += 1;
+        }
+        let run = &b[start..i];
         if is_uuid(run) {
             out.push_str("<uuid>");
         } else {
-            for (i, word) in run.split('-').enumerate() {
-                if i > 0 {
+            for (n, word) in run.split(|c| *c == b'-').enumerate() {
+                if n > 0 {
                     out.push('-');
                 }
                 mask_word(word, &mut out);
             }
         }
-        rest = &rest[end..];
+        copied = i;
     }
-    out.push_str(rest);
+    out.push_str(&s[copied..]);
     out
 }
 
-fn is_uuid(run: &str) -> bool {
-    let groups: Vec<&str> = run.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+fn is_uuid(run: &[u8]) -> bool {
+    run.len() == 36
+        && run.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
-fn mask_word(word: &str, out: &mut String) {
-    let digits = word.bytes().any(|b| b.is_ascii_digit());
+/// Mask one ASCII word.
+fn mask_word(word: &[u8], out: &mut String) {
+    let digits = word.iter().any(u8::is_ascii_digit);
     if !digits {
-        out.push_str(word);
-    } else if word.len() >= 8 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        out.extend(word.iter().map(|c| char::from(*c)));
+    } else if word.len() >= 8 && word.iter().all(u8::is_ascii_hexdigit) {
         out.push_str("<hex>");
-    } else if word.len() >= 16 && word.bytes().any(|b| b.is_ascii_alphabetic()) {
+    } else if word.len() >= 16 && word.iter().any(u8::is_ascii_alphabetic) {
         out.push_str("<id>");
     } else {
         let mut in_digits = false;
-        for c in word.chars() {
+        for c in word {
             if c.is_ascii_digit() {
                 if !in_digits {
                     out.push('#');
                 }
                 in_digits = true;
             } else {
-                out.push(c);
+                out.push(char::from(*c));
                 in_digits = false;
             }
         }

@@ -12,6 +12,7 @@ mod console_api;
 mod fingerprint;
 mod frontend;
 mod gateway;
+mod guardcost;
 mod guards;
 mod hold;
 mod jsonrpc;
@@ -89,6 +90,19 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
         /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure what the guards (DLP, fingerprints, loop counting) cost per call on this machine,
+    /// with the detectors of a config (default: the built-in ones), on arguments of a given size.
+    GuardCost {
+        /// Use the [dlp] detectors of this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Size of the arguments in bytes.
+        #[arg(long, default_value_t = 10_240)]
+        size: usize,
+        /// A JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -211,6 +225,9 @@ fn main() -> ExitCode {
         },
         Command::CheckDisk { dir, records, json } => {
             report("check-disk", admin::check_disk(&dir, records, json))
+        }
+        Command::GuardCost { config, size, json } => {
+            report("guard-cost", guardcost::run(config.as_deref(), size, json))
         }
         Command::Connect { url, token } => bridge::run(&url, token),
         Command::HashToken => {

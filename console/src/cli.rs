@@ -226,7 +226,7 @@ pub async fn rules(s: &Settings, revoke: Option<String>, json: bool) -> Result<E
         },
         None => ClientMsg::ListRules { req: Some(req) },
     };
-    let rules = match conn.request(req, &msg).await? {
+    let rules = match conn.ask(req, &msg).await? {
         ServerMsg::Rules { rules, .. } => rules,
         ServerMsg::Error { message, .. } => {
             eprintln!("tollgate: {message}");
@@ -271,7 +271,7 @@ pub async fn decide(
         block_for_ms: follow.block_for_ms,
         allow_next: follow.allow_next,
     };
-    let (results, rule, rule_refused) = match conn.request(req, &msg).await? {
+    let (results, rule, rule_refused) = match conn.ask(req, &msg).await? {
         ServerMsg::Decided {
             results,
             rule,

@@ -161,13 +161,18 @@ impl Conn {
 
     /// Send a request carrying `req` and wait for its answer, skipping events.
     pub async fn request(&mut self, req: u64, msg: &ClientMsg) -> Result<ServerMsg> {
+        match self.ask(req, msg).await? {
+            ServerMsg::Error { message, .. } => bail!("the broker refused the request: {message}"),
+            m => Ok(m),
+        }
+    }
+
+    /// Send a request and wait for its answer, an `error` included.
+    pub async fn ask(&mut self, req: u64, msg: &ClientMsg) -> Result<ServerMsg> {
         self.send(msg).await?;
         loop {
             let m = self.next().await?;
             if answer_req(&m) == Some(req) {
-                if let ServerMsg::Error { message, .. } = m {
-                    bail!("the broker refused the request: {message}");
-                }
                 return Ok(m);
             }
         }

@@ -335,6 +335,15 @@ mod tests {
     }
 
     #[test]
+    fn docs_list_every_key() {
+        let doc = include_str!("../../docs/console.md");
+        for (_, name, key, text) in Command::ALL {
+            let line = format!("| `{key}` | {text} (`{name}`) |");
+            assert!(doc.contains(&line), "docs/console.md lacks: {line}");
+        }
+    }
+
+    #[test]
     fn default_keys_are_distinct() {
         let mut seen = std::collections::HashSet::new();
         for (c, _, k, _) in Command::ALL {

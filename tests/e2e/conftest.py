@@ -128,6 +128,15 @@ def py_http(procs):
     return f"http://127.0.0.1:{port}/mcp", proc
 
 
+CONSOLE_BIN = Path(os.environ.get("TOLLGATE_CONSOLE_BIN", ROOT / "target" / "debug" / "tollgate"))
+
+
+def console_cli(b: "Broker", token: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run the `tollgate` console binary against a broker's console API as `token`."""
+    env = {**os.environ, "TOLLGATE_URL": b.console, "TOLLGATE_TOKEN": token, "XDG_CONFIG_HOME": "/nonexistent"}
+    return subprocess.run([str(CONSOLE_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def broker_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([str(BROKER_BIN), *args], capture_output=True, text=True, timeout=timeout)
 
@@ -285,12 +294,17 @@ def run_ts(scenario: dict, timeout: float = 60) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def sdk_client(url: str, token: str, timeout: float = 60):
-    """A Python mcp SDK client on Streamable HTTP that sends a bearer token."""
+def sdk_client(url: str, token: str, timeout: float = 60, connections: int = 100):
+    """A Python mcp SDK client on Streamable HTTP that sends a bearer token. Each held call keeps
+    a connection open, so a test holding many at once raises `connections`."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    http = httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=50),
+    )
     return Client(streamable_http_client(url, http_client=http))
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, everything_stdio_command, toml_list
+from conftest import CONSOLE_BIN, PYTHON, ROOT, everything_stdio_command, toml_list
+from conftest import console_cli as console
 
-CONSOLE_BIN = Path(os.environ.get("TOLLGATE_CONSOLE_BIN", ROOT / "target" / "debug" / "tollgate"))
 AGENT = ROOT / "examples" / "agent.py"
 
 
@@ -32,11 +32,6 @@ def config() -> str:
     tools = ["everything/echo"]
     action = "approve"
     """
-
-
-def console(b, token: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOLLGATE_URL": b.console, "TOLLGATE_TOKEN": token, "XDG_CONFIG_HOME": "/nonexistent"}
-    return subprocess.run([str(CONSOLE_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def start_agent(procs, b, token: str, loop: int):

@@ -46,9 +46,38 @@ impl Default for Entropy {
 /// All detectors, compiled once.
 pub struct Scanner {
     detectors: Vec<Detector>,
+    /// Every detector's pattern in one set: one pass over a string says which detectors can
+    /// match it, so only those run (most strings match none).
+    set: Option<regex::RegexSet>,
     entropy: Option<Entropy>,
-    token: Regex,
     secret_field: Regex,
+}
+
+/// How far on each side of the boundary between two neighbouring values a split secret is
+/// looked for (longer values are cut to this much around the join).
+const SPLIT_WINDOW: usize = 1024;
+
+/// Characters of the tokens the entropy detector measures.
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-')
+}
+
+/// The last `n` bytes of `s` (or fewer, at a character boundary).
+fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
+/// The first `n` bytes of `s` (or fewer, at a character boundary).
+fn head(s: &str, n: usize) -> &str {
+    let mut at = n.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[..at]
 }
 
 fn re(s: &str) -> Regex {
@@ -56,15 +85,27 @@ fn re(s: &str) -> Regex {
     Regex::new(s).unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| unreachable!()))
 }
 
+// Word boundaries are ASCII ones (`(?-u:\b)`): Unicode boundaries would keep the regex engine
+// off its fast path (the lazy DFA), several times slower on every string scanned.
 const BUILT_IN: [(&str, &str, usize, bool); 13] = [
-    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0, false),
+    (
+        "aws_access_key",
+        r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+        0,
+        false,
+    ),
     (
         "aws_secret_key",
-        r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?([A-Za-z0-9/+=]{40})\b",
+        r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?([A-Za-z0-9/+=]{40})(?-u:\b)",
         1,
         false,
     ),
-    ("gcp_api_key", r"\bAIza[0-9A-Za-z\-_]{35}\b", 0, false),
+    (
+        "gcp_api_key",
+        r"(?-u:\b)AIza[0-9A-Za-z\-_]{35}(?-u:\b)",
+        0,
+        false,
+    ),
     (
         "azure_storage_key",
         r"AccountKey=([A-Za-z0-9+/=]{86,88})",
@@ -73,12 +114,22 @@ const BUILT_IN: [(&str, &str, usize, bool); 13] = [
     ),
     (
         "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
         0,
         false,
     ),
-    ("gitlab_token", r"\bglpat-[A-Za-z0-9\-_]{20,}\b", 0, false),
-    ("slack_token", r"\bxox[baprs]-[A-Za-z0-9-]{10,}\b", 0, false),
+    (
+        "gitlab_token",
+        r"(?-u:\b)glpat-[A-Za-z0-9\-_]{20,}(?-u:\b)",
+        0,
+        false,
+    ),
+    (
+        "slack_token",
+        r"(?-u:\b)xox[baprs]-[A-Za-z0-9-]{10,}(?-u:\b)",
+        0,
+        false,
+    ),
     (
         "slack_webhook",
         r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+",
@@ -87,29 +138,34 @@ const BUILT_IN: [(&str, &str, usize, bool); 13] = [
     ),
     (
         "stripe_key",
-        r"\b(?:sk|rk)_live_[0-9a-zA-Z]{24,}\b",
+        r"(?-u:\b)(?:sk|rk)_live_[0-9a-zA-Z]{24,}(?-u:\b)",
         0,
         false,
     ),
     (
         "private_key",
-        r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?:[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----)?",
+        r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----(?:(?s:.)*?-----END (?:[A-Z]+ )*PRIVATE KEY-----)?",
         0,
         false,
     ),
     (
         "jwt",
-        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
         0,
         false,
     ),
     (
         "url_password",
-        r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@",
+        r"[A-Za-z][A-Za-z0-9+.-]*://[^/ \t\r\n:@]+:([^/ \t\r\n@]+)@",
         1,
         false,
     ),
-    ("credit_card", r"\b(?:\d[ -]?){12,18}\d\b", 0, true),
+    (
+        "credit_card",
+        r"(?-u:\b)(?:[0-9][ -]?){12,18}[0-9](?-u:\b)",
+        0,
+        true,
+    ),
 ];
 
 fn luhn(s: &str) -> bool {
@@ -187,10 +243,11 @@ impl Scanner {
             group: 0,
             luhn: false,
         }));
+        let set = regex::RegexSet::new(detectors.iter().map(|d| d.regex.as_str())).ok();
         Scanner {
             detectors,
+            set,
             entropy,
-            token: re(r"[A-Za-z0-9+/=_\-]+"),
             secret_field: re(
                 r"(?i)^(?:password|passwd|pwd|secret|client_secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|credentials?)$",
             ),
@@ -199,7 +256,11 @@ impl Scanner {
 
     fn hits(&self, s: &str) -> Vec<Hit> {
         let mut out: Vec<Hit> = Vec::new();
-        for d in &self.detectors {
+        let candidates: Vec<usize> = match &self.set {
+            Some(set) => set.matches(s).into_iter().collect(),
+            None => (0..self.detectors.len()).collect(),
+        };
+        for d in candidates.into_iter().map(|i| &self.detectors[i]) {
             for caps in d.regex.captures_iter(s) {
                 let Some(m) = caps.get(d.group) else { continue };
                 if d.luhn && !luhn(m.as_str()) {
@@ -213,15 +274,26 @@ impl Scanner {
             }
         }
         if let Some(e) = self.entropy {
-            for m in self.token.find_iter(s) {
-                if m.as_str().len() >= e.min_length
-                    && shannon(m.as_str()) >= e.bits
-                    && !out.iter().any(|h| h.start < m.end() && m.start() < h.end)
+            let b = s.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if !token_byte(b[i]) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < b.len() && token_byte(b[i]) {
+                    i += 1;
+                }
+                let token = &s[start..i];
+                if token.len() >= e.min_length
+                    && shannon(token) >= e.bits
+                    && !out.iter().any(|h| h.start < i && start < h.end)
                 {
                     out.push(Hit {
                         detector: "high_entropy".into(),
-                        start: m.start(),
-                        end: m.end(),
+                        start,
+                        end: i,
                     });
                 }
             }
@@ -287,11 +359,16 @@ impl Scanner {
                     path.truncate(len);
                 }
                 // A secret split over two neighbouring string values of this object.
-                let parts: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+                let parts: Vec<&str> = map
+                    .values()
+                    .filter_map(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 for pair in parts.windows(2) {
-                    let joined = pair.concat();
+                    let (a, b) = (tail(pair[0], SPLIT_WINDOW), head(pair[1], SPLIT_WINDOW));
+                    let joined = format!("{a}{b}");
                     for h in self.hits(&joined) {
-                        if h.start < pair[0].len() && h.end > pair[0].len() {
+                        if h.start < a.len() && h.end > a.len() {
                             out.push(Finding {
                                 detector: format!("{} (split across keys)", h.detector),
                                 path: path.clone(),
@@ -336,10 +413,15 @@ impl Scanner {
                 let parts: Vec<(String, String)> = map
                     .iter()
                     .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .filter(|(_, s)| !s.is_empty())
                     .collect();
                 for pair in parts.windows(2) {
-                    let joined = format!("{}{}", pair[0].1, pair[1].1);
-                    let cut = pair[0].1.len();
+                    let (a, b) = (
+                        tail(&pair[0].1, SPLIT_WINDOW),
+                        head(&pair[1].1, SPLIT_WINDOW),
+                    );
+                    let joined = format!("{a}{b}");
+                    let cut = a.len();
                     if let Some(h) = self
                         .hits(&joined)
                         .into_iter()
