@@ -284,12 +284,15 @@ pub async fn decide(
         }
         other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
     };
-    if json {
+    let asked_rule = follow.block_for_ms.is_some() || follow.allow_next.is_some();
+    if json && asked_rule {
         print_json(&serde_json::json!({
             "results": results,
             "rule": rule,
             "rule_refused": rule_refused,
         }))?;
+    } else if json {
+        print_json(&results)?;
     } else {
         if let Some(r) = &rule {
             println!(

@@ -194,20 +194,31 @@ def test_tui_approves_rejects_and_rejects_a_500_call_loop_in_tmux(broker, procs,
     # The loop: clear the filter; grouped by default, the 500 calls are the one row left.
     keys(tmux_session, "/", "C-u", "Enter")
     s = wait_screen(tmux_session, r"500 calls in 1 group")
-    assert re.search(r"›.*everything/echo\s+agent\s+500\s+\[\d+/min\] message=retry: delete session 7", s), s
-    keys(tmux_session, "r")
-    wait_screen(tmux_session, r"Reject 500 calls")
+    # Past the default loop threshold (20 of one shape a minute) the row is flagged as a loop.
+    assert re.search(r"›.*everything/echo\s+agent\s+500\s+\[loop\] \[\d+/min\] message=retry: delete session", s), s
+    # x: reject the whole pattern and block it for 15 minutes.
+    keys(tmux_session, "x")
+    wait_screen(tmux_session, r"and refuse new calls of this pattern for 15m")
     keys(tmux_session, "y")
     keys(tmux_session, "runaway loop", literal=True)
     keys(tmux_session, "Enter")
     s = wait_screen(tmux_session, r"· 0 pending", timeout=60)
     assert "No calls are waiting for approval." in s
+    wait_screen(tmux_session, r"\[sort age · grouped · 1 rule\]")
 
     got = agent_results(a, timeout=120)
     assert got["ship"] == ["Echo: deploy v2.3.1 to production"]
     assert got["prod"][0].startswith("Rejected by alice: use staging.")
     assert len(got["loop"]) == 500
     assert all(t.startswith("Rejected by alice: runaway loop.") for t in got["loop"])
+
+    # The rules view lists the block rule; D revokes it.
+    keys(tmux_session, "t")
+    s = wait_screen(tmux_session, r"Temporary rules · 1")
+    assert re.search(r"› t-[0-9a-f]{8}\s+block\s+everything/echo\s+alice\s+1[45]m\d\ds\s+0\s+runaway loop", s), s
+    keys(tmux_session, "D")
+    wait_screen(tmux_session, r"No temporary rules")
+    keys(tmux_session, "Escape")
 
     keys(tmux_session, "q")
     time.sleep(0.5)
