@@ -580,6 +580,8 @@ impl Gateway {
                 return self.over_budget(ctx, record, &over).await;
             }
             tracing::info!(temp_rule = %rule.id, by = %rule.by, "pre-approved by a temporary rule");
+            // Consoles see the allowance count down (and the rule go when it is used up).
+            self.queue.rules_changed();
             record.reason = Some(format!(
                 "pre-approved by {} with temporary rule {} ({} left)",
                 rule.by,

@@ -345,6 +345,11 @@ impl App {
         })
     }
 
+    /// Temporary rules that have not expired yet (the broker does not announce expiry).
+    pub fn active_rules(&self) -> impl Iterator<Item = &TempRule> {
+        self.rules.iter().filter(|r| r.until_ms > self.now_ms)
+    }
+
     /// The rows on screen, in order.
     pub fn rows(&self) -> &[Row] {
         &self.rows
@@ -963,7 +968,8 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     None
                 }
                 Command::Down if app.view == View::Rules => {
-                    app.rule_cursor = (app.rule_cursor + 1).min(app.rules.len().saturating_sub(1));
+                    let n = app.active_rules().count();
+                    app.rule_cursor = (app.rule_cursor + 1).min(n.saturating_sub(1));
                     None
                 }
                 Command::Up if app.view == View::Rules => {
@@ -1021,7 +1027,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                         ));
                         return None;
                     }
-                    let id = app.rules.get(app.rule_cursor)?.id.clone();
+                    let id = app.active_rules().nth(app.rule_cursor)?.id.clone();
                     app.request(|req| ClientMsg::RevokeRule { req, id })
                 }
                 Command::Select => {

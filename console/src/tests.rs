@@ -670,6 +670,11 @@ fn the_rules_view_lists_and_revokes_temporary_rules() {
     assert_eq!(app.waiting, 0);
     update(&mut app, key('j'));
     snap("rules", &app);
+    // Expired rules are not shown (the broker does not announce expiry).
+    let mut later = app.clone();
+    update(&mut later, Action::Tick(NOW + 840_001));
+    assert_eq!(later.active_rules().count(), 0);
+    assert!(screen(&later, 80, 24).contains("No temporary rules."));
     let sent = update(&mut app, key('D'));
     assert_eq!(
         sent,

@@ -160,11 +160,11 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
     if app.grouping != Grouping::Flat {
         state.push_str(&format!(" · {}", app.grouping.label()));
     }
-    if !app.rules.is_empty() {
+    let rules = app.active_rules().count();
+    if rules > 0 {
         state.push_str(&format!(
-            " · {} rule{}",
-            app.rules.len(),
-            if app.rules.len() == 1 { "" } else { "s" }
+            " · {rules} rule{}",
+            if rules == 1 { "" } else { "s" }
         ));
     }
     if !app.filter.is_empty() {
@@ -733,11 +733,11 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
 fn rules(app: &App, f: &mut Frame, area: Rect) {
     let title = format!(
         " Temporary rules · {} · {} revokes ",
-        app.rules.len(),
+        app.active_rules().count(),
         app.keys.key_of(Command::Revoke)
     );
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
-    if app.rules.is_empty() {
+    if app.active_rules().next().is_none() {
         let text = format!(
             "No temporary rules. {} on a queue row rejects its pattern and refuses new calls of it for {}.",
             app.keys.key_of(Command::BlockPattern),
@@ -751,8 +751,7 @@ fn rules(app: &App, f: &mut Frame, area: Rect) {
     }
     let reason_w = area.width.saturating_sub(78).max(8) as usize;
     let rows: Vec<TableRow> = app
-        .rules
-        .iter()
+        .active_rules()
         .enumerate()
         .map(|(i, r)| {
             let kind = match r.kind {
