@@ -88,10 +88,26 @@ impl StdioSession {
     }
 }
 
-struct Row {
-    path: &'static str,
-    direct: Vec<Duration>,
-    broker: Vec<Duration>,
+/// One way of reaching server-everything.
+enum Session {
+    Http(HttpSession),
+    Stdio(StdioSession),
+}
+
+impl Session {
+    async fn echo(&mut self) -> Result<Duration> {
+        match self {
+            Session::Http(h) => h.echo("bench").await,
+            Session::Stdio(s) => s.echo(),
+        }
+    }
+}
+
+/// A measured path and the path it is compared with (its direct baseline).
+struct Measured {
+    name: &'static str,
+    baseline: Option<usize>,
+    samples: Vec<Duration>,
 }
 
 fn main() -> Result<()> {
@@ -100,9 +116,11 @@ fn main() -> Result<()> {
     let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
     let (warmup, n) = if smoke { (5, 20) } else { (200, 2000) };
     let script = everything()?;
+    let peers = tollgate_bench::peers()?;
     let broker_bin = build_broker()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+
     let (_http_upstream, port) = tollgate_bench::start_everything_http()?;
     let stdio_argv = vec![
         "node".to_string(),
@@ -114,74 +132,159 @@ fn main() -> Result<()> {
         serde_json::to_string(&stdio_argv)?
     );
     let (_broker, base) = start_broker(&broker_bin, &dir, &servers)?;
+    // The peers, each in front of its own stdio child, as Tollgate is.
+    let mp_port = tollgate_bench::free_port()?;
+    let _mcp_proxy = Killed(
+        Command::new(&peers.mcp_proxy)
+            .args([
+                "--port",
+                &mp_port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--log-level",
+                "WARNING",
+                "--",
+            ])
+            .args(&stdio_argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let sg_port = tollgate_bench::free_port()?;
+    let _supergateway = Killed(
+        Command::new("node")
+            .arg(&peers.supergateway)
+            .args([
+                "--stdio",
+                &stdio_argv.join(" "),
+                "--outputTransport",
+                "streamableHttp",
+                "--stateful",
+            ])
+            .args(["--port", &sg_port.to_string(), "--logLevel", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    tollgate_bench::wait_port(mp_port)?;
+    tollgate_bench::wait_port(sg_port)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let rows = rt.block_on(async {
-        let mut direct_http = HttpSession::open(&format!("http://127.0.0.1:{port}/mcp")).await?;
-        let mut via_http = HttpSession::open(&format!("{base}/mcp/http")).await?;
-        let mut direct_stdio = StdioSession::open(&stdio_argv)?;
-        let mut via_stdio = HttpSession::open(&format!("{base}/mcp/stdio")).await?;
-        let mut http = Row {
-            path: "Streamable HTTP upstream",
-            direct: vec![],
-            broker: vec![],
-        };
-        let mut stdio = Row {
-            path: "stdio upstream",
-            direct: vec![],
-            broker: vec![],
-        };
+    let mut paths = vec![
+        Measured {
+            name: "bare HTTP responder (the floor of any HTTP hop)",
+            baseline: None,
+            samples: vec![],
+        },
+        Measured {
+            name: "direct, Streamable HTTP",
+            baseline: None,
+            samples: vec![],
+        },
+        Measured {
+            name: "Tollgate → Streamable HTTP",
+            baseline: Some(1),
+            samples: vec![],
+        },
+        Measured {
+            name: "direct, stdio pipe",
+            baseline: None,
+            samples: vec![],
+        },
+        Measured {
+            name: "Tollgate → stdio",
+            baseline: Some(3),
+            samples: vec![],
+        },
+        Measured {
+            name: "mcp-proxy 0.13.0 → stdio",
+            baseline: Some(3),
+            samples: vec![],
+        },
+        Measured {
+            name: "supergateway 4.0.0 (stateful) → stdio",
+            baseline: Some(3),
+            samples: vec![],
+        },
+    ];
+    rt.block_on(async {
+        let floor = tollgate_bench::start_http_floor().await?;
+        let mut sessions = vec![
+            Session::Http(HttpSession::open(&format!("http://127.0.0.1:{floor}/mcp")).await?),
+            Session::Http(HttpSession::open(&format!("http://127.0.0.1:{port}/mcp")).await?),
+            Session::Http(HttpSession::open(&format!("{base}/mcp/http")).await?),
+            Session::Stdio(StdioSession::open(&stdio_argv)?),
+            Session::Http(HttpSession::open(&format!("{base}/mcp/stdio")).await?),
+            Session::Http(HttpSession::open(&format!("http://127.0.0.1:{mp_port}/mcp")).await?),
+            Session::Http(HttpSession::open(&format!("http://127.0.0.1:{sg_port}/mcp")).await?),
+        ];
+        let k = sessions.len();
         for i in 0..warmup + n {
-            let (a, b, c, d) = (
-                direct_http.echo("bench").await?,
-                via_http.echo("bench").await?,
-                direct_stdio.echo()?,
-                via_stdio.echo("bench").await?,
-            );
-            if i >= warmup {
-                http.direct.push(a);
-                http.broker.push(b);
-                stdio.direct.push(c);
-                stdio.broker.push(d);
+            // Rotate the order so no path always follows the same one.
+            for j in 0..k {
+                let p = (i + j) % k;
+                let d = sessions[p].echo().await?;
+                if i >= warmup {
+                    paths[p].samples.push(d);
+                }
             }
         }
-        anyhow::Ok(vec![http, stdio])
+        anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(&dir);
 
+    let stats: Vec<(Duration, Duration)> = paths
+        .iter_mut()
+        .map(|p| {
+            (
+                percentile(&mut p.samples, 50.0),
+                percentile(&mut p.samples, 99.0),
+            )
+        })
+        .collect();
+    let added = |i: usize| -> Option<(f64, f64)> {
+        let b = paths[i].baseline?;
+        Some((
+            stats[i].0.as_secs_f64() - stats[b].0.as_secs_f64(),
+            stats[i].1.as_secs_f64() - stats[b].1.as_secs_f64(),
+        ))
+    };
     println!();
     println!(
-        "tools/call echo, auto-allowed, {n} calls per path, interleaved (µs){}",
+        "tools/call echo, auto-allowed, {n} calls per path, interleaved in rotating order (µs){}",
         if smoke { " [smoke run]" } else { "" }
     );
     println!(
-        "| upstream | direct p50 | direct p99 | broker p50 | broker p99 | added p50 | added p99 |"
+        "| path | p50 | p99 | added p50 | added p99 | added p50 beyond the HTTP floor | Tollgate's added p50 / this path's |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for mut r in rows {
-        let (d50, d99) = (
-            percentile(&mut r.direct, 50.0),
-            percentile(&mut r.direct, 99.0),
-        );
-        let (b50, b99) = (
-            percentile(&mut r.broker, 50.0),
-            percentile(&mut r.broker, 99.0),
-        );
+    let floor = stats[0].0.as_secs_f64();
+    let tollgate_stdio = added(4).map_or(f64::NAN, |a| a.0);
+    for (i, p) in paths.iter().enumerate() {
+        let (a50, a99) = match (added(i), p.baseline) {
+            (Some(_), Some(b)) => (
+                delta_us(stats[i].0, stats[b].0),
+                delta_us(stats[i].1, stats[b].1),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
+        let share = if i >= 5 {
+            added(i).map_or("-".into(), |a| format!("{:.2}", tollgate_stdio / a.0))
+        } else {
+            "-".into()
+        };
+        let beyond = added(i).map_or("-".into(), |a| format!("{:+.1}", (a.0 - floor) * 1e6));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.path,
-            us(d50),
-            us(d99),
-            us(b50),
-            us(b99),
-            delta_us(b50, d50),
-            delta_us(b99, d99)
+            "| {} | {} | {} | {a50} | {a99} | {beyond} | {share} |",
+            p.name,
+            us(stats[i].0),
+            us(stats[i].1),
         );
     }
     println!(
-        "direct stdio is a pipe to the child; through the broker the client speaks HTTP, so that row includes the HTTP hop."
+        "direct stdio is a pipe to the child; through a proxy the client speaks Streamable HTTP, so those rows include the HTTP hop, whose floor (same client, a responder that does nothing) is the first row. The last column is Tollgate's added p50 (stdio) over the peer's: the target is at most 0.10."
     );
     Ok(())
 }

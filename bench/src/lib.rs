@@ -45,16 +45,92 @@ pub fn wait_port(port: u16) -> Result<()> {
     bail!("nothing listening on port {port}")
 }
 
-/// The reference server's entry point, installed by `npm ci` in `tests/e2e`.
-pub fn everything() -> Result<PathBuf> {
-    let p =
-        root().join("tests/e2e/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    if !p.exists() {
+/// Run a setup command, failing with what it printed.
+fn setup(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("bench setup: {what}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
         bail!(
-            "server-everything is not installed: run `cd tests/e2e && npm ci` (./dev test does this)"
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
+    Ok(())
+}
+
+/// Install pinned npm packages in `dir` (`npm ci` from its lockfile) unless `probe` exists.
+fn npm_ci(dir: &Path, probe: &Path) -> Result<()> {
+    if probe.exists() {
+        return Ok(());
+    }
+    setup(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir),
+        &format!("npm ci in {}", dir.display()),
+    )
+}
+
+/// The reference server's entry point from `tests/e2e` (pinned there; installed if missing).
+pub fn everything() -> Result<PathBuf> {
+    let dir = root().join("tests/e2e");
+    let p = dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    npm_ci(&dir, &p)?;
     Ok(p)
+}
+
+/// Peer proxies, installed pinned from `bench/peers` into `target/bench-peers`.
+pub struct Peers {
+    /// supergateway's entry point (run with node).
+    pub supergateway: PathBuf,
+    /// The `mcp-proxy` executable in its own venv (it pins the 1.x Python SDK).
+    pub mcp_proxy: PathBuf,
+}
+
+/// Install the peers if they are missing or their pins changed.
+pub fn peers() -> Result<Peers> {
+    let spec = root().join("bench/peers");
+    let base = root().join("target/bench-peers");
+    let npm = base.join("npm");
+    std::fs::create_dir_all(&npm)?;
+    let lock = std::fs::read(spec.join("package-lock.json"))?;
+    let supergateway = npm.join("node_modules/supergateway/dist/index.js");
+    if std::fs::read(npm.join("package-lock.json")).ok().as_deref() != Some(&lock[..]) {
+        std::fs::copy(spec.join("package.json"), npm.join("package.json"))?;
+        std::fs::copy(
+            spec.join("package-lock.json"),
+            npm.join("package-lock.json"),
+        )?;
+        let _ = std::fs::remove_dir_all(npm.join("node_modules"));
+    }
+    npm_ci(&npm, &supergateway)?;
+
+    let venv = base.join("mcp-proxy");
+    let mcp_proxy = venv.join("bin/mcp-proxy");
+    let reqs = std::fs::read(spec.join("requirements.txt"))?;
+    let stamp = venv.join("installed-requirements.txt");
+    if !mcp_proxy.exists() || std::fs::read(&stamp).ok().as_deref() != Some(&reqs[..]) {
+        let _ = std::fs::remove_dir_all(&venv);
+        setup(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "creating the mcp-proxy venv",
+        )?;
+        setup(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--no-deps", "-r"])
+                .arg(spec.join("requirements.txt")),
+            "installing mcp-proxy (pinned)",
+        )?;
+        std::fs::write(&stamp, &reqs)?;
+    }
+    Ok(Peers {
+        supergateway,
+        mcp_proxy,
+    })
 }
 
 /// Build the release broker and return its path.
@@ -222,6 +298,58 @@ pub fn start_everything_http() -> Result<(Killed, u16)> {
     );
     wait_port(port)?;
     Ok((child, port))
+}
+
+/// A bare HTTP/1.1 responder on a free port that answers every POST with a fixed `echo`
+/// result: no MCP, no JSON parsing. A round trip to it is the floor of any HTTP hop with this
+/// client on this machine, the part of a proxy's added latency no proxy can avoid.
+pub async fn start_http_floor() -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let _ = sock.set_nodelay(true);
+            tokio::spawn(async move {
+                let body = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"Echo: bench"}]}}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut buf = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then content-length bytes of body.
+                    let (head_end, len) = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (at + 4, len);
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head_end + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
 }
 
 #[cfg(test)]
