@@ -172,7 +172,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut paths = vec![
+    let mut paths = [
         Measured {
             name: "bare HTTP responder (the floor of any HTTP hop)",
             baseline: None,
@@ -211,7 +211,7 @@ fn main() -> Result<()> {
     ];
     rt.block_on(async {
         let floor = tollgate_bench::start_http_floor().await?;
-        let mut sessions = vec![
+        let mut sessions = [
             Session::Http(HttpSession::open(&format!("http://127.0.0.1:{floor}/mcp")).await?),
             Session::Http(HttpSession::open(&format!("http://127.0.0.1:{port}/mcp")).await?),
             Session::Http(HttpSession::open(&format!("{base}/mcp/http")).await?),
