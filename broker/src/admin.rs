@@ -298,3 +298,119 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `tollgate-broker check-audit`: fill a scratch store with `records` audit entries (mixed
+/// statuses, 20 tools, 50 clients) through the real recorder, then time searches like an
+/// operator's: two filters, one filter, none, with the default limit of 100 and with 10000.
+pub fn check_audit(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("tollgate-check-audit-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let statuses = [
+        Outcome::Allowed,
+        Outcome::Allowed,
+        Outcome::Allowed,
+        Outcome::Allowed,
+        Outcome::Blocked,
+        Outcome::Approved,
+        Outcome::Rejected,
+        Outcome::RateLimited,
+    ];
+    let backend = std::sync::Arc::new(SledBackend::open(&scratch.path().join("store"))?);
+    let fill = std::time::Instant::now();
+    runtime.block_on(async {
+        let recorder = store::Recorder::start(backend.clone())?;
+        for i in 0..records {
+            let mut call = crate::queue::sample_call(i);
+            call.outcome = statuses[i % statuses.len()];
+            call.tool = format!("tool_{}", (i / 8) % 20);
+            call.client = format!("agent-{}", (i / 3) % 50);
+            call.hold = None;
+            recorder.audit_only(call).await;
+        }
+        recorder.flush().await;
+        anyhow::Ok(())
+    })?;
+    backend.checkpoint()?;
+    let filled = fill.elapsed();
+    let queries: Vec<(&str, AuditFilter)> = vec![
+        (
+            "status + tool, newest 100",
+            AuditFilter {
+                status: Some(Outcome::Rejected),
+                tool: Some("tool_7".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "status + client, newest 100",
+            AuditFilter {
+                status: Some(Outcome::Blocked),
+                client: Some("agent-17".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "status + tool, newest 10000",
+            AuditFilter {
+                status: Some(Outcome::Rejected),
+                tool: Some("tool_7".into()),
+                limit: Some(10_000),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "status only, newest 100",
+            AuditFilter {
+                status: Some(Outcome::Approved),
+                ..AuditFilter::default()
+            },
+        ),
+        ("no filter, newest 100", AuditFilter::default()),
+    ];
+    let mut rows = Vec::new();
+    for (name, filter) in &queries {
+        let mut times = Vec::new();
+        let mut found = 0;
+        for _ in 0..11 {
+            let t = std::time::Instant::now();
+            found = backend.audit_query(filter)?.len();
+            times.push(t.elapsed());
+        }
+        times.sort_unstable();
+        rows.push((name, found, times[times.len() / 2]));
+    }
+    if json {
+        let out: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, found, t)| {
+                serde_json::json!({"query": name, "found": found, "ms": t.as_secs_f64() * 1e3})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": records,
+                "fill_s": filled.as_secs_f64(),
+                "queries": out,
+            })
+        );
+    } else {
+        println!(
+            "{records} audit entries written in {:.1} s ({:.0}/s)",
+            filled.as_secs_f64(),
+            records as f64 / filled.as_secs_f64()
+        );
+        println!("| query | entries returned | median ms |");
+        println!("|---|---|---|");
+        for (name, found, t) in rows {
+            println!("| {name} | {found} | {:.2} |", t.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(())
+}

@@ -459,7 +459,7 @@ impl Gateway {
                     return self.over_budget(ctx, record, &over).await;
                 }
                 tracing::info!("allowed");
-                self.recorder.record(record.clone()).await;
+                self.recorder.audit_only(record.clone()).await;
                 Intercept::Forward(Ticket {
                     record: Some(Box::new(record)),
                     recorder: self.recorder.clone(),

@@ -93,6 +93,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure audit searches on this disk: fill a scratch store with many entries through the
+    /// real recorder, then time searches with one and two filters.
+    CheckAudit {
+        /// Directory on the disk to test (a scratch directory is made inside and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Audit entries to write first.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure what the guards (DLP, fingerprints, loop counting) cost per call on this machine,
     /// with the detectors of a config (default: the built-in ones), on arguments of a given size.
     GuardCost {
@@ -225,6 +238,9 @@ fn main() -> ExitCode {
         },
         Command::CheckDisk { dir, records, json } => {
             report("check-disk", admin::check_disk(&dir, records, json))
+        }
+        Command::CheckAudit { dir, records, json } => {
+            report("check-audit", admin::check_audit(&dir, records, json))
         }
         Command::GuardCost { config, size, json } => {
             report("guard-cost", guardcost::run(config.as_deref(), size, json))

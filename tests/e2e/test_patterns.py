@@ -52,14 +52,18 @@ def fire(url: str, token: str, n: int, args: dict) -> list:
     return anyio.run(run)
 
 
-def wait_snapshot(con, n: int, timeout: float = 90) -> list[dict]:
+def wait_snapshot(con, n: int, timeout: float = 90, agent=None) -> list[dict]:
     deadline = time.monotonic() + timeout
+    pending = []
     while time.monotonic() < deadline:
         pending = con.request({"type": "snapshot"}, "snapshot")["pending"]
         if len(pending) >= n:
             return pending
+        if agent is not None and agent.done():
+            agent.result()  # raises what went wrong in the agent
+            raise AssertionError(f"the agent finished with only {len(pending)} calls pending")
         time.sleep(0.3)
-    raise TimeoutError(f"fewer than {n} pending calls after {timeout}s")
+    raise TimeoutError(f"{len(pending)} of {n} calls pending after {timeout}s")
 
 
 def test_a_500_call_loop_is_one_pattern_rejected_once_and_the_501st_is_refused_at_once(broker):
@@ -72,7 +76,7 @@ def test_a_500_call_loop_is_one_pattern_rejected_once_and_the_501st_is_refused_a
 
     pool = concurrent.futures.ThreadPoolExecutor(1)
     loop = pool.submit(fire, url, agent, 500, RISKY)
-    pending = wait_snapshot(alice, 500)
+    pending = wait_snapshot(alice, 500, agent=loop)
 
     # One pattern: every call has the same exact and shape fingerprint; past the threshold the
     # calls carry the loop flag with their count.

@@ -175,6 +175,9 @@ pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
 enum Op {
     Put {
         record: Box<CallRecord>,
+        /// Write the call record.
+        call: bool,
+        /// Append an audit entry for its outcome.
         audit: bool,
         ack: Option<oneshot::Sender<Result<(), String>>>,
     },
@@ -209,18 +212,26 @@ impl Recorder {
                 let at_ms = crate::gateway::now_ms();
                 for op in ops.drain(..) {
                     match op {
-                        Op::Put { record, audit, ack } => {
-                            if audit {
+                        Op::Put {
+                            record,
+                            call,
+                            audit,
+                            ack,
+                        } => {
+                            let entry = audit.then(|| {
                                 let mut e = audit_entry(&record, at_ms);
                                 seq += 1;
                                 e.seq = seq;
                                 e.prev_hash = std::mem::take(&mut head);
                                 e.hash = chain_hash(&e);
                                 head = e.hash.clone();
+                                e
+                            });
+                            if call {
                                 batch.push(Mutation::Call(record));
+                            }
+                            if let Some(e) = entry {
                                 batch.push(Mutation::Audit(Box::new(e)));
-                            } else {
-                                batch.push(Mutation::Call(record));
                             }
                             acks.extend(ack);
                         }
@@ -262,8 +273,19 @@ impl Recorder {
         audit: bool,
         ack: Option<oneshot::Sender<Result<(), String>>>,
     ) {
+        self.send_op(record, true, audit, ack).await;
+    }
+
+    async fn send_op(
+        &self,
+        record: CallRecord,
+        call: bool,
+        audit: bool,
+        ack: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
         let op = Op::Put {
             record: Box::new(record),
+            call,
             audit,
             ack,
         };
@@ -280,6 +302,13 @@ impl Recorder {
     /// Queue a record and an audit entry for its outcome; durable with the next group.
     pub async fn record(&self, record: CallRecord) {
         self.send(record, true, None).await;
+    }
+
+    /// Queue only the audit entry for a record's outcome: for an allowed call being forwarded,
+    /// whose call record is written once when it completes (one store write fewer per call;
+    /// should the broker die mid-call, the audit entry is there and the record is not).
+    pub async fn audit_only(&self, record: CallRecord) {
+        self.send_op(record, false, true, None).await;
     }
 
     /// Write a record and an audit entry for its outcome, and wait until both are durable.

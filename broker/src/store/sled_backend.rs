@@ -208,7 +208,8 @@ impl Trees {
                     calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?);
                     if r.outcome == Outcome::Pending {
                         pending.insert(key.as_bytes().as_slice(), &[]);
-                    } else {
+                    } else if r.hold.is_some() {
+                        // Only a held call was ever in the pending index.
                         pending.remove(key.as_bytes().as_slice());
                     }
                 }
@@ -299,8 +300,20 @@ impl Trees {
                 }
                 continue;
             }
-            for (c, h) in cursors.iter_mut().zip(heads.iter_mut()) {
+            for ((c, h), p) in cursors.iter_mut().zip(heads.iter_mut()).zip(&prefixes) {
+                if *h <= low {
+                    continue;
+                }
+                // Behind: step (cheap), and after 16 steps jump straight to `low` (a sparse filter would
+                // otherwise walk a dense one key by key).
+                let mut steps = 0;
                 while *h > low {
+                    if steps == 16 {
+                        let mut end = p.clone();
+                        end.extend_from_slice(&low.to_be_bytes());
+                        *c = self.audit_idx.range(p.clone()..=end).keys().rev();
+                    }
+                    steps += 1;
                     match c.next().transpose()? {
                         Some(k) => *h = seq_of(&k),
                         None => break 'merge,
