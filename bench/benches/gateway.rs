@@ -114,7 +114,7 @@ fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; other harness flags are ignored.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
-    let (warmup, n) = if smoke { (5, 20) } else { (200, 2000) };
+    let (warmup, n) = if smoke { (5, 20) } else { (100, 1000) };
     let script = everything()?;
     let peers = tollgate_bench::peers()?;
     let broker_bin = build_broker()?;

@@ -39,7 +39,7 @@ fn message(size: usize) -> String {
 fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
-    let (warmup, n) = if smoke { (3, 10) } else { (100, 1000) };
+    let (warmup, n) = if smoke { (3, 10) } else { (50, 500) };
     let broker_bin = build_broker()?;
 
     let out = Command::new(&broker_bin)
