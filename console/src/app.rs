@@ -564,6 +564,13 @@ impl App {
             }
         };
         let block_for_ms = block.then_some(self.block_for_ms);
+        if verdict == Verdict::Approve && self.grouping == Grouping::Shape && row.count > 1 {
+            self.note(format!(
+                "a shape groups calls with different numbers and ids: approve them by identical group ({} cycles the grouping) or select them",
+                self.keys.key_of(Command::Group)
+            ));
+            return None;
+        }
         if row.count > 1 {
             self.prompt = Some(Prompt::Confirm {
                 verdict,

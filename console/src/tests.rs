@@ -627,6 +627,14 @@ fn grouping_by_shape_merges_calls_that_differ_in_volatile_values() {
     let row = app.current().expect("row").clone();
     assert_eq!(row.count, 502);
     snap("queue_by_shape", &app);
+    // Approving a shape would approve arguments nobody looked at: refused with a note.
+    assert!(update(&mut app, key('a')).is_none());
+    assert!(app.prompt.is_none());
+    assert!(
+        app.notes
+            .back()
+            .is_some_and(|n| n.contains("different numbers and ids"))
+    );
     update(&mut app, key('x'));
     update(&mut app, key('y'));
     typed(&mut app, "loop");

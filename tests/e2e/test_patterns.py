@@ -195,6 +195,19 @@ def test_approve_next_lets_a_bounded_number_through_and_rules_are_listed_and_rev
     )
     assert "between 1 and 1000" in err["message"]
 
+    # A shape covers calls that differ in numbers: rejecting them together is allowed,
+    # approving them together is not.
+    c8 = sdk_call(url, agent, "echo", {"message": "retry: delete session 8"})
+    c9 = sdk_call(url, agent, "echo", {"message": "retry: delete session 9"})
+    first, second = alice.pending(), alice.pending()
+    assert first["shape"] == second["shape"] and first["fingerprint"] != second["fingerprint"]
+    shape = {"by": "fingerprint", "fingerprint": first["shape"]}
+    err = alice.request({"type": "decide", "target": shape, "verdict": "approve"}, "error")
+    assert "shape fingerprint" in err["message"] and "approved by exact fingerprint or by id" in err["message"]
+    done = alice.request({"type": "decide", "target": shape, "verdict": "reject", "reason": "no"}, "decided")
+    assert len(done["results"]) == 2 and all(r["ok"] for r in done["results"])
+    assert c8.result(30).is_error is True and c9.result(30).is_error is True
+
     trail = b.audit("--status", "allowed", "--tool", "echo")
     pre = [e for e in trail if "pre-approved by alice" in (e.get("reason") or "")]
     assert len(pre) == 2 and all(e["approvers"] == ["alice"] for e in pre)

@@ -403,6 +403,18 @@ impl Queue {
         reason: Option<&str>,
         follow: Option<Follow>,
     ) -> Result<(Vec<DecideResult>, Result<Option<TempRule>, String>), String> {
+        // A shape groups calls whose numbers, ids and timestamps differ: rejecting them together
+        // is safe, approving them together would approve arguments nobody looked at.
+        if verdict == Verdict::Approve
+            && let Target::Fingerprint { fingerprint } = target
+            && lock(&self.entries)
+                .values()
+                .any(|e| &e.record.shape == fingerprint && &e.record.fingerprint != fingerprint)
+        {
+            return Err(format!(
+                "{fingerprint} is a shape fingerprint: its calls differ in numbers, ids or timestamps, so they are approved by exact fingerprint or by id, not together (rejecting by shape is fine)"
+            ));
+        }
         let Some(follow) = follow else {
             return Ok((self.decide(who, target, verdict, reason).await, Ok(None)));
         };
@@ -434,15 +446,6 @@ impl Queue {
         };
         if for_ms == 0 || for_ms > temp::MAX_RULE_MS {
             return Err("a temporary rule lasts between 1 ms and 24 h".into());
-        }
-        if kind == RuleKind::Allow
-            && lock(&self.entries)
-                .values()
-                .any(|e| &e.record.shape == fingerprint && &e.record.fingerprint != fingerprint)
-        {
-            return Err(format!(
-                "{fingerprint} is a shape fingerprint: approving future calls needs an exact one, so only identical calls are let through"
-            ));
         }
         let results = self.decide(who, target, verdict, reason).await;
         let decided: Vec<CallRecord> = {
