@@ -19,6 +19,10 @@ use toml::Spanned;
 
 use crate::policy::{Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern};
 
+/// Default page cache of the store: sled's own default (1 GiB) would let a busy broker's memory
+/// grow far beyond what it needs.
+pub const DEFAULT_STORE_CACHE: usize = 64 << 20;
+
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,6 +66,8 @@ pub struct BrokerSettings {
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Memory the store may use to cache its pages, in bytes.
+    pub store_cache: usize,
     /// How long an upstream may stay silent on a request before the client gets an error.
     pub upstream_timeout: Duration,
     /// How long an idle MCP session (and its stdio child) is kept.
@@ -274,6 +280,7 @@ struct RawBroker {
     data_dir: Option<String>,
     auth: Option<Spanned<String>>,
     max_body: Option<Spanned<toml::Value>>,
+    store_cache: Option<Spanned<toml::Value>>,
     upstream_timeout: Option<Spanned<String>>,
     session_idle: Option<Spanned<String>>,
     #[serde(default)]
@@ -590,11 +597,23 @@ impl Validator<'_> {
                 4 << 20
             }),
         };
+        let store_cache = match raw.store_cache {
+            None => DEFAULT_STORE_CACHE,
+            Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    v.span(),
+                    "store_cache is not a size".into(),
+                    Some("write a byte count or a size like \"64MiB\""),
+                );
+                DEFAULT_STORE_CACHE
+            }),
+        };
         let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "tollgate-data".into()));
         BrokerSettings {
             listen,
             data_dir,
             max_body,
+            store_cache,
             upstream_timeout: self.duration(
                 raw.upstream_timeout,
                 Duration::from_secs(300),

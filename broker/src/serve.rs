@@ -75,7 +75,10 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let backend = Arc::new(SledBackend::open(&config.broker.data_dir)?);
+    let backend = Arc::new(SledBackend::open_with(
+        &config.broker.data_dir,
+        config.broker.store_cache,
+    )?);
     let recorder = Recorder::start(backend.clone())?;
     let temp = crate::queue::temp::TempRules::load(
         config.broker.data_dir.join("temp_rules.json"),

@@ -74,8 +74,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SledBackend {
-    /// Open (or create) the store in `dir`, replaying any journal left by a crash.
+    /// Open (or create) the store in `dir` with the default page cache, replaying any journal
+    /// left by a crash.
     pub fn open(dir: &Path) -> anyhow::Result<SledBackend> {
+        SledBackend::open_with(dir, crate::config::DEFAULT_STORE_CACHE)
+    }
+
+    /// Open (or create) the store in `dir`, caching at most `cache_bytes` of pages in memory.
+    pub fn open_with(dir: &Path, cache_bytes: usize) -> anyhow::Result<SledBackend> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         // sled's own periodic flush is off: durability comes from the journal, and checkpoints
@@ -84,6 +90,7 @@ impl SledBackend {
             .path(dir.join("sled"))
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
+            .cache_capacity(cache_bytes as u64)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io)
