@@ -21,22 +21,29 @@ pub fn canonical(value: &Value) -> String {
     out
 }
 
+/// An object with its keys sorted, each value written by `value`.
+fn write_object(
+    map: &serde_json::Map<String, Value>,
+    out: &mut String,
+    value: fn(&Value, &mut String),
+) {
+    let mut keys: Vec<_> = map.keys().collect();
+    keys.sort_unstable();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(k.clone()).to_string());
+        out.push(':');
+        value(&map[k], out);
+    }
+    out.push('}');
+}
+
 fn write(value: &Value, out: &mut String) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<_> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write(&map[k], out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map, out, write),
         Value::Array(items) => {
             out.push('[');
             for (i, v) in items.iter().enumerate() {
@@ -87,20 +94,7 @@ pub fn shape(value: &Value) -> String {
 
 fn write_shape(value: &Value, out: &mut String) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<_> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_shape(&map[k], out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map, out, write_shape),
         Value::Array(items) => {
             let mut shapes: Vec<String> = items.iter().map(shape).collect();
             shapes.sort_unstable();

@@ -66,9 +66,17 @@ impl Grouping {
     pub fn key(self, c: &CallRecord) -> Option<&str> {
         match self {
             Grouping::Exact => Some(&c.fingerprint),
-            Grouping::Shape if !c.shape.is_empty() => Some(&c.shape),
-            Grouping::Shape => Some(&c.fingerprint),
+            Grouping::Shape => Some(self.pattern(c)),
             Grouping::Flat => None,
+        }
+    }
+
+    /// The pattern a call belongs to: its shape when grouping by shape, else its exact
+    /// fingerprint (what a pattern decision on its row targets).
+    pub fn pattern(self, c: &CallRecord) -> &str {
+        match self {
+            Grouping::Shape if !c.shape.is_empty() => &c.shape,
+            _ => &c.fingerprint,
         }
     }
 
@@ -422,18 +430,12 @@ impl App {
                 })
                 .collect()
         };
-        let pattern_key = |c: &CallRecord| -> String {
-            match grouping {
-                Grouping::Shape => Grouping::Shape.key(c).unwrap_or_default().to_string(),
-                _ => c.fingerprint.clone(),
-            }
-        };
-        let mut sizes: HashMap<String, usize> = HashMap::new();
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
         for c in self.calls.values() {
-            *sizes.entry(pattern_key(c)).or_default() += 1;
+            *sizes.entry(grouping.pattern(c)).or_default() += 1;
         }
         for r in &mut rows {
-            r.pattern = sizes.get(&pattern_key(&r.call)).copied().unwrap_or(1);
+            r.pattern = sizes.get(grouping.pattern(&r.call)).copied().unwrap_or(1);
         }
         let expiry = |r: &Row| r.expires_ms.unwrap_or(u64::MAX);
         match self.sort {
@@ -462,10 +464,7 @@ impl App {
     /// The fingerprint a pattern decision on this row targets: its group's key (the shape when
     /// grouped by shape), else the call's exact fingerprint.
     fn pattern_of(&self, r: &Row) -> String {
-        match self.grouping {
-            Grouping::Shape => Grouping::Shape.key(&r.call).unwrap_or_default().to_string(),
-            _ => r.call.fingerprint.clone(),
-        }
+        self.grouping.pattern(&r.call).to_string()
     }
 
     /// The row under the cursor.

@@ -324,6 +324,27 @@ def sdk_call(url: str, token: str, tool: str, args: dict):
     return fut
 
 
+def sdk_burst(url: str, token: str, calls: list[tuple[str, dict]]) -> list:
+    """Make all `calls` (tool, arguments) at once on one Python SDK session; returns the
+    results in completion order (a held call keeps its connection open, so the session gets
+    enough connections for every call)."""
+    import anyio
+
+    async def run():
+        results = []
+        async with sdk_client(url, token, connections=len(calls) + 20) as c:
+
+            async def one(tool, args):
+                results.append(await c.call_tool(tool, args))
+
+            async with anyio.create_task_group() as tg:
+                for tool, args in calls:
+                    tg.start_soon(one, tool, args)
+        return results
+
+    return anyio.run(run)
+
+
 def post(url: str, body, headers: dict | None = None, **kw) -> httpx.Response:
     h = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)

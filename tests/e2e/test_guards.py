@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
-
-from conftest import everything_stdio_command, sdk_call, sdk_client, toml_list
+from conftest import everything_stdio_command, sdk_burst, sdk_call, toml_list
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 GH = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"
@@ -109,24 +107,16 @@ def test_rate_limits_refuse_at_once_with_a_retry_time_and_hold_under_concurrency
     other = b.token("agent-b", "viewer")
     url = b.url("everything")
 
-    async def burst(token: str, n: int):
-        results = []
-        async with sdk_client(url, token) as c:
-            async def one(i):
-                results.append(await c.call_tool("get-sum", {"a": i, "b": 1}))
+    def burst(token: str, n: int):
+        return sdk_burst(url, token, [("get-sum", {"a": i, "b": 1}) for i in range(n)])
 
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(one, i)
-        return results
-
-    got = anyio.run(burst, a, 8)
+    got = burst(a, 8)
     ok = [r for r in got if r.is_error is not True]
     refused = [r for r in got if r.is_error is True]
     assert len(ok) == 3 and len(refused) == 5, [r.content[0].text for r in got]
     assert all('rate limit "sums" (3/min per client) is exhausted. Retry in' in r.content[0].text for r in refused)
     # Another client has its own bucket; echo is not limited.
-    assert all(r.is_error is not True for r in anyio.run(burst, other, 3))
+    assert all(r.is_error is not True for r in burst(other, 3))
     assert sdk_call(url, a, "echo", {"message": "not limited"}).result(30).is_error is not True
 
     limited = b.audit("--status", "rate_limited")

@@ -9,9 +9,7 @@ import json
 import time
 from collections import Counter
 
-import anyio
-
-from conftest import console_cli, everything_stdio_command, sdk_call, sdk_client, toml_list
+from conftest import console_cli, everything_stdio_command, sdk_burst, sdk_call, toml_list
 
 RISKY = {"message": "retry: delete session 7"}
 
@@ -35,21 +33,8 @@ def config(extra: str = "") -> str:
 
 
 def fire(url: str, token: str, n: int, args: dict) -> list:
-    """n identical calls at once on one SDK session; returns the results, in no order."""
-
-    async def run():
-        results = []
-        async with sdk_client(url, token, connections=n + 20) as c:
-
-            async def one():
-                results.append(await c.call_tool("echo", args))
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(n):
-                    tg.start_soon(one)
-        return results
-
-    return anyio.run(run)
+    """n identical echo calls at once on one SDK session; returns the results, in no order."""
+    return sdk_burst(url, token, [("echo", args)] * n)
 
 
 def wait_snapshot(con, n: int, timeout: float = 90, agent=None) -> list[dict]:
@@ -262,19 +247,7 @@ def test_budgets_cap_pending_calls_and_daily_cost_per_client_under_concurrency(b
     assert b_call.result(30).is_error is not True
 
     # Daily cost: get-sum weighs 2 against 5 units, so of 4 concurrent calls exactly 2 run.
-    async def sums(token: str, n: int):
-        out = []
-        async with sdk_client(url, token) as c:
-
-            async def one(i):
-                out.append(await c.call_tool("get-sum", {"a": i, "b": 1}))
-
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(one, i)
-        return out
-
-    got = anyio.run(sums, a, 4)
+    got = sdk_burst(url, a, [("get-sum", {"a": i, "b": 1}) for i in range(4)])
     ran = [r for r in got if r.is_error is not True]
     over = [r for r in got if r.is_error is True]
     assert len(ran) == 2 and len(over) == 2, [r.content[0].text for r in got]
