@@ -483,8 +483,12 @@ impl Gateway {
             }
             Action::Approve => {
                 let mut held = self.hold(ctx, request, record, &verdict, withheld).await;
-                if let Intercept::Hold(h) = &mut held {
-                    h.rewritten = rewritten;
+                // Held, or let through at once (an approved retry, an allow rule): either way
+                // the frontend must forward the redacted request, not the bytes it received.
+                match &mut held {
+                    Intercept::Hold(h) => h.rewritten = rewritten,
+                    Intercept::Forward(t) => t.rewritten = rewritten,
+                    Intercept::Respond(_) => {}
                 }
                 held
             }
@@ -547,7 +551,7 @@ impl Gateway {
             if let Some(approved) = self.queue.take_grant(&record).await {
                 tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
                 record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
-                self.recorder.record(record.clone()).await;
+                self.recorder.audit_only(record.clone()).await;
                 return self.forward(record);
             }
             if let Some(waiting) = self.queue.pending_retry(&record) {
@@ -594,7 +598,7 @@ impl Gateway {
                 reason: rule.reason.clone(),
                 at_ms: rule.created_ms,
             });
-            self.recorder.record(record.clone()).await;
+            self.recorder.audit_only(record.clone()).await;
             return self.forward(record);
         }
         record.outcome = Outcome::Pending;

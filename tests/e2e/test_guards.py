@@ -37,6 +37,12 @@ def config() -> str:
     action = "allow"
     dlp = "redact"
     [[rule]]
+    name = "review-redacts-and-asks"
+    tools = ["everything/echo"]
+    when = {{ arg = "/message", matches = "^review" }}
+    action = "approve"
+    dlp = "redact"
+    [[rule]]
     name = "echo-asks"
     tools = ["everything/echo"]
     when = {{ arg = "/message", matches = "^ask" }}
@@ -87,6 +93,31 @@ def test_dlp_denies_redacts_or_holds_and_the_secret_goes_nowhere(broker):
         for f in Path(b.data_dir).rglob("*"):
             if f.is_file():
                 assert secret.encode() not in f.read_bytes(), (secret, f)
+
+
+def test_a_redacted_call_let_through_by_an_allow_rule_forwards_the_redacted_arguments(broker):
+    b = broker(config())
+    agent = b.token("agent", "viewer")
+    alice = b.connect(b.token("alice", "approver"))
+    url = b.url("everything")
+    first = sdk_call(url, agent, "echo", {"message": f"review {GH}"})
+    held = alice.pending()
+    assert held["arguments"]["message"] == "review [REDACTED:github_token]"
+    answer = alice.request(
+        {
+            "type": "decide",
+            "target": {"by": "fingerprint", "fingerprint": held["fingerprint"]},
+            "verdict": "approve",
+            "allow_next": {"count": 1, "for_ms": 60_000},
+        },
+        "decided",
+    )
+    assert answer["rule"]["kind"] == "allow"
+    assert first.result(30).content[0].text == "Echo: review [REDACTED:github_token]"
+    # The identical call runs without a person, and still only with the secret replaced.
+    again = sdk_call(url, agent, "echo", {"message": f"review {GH}"}).result(30)
+    assert again.content[0].text == "Echo: review [REDACTED:github_token]"
+    assert GH not in b.log()
 
 
 def test_rate_limits_refuse_at_once_with_a_retry_time_and_hold_under_concurrency(broker):
