@@ -283,7 +283,7 @@ impl Gateway {
             request_id: id.clone(),
             session: ctx.session.clone(),
             protocol_version: ctx.protocol_version.clone(),
-            arguments: stored_args.clone(),
+            arguments: stored_args,
             timings: Timings {
                 received_ms,
                 decided_ms: now,
@@ -323,27 +323,24 @@ impl Gateway {
                 .as_deref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
-            record.outcome = Outcome::Blocked;
             record.rule = tollgate_shared::RuleRef {
                 index: 0,
                 name: rule.id.clone(),
             };
-            record.reason = Some(format!(
-                "temporary rule {} by {} until {until}{because}",
-                rule.id, rule.by
-            ));
-            record.decisions.push(tollgate_shared::Decision {
-                by: rule.by.clone(),
-                verdict: tollgate_shared::Verdict::Reject,
-                reason: rule.reason.clone(),
-                at_ms: rule.created_ms,
-            });
-            self.recorder.record(record).await;
+            record
+                .decisions
+                .push(rule_decision(&rule, tollgate_shared::Verdict::Reject));
             let text = format!(
                 "Tollgate refused this call to {}/{tool} at once: {} rejected this repeated call and blocked it until {until} (temporary rule {}){because}. The call was not run.",
                 ctx.server, rule.by, rule.id
             );
-            return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+            let reason = format!(
+                "temporary rule {} by {} until {until}{because}",
+                rule.id, rule.by
+            );
+            return self
+                .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                .await;
         }
         if !self.limiter.is_empty()
             && let Err(l) = self.limiter.check(&ctx.server, tool, &ctx.client, now)
@@ -352,17 +349,14 @@ impl Gateway {
             tracing::info!(limit = %l.limit, retry_after_s = wait, "rate limited");
             self.throttle
                 .refused(&ctx.client, &format!("rate limit \"{}\"", l.limit), now);
-            record.outcome = Outcome::RateLimited;
-            record.reason = Some(format!(
-                "rate limit \"{}\" ({}): retry in {wait} s",
-                l.limit, l.rule
-            ));
-            self.recorder.record(record).await;
+            let reason = format!("rate limit \"{}\" ({}): retry in {wait} s", l.limit, l.rule);
             let text = format!(
                 "Tollgate refused this call to {}/{tool}: rate limit \"{}\" ({}) is exhausted. Retry in {wait} s.",
                 ctx.server, l.limit, l.rule
             );
-            return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+            return self
+                .refuse(ctx, record, Outcome::RateLimited, Some(reason), &text)
+                .await;
         }
         if seen.looping && verdict.action != Action::Deny {
             let what = format!(
@@ -374,22 +368,17 @@ impl Gateway {
                 LoopAction::Flag => {}
                 LoopAction::Deny => {
                     tracing::info!(repeats = seen.repeats, "blocked: runaway loop");
-                    record.outcome = Outcome::Blocked;
-                    record.reason = Some(format!("runaway loop: {what}"));
-                    self.recorder.record(record).await;
                     let text = format!(
                         "Tollgate blocked this call to {}/{tool}: it looks like a runaway loop ({what}). The call was not run. Stop repeating it.",
                         ctx.server
                     );
-                    return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+                    let reason = format!("runaway loop: {what}");
+                    return self
+                        .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                        .await;
                 }
                 LoopAction::Approve => {
-                    if verdict.action == Action::Allow {
-                        verdict.action = Action::Approve;
-                        verdict.hold = crate::policy::HoldTerms {
-                            quorum: 1,
-                            ..Default::default()
-                        };
+                    if verdict.hold_for_a_person() {
                         verdict.reason = Some(format!("possible runaway loop: {what}"));
                         record.reason = verdict.reason.clone();
                     }
@@ -420,31 +409,25 @@ impl Gateway {
                         findings = record.findings.len(),
                         "blocked: secrets in arguments"
                     );
-                    record.outcome = Outcome::Blocked;
-                    record.reason = Some(format!("secrets in arguments: {what}"));
-                    self.recorder.record(record).await;
                     let text = format!(
                         "Tollgate blocked this call to {}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again.",
                         ctx.server
                     );
-                    return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+                    let reason = format!("secrets in arguments: {what}");
+                    return self
+                        .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                        .await;
                 }
                 DlpAction::Redact => {
                     if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
-                        params.insert("arguments".into(), stored_args.clone());
+                        params.insert("arguments".into(), record.arguments.clone());
                         rewritten = true;
                     }
                     record.reason = Some(format!("secrets redacted before forwarding: {what}"));
                 }
                 DlpAction::Approve => {
                     withheld = true;
-                    if verdict.action == Action::Allow {
-                        verdict.action = Action::Approve;
-                        verdict.hold = crate::policy::HoldTerms {
-                            quorum: 1,
-                            ..Default::default()
-                        };
-                    }
+                    verdict.hold_for_a_person();
                     record.reason = Some(format!("secrets in arguments: {what}"));
                 }
             }
@@ -459,12 +442,7 @@ impl Gateway {
                     return self.over_budget(ctx, record, &over).await;
                 }
                 tracing::info!("allowed");
-                self.recorder.audit_only(record.clone()).await;
-                Intercept::Forward(Ticket {
-                    record: Some(Box::new(record)),
-                    recorder: self.recorder.clone(),
-                    rewritten,
-                })
+                self.forward(record, rewritten).await
             }
             Action::Deny => {
                 let because = verdict
@@ -477,30 +455,43 @@ impl Gateway {
                     ctx.server, verdict.rule.name, verdict.rule.index,
                 );
                 tracing::info!("blocked");
-                record.outcome = Outcome::Blocked;
-                self.recorder.record(record).await;
-                Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+                self.refuse(ctx, record, Outcome::Blocked, None, &text)
+                    .await
             }
             Action::Approve => {
-                let mut held = self.hold(ctx, request, record, &verdict, withheld).await;
                 // Held, or let through at once (an approved retry, an allow rule): either way
                 // the frontend must forward the redacted request, not the bytes it received.
-                match &mut held {
-                    Intercept::Hold(h) => h.rewritten = rewritten,
-                    Intercept::Forward(t) => t.rewritten = rewritten,
-                    Intercept::Respond(_) => {}
-                }
-                held
+                self.hold(ctx, request, record, &verdict, withheld, rewritten)
+                    .await
             }
         }
     }
 }
 
 impl Gateway {
-    async fn over_budget(
+    /// Refuse a call at once: record it with `outcome` (and `reason`, when given) in the audit
+    /// trail, and answer the client with `text` as a tool error.
+    async fn refuse(
         &self,
         ctx: &CallContext,
         mut record: CallRecord,
+        outcome: Outcome,
+        reason: Option<String>,
+        text: &str,
+    ) -> Intercept {
+        record.outcome = outcome;
+        if reason.is_some() {
+            record.reason = reason;
+        }
+        let id = record.request_id.clone();
+        self.recorder.record(record).await;
+        Intercept::Respond(jsonrpc::tool_error(id, text, ctx.modern()))
+    }
+
+    async fn over_budget(
+        &self,
+        ctx: &CallContext,
+        record: CallRecord,
         over: &crate::guards::budget::OverBudget,
     ) -> Intercept {
         tracing::info!(budget = %over.budget, "over budget");
@@ -509,22 +500,23 @@ impl Gateway {
             &format!("budget \"{}\"", over.budget),
             now_ms(),
         );
-        record.outcome = Outcome::RateLimited;
-        record.reason = Some(format!("budget \"{}\": {}", over.budget, over.why));
-        let id = record.request_id.clone();
         let text = format!(
             "Tollgate refused this call to {}/{}: budget \"{}\" is exhausted ({}). {}",
             record.server, record.tool, over.budget, over.why, over.retry
         );
-        self.recorder.record(record).await;
-        Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+        let reason = format!("budget \"{}\": {}", over.budget, over.why);
+        self.refuse(ctx, record, Outcome::RateLimited, Some(reason), &text)
+            .await
     }
 
-    fn forward(&self, record: CallRecord) -> Intercept {
+    /// Forward a call: its audit entry now, its call record when the ticket completes.
+    /// `rewritten` when DLP replaced the arguments the frontend must send.
+    async fn forward(&self, record: CallRecord, rewritten: bool) -> Intercept {
+        self.recorder.audit_only(record.clone()).await;
         Intercept::Forward(Ticket {
             record: Some(Box::new(record)),
             recorder: self.recorder.clone(),
-            rewritten: false,
+            rewritten,
         })
     }
 
@@ -535,6 +527,7 @@ impl Gateway {
         mut record: CallRecord,
         verdict: &Verdict,
         secrets_withheld: bool,
+        rewritten: bool,
     ) -> Intercept {
         let id = record.request_id.clone();
         let call = format!("{}/{}", record.server, record.tool);
@@ -551,17 +544,16 @@ impl Gateway {
             if let Some(approved) = self.queue.take_grant(&record).await {
                 tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
                 record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
-                self.recorder.audit_only(record.clone()).await;
-                return self.forward(record);
+                return self.forward(record, rewritten).await;
             }
             if let Some(waiting) = self.queue.pending_retry(&record) {
-                record.outcome = Outcome::Blocked;
-                record.reason = Some(format!("still awaiting approval as call {waiting}"));
-                self.recorder.record(record).await;
                 let text = format!(
                     "Tollgate: this call to {call} is still awaiting human approval (call {waiting}). It was not run. Repeat the identical call after it is approved."
                 );
-                return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
+                let reason = format!("still awaiting approval as call {waiting}");
+                return self
+                    .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                    .await;
             }
         }
         if !secrets_withheld
@@ -592,14 +584,10 @@ impl Gateway {
                 rule.id,
                 rule.remaining.unwrap_or(0)
             ));
-            record.decisions.push(tollgate_shared::Decision {
-                by: rule.by.clone(),
-                verdict: tollgate_shared::Verdict::Approve,
-                reason: rule.reason.clone(),
-                at_ms: rule.created_ms,
-            });
-            self.recorder.audit_only(record.clone()).await;
-            return self.forward(record);
+            record
+                .decisions
+                .push(rule_decision(&rule, tollgate_shared::Verdict::Approve));
+            return self.forward(record, rewritten).await;
         }
         record.outcome = Outcome::Pending;
         record.hold = Some(Hold {
@@ -638,7 +626,21 @@ impl Gateway {
             record,
             waiting,
             task,
-            rewritten: false,
+            rewritten,
         }))
+    }
+}
+
+/// The decision a temporary rule stands for, recorded on the calls it answers (so the audit
+/// trail names the person who installed it).
+fn rule_decision(
+    rule: &tollgate_shared::console::TempRule,
+    verdict: tollgate_shared::Verdict,
+) -> tollgate_shared::Decision {
+    tollgate_shared::Decision {
+        by: rule.by.clone(),
+        verdict,
+        reason: rule.reason.clone(),
+        at_ms: rule.created_ms,
     }
 }

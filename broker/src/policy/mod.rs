@@ -165,6 +165,22 @@ pub struct Verdict {
     pub dlp: Option<crate::guards::DlpAction>,
 }
 
+impl Verdict {
+    /// A guard wants a person to see this call: an allowed call is held instead (quorum 1, any
+    /// approver in scope). Returns whether the verdict changed.
+    pub fn hold_for_a_person(&mut self) -> bool {
+        if self.action != Action::Allow {
+            return false;
+        }
+        self.action = Action::Approve;
+        self.hold = HoldTerms {
+            quorum: 1,
+            ..Default::default()
+        };
+        true
+    }
+}
+
 impl Policy {
     /// Decide one call: the first rule that matches, else the default.
     pub fn evaluate(&self, call: &CallView<'_>) -> Verdict {
