@@ -75,6 +75,20 @@ impl TempRules {
             .map_err(|e| format!("cannot save temporary rules to {}: {e:#}", path.display()))
     }
 
+    /// Save `next` without the rules expired by `now_ms`, then make it the rules. Nothing
+    /// changes when saving fails.
+    fn replace(
+        &self,
+        rules: &mut Vec<TempRule>,
+        mut next: Vec<TempRule>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        next.retain(|r| r.until_ms > now_ms);
+        self.save(&next)?;
+        *rules = next;
+        Ok(())
+    }
+
     /// Active rules, oldest first.
     pub fn list(&self, now_ms: u64) -> Vec<TempRule> {
         let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
@@ -88,15 +102,9 @@ impl TempRules {
     /// Install a rule (saved before it takes effect).
     pub fn add(&self, rule: TempRule, now_ms: u64) -> Result<(), String> {
         let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
-        let mut next: Vec<TempRule> = rules
-            .iter()
-            .filter(|r| r.until_ms > now_ms)
-            .cloned()
-            .collect();
+        let mut next = rules.clone();
         next.push(rule);
-        self.save(&next)?;
-        *rules = next;
-        Ok(())
+        self.replace(&mut rules, next, now_ms)
     }
 
     /// Remove a rule; `may` says whether the caller may remove this one (or why not).
@@ -115,31 +123,29 @@ impl TempRules {
         may(&rules[pos])?;
         let mut next = rules.clone();
         let gone = next.remove(pos);
-        next.retain(|r| r.until_ms > now_ms);
-        self.save(&next)?;
-        *rules = next;
+        self.replace(&mut rules, next, now_ms)?;
         Ok(gone)
     }
 
     /// The block rule refusing a call with these fingerprints, if any (counted as a hit).
     pub fn blocking(&self, fingerprint: &str, shape: &str, now_ms: u64) -> Option<TempRule> {
-        {
-            let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
-            if rules.is_empty() {
-                return None;
-            }
-            rules.iter().find(|r| {
-                r.kind == RuleKind::Block
-                    && r.until_ms > now_ms
-                    && (r.fingerprint == fingerprint || r.fingerprint == shape)
-            })?;
-        }
-        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
-        let rule = rules.iter_mut().find(|r| {
+        let blocks = |r: &TempRule| {
             r.kind == RuleKind::Block
                 && r.until_ms > now_ms
                 && (r.fingerprint == fingerprint || r.fingerprint == shape)
-        })?;
+        };
+        // Every call looks here: take the write lock only when a rule matches.
+        if !self
+            .rules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(blocks)
+        {
+            return None;
+        }
+        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let rule = rules.iter_mut().find(|r| blocks(r))?;
         rule.hits += 1;
         Some(rule.clone())
     }
@@ -174,12 +180,10 @@ impl TempRules {
         if used.remaining == Some(0) {
             next.remove(pos);
         }
-        next.retain(|r| r.until_ms > now_ms);
-        if let Err(e) = self.save(&next) {
+        if let Err(e) = self.replace(&mut rules, next, now_ms) {
             tracing::error!(error = %e, "cannot save an allow rule's count: the call is held instead");
             return None;
         }
-        *rules = next;
         Some(used)
     }
 }
