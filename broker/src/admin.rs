@@ -239,17 +239,22 @@ pub fn token_revoke(dir: &DataDir, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A scratch directory inside `dir` (created if needed), removed when dropped.
+fn scratch_dir(dir: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))
+}
+
 /// `check-disk`: how fast can this disk hold calls durably?
 ///
 /// Measures, in a scratch directory on the disk of `dir`: single-record `fdatasync`s per
 /// second (what each hold would cost without group commit), then `records` calls held at once
 /// through the real queue, store and journal (no HTTP), reporting holds per second.
 pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("tollgate-check-disk-")
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
+    let scratch = scratch_dir(dir, "tollgate-check-disk-")?;
     let syncs = {
         let path = scratch.path().join("probe");
         let mut f = std::fs::File::create(&path)?;
@@ -303,11 +308,7 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
 /// statuses, 20 tools, 50 clients) through the real recorder, then time searches like an
 /// operator's: two filters, one filter, none, with the default limit of 100 and with 10000.
 pub fn check_audit(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("tollgate-check-audit-")
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
+    let scratch = scratch_dir(dir, "tollgate-check-audit-")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
