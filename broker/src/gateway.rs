@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Signals, Timings};
+use tracing::Instrument;
 
 use crate::fingerprint;
 use crate::guards::DlpAction;
@@ -271,200 +272,207 @@ impl Gateway {
         let shape = fingerprint::shape_fingerprint(&ctx.server, tool, &stored_args);
         let seen = self.loops.observe(&shape, now);
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool, rule = %verdict.rule.name);
-        let _enter = span.enter();
-        let mut record = CallRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            outcome: Outcome::Allowed,
-            rule: verdict.rule.clone(),
-            reason: verdict.reason.clone(),
-            client: ctx.client.clone(),
-            server: ctx.server.clone(),
-            tool: tool.to_string(),
-            request_id: id.clone(),
-            session: ctx.session.clone(),
-            protocol_version: ctx.protocol_version.clone(),
-            arguments: stored_args,
-            timings: Timings {
-                received_ms,
-                decided_ms: now,
-                completed_ms: None,
-            },
-            error: None,
-            fingerprint: fingerprint::exact(&ctx.server, tool, &args_hash),
-            args_hash,
-            policy_version: self.policy.version.clone(),
-            hold: None,
-            decisions: Vec::new(),
-            findings,
-            shape,
-            signals: Signals {
-                repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
-                window_ms: if seen.repeats > 1 {
-                    self.loops.config.window_ms
-                } else {
-                    0
+        // The span is attached to the future, not entered across its awaits: an entered span
+        // left current while the task is parked leaks into other tasks on the thread, and
+        // tracing-subscriber panicked ("tried to clone a span that already closed") under 500
+        // concurrent calls.
+        async {
+            let mut record = CallRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                outcome: Outcome::Allowed,
+                rule: verdict.rule.clone(),
+                reason: verdict.reason.clone(),
+                client: ctx.client.clone(),
+                server: ctx.server.clone(),
+                tool: tool.to_string(),
+                request_id: id.clone(),
+                session: ctx.session.clone(),
+                protocol_version: ctx.protocol_version.clone(),
+                arguments: stored_args,
+                timings: Timings {
+                    received_ms,
+                    decided_ms: now,
+                    completed_ms: None,
                 },
-                looping: seen.looping,
-                throttled: self.throttle.flag(&ctx.client, now),
-            },
-        };
-        // A pattern someone rejected and blocked: refused before anything else.
-        if let Some(rule) = self
-            .queue
-            .temp
-            .blocking(&record.fingerprint, &record.shape, now)
-        {
-            tracing::info!(temp_rule = %rule.id, by = %rule.by, "blocked by a temporary rule");
-            let until = humantime::format_rfc3339_seconds(
-                UNIX_EPOCH + Duration::from_millis(rule.until_ms),
-            );
-            let because = rule
-                .reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            record.rule = tollgate_shared::RuleRef {
-                index: 0,
-                name: rule.id.clone(),
+                error: None,
+                fingerprint: fingerprint::exact(&ctx.server, tool, &args_hash),
+                args_hash,
+                policy_version: self.policy.version.clone(),
+                hold: None,
+                decisions: Vec::new(),
+                findings,
+                shape,
+                signals: Signals {
+                    repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
+                    window_ms: if seen.repeats > 1 {
+                        self.loops.config.window_ms
+                    } else {
+                        0
+                    },
+                    looping: seen.looping,
+                    throttled: self.throttle.flag(&ctx.client, now),
+                },
             };
-            record
-                .decisions
-                .push(rule_decision(&rule, tollgate_shared::Verdict::Reject));
-            let text = format!(
-                "Tollgate refused this call to {}/{tool} at once: {} rejected this repeated call and blocked it until {until} (temporary rule {}){because}. The call was not run.",
-                ctx.server, rule.by, rule.id
-            );
-            let reason = format!(
-                "temporary rule {} by {} until {until}{because}",
-                rule.id, rule.by
-            );
-            return self
-                .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
-                .await;
-        }
-        if !self.limiter.is_empty()
-            && let Err(l) = self.limiter.check(&ctx.server, tool, &ctx.client, now)
-        {
-            let wait = l.retry_after_ms.div_ceil(1000).max(1);
-            tracing::info!(limit = %l.limit, retry_after_s = wait, "rate limited");
-            self.throttle
-                .refused(&ctx.client, &format!("rate limit \"{}\"", l.limit), now);
-            let reason = format!("rate limit \"{}\" ({}): retry in {wait} s", l.limit, l.rule);
-            let text = format!(
-                "Tollgate refused this call to {}/{tool}: rate limit \"{}\" ({}) is exhausted. Retry in {wait} s.",
-                ctx.server, l.limit, l.rule
-            );
-            return self
-                .refuse(ctx, record, Outcome::RateLimited, Some(reason), &text)
-                .await;
-        }
-        if seen.looping && verdict.action != Action::Deny {
-            let what = format!(
-                "{} calls of this shape within {}",
-                seen.repeats,
-                humantime::format_duration(Duration::from_millis(self.loops.config.window_ms))
-            );
-            match self.loops.config.action {
-                LoopAction::Flag => {}
-                LoopAction::Deny => {
-                    tracing::info!(repeats = seen.repeats, "blocked: runaway loop");
-                    let text = format!(
-                        "Tollgate blocked this call to {}/{tool}: it looks like a runaway loop ({what}). The call was not run. Stop repeating it.",
-                        ctx.server
-                    );
-                    let reason = format!("runaway loop: {what}");
-                    return self
-                        .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
-                        .await;
-                }
-                LoopAction::Approve => {
-                    if verdict.hold_for_a_person() {
-                        verdict.reason = Some(format!("possible runaway loop: {what}"));
-                        record.reason = verdict.reason.clone();
-                    }
-                }
-            }
-        }
-        let mut withheld = false;
-        let mut rewritten = false;
-        if let Some(action) = dlp_action
-            && verdict.action != Action::Deny
-        {
-            let what: Vec<String> = record
-                .findings
-                .iter()
-                .map(|f| {
-                    format!(
-                        "{} at {} ({})",
-                        f.detector,
-                        if f.path.is_empty() { "/" } else { &f.path },
-                        f.masked
-                    )
-                })
-                .collect();
-            let what = what.join(", ");
-            match action {
-                DlpAction::Deny => {
-                    tracing::info!(
-                        findings = record.findings.len(),
-                        "blocked: secrets in arguments"
-                    );
-                    let text = format!(
-                        "Tollgate blocked this call to {}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again.",
-                        ctx.server
-                    );
-                    let reason = format!("secrets in arguments: {what}");
-                    return self
-                        .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
-                        .await;
-                }
-                DlpAction::Redact => {
-                    if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
-                        params.insert("arguments".into(), record.arguments.clone());
-                        rewritten = true;
-                    }
-                    record.reason = Some(format!("secrets redacted before forwarding: {what}"));
-                }
-                DlpAction::Approve => {
-                    withheld = true;
-                    verdict.hold_for_a_person();
-                    record.reason = Some(format!("secrets in arguments: {what}"));
-                }
-            }
-        }
-        match verdict.action {
-            Action::Allow => {
-                if let Err(over) =
-                    self.queue
-                        .budgets()
-                        .charge_run(&ctx.server, tool, &ctx.client, now_ms())
-                {
-                    return self.over_budget(ctx, record, &over).await;
-                }
-                tracing::info!("allowed");
-                self.forward(record, rewritten).await
-            }
-            Action::Deny => {
-                let because = verdict
+            // A pattern someone rejected and blocked: refused before anything else.
+            if let Some(rule) = self
+                .queue
+                .temp
+                .blocking(&record.fingerprint, &record.shape, now)
+            {
+                tracing::info!(temp_rule = %rule.id, by = %rule.by, "blocked by a temporary rule");
+                let until = humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + Duration::from_millis(rule.until_ms),
+                );
+                let because = rule
                     .reason
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
+                record.rule = tollgate_shared::RuleRef {
+                    index: 0,
+                    name: rule.id.clone(),
+                };
+                record
+                    .decisions
+                    .push(rule_decision(&rule, tollgate_shared::Verdict::Reject));
                 let text = format!(
-                    "Tollgate blocked this call to {}/{tool} under rule \"{}\" (rule {} of the broker's policy){because}. The call was not run.",
-                    ctx.server, verdict.rule.name, verdict.rule.index,
+                    "Tollgate refused this call to {}/{tool} at once: {} rejected this repeated call and blocked it until {until} (temporary rule {}){because}. The call was not run.",
+                    ctx.server, rule.by, rule.id
                 );
-                tracing::info!("blocked");
-                self.refuse(ctx, record, Outcome::Blocked, None, &text)
-                    .await
+                let reason = format!(
+                    "temporary rule {} by {} until {until}{because}",
+                    rule.id, rule.by
+                );
+                return self
+                    .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                    .await;
             }
-            Action::Approve => {
-                // Held, or let through at once (an approved retry, an allow rule): either way
-                // the frontend must forward the redacted request, not the bytes it received.
-                self.hold(ctx, request, record, &verdict, withheld, rewritten)
-                    .await
+            if !self.limiter.is_empty()
+                && let Err(l) = self.limiter.check(&ctx.server, tool, &ctx.client, now)
+            {
+                let wait = l.retry_after_ms.div_ceil(1000).max(1);
+                tracing::info!(limit = %l.limit, retry_after_s = wait, "rate limited");
+                self.throttle
+                    .refused(&ctx.client, &format!("rate limit \"{}\"", l.limit), now);
+                let reason = format!("rate limit \"{}\" ({}): retry in {wait} s", l.limit, l.rule);
+                let text = format!(
+                    "Tollgate refused this call to {}/{tool}: rate limit \"{}\" ({}) is exhausted. Retry in {wait} s.",
+                    ctx.server, l.limit, l.rule
+                );
+                return self
+                    .refuse(ctx, record, Outcome::RateLimited, Some(reason), &text)
+                    .await;
+            }
+            if seen.looping && verdict.action != Action::Deny {
+                let what = format!(
+                    "{} calls of this shape within {}",
+                    seen.repeats,
+                    humantime::format_duration(Duration::from_millis(self.loops.config.window_ms))
+                );
+                match self.loops.config.action {
+                    LoopAction::Flag => {}
+                    LoopAction::Deny => {
+                        tracing::info!(repeats = seen.repeats, "blocked: runaway loop");
+                        let text = format!(
+                            "Tollgate blocked this call to {}/{tool}: it looks like a runaway loop ({what}). The call was not run. Stop repeating it.",
+                            ctx.server
+                        );
+                        let reason = format!("runaway loop: {what}");
+                        return self
+                            .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                            .await;
+                    }
+                    LoopAction::Approve => {
+                        if verdict.hold_for_a_person() {
+                            verdict.reason = Some(format!("possible runaway loop: {what}"));
+                            record.reason = verdict.reason.clone();
+                        }
+                    }
+                }
+            }
+            let mut withheld = false;
+            let mut rewritten = false;
+            if let Some(action) = dlp_action
+                && verdict.action != Action::Deny
+            {
+                let what: Vec<String> = record
+                    .findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} at {} ({})",
+                            f.detector,
+                            if f.path.is_empty() { "/" } else { &f.path },
+                            f.masked
+                        )
+                    })
+                    .collect();
+                let what = what.join(", ");
+                match action {
+                    DlpAction::Deny => {
+                        tracing::info!(
+                            findings = record.findings.len(),
+                            "blocked: secrets in arguments"
+                        );
+                        let text = format!(
+                            "Tollgate blocked this call to {}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again.",
+                            ctx.server
+                        );
+                        let reason = format!("secrets in arguments: {what}");
+                        return self
+                            .refuse(ctx, record, Outcome::Blocked, Some(reason), &text)
+                            .await;
+                    }
+                    DlpAction::Redact => {
+                        if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
+                            params.insert("arguments".into(), record.arguments.clone());
+                            rewritten = true;
+                        }
+                        record.reason = Some(format!("secrets redacted before forwarding: {what}"));
+                    }
+                    DlpAction::Approve => {
+                        withheld = true;
+                        verdict.hold_for_a_person();
+                        record.reason = Some(format!("secrets in arguments: {what}"));
+                    }
+                }
+            }
+            match verdict.action {
+                Action::Allow => {
+                    if let Err(over) =
+                        self.queue
+                            .budgets()
+                            .charge_run(&ctx.server, tool, &ctx.client, now_ms())
+                    {
+                        return self.over_budget(ctx, record, &over).await;
+                    }
+                    tracing::info!("allowed");
+                    self.forward(record, rewritten).await
+                }
+                Action::Deny => {
+                    let because = verdict
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let text = format!(
+                        "Tollgate blocked this call to {}/{tool} under rule \"{}\" (rule {} of the broker's policy){because}. The call was not run.",
+                        ctx.server, verdict.rule.name, verdict.rule.index,
+                    );
+                    tracing::info!("blocked");
+                    self.refuse(ctx, record, Outcome::Blocked, None, &text)
+                        .await
+                }
+                Action::Approve => {
+                    // Held, or let through at once (an approved retry, an allow rule): either way
+                    // the frontend must forward the redacted request, not the bytes it received.
+                    self.hold(ctx, request, record, &verdict, withheld, rewritten)
+                        .await
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 }
 
