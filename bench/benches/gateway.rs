@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tollgate_bench::{HttpSession, Killed, build_broker, delta_us, everything, percentile, us};
+use tollgate_bench::{
+    Broker, HttpSession, Killed, build_broker, delta_us, everything, percentile, us,
+};
 
-fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Killed, String)> {
+fn start_broker(bin: &Path, dir: &Path, servers: &str) -> Result<(Broker, String)> {
     let (child, base, _) = tollgate_bench::start_broker(
         bin,
         dir,

@@ -92,6 +92,16 @@ impl Console {
     }
 }
 
+/// The many-pending-tasks phase.
+struct Many {
+    time: Duration,
+    before_rss: f64,
+    rss: f64,
+    snapshot: Duration,
+    reject: Duration,
+    after_rss: f64,
+}
+
 #[derive(Clone)]
 struct Agent {
     http: reqwest::Client,
@@ -151,12 +161,27 @@ impl Agent {
         let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"message":message}}});
         self.post(&call).await
     }
+
+    /// The same call as a task (revision 2025-11-25): answered at once with a task handle, so
+    /// no connection stays open while it waits.
+    async fn echo_task(&self, id: u64, message: &str) -> Result<String> {
+        let call = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"message":message},"task":{"ttl":3_600_000}}});
+        self.post(&call).await
+    }
 }
 
 fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
-    let (holds, rounds) = if smoke { (200, 20) } else { (10_000, 300) };
+    let (mut holds, rounds, mut tasks) = if smoke {
+        (200, 20, 500)
+    } else {
+        (10_000, 300, 100_000)
+    };
+    // Smaller loads for profiling runs (`TOLLGATE_BENCH_WRAP`).
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    holds = env("TOLLGATE_BENCH_HOLDS").unwrap_or(holds);
+    tasks = env("TOLLGATE_BENCH_TASKS").unwrap_or(tasks);
     let script = everything()?;
     let bin = build_broker()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));
@@ -168,7 +193,7 @@ fn main() -> Result<()> {
         "keepalive = \"60s\"\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
     );
     let (broker, base, console_url) = start_broker(&bin, &dir, &rest)?;
-    let pid = broker.0.id();
+    let pid = broker.id();
     let syncs = sync_rate(&dir)?;
     // The queue and store alone (no HTTP), measured by the broker's own disk check.
     let out = Command::new(&bin)
@@ -251,11 +276,66 @@ fn main() -> Result<()> {
                 bail!("unexpected approved answer: {body}");
             }
         }
-        anyhow::Ok((hold_time, reject_time, decided, allowed, idle_rss, held_rss))
+        // Many pending calls without open connections: the client holds task handles.
+        drop(console);
+        let before_tasks_rss = rss_mib(pid).unwrap_or(0.0);
+        let start = Instant::now();
+        let answers: Vec<Result<String>> = futures_util::stream::iter(0..tasks)
+            .map(|i| {
+                let a = agent.clone();
+                async move { a.echo_task(5_000_000 + i as u64, "hold as a task").await }
+            })
+            .buffer_unordered(128)
+            .collect()
+            .await;
+        for body in answers {
+            let body = body?;
+            if !body.contains("taskId") {
+                bail!("unexpected answer to a task-augmented held call: {body}");
+            }
+        }
+        let task_time = start.elapsed();
+        let tasks_rss = rss_mib(pid).unwrap_or(0.0);
+        // A console connecting now gets all of them in its snapshot.
+        let start = Instant::now();
+        let mut console = Console::connect(&console_url, &alice_token).await?;
+        let snapshot = console.expect("snapshot").await?;
+        let mut listed = snapshot["pending"].as_array().map_or(0, Vec::len);
+        let mut more = snapshot["more"] == true;
+        while more {
+            let part = console.expect("snapshot_part").await?;
+            listed += part["pending"].as_array().map_or(0, Vec::len);
+            more = part["more"] == true;
+        }
+        let snapshot_time = start.elapsed();
+        if listed != tasks {
+            bail!("the snapshot lists {listed} pending calls, expected {tasks}");
+        }
+        let fingerprint = snapshot["pending"][0]["fingerprint"].as_str().unwrap_or_default().to_string();
+        let start = Instant::now();
+        console
+            .send(json!({"type":"decide","target":{"by":"fingerprint","fingerprint":fingerprint},"verdict":"reject","reason":"runaway loop"}))
+            .await?;
+        let decided_all = console.expect("decided").await?;
+        let task_reject_time = start.elapsed();
+        let n = decided_all["results"].as_array().map_or(0, Vec::len);
+        if n != tasks {
+            bail!("the bulk reject decided {n} calls, expected {tasks}");
+        }
+        let after_rss = rss_mib(pid).unwrap_or(0.0);
+        let many = Many {
+            time: task_time,
+            before_rss: before_tasks_rss,
+            rss: tasks_rss,
+            snapshot: snapshot_time,
+            reject: task_reject_time,
+            after_rss,
+        };
+        anyhow::Ok((hold_time, reject_time, decided, allowed, idle_rss, held_rss, many))
     })?;
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
-    let (hold_time, reject_time, mut decided, mut allowed, idle_rss, held_rss) = report;
+    let (hold_time, reject_time, mut decided, mut allowed, idle_rss, held_rss, many) = report;
     let holds_per_s = holds as f64 / hold_time.as_secs_f64();
     println!();
     println!(
@@ -293,6 +373,25 @@ fn main() -> Result<()> {
         d50.as_secs_f64() / a50.as_secs_f64(),
         d99.as_secs_f64() / a99.as_secs_f64()
     );
-    println!("| broker RSS idle / with {holds} held | {idle_rss:.1} / {held_rss:.1} MiB | | |");
+    println!(
+        "| broker RSS idle / with {holds} held streams | {idle_rss:.1} / {held_rss:.1} MiB | | |"
+    );
+    println!(
+        "| durable holds per second, {tasks} calls as tasks (128 requests in flight) | {:.0}/s | {syncs:.0} single-record fdatasyncs/s | {:.1}x |",
+        tasks as f64 / many.time.as_secs_f64(),
+        tasks as f64 / many.time.as_secs_f64() / syncs
+    );
+    println!(
+        "| broker RSS with {tasks} pending tasks (before / with them / after rejecting them) | {:.1} / {:.1} / {:.1} MiB | | |",
+        many.before_rss, many.rss, many.after_rss
+    );
+    println!(
+        "| a console connecting to {tasks} pending calls: snapshot received | {:.1} ms | | |",
+        many.snapshot.as_secs_f64() * 1e3
+    );
+    println!(
+        "| bulk reject of {tasks} pending tasks (decision saved and answered) | {:.1} ms | | |",
+        many.reject.as_secs_f64() * 1e3
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! measured in the same run, because absolute numbers on shared machines are noise.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,38 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A broker started under a profiler (`TOLLGATE_BENCH_WRAP`, e.g. `heaptrack -o /tmp/ht` or
+/// `perf record -g -o /tmp/perf.data`): the wrapper is a process group of its own, stopped
+/// with SIGTERM when dropped so the broker shuts down cleanly and the profiler writes its data.
+pub struct Wrapped(pub Child);
+
+impl Drop for Wrapped {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A broker process: plain (killed when dropped) or under a profiler.
+pub enum Broker {
+    /// Started directly.
+    Plain(Killed),
+    /// Started under `TOLLGATE_BENCH_WRAP`.
+    Wrapped(Wrapped),
+}
+
+impl Broker {
+    /// The broker's pid, for reading its memory (the wrapper's pid when wrapped: RSS figures
+    /// from a profiled run are not the broker's).
+    pub fn id(&self) -> u32 {
+        match self {
+            Broker::Plain(k) => k.0.id(),
+            Broker::Wrapped(w) => w.0.id(),
+        }
     }
 }
 
@@ -149,16 +182,28 @@ pub fn build_broker() -> Result<PathBuf> {
 /// Start a broker on loopback with `data_dir` in `dir`; `rest` is the config after the
 /// listeners (more `[broker]` keys first, then other tables). Returns the process, the HTTP
 /// base URL and the console WebSocket URL.
-pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Killed, String, String)> {
+pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Broker, String, String)> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[broker]\nlisten = \"127.0.0.1:0\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{rest}",
-            dir.join("data").display()
+            "[broker]\nlisten = \"127.0.0.1:0\"\nconsole_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}\n{rest}",
+            dir.join("data").display(),
+            // Extra [broker] settings for experiments, e.g. `store_cache = "8MiB"`.
+            std::env::var("TOLLGATE_BENCH_BROKER").unwrap_or_default()
         ),
     )?;
-    let mut child = Command::new(bin)
+    let wrap = std::env::var("TOLLGATE_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(profiler) => {
+            let mut c = Command::new(profiler);
+            c.args(words).arg(bin).process_group(0);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
         .args(["serve", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
@@ -167,24 +212,29 @@ pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Killed, Strin
         .spawn()?;
     let out = child.stdout.take().context("broker stdout")?;
     let mut out = BufReader::new(out);
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first)?;
-    out.read_line(&mut second)?;
+    // The broker announces its address, then its console's; a profiler may print first.
+    let (mut base, mut console) = (None, None);
+    let mut line = String::new();
+    while console.is_none() {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            bail!("broker exited before announcing its addresses");
+        }
+        if base.is_none() {
+            base = line.split("http://").nth(1).map(|s| s.trim().to_string());
+        } else {
+            console = line.split("-> ").nth(1).map(|s| s.trim().to_string());
+        }
+    }
     // Keep draining the broker's stdout so it never writes into a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let base = first
-        .split("http://")
-        .nth(1)
-        .context("broker did not announce its address")?
-        .trim()
-        .to_string();
-    let console = second
-        .split("-> ")
-        .nth(1)
-        .context("broker did not announce its console address")?
-        .trim()
-        .to_string();
-    Ok((Killed(child), format!("http://{base}"), console))
+    let (base, console) = (base.unwrap_or_default(), console.unwrap_or_default());
+    let broker = if wrap.trim().is_empty() {
+        Broker::Plain(Killed(child))
+    } else {
+        Broker::Wrapped(Wrapped(child))
+    };
+    Ok((broker, format!("http://{base}"), console))
 }
 
 /// Resident memory of a process in MiB, from /proc (Linux).

@@ -17,8 +17,9 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
+use tollgate_shared::CallRecord;
 use tollgate_shared::PROTOCOL_VERSION;
-use tollgate_shared::console::{ClientMsg, ServerMsg, Target};
+use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target};
 
 use crate::auth;
 use crate::frontend::status_error;
@@ -95,12 +96,46 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
         .is_ok()
 }
 
-fn snapshot(queue: &Queue, req: Option<u64>) -> ServerMsg {
-    ServerMsg::Snapshot {
-        req,
-        pending: queue.snapshot(),
-        rules: queue.temp.list(crate::gateway::now_ms()),
+/// Send the queue as a snapshot, in parts of about [`SNAPSHOT_PART_BYTES`] when it is large
+/// (100 000 pending calls are tens of MB of JSON, beyond any sane WebSocket message limit).
+async fn send_snapshot(socket: &mut WebSocket, queue: &Queue, req: Option<u64>) -> bool {
+    let mut rules = Some(queue.temp.list(crate::gateway::now_ms()));
+    let mut parts = snapshot_parts(queue.snapshot()).into_iter().peekable();
+    while let Some(pending) = parts.next() {
+        let more = parts.peek().is_some();
+        let msg = match rules.take() {
+            Some(rules) => ServerMsg::Snapshot {
+                req,
+                pending,
+                rules,
+                more,
+            },
+            None => ServerMsg::SnapshotPart { req, pending, more },
+        };
+        if !send(socket, &msg).await {
+            return false;
+        }
     }
+    true
+}
+
+/// Split pending calls into parts of about [`SNAPSHOT_PART_BYTES`] of JSON (at least one call
+/// each, and always at least one part).
+fn snapshot_parts(pending: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for call in pending {
+        let size = serde_json::to_vec(&call).map_or(0, |v| v.len());
+        let part = parts.last_mut().expect("one part");
+        if !part.is_empty() && bytes + size > SNAPSHOT_PART_BYTES {
+            parts.push(vec![call]);
+            bytes = size;
+        } else {
+            part.push(call);
+            bytes += size;
+        }
+    }
+    parts
 }
 
 async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) {
@@ -115,7 +150,7 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
         role: who.role,
         servers: who.servers.clone(),
     };
-    if !send(&mut socket, &hello).await || !send(&mut socket, &snapshot(&api.queue, None)).await {
+    if !send(&mut socket, &hello).await || !send_snapshot(&mut socket, &api.queue, None).await {
         return;
     }
     loop {
@@ -123,7 +158,16 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
             incoming = socket.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => handle(&api, &who, text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => match parse(text.as_str()) {
+                        Ok(ClientMsg::Snapshot { req }) => {
+                            if !send_snapshot(&mut socket, &api.queue, req).await {
+                                break;
+                            }
+                            continue;
+                        }
+                        Ok(msg) => handle(&api, &who, msg).await,
+                        Err(refusal) => *refusal,
+                    },
                     Some(Ok(Message::Binary(_))) => ServerMsg::Error {
                         req: None,
                         message: "binary frames are not part of the protocol: send JSON text frames".into(),
@@ -139,7 +183,7 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
                     Ok(msg) => send(&mut socket, &msg).await,
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(identity = %who.name, missed = n, "console fell behind; sending a fresh snapshot");
-                        send(&mut socket, &snapshot(&api.queue, None)).await
+                        send_snapshot(&mut socket, &api.queue, None).await
                     }
                     Err(RecvError::Closed) => false,
                 };
@@ -152,21 +196,24 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
     tracing::info!(identity = %who.name, "console disconnected");
 }
 
-async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
-    let msg: ClientMsg = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => {
-            let req = serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
-            return ServerMsg::Error {
-                req,
-                message: format!(
-                    "not a valid console message ({e}); see docs/protocol.md for the message types"
-                ),
-            };
-        }
-    };
+/// A console's message, or the error to answer it with.
+fn parse(text: &str) -> Result<ClientMsg, Box<ServerMsg>> {
+    serde_json::from_str(text).map_err(|e| {
+        let req = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("req").and_then(serde_json::Value::as_u64));
+        Box::new(ServerMsg::Error {
+            req,
+            message: format!(
+                "not a valid console message ({e}); see docs/protocol.md for the message types"
+            ),
+        })
+    })
+}
+
+/// The answer to a request (snapshots, which may take several messages, are sent by the
+/// connection itself).
+async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
     match msg {
         ClientMsg::Decide {
             req,
@@ -229,7 +276,10 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
                 },
             }
         }
-        ClientMsg::Snapshot { req } => snapshot(&api.queue, req),
+        ClientMsg::Snapshot { req } => ServerMsg::Error {
+            req,
+            message: "snapshots are sent by the connection".into(),
+        },
         ClientMsg::ListRules { req } => ServerMsg::Rules {
             req,
             rules: api.queue.temp.list(crate::gateway::now_ms()),
@@ -241,5 +291,30 @@ async fn handle(api: &ConsoleApi, who: &Identity, text: &str) -> ServerMsg {
             },
             Err(message) => ServerMsg::Error { req, message },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_snapshots_are_split_in_order_into_parts_of_bounded_size() {
+        assert_eq!(snapshot_parts(Vec::new()), vec![Vec::new()]);
+        let mut calls: Vec<CallRecord> = (0..4000).map(crate::queue::sample_call).collect();
+        // One call larger than a part travels alone.
+        calls[10].arguments = serde_json::json!({"blob": "x".repeat(SNAPSHOT_PART_BYTES + 10)});
+        let parts = snapshot_parts(calls.clone());
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        for part in &parts {
+            let bytes = serde_json::to_vec(part).expect("json").len();
+            assert!(
+                part.len() == 1 || bytes <= SNAPSHOT_PART_BYTES + 4000,
+                "{bytes}"
+            );
+        }
+        let ids: Vec<_> = parts.concat().into_iter().map(|c| c.id).collect();
+        let want: Vec<_> = calls.into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, want);
     }
 }

@@ -308,11 +308,11 @@ async fn run(d: Drive, feed: Arc<Feed>) {
                 }
             }
             _ = feed.deserted.notified(), if feed.modern => {
-                queue.close(&record.id, Outcome::Cancelled, Some("the client closed its request stream".into())).await;
+                Box::pin(queue.close(&record.id, Outcome::Cancelled, Some("the client closed its request stream".into()))).await;
             }
             _ = tokio::time::sleep_until(grace_end.unwrap_or(started)), if grace_end.is_some() => {
                 if feed.listeners() == 0 {
-                    queue.close(&record.id, Outcome::Abandoned, Some("no client came back for the answer after the broker restarted".into())).await;
+                    Box::pin(queue.close(&record.id, Outcome::Abandoned, Some("no client came back for the answer after the broker restarted".into()))).await;
                 } else {
                     // The client came back: from now on the call waits like any other.
                     grace_end = None;
@@ -328,41 +328,46 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         feeds.remove_later(record.id.clone());
         return;
     }
-    // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
-    // relayed; the feed answers the client in the form it asked for.
-    let mut inbound = Inbound {
-        sse: true,
-        ticket: None,
-        ..inbound
-    };
-    if task.is_some() {
-        // The broker is the task receiver: the upstream gets a plain call.
-        if let Some(params) = inbound
-            .value
-            .get_mut("params")
-            .and_then(Value::as_object_mut)
-        {
-            params.remove("task");
+    // Boxed: the waiting state above is what every held call keeps while it waits, and the
+    // forwarding futures would otherwise make it several KiB larger.
+    Box::pin(async move {
+        // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
+        // relayed; the feed answers the client in the form it asked for.
+        let mut inbound = Inbound {
+            sse: true,
+            ticket: None,
+            ..inbound
+        };
+        if task.is_some() {
+            // The broker is the task receiver: the upstream gets a plain call.
+            if let Some(params) = inbound
+                .value
+                .get_mut("params")
+                .and_then(Value::as_object_mut)
+            {
+                params.remove("task");
+            }
+            inbound.raw = Bytes::from(inbound.value.to_string());
         }
-        inbound.raw = Bytes::from(inbound.value.to_string());
-    }
-    let recorder = queue.recorder().clone();
-    let forwarded = async {
-        let response = upstream.post(inbound).await;
-        relay(response, &feed, token.as_ref(), progress + 1, &id).await
-    };
-    let error = if feed.modern {
-        tokio::select! {
-            e = forwarded => e,
-            _ = feed.deserted.notified() => Some("the client closed its request stream; the upstream request was dropped".into()),
-        }
-    } else {
-        forwarded.await
-    };
-    done.timings.completed_ms = Some(now_ms());
-    done.error = error;
-    recorder.put(done).await;
-    feeds.remove_later(record.id.clone());
+        let recorder = queue.recorder().clone();
+        let forwarded = async {
+            let response = upstream.post(inbound).await;
+            relay(response, &feed, token.as_ref(), progress + 1, &id).await
+        };
+        let error = if feed.modern {
+            tokio::select! {
+                e = forwarded => e,
+                _ = feed.deserted.notified() => Some("the client closed its request stream; the upstream request was dropped".into()),
+            }
+        } else {
+            forwarded.await
+        };
+        done.timings.completed_ms = Some(now_ms());
+        done.error = error;
+        recorder.put(done).await;
+        feeds.remove_later(record.id.clone());
+    })
+    .await;
 }
 
 /// Copy the upstream's answer into the feed; returns an error description if forwarding failed.

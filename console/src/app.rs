@@ -835,13 +835,28 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.waiting = 0;
         }
         Event::Message(m) => match *m {
-            ServerMsg::Snapshot { pending, rules, .. } => {
+            ServerMsg::Snapshot {
+                pending,
+                rules,
+                more,
+                ..
+            } => {
                 app.rules = rules;
                 app.calls = pending
                     .into_iter()
                     .map(|c| (c.id.clone(), Arc::new(c)))
                     .collect();
-                app.selected.retain(|id| app.calls.contains_key(id));
+                if !more {
+                    app.selected.retain(|id| app.calls.contains_key(id));
+                }
+                app.settle_cursor();
+            }
+            ServerMsg::SnapshotPart { pending, more, .. } => {
+                app.calls
+                    .extend(pending.into_iter().map(|c| (c.id.clone(), Arc::new(c))));
+                if !more {
+                    app.selected.retain(|id| app.calls.contains_key(id));
+                }
                 app.settle_cursor();
             }
             ServerMsg::CallPending { call } | ServerMsg::CallApproval { call } => {

@@ -383,7 +383,10 @@ pub async fn watch(s: &Settings, json: bool) -> Result<ExitCode> {
         let m = conn.next().await?;
         let mut out = std::io::stdout().lock();
         if json {
-            if !matches!(m, ServerMsg::Snapshot { .. }) {
+            if !matches!(
+                m,
+                ServerMsg::Snapshot { .. } | ServerMsg::SnapshotPart { .. }
+            ) {
                 writeln!(out, "{}", serde_json::to_string(&m)?)?;
             }
         } else if let Some(line) = event_line(&m) {

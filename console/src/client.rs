@@ -121,9 +121,27 @@ impl Conn {
             }
             other => bail!("the broker did not greet with hello: {other:?}"),
         }
-        if let ServerMsg::Snapshot { pending, rules, .. } = conn.next().await? {
+        if let ServerMsg::Snapshot {
+            pending,
+            rules,
+            mut more,
+            ..
+        } = conn.next().await?
+        {
             conn.pending = pending;
             conn.rules = rules;
+            // A large queue arrives in parts, one right after another.
+            while more {
+                match conn.next().await? {
+                    ServerMsg::SnapshotPart {
+                        pending, more: m, ..
+                    } => {
+                        conn.pending.extend(pending);
+                        more = m;
+                    }
+                    other => bail!("the broker broke off its snapshot with {other:?}"),
+                }
+            }
         }
         Ok(conn)
     }

@@ -526,9 +526,54 @@ fn reconnecting_resyncs_the_queue_from_the_new_snapshot() {
             req: None,
             pending: vec![],
             rules: vec![],
+            more: false,
         }))),
     );
     assert!(app.selected.is_empty() && app.rows().is_empty());
+}
+
+#[test]
+fn a_snapshot_in_parts_keeps_every_part_and_the_selection_in_later_parts() {
+    let mut app = sample();
+    let calls: Vec<_> = (0..5)
+        .map(|i| call(100 + i, "execute_sql", json!({"n": i}), &format!("fp-{i}")))
+        .collect();
+    update(&mut app, key(' '));
+    let selected: Vec<String> = app.selected.iter().cloned().collect();
+    let mut all = calls.clone();
+    // The selected call is in the last part.
+    if let Some(sel) = app.calls.values().find(|c| selected.contains(&c.id)) {
+        all.push((**sel).clone());
+    }
+    let msg = |m: ServerMsg| Action::Broker(Event::Message(Box::new(m)));
+    update(
+        &mut app,
+        msg(ServerMsg::Snapshot {
+            req: None,
+            pending: all[..2].to_vec(),
+            rules: vec![],
+            more: true,
+        }),
+    );
+    update(
+        &mut app,
+        msg(ServerMsg::SnapshotPart {
+            req: None,
+            pending: all[2..4].to_vec(),
+            more: true,
+        }),
+    );
+    update(
+        &mut app,
+        msg(ServerMsg::SnapshotPart {
+            req: None,
+            pending: all[4..].to_vec(),
+            more: false,
+        }),
+    );
+    assert_eq!(app.calls.len(), all.len());
+    assert!(!selected.is_empty());
+    assert_eq!(app.selected.iter().cloned().collect::<Vec<_>>(), selected);
 }
 
 #[test]

@@ -49,6 +49,9 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// About how much JSON one snapshot message carries; larger queues are sent in parts.
+pub const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+
 /// Which held calls a decision covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
@@ -222,14 +225,30 @@ pub enum ServerMsg {
         servers: Option<Vec<String>>,
     },
     /// The whole queue: sent after `hello`, on request, and to a console that fell behind.
+    /// A large queue comes in parts of about [`SNAPSHOT_PART_BYTES`]: this message with `more`
+    /// set, then `snapshot_part` messages until one without `more`.
     Snapshot {
         /// Echoed request number, when asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<u64>,
-        /// Every pending call, oldest first.
+        /// Every pending call, oldest first (the first part of them when `more` is set).
         pending: Vec<CallRecord>,
         /// Active temporary rules.
         rules: Vec<TempRule>,
+        /// More pending calls follow in `snapshot_part` messages.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
+    },
+    /// The next pending calls of a snapshot sent in parts.
+    SnapshotPart {
+        /// Echoed request number, as on the snapshot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The next pending calls, oldest first.
+        pending: Vec<CallRecord>,
+        /// More parts follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// A call is now held.
     CallPending {

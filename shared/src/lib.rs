@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the record format and wire protocol in this crate. Bumped on any change that an
 /// older reader could misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How one intercepted `tools/call` ended, as far as the gateway is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,11 +11,12 @@
 pub mod rules;
 pub mod temp;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use futures_util::StreamExt;
+use tokio::sync::{Notify, broadcast, watch};
 use tollgate_shared::console::{
     AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
 };
@@ -84,9 +85,22 @@ impl Closed {
     }
 }
 
+/// When held calls expire, walked by one timer task for the whole queue (a sleeping task per
+/// call cost about 4 KiB each).
+#[derive(Default)]
+struct Expiries {
+    /// (expiry in ms since the epoch, call id), soonest first.
+    due: BTreeSet<(u64, String)>,
+    /// The timer task has been started.
+    running: bool,
+}
+
 /// The queue.
 pub struct Queue {
     entries: Mutex<HashMap<String, Entry>>,
+    expiries: Mutex<Expiries>,
+    /// Wakes the timer task when a call that expires sooner than all others arrives.
+    expiry_changed: Arc<Notify>,
     closed: Mutex<Closed>,
     grants: Mutex<HashMap<GrantKey, (CallRecord, u64)>>,
     recorder: Recorder,
@@ -166,6 +180,8 @@ impl Queue {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Arc::new(Queue {
             entries: Mutex::new(HashMap::new()),
+            expiries: Mutex::new(Expiries::default()),
+            expiry_changed: Arc::new(Notify::new()),
             closed: Mutex::new(Closed::default()),
             grants: Mutex::new(HashMap::new()),
             recorder,
@@ -245,19 +261,36 @@ impl Queue {
         tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
         self.publish(ServerMsg::CallPending { call: record });
         if let Some(at) = expires {
-            let q = self.clone();
-            let id = id.clone();
-            tokio::spawn(async move {
-                let wait = at.saturating_sub(now_ms());
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                // A decision being saved wins; if saving it fails the call is pending again
-                // and expires on a later look.
-                while !q.close(&id, Outcome::Expired, None).await && q.get(&id).is_some() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            });
+            self.expire_at(at, id);
         }
         Waiting { done: rx }
+    }
+
+    /// Expire call `id` at `at` (ms since the epoch) unless it is resolved first.
+    fn expire_at(self: &Arc<Self>, at: u64, id: String) {
+        let (start, sooner) = {
+            let mut ex = lock(&self.expiries);
+            let sooner = ex.due.first().is_none_or(|(first, _)| at < *first);
+            ex.due.insert((at, id));
+            (!std::mem::replace(&mut ex.running, true), sooner)
+        };
+        if start {
+            tokio::spawn(expire_loop(
+                Arc::downgrade(self),
+                self.expiry_changed.clone(),
+            ));
+        } else if sooner {
+            self.expiry_changed.notify_one();
+        }
+    }
+
+    /// A call left the queue: it no longer expires.
+    fn forget_expiry(&self, record: &CallRecord) {
+        if let Some(h) = &record.hold {
+            lock(&self.expiries)
+                .due
+                .remove(&(h.expires_ms, record.id.clone()));
+        }
     }
 
     /// Decide calls. Every call named (or matching the fingerprint) gets a result.
@@ -549,6 +582,7 @@ impl Queue {
             lock(&self.closed).insert(record.clone());
             entries.remove(&record.id)
         };
+        self.forget_expiry(&record);
         if entry.is_some() {
             self.budgets
                 .release(&record, record.outcome == Outcome::Approved, now_ms());
@@ -605,6 +639,7 @@ impl Queue {
             lock(&self.closed).insert(record.clone());
             (entry, record)
         };
+        self.forget_expiry(&record);
         self.budgets.release(&record, false, now_ms());
         if let Err(e) = self.recorder.commit(record.clone()).await {
             tracing::error!(call = %id, error = %e, "cannot record the end of a held call");
@@ -758,6 +793,58 @@ pub fn sample_call(n: usize) -> CallRecord {
     }
 }
 
+/// The queue's timer: expires held calls when their time comes. Holds the queue weakly, so it
+/// ends with it.
+async fn expire_loop(queue: Weak<Queue>, wake: Arc<Notify>) {
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = now_ms();
+        let due = {
+            let Some(q) = queue.upgrade() else { return };
+            let mut ex = lock(&q.expiries);
+            let mut due = Vec::new();
+            while ex.due.first().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, id)) = ex.due.pop_first() {
+                    due.push(id);
+                }
+            }
+            due
+        };
+        if !due.is_empty() {
+            let Some(q) = queue.upgrade() else { return };
+            // Closed concurrently, so calls that expire together share group commits.
+            futures_util::stream::iter(due)
+                .for_each_concurrent(256, |id| {
+                    let q = &q;
+                    async move {
+                        // A decision being saved wins; if saving it fails the call is pending
+                        // again and expires on a later look.
+                        if !q.close(&id, Outcome::Expired, None).await && q.get(&id).is_some() {
+                            lock(&q.expiries).due.insert((now_ms() + 1000, id));
+                        }
+                    }
+                })
+                .await;
+        }
+        let next = {
+            let Some(q) = queue.upgrade() else { return };
+            lock(&q.expiries).due.first().map(|(at, _)| *at)
+        };
+        match next {
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,5 +940,52 @@ mod tests {
                 "{after:?}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_timer_expires_calls_in_order_and_forgets_decided_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path()).await;
+        let held = |after_ms: u64, n: usize| {
+            let mut call = sample_call(n);
+            if let Some(h) = call.hold.as_mut() {
+                h.expires_ms = now_ms() + after_ms;
+            }
+            call
+        };
+        // The late one enters first; the timer must wake for the sooner ones that follow.
+        let late = q.hold(held(60_000, 0)).await.expect("held");
+        let mut soon = q.hold(held(300, 1)).await.expect("held");
+        let decided = held(200, 2);
+        let decided_id = decided.id.clone();
+        q.hold(decided).await.expect("held");
+        let out = q
+            .decide(
+                &who("alice"),
+                &Target::Ids {
+                    ids: vec![decided_id],
+                },
+                Verdict::Approve,
+                None,
+            )
+            .await;
+        assert!(out[0].ok, "{out:?}");
+        assert_eq!(
+            lock(&q.expiries).due.len(),
+            2,
+            "a decided call no longer expires"
+        );
+        let expired =
+            tokio::time::timeout(Duration::from_secs(5), soon.done.wait_for(Option::is_some))
+                .await
+                .expect("expired in time")
+                .expect("resolved")
+                .clone();
+        assert_eq!(expired.map(|(r, _)| r), Some(Resolution::Expired));
+        assert!(
+            late.done.borrow().is_none(),
+            "the later call is still pending"
+        );
+        assert_eq!(lock(&q.expiries).due.len(), 1);
     }
 }

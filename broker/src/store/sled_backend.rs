@@ -202,27 +202,77 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, rx: &Receiver<Job>) {
     }
 }
 
+/// How many keys go into one `sled::Batch`. sled applies a batch under one epoch guard and
+/// copies a node per key, so nothing it replaces can be freed until the batch ends: a group
+/// commit of thousands of calls applied as one batch held gigabytes (measured: 300 000 entries
+/// in groups of 5 000 peaked at 4.3 GB, in groups of 100 at 125 MB, and ran faster).
+const SLED_BATCH_KEYS: usize = 128;
+
+/// A tree's writes from one group, applied in batches of [`SLED_BATCH_KEYS`]. Groups are not
+/// atomic in sled anyway (four trees); the journal replays a group that did not finish.
+struct Chunked<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    keys: usize,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(tree: &'a sled::Tree) -> Chunked<'a> {
+        Chunked {
+            tree,
+            batch: sled::Batch::default(),
+            keys: 0,
+        }
+    }
+
+    fn insert(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.batch.insert(key, value);
+        self.count()
+    }
+
+    fn remove(&mut self, key: impl Into<sled::IVec>) -> anyhow::Result<()> {
+        self.batch.remove(key);
+        self.count()
+    }
+
+    fn count(&mut self) -> anyhow::Result<()> {
+        self.keys += 1;
+        if self.keys >= SLED_BATCH_KEYS {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        if self.keys > 0 {
+            self.keys = 0;
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+}
+
 impl Trees {
     fn apply(&self, batch: &[Mutation]) -> anyhow::Result<()> {
-        let mut calls = sled::Batch::default();
-        let mut pending = sled::Batch::default();
-        let mut audit = sled::Batch::default();
-        let mut idx = sled::Batch::default();
+        let mut calls = Chunked::new(&self.calls);
+        let mut pending = Chunked::new(&self.pending);
+        let mut audit = Chunked::new(&self.audit);
+        let mut idx = Chunked::new(&self.audit_idx);
         for m in batch {
             match m {
                 Mutation::Call(r) => {
                     let key = uuid::Uuid::parse_str(&r.id).context("record id is not a UUID")?;
-                    calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?);
+                    calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?)?;
                     if r.outcome == Outcome::Pending {
-                        pending.insert(key.as_bytes().as_slice(), &[]);
+                        pending.insert(key.as_bytes().as_slice(), Vec::new())?;
                     } else if r.hold.is_some() {
                         // Only a held call was ever in the pending index.
-                        pending.remove(key.as_bytes().as_slice());
+                        pending.remove(key.as_bytes().as_slice())?;
                     }
                 }
                 Mutation::Audit(e) => {
                     let seq = e.seq.to_be_bytes();
-                    audit.insert(&seq, serde_json::to_vec(e)?);
+                    audit.insert(&seq, serde_json::to_vec(e)?)?;
                     let mut fields = vec![
                         (F_STATUS, e.outcome.as_str()),
                         (F_SERVER, e.server.as_str()),
@@ -234,16 +284,15 @@ impl Trees {
                     for (f, v) in fields {
                         let mut k = idx_prefix(f, v);
                         k.extend_from_slice(&seq);
-                        idx.insert(k, &[]);
+                        idx.insert(k, Vec::new())?;
                     }
                 }
             }
         }
-        self.calls.apply_batch(calls)?;
-        self.pending.apply_batch(pending)?;
-        self.audit.apply_batch(audit)?;
-        self.audit_idx.apply_batch(idx)?;
-        Ok(())
+        calls.finish()?;
+        pending.finish()?;
+        audit.finish()?;
+        idx.finish()
     }
 
     /// Flush sled and `fsync` every one of its files.
