@@ -23,35 +23,32 @@ impl Drop for Killed {
     }
 }
 
-/// A broker started under a profiler (`TOLLGATE_BENCH_WRAP`, e.g. `heaptrack -o /tmp/ht` or
-/// `perf record -g -o /tmp/perf.data`): the wrapper is a process group of its own, stopped
-/// with SIGTERM when dropped so the broker shuts down cleanly and the profiler writes its data.
-pub struct Wrapped(pub Child);
-
-impl Drop for Wrapped {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let _ = self.0.wait();
-    }
-}
-
-/// A broker process: plain (killed when dropped) or under a profiler.
-pub enum Broker {
-    /// Started directly.
-    Plain(Killed),
-    /// Started under `TOLLGATE_BENCH_WRAP`.
-    Wrapped(Wrapped),
+/// A broker process, killed when dropped. Under a profiler (`TOLLGATE_BENCH_WRAP`, e.g.
+/// `heaptrack -o /tmp/ht` or `perf record -g -o /tmp/perf.data`) the wrapper is a process group
+/// of its own, stopped with SIGTERM instead, so the broker shuts down cleanly and the profiler
+/// writes its data.
+pub struct Broker {
+    child: Child,
+    wrapped: bool,
 }
 
 impl Broker {
     /// The broker's pid, for reading its memory (the wrapper's pid when wrapped: RSS figures
     /// from a profiled run are not the broker's).
     pub fn id(&self) -> u32 {
-        match self {
-            Broker::Plain(k) => k.0.id(),
-            Broker::Wrapped(w) => w.0.id(),
+        self.child.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.wrapped {
+            let group = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        } else {
+            let _ = self.child.kill();
         }
+        let _ = self.child.wait();
     }
 }
 
@@ -229,10 +226,9 @@ pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Broker, Strin
     // Keep draining the broker's stdout so it never writes into a closed pipe.
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let (base, console) = (base.unwrap_or_default(), console.unwrap_or_default());
-    let broker = if wrap.trim().is_empty() {
-        Broker::Plain(Killed(child))
-    } else {
-        Broker::Wrapped(Wrapped(child))
+    let broker = Broker {
+        child,
+        wrapped: !wrap.trim().is_empty(),
     };
     Ok((broker, format!("http://{base}"), console))
 }

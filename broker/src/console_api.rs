@@ -119,13 +119,31 @@ async fn send_snapshot(socket: &mut WebSocket, queue: &Queue, req: Option<u64>) 
     true
 }
 
+/// How many bytes `value` takes as JSON, counted without keeping the text (it is serialised
+/// again when its part is sent).
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, value);
+    n.0
+}
+
 /// Split pending calls into parts of about [`SNAPSHOT_PART_BYTES`] of JSON (at least one call
 /// each, and always at least one part).
 fn snapshot_parts(pending: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
     let mut parts = vec![Vec::new()];
     let mut bytes = 0;
     for call in pending {
-        let size = serde_json::to_vec(&call).map_or(0, |v| v.len());
+        let size = json_len(&call);
         let part = parts.last_mut().expect("one part");
         if !part.is_empty() && bytes + size > SNAPSHOT_PART_BYTES {
             parts.push(vec![call]);
