@@ -101,8 +101,10 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 async fn send_snapshot(socket: &mut WebSocket, queue: &Queue, req: Option<u64>) -> bool {
     let mut rules = Some(queue.temp.list(crate::gateway::now_ms()));
     let mut parts = snapshot_parts(queue.snapshot()).into_iter().peekable();
-    while let Some(pending) = parts.next() {
+    while let Some(part) = parts.next() {
         let more = parts.peek().is_some();
+        // Copied out of the queue's shared records one part at a time.
+        let pending = part.iter().map(|c| CallRecord::clone(c)).collect();
         let msg = match rules.take() {
             Some(rules) => ServerMsg::Snapshot {
                 req,
@@ -139,7 +141,7 @@ fn json_len(value: &impl serde::Serialize) -> usize {
 
 /// Split pending calls into parts of about [`SNAPSHOT_PART_BYTES`] of JSON (at least one call
 /// each, and always at least one part).
-fn snapshot_parts(pending: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
+fn snapshot_parts<T: serde::Serialize>(pending: Vec<T>) -> Vec<Vec<T>> {
     let mut parts = vec![Vec::new()];
     let mut bytes = 0;
     for call in pending {
@@ -318,7 +320,10 @@ mod tests {
 
     #[test]
     fn large_snapshots_are_split_in_order_into_parts_of_bounded_size() {
-        assert_eq!(snapshot_parts(Vec::new()), vec![Vec::new()]);
+        assert_eq!(
+            snapshot_parts(Vec::<CallRecord>::new()),
+            vec![Vec::<CallRecord>::new()]
+        );
         let mut calls: Vec<CallRecord> = (0..4000).map(crate::queue::sample_call).collect();
         // One call larger than a part travels alone.
         calls[10].arguments = serde_json::json!({"blob": "x".repeat(SNAPSHOT_PART_BYTES + 10)});

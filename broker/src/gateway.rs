@@ -106,9 +106,7 @@ pub enum Intercept {
 
 /// A call waiting in the approval queue.
 pub struct Held {
-    /// Its record as stored.
-    pub record: CallRecord,
-    /// The queue's handle.
+    /// The queue's handle (with the record as stored).
     pub waiting: Waiting,
     /// Set when the client waits by polling a task.
     pub task: Option<crate::tasks::Flavor>,
@@ -631,7 +629,6 @@ impl Gateway {
             return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
         }
         Intercept::Hold(Box::new(Held {
-            record,
             waiting,
             task,
             rewritten,

@@ -52,7 +52,7 @@ pub struct Feed {
     /// The client that made the call (only it may resume).
     pub client: String,
     /// The call as it was held.
-    pub record: CallRecord,
+    pub record: Arc<CallRecord>,
     /// Set when the client waits by polling a task rather than on its request.
     pub task: Option<crate::tasks::Flavor>,
     modern: bool,
@@ -157,6 +157,15 @@ impl Drop for Listener {
 #[derive(Default)]
 pub struct Feeds {
     map: Mutex<HashMap<String, Arc<Feed>>>,
+    ending: Mutex<Ending>,
+}
+
+/// Finished feeds waiting out [`RETAIN`], oldest first (one sweeper task for all of them; a
+/// sleeping task per feed cost about 1 KiB each).
+#[derive(Default)]
+struct Ending {
+    due: std::collections::VecDeque<(tokio::time::Instant, String)>,
+    sweeping: bool,
 }
 
 impl Feeds {
@@ -165,11 +174,46 @@ impl Feeds {
     }
 
     fn remove_later(self: &Arc<Self>, id: String) {
-        let feeds = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(RETAIN).await;
-            lock(&feeds.map).remove(&id);
-        });
+        let start = {
+            let mut ending = lock(&self.ending);
+            ending
+                .due
+                .push_back((tokio::time::Instant::now() + RETAIN, id));
+            !std::mem::replace(&mut ending.sweeping, true)
+        };
+        if start {
+            tokio::spawn(Feeds::sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drop finished feeds as their time comes; ends when none are left (the next
+    /// `remove_later` starts another) or the registry is gone.
+    async fn sweep(feeds: std::sync::Weak<Feeds>) {
+        loop {
+            let next = {
+                let Some(f) = feeds.upgrade() else { return };
+                let mut ending = lock(&f.ending);
+                let now = tokio::time::Instant::now();
+                let mut gone = Vec::new();
+                while ending.due.front().is_some_and(|(at, _)| *at <= now) {
+                    gone.extend(ending.due.pop_front().map(|(_, id)| id));
+                }
+                let next = ending.due.front().map(|(at, _)| *at);
+                if next.is_none() {
+                    ending.sweeping = false;
+                }
+                drop(ending);
+                let mut map = lock(&f.map);
+                for id in gone {
+                    map.remove(&id);
+                }
+                next
+            };
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => return,
+            }
+        }
     }
 
     /// The feed of a call id.
@@ -202,9 +246,7 @@ pub struct Drive {
     pub queue: Arc<Queue>,
     /// The feeds registry.
     pub feeds: Arc<Feeds>,
-    /// The held call.
-    pub record: CallRecord,
-    /// Its queue handle.
+    /// The held call's queue handle (and its record).
     pub waiting: Waiting,
     /// The request to forward on approval.
     pub inbound: Inbound,
@@ -220,11 +262,13 @@ pub struct Drive {
 }
 
 /// Register a feed for a held call and start its driver; returns the feed.
-pub fn start(d: Drive) -> Arc<Feed> {
+pub fn start(mut d: Drive) -> Arc<Feed> {
+    d.inbound.park();
+    let record = d.waiting.record.clone();
     let feed = Arc::new(Feed {
-        id: d.record.id.clone(),
-        client: d.record.client.clone(),
-        record: d.record.clone(),
+        id: record.id.clone(),
+        client: record.client.clone(),
+        record,
         task: d.task,
         modern: d.inbound.modern && d.task.is_none(),
         st: Mutex::new(FeedState::default()),
@@ -264,7 +308,6 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     let Drive {
         queue,
         feeds,
-        record,
         mut waiting,
         inbound,
         upstream,
@@ -272,6 +315,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         grace,
         task,
     } = d;
+    let record = waiting.record.clone();
     let token = record
         .hold
         .as_ref()
@@ -281,7 +325,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
     let mut grace_end = grace.map(|g| started + g);
-    let (resolution, mut done) = loop {
+    let (resolution, done) = loop {
         if let Some(r) = waiting.done.borrow().clone() {
             break r;
         }
@@ -320,7 +364,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             }
         }
     };
-    let id = jsonrpc::id(&inbound.value);
+    let id = record.request_id.clone();
     feed.resolved(resolution.clone());
     if resolution != Resolution::Approved {
         let text = refusal_text(&record, &resolution);
@@ -338,6 +382,16 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             ticket: None,
             ..inbound
         };
+        if let Err(e) = inbound.unpark() {
+            // Cannot happen: the body was parsed when the call arrived.
+            let why = format!("the held request could not be read back: {e}");
+            feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
+            let mut done = Arc::unwrap_or_clone(done);
+            done.error = Some(why);
+            queue.recorder().put(done).await;
+            feeds.remove_later(record.id.clone());
+            return;
+        }
         if task.is_some() {
             // The broker is the task receiver: the upstream gets a plain call.
             if let Some(params) = inbound
@@ -362,6 +416,7 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         } else {
             forwarded.await
         };
+        let mut done = Arc::unwrap_or_clone(done);
         done.timings.completed_ms = Some(now_ms());
         done.error = error;
         recorder.put(done).await;
@@ -614,6 +669,53 @@ mod tests {
         let mut other = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"x","progress":1}});
         renumber_progress(&mut other, Some(&tok), 5);
         assert_eq!(other["params"]["progress"], json!(1));
+    }
+
+    fn feed(id: &str) -> Arc<Feed> {
+        let record: CallRecord = serde_json::from_value(json!({
+            "id": id, "outcome": "pending", "rule": {"index": 1, "name": "r"}, "client": "c",
+            "server": "db", "tool": "drop", "request_id": 1, "arguments": {},
+            "timings": {"received_ms": 0, "decided_ms": 0}
+        }))
+        .expect("record");
+        Arc::new(Feed {
+            id: id.into(),
+            client: "c".into(),
+            record: Arc::new(record),
+            task: None,
+            modern: false,
+            st: Mutex::new(FeedState::default()),
+            changed: Notify::new(),
+            deserted: Notify::new(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_feeds_stay_for_the_retention_time_then_go() {
+        let feeds = Arc::new(Feeds::default());
+        for id in ["a", "b", "c"] {
+            feeds.insert(feed(id));
+        }
+        feeds.remove_later("a".into());
+        tokio::time::sleep(RETAIN / 2).await;
+        feeds.remove_later("b".into());
+        assert!(
+            feeds.get("a").is_some(),
+            "kept while a late client may resume"
+        );
+        tokio::time::sleep(RETAIN / 2 + Duration::from_millis(1)).await;
+        assert!(feeds.get("a").is_none());
+        assert!(feeds.get("b").is_some());
+        tokio::time::sleep(RETAIN / 2).await;
+        assert!(feeds.get("b").is_none());
+        assert!(
+            !lock(&feeds.ending).sweeping,
+            "the sweeper ends when nothing is left"
+        );
+        // A later feed starts it again.
+        feeds.remove_later("c".into());
+        tokio::time::sleep(RETAIN + Duration::from_millis(1)).await;
+        assert!(feeds.get("c").is_none());
     }
 
     #[test]

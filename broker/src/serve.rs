@@ -239,8 +239,9 @@ async fn recover(
         let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
         let upstream = upstreams.get(&record.server).cloned();
         let id = record.id.clone();
-        let waiting = queue.admit(record.clone());
         let withheld = record.hold.as_ref().is_some_and(|h| h.secrets_withheld);
+        let waiting = queue.admit(record);
+        let record = waiting.record.clone();
         match (mode, upstream) {
             (HoldMode::Retry, _) => {}
             (_, _) if withheld => {
@@ -267,7 +268,6 @@ async fn recover(
                     queue: queue.clone(),
                     feeds: feeds.clone(),
                     inbound: hold::rebuild(&record),
-                    record,
                     waiting,
                     upstream,
                     keepalive: config.broker.keepalive,

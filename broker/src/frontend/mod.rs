@@ -243,7 +243,6 @@ async fn handle(
 /// Answer a `tools/call` with a task and see the call through in the background.
 fn start_task(
     fe: &Frontend,
-    record: tollgate_shared::CallRecord,
     waiting: Waiting,
     inbound: Inbound,
     upstream: Upstream,
@@ -253,7 +252,6 @@ fn start_task(
     let feed = hold::start(hold::Drive {
         queue: fe.gateway.queue.clone(),
         feeds: fe.feeds.clone(),
-        record,
         waiting,
         inbound,
         upstream,
@@ -432,11 +430,9 @@ async fn post(
                 // clients were told every tool may run as one); the broker runs it at once.
                 if !modern && tasks::requested(&inbound.value, false).is_some() {
                     if let Some(record) = t.disarm() {
-                        let waiting = Waiting::approved(&record);
                         return start_task(
                             fe,
-                            record,
-                            waiting,
+                            Waiting::approved(record),
                             inbound,
                             upstream,
                             tasks::Flavor::Legacy,
@@ -452,12 +448,11 @@ async fn post(
                     inbound.raw = bytes::Bytes::from(inbound.value.to_string());
                 }
                 if let Some(flavor) = held.task {
-                    return start_task(fe, held.record, held.waiting, inbound, upstream, flavor);
+                    return start_task(fe, held.waiting, inbound, upstream, flavor);
                 }
                 let feed = hold::start(hold::Drive {
                     queue: fe.gateway.queue.clone(),
                     feeds: fe.feeds.clone(),
-                    record: held.record,
                     waiting: held.waiting,
                     inbound,
                     upstream,

@@ -25,7 +25,7 @@ use tollgate_shared::{CallRecord, HoldMode, Outcome, Verdict};
 use crate::gateway::now_ms;
 use crate::guards::budget::{Budgets, OverBudget};
 use crate::store::Recorder;
-use rules::{Change, Identity};
+use rules::{Change, ClosedCall, Identity};
 use temp::TempRules;
 
 /// How a held call ended (what its waiting client should be told).
@@ -48,9 +48,11 @@ pub enum Resolution {
     Abandoned,
 }
 
+/// A pending call. Its record is shared (with the driver that waits on it, its feed and the
+/// store's writer) rather than copied: a queue of 100 000 pending calls holds each once.
 struct Entry {
-    record: CallRecord,
-    done: watch::Sender<Option<(Resolution, CallRecord)>>,
+    record: Arc<CallRecord>,
+    done: watch::Sender<Option<(Resolution, Arc<CallRecord>)>>,
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -62,10 +64,11 @@ struct GrantKey {
 }
 
 /// Calls that left the queue recently, kept so a late decision is told who decided and when
-/// without a store read (the store's reads trail its commits by a moment).
+/// without a store read (the store's reads trail its commits by a moment). Only what that
+/// answer needs is kept, not the record.
 #[derive(Default)]
 struct Closed {
-    map: HashMap<String, CallRecord>,
+    map: HashMap<String, ClosedCall>,
     order: std::collections::VecDeque<String>,
 }
 
@@ -73,9 +76,13 @@ struct Closed {
 const CLOSED_KEPT: usize = 65_536;
 
 impl Closed {
-    fn insert(&mut self, record: CallRecord) {
-        if self.map.insert(record.id.clone(), record.clone()).is_none() {
-            self.order.push_back(record.id);
+    fn insert(&mut self, record: &CallRecord) {
+        if self
+            .map
+            .insert(record.id.clone(), ClosedCall::of(record))
+            .is_none()
+        {
+            self.order.push_back(record.id.clone());
         }
         while self.order.len() > CLOSED_KEPT {
             if let Some(old) = self.order.pop_front() {
@@ -142,20 +149,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How many decided calls are written (and answered) together.
+const DECIDE_CHUNK: usize = 4096;
+
 /// Events buffered per console before it counts as fallen behind.
 pub const EVENT_BUFFER: usize = 4096;
 
 /// A held call's handle for the code that waits on it.
 pub struct Waiting {
+    /// The call as it was held.
+    pub record: Arc<CallRecord>,
     /// Becomes `Some` when the call is resolved, with its final record.
-    pub done: watch::Receiver<Option<(Resolution, CallRecord)>>,
+    pub done: watch::Receiver<Option<(Resolution, Arc<CallRecord>)>>,
 }
 
 impl Waiting {
     /// A handle that is already approved (a call policy allowed, run as a task).
-    pub fn approved(record: &CallRecord) -> Waiting {
+    pub fn approved(record: CallRecord) -> Waiting {
+        let record = Arc::new(record);
         let (_tx, done) = watch::channel(Some((Resolution::Approved, record.clone())));
-        Waiting { done }
+        Waiting { record, done }
     }
 }
 
@@ -212,7 +225,7 @@ impl Queue {
     }
 
     /// Every pending call, oldest first.
-    pub fn snapshot(&self) -> Vec<CallRecord> {
+    pub fn snapshot(&self) -> Vec<Arc<CallRecord>> {
         let mut out: Vec<_> = lock(&self.entries)
             .values()
             .map(|e| e.record.clone())
@@ -222,7 +235,7 @@ impl Queue {
     }
 
     /// A pending call's record.
-    pub fn get(&self, id: &str) -> Option<CallRecord> {
+    pub fn get(&self, id: &str) -> Option<Arc<CallRecord>> {
         lock(&self.entries).get(id).map(|e| e.record.clone())
     }
 
@@ -233,6 +246,7 @@ impl Queue {
         self.budgets
             .reserve_hold(&record, now_ms())
             .map_err(HoldError::OverBudget)?;
+        let record = Arc::new(record);
         if let Err(e) = self.recorder.commit(record.clone()).await {
             self.budgets.release(&record, false, now_ms());
             return Err(HoldError::Store(e));
@@ -244,10 +258,10 @@ impl Queue {
     /// calls, which count against budgets again without a check).
     pub fn admit(self: &Arc<Self>, record: CallRecord) -> Waiting {
         self.budgets.adopt(&record, now_ms());
-        self.enter(record)
+        self.enter(Arc::new(record))
     }
 
-    fn enter(self: &Arc<Self>, record: CallRecord) -> Waiting {
+    fn enter(self: &Arc<Self>, record: Arc<CallRecord>) -> Waiting {
         let (tx, rx) = watch::channel(None);
         let id = record.id.clone();
         let expires = record.hold.as_ref().map(|h| h.expires_ms);
@@ -259,11 +273,13 @@ impl Queue {
             },
         );
         tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
-        self.publish(ServerMsg::CallPending { call: record });
+        self.publish(ServerMsg::CallPending {
+            call: (*record).clone(),
+        });
         if let Some(at) = expires {
             self.expire_at(at, id);
         }
-        Waiting { done: rx }
+        Waiting { record, done: rx }
     }
 
     /// Expire call `id` at `at` (ms since the epoch) unless it is resolved first.
@@ -327,6 +343,7 @@ impl Queue {
                 };
                 match rules::decide(&entry.record, who, verdict, reason, now) {
                     Ok((next, change)) => {
+                        let next = Arc::new(next);
                         let before = std::mem::replace(&mut entry.record, next.clone());
                         changed.push((before, next.clone(), change));
                         results.push((id.clone(), Ok((next, change))));
@@ -342,21 +359,25 @@ impl Queue {
                 }
             }
         }
-        // One group commit for the whole decision, then wake the clients.
-        let commits: Vec<_> = changed
-            .iter()
-            .map(|(_, next, _)| self.recorder.commit(next.clone()))
-            .collect();
-        let written = futures_util::future::join_all(commits).await;
+        // Written in group commits of up to DECIDE_CHUNK calls (100 000 commits in flight at
+        // once cost a few KiB each), each chunk's clients woken as soon as it is durable.
         let mut failed = HashMap::new();
-        for ((before, next, change), w) in changed.into_iter().zip(written) {
-            match w {
-                Ok(()) => self.settle(next, change),
-                Err(e) => {
-                    if let Some(entry) = lock(&self.entries).get_mut(&before.id) {
-                        entry.record = before.clone();
+        let mut changed = changed.into_iter().peekable();
+        while changed.peek().is_some() {
+            let chunk: Vec<_> = changed.by_ref().take(DECIDE_CHUNK).collect();
+            let commits = chunk
+                .iter()
+                .map(|(_, next, _)| self.recorder.commit(next.clone()));
+            let written = futures_util::future::join_all(commits).await;
+            for ((before, next, change), w) in chunk.into_iter().zip(written) {
+                match w {
+                    Ok(()) => self.settle(next, change),
+                    Err(e) => {
+                        if let Some(entry) = lock(&self.entries).get_mut(&before.id) {
+                            entry.record = before.clone();
+                        }
+                        failed.insert(before.id.clone(), e);
                     }
-                    failed.insert(before.id, e);
                 }
             }
         }
@@ -401,15 +422,17 @@ impl Queue {
                 },
                 Err(None) => {
                     let recent = lock(&self.closed).map.get(&id).cloned();
-                    let stored =
-                        recent.or_else(|| self.recorder.backend().call(&id).ok().flatten());
+                    let stored = recent.or_else(|| {
+                        let rec = self.recorder.backend().call(&id).ok().flatten()?;
+                        Some(ClosedCall::of(&rec))
+                    });
                     match stored {
-                        Some(rec) => DecideResult {
+                        Some(gone) => DecideResult {
                             id,
                             ok: false,
                             refusal: Some(Refusal::AlreadyClosed),
-                            outcome: Some(rec.outcome),
-                            message: rules::closed_message(&rec),
+                            outcome: Some(gone.outcome),
+                            message: gone.message(),
                         },
                         None => DecideResult {
                             id,
@@ -481,7 +504,7 @@ impl Queue {
             return Err("a temporary rule lasts between 1 ms and 24 h".into());
         }
         let results = self.decide(who, target, verdict, reason).await;
-        let decided: Vec<CallRecord> = {
+        let decided: Vec<ClosedCall> = {
             let closed = lock(&self.closed);
             let entries = lock(&self.entries);
             results
@@ -492,7 +515,7 @@ impl Queue {
                         .map
                         .get(&r.id)
                         .cloned()
-                        .or_else(|| entries.get(&r.id).map(|e| e.record.clone()))
+                        .or_else(|| entries.get(&r.id).map(|e| ClosedCall::of(&e.record)))
                 })
                 .collect()
         };
@@ -570,16 +593,18 @@ impl Queue {
     }
 
     /// Tell the world about a committed decision.
-    fn settle(&self, record: CallRecord, change: Change) {
+    fn settle(&self, record: Arc<CallRecord>, change: Change) {
         if change == Change::Counted {
-            self.publish(ServerMsg::CallApproval { call: record });
+            self.publish(ServerMsg::CallApproval {
+                call: (*record).clone(),
+            });
             return;
         }
         // Into `closed` before out of `entries` (under its lock), so a decision racing this one
         // always finds the call in one of them.
         let entry = {
             let mut entries = lock(&self.entries);
-            lock(&self.closed).insert(record.clone());
+            lock(&self.closed).insert(&record);
             entries.remove(&record.id)
         };
         self.forget_expiry(&record);
@@ -606,12 +631,14 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry)
         {
             let until = now_ms() + self.retry_ttl.as_millis() as u64;
-            lock(&self.grants).insert(grant_key(&record), (record.clone(), until));
+            lock(&self.grants).insert(grant_key(&record), ((*record).clone(), until));
         }
+        self.publish(ServerMsg::CallDecided {
+            call: (*record).clone(),
+        });
         if let Some(e) = entry {
-            let _ = e.done.send(Some((resolution, record.clone())));
+            let _ = e.done.send(Some((resolution, record)));
         }
-        self.publish(ServerMsg::CallDecided { call: record });
     }
 
     /// End a pending call without a decision (expired, cancelled, abandoned). Returns false when
@@ -630,14 +657,14 @@ impl Queue {
             let Some(entry) = entries.remove(id) else {
                 return false;
             };
-            let mut record = entry.record.clone();
+            let mut record = (*entry.record).clone();
             record.outcome = outcome;
             record.timings.completed_ms = Some(now_ms());
             if why.is_some() {
                 record.reason = why;
             }
-            lock(&self.closed).insert(record.clone());
-            (entry, record)
+            lock(&self.closed).insert(&record);
+            (entry, Arc::new(record))
         };
         self.forget_expiry(&record);
         self.budgets.release(&record, false, now_ms());
@@ -650,11 +677,12 @@ impl Queue {
             Outcome::Abandoned => Resolution::Abandoned,
             _ => Resolution::Cancelled,
         };
-        let _ = entry.done.send(Some((resolution, record.clone())));
+        let call = (*record).clone();
+        let _ = entry.done.send(Some((resolution, record)));
         self.publish(match outcome {
-            Outcome::Expired => ServerMsg::CallExpired { call: record },
-            Outcome::Abandoned => ServerMsg::CallAbandoned { call: record },
-            _ => ServerMsg::CallCancelled { call: record },
+            Outcome::Expired => ServerMsg::CallExpired { call },
+            Outcome::Abandoned => ServerMsg::CallAbandoned { call },
+            _ => ServerMsg::CallCancelled { call },
         });
         true
     }

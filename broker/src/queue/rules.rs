@@ -33,15 +33,41 @@ fn when(ms: u64) -> String {
         .to_string()
 }
 
-/// Why a call that is no longer pending cannot be decided.
-pub fn closed_message(rec: &CallRecord) -> String {
-    match (rec.outcome, rec.decisions.last()) {
-        (Outcome::Approved | Outcome::Rejected, Some(d)) => {
-            format!("already {} by {} at {}", rec.outcome, d.by, when(d.at_ms))
+/// What is remembered of a call that is no longer pending: enough to tell a late decision who
+/// decided and when, and what the call was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedCall {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its server.
+    pub server: String,
+    /// Its tool.
+    pub tool: String,
+    /// The last decision on it: who, and when (ms since the epoch).
+    pub last: Option<(String, u64)>,
+    /// When it ended (ms since the epoch).
+    pub at_ms: u64,
+}
+
+impl ClosedCall {
+    /// The summary of a record.
+    pub fn of(rec: &CallRecord) -> ClosedCall {
+        ClosedCall {
+            outcome: rec.outcome,
+            server: rec.server.clone(),
+            tool: rec.tool.clone(),
+            last: rec.decisions.last().map(|d| (d.by.clone(), d.at_ms)),
+            at_ms: rec.timings.completed_ms.unwrap_or(rec.timings.decided_ms),
         }
-        (o, _) => {
-            let at = rec.timings.completed_ms.unwrap_or(rec.timings.decided_ms);
-            format!("already {o} at {}", when(at))
+    }
+
+    /// Why it cannot be decided any more.
+    pub fn message(&self) -> String {
+        match (self.outcome, &self.last) {
+            (Outcome::Approved | Outcome::Rejected, Some((by, at))) => {
+                format!("already {} by {by} at {}", self.outcome, when(*at))
+            }
+            (o, _) => format!("already {o} at {}", when(self.at_ms)),
         }
     }
 }
@@ -92,7 +118,7 @@ pub fn decide(
     now_ms: u64,
 ) -> Result<(CallRecord, Change), String> {
     if rec.outcome != Outcome::Pending {
-        return Err(closed_message(rec));
+        return Err(ClosedCall::of(rec).message());
     }
     may_decide(rec, who)?;
     let mut next = rec.clone();

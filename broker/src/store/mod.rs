@@ -25,7 +25,7 @@ use crate::fingerprint;
 #[serde(tag = "m", rename_all = "snake_case")]
 pub enum Mutation {
     /// Insert or replace a call record (and keep the pending index in step).
-    Call(Box<CallRecord>),
+    Call(Arc<CallRecord>),
     /// Append an audit entry (already chained).
     Audit(Box<AuditEntry>),
 }
@@ -42,7 +42,7 @@ pub struct Verified {
 /// A durable home for records; implementations must make `commit` survive power loss.
 pub trait Backend: Send + Sync + 'static {
     /// Apply a group of mutations durably, in order, all or nothing.
-    fn commit(&self, batch: &[Mutation]) -> anyhow::Result<()>;
+    fn commit(&self, batch: Vec<Mutation>) -> anyhow::Result<()>;
     /// One call record.
     fn call(&self, id: &str) -> anyhow::Result<Option<CallRecord>>;
     /// Every call still pending, oldest first.
@@ -174,7 +174,7 @@ pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
 
 enum Op {
     Put {
-        record: Box<CallRecord>,
+        record: Arc<CallRecord>,
         /// Write the call record.
         call: bool,
         /// Append an audit entry for its outcome.
@@ -242,7 +242,7 @@ impl Recorder {
                     Ok(())
                 } else {
                     let backend = writer.clone();
-                    match tokio::task::spawn_blocking(move || backend.commit(&batch)).await {
+                    match tokio::task::spawn_blocking(move || backend.commit(batch)).await {
                         Ok(r) => r.map_err(|e| format!("{e:#}")),
                         Err(e) => Err(format!("store writer failed: {e}")),
                     }
@@ -269,7 +269,7 @@ impl Recorder {
 
     async fn send(
         &self,
-        record: CallRecord,
+        record: impl Into<Arc<CallRecord>>,
         audit: bool,
         ack: Option<oneshot::Sender<Result<(), String>>>,
     ) {
@@ -278,13 +278,13 @@ impl Recorder {
 
     async fn send_op(
         &self,
-        record: CallRecord,
+        record: impl Into<Arc<CallRecord>>,
         call: bool,
         audit: bool,
         ack: Option<oneshot::Sender<Result<(), String>>>,
     ) {
         let op = Op::Put {
-            record: Box::new(record),
+            record: record.into(),
             call,
             audit,
             ack,
@@ -295,24 +295,24 @@ impl Recorder {
     }
 
     /// Queue a record update without an audit entry (a later record with the same id replaces it).
-    pub async fn put(&self, record: CallRecord) {
+    pub async fn put(&self, record: impl Into<Arc<CallRecord>>) {
         self.send(record, false, None).await;
     }
 
     /// Queue a record and an audit entry for its outcome; durable with the next group.
-    pub async fn record(&self, record: CallRecord) {
+    pub async fn record(&self, record: impl Into<Arc<CallRecord>>) {
         self.send(record, true, None).await;
     }
 
     /// Queue only the audit entry for a record's outcome: for an allowed call being forwarded,
     /// whose call record is written once when it completes (one store write fewer per call;
     /// should the broker die mid-call, the audit entry is there and the record is not).
-    pub async fn audit_only(&self, record: CallRecord) {
+    pub async fn audit_only(&self, record: impl Into<Arc<CallRecord>>) {
         self.send_op(record, false, true, None).await;
     }
 
     /// Write a record and an audit entry for its outcome, and wait until both are durable.
-    pub async fn commit(&self, record: CallRecord) -> Result<(), String> {
+    pub async fn commit(&self, record: impl Into<Arc<CallRecord>>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.send(record, true, Some(tx)).await;
         rx.await
@@ -320,7 +320,7 @@ impl Recorder {
     }
 
     /// Write a record update without an audit entry, and wait until it is durable.
-    pub async fn commit_quiet(&self, record: CallRecord) -> Result<(), String> {
+    pub async fn commit_quiet(&self, record: impl Into<Arc<CallRecord>>) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.send(record, false, Some(tx)).await;
         rx.await

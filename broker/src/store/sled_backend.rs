@@ -382,12 +382,12 @@ impl Trees {
 }
 
 impl Backend for SledBackend {
-    fn commit(&self, batch: &[Mutation]) -> anyhow::Result<()> {
-        let json = serde_json::to_vec(batch)?;
+    fn commit(&self, batch: Vec<Mutation>) -> anyhow::Result<()> {
+        let json = serde_json::to_vec(&batch)?;
         let mut journal = lock(&self.journal);
         journal.append(&[json])?;
         // Queued under the journal's lock, so a checkpoint sees every journaled group.
-        self.send(Job::Apply(batch.to_vec()))?;
+        self.send(Job::Apply(batch))?;
         if journal.len() > CHECKPOINT_BYTES {
             self.send(Job::Checkpoint(None))?;
         }
@@ -653,7 +653,7 @@ mod tests {
             let b = SledBackend::open(dir.path()).expect("open");
             // Commit only to the journal, as if the process died before sled got the group.
             let r = record(1, Outcome::Pending);
-            let json = serde_json::to_vec(&vec![Mutation::Call(Box::new(r))]).expect("json");
+            let json = serde_json::to_vec(&vec![Mutation::Call(Arc::new(r))]).expect("json");
             lock(&b.journal).append(&[json]).expect("append");
             std::mem::forget(b);
         }

@@ -8,7 +8,7 @@
 pub mod http;
 pub mod stdio;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -38,6 +38,32 @@ pub struct Inbound {
     pub recovered: bool,
 }
 
+impl Inbound {
+    /// Make a request that is about to wait for a person small. The body and header values
+    /// are slices of the connection's read buffer, which they would keep alive whole (about
+    /// 8 KiB per held call, more than everything else a pending call needs), so they are
+    /// copied out; the parsed message is dropped and read again by [`Inbound::unpark`].
+    pub fn park(&mut self) {
+        self.raw = Bytes::copy_from_slice(&self.raw);
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(name.clone(), copy);
+            }
+        }
+        self.headers = headers;
+        self.value = Value::Null;
+    }
+
+    /// Undo [`Inbound::park`] before forwarding.
+    pub fn unpark(&mut self) -> Result<(), serde_json::Error> {
+        if self.value.is_null() {
+            self.value = serde_json::from_slice(&self.raw)?;
+        }
+        Ok(())
+    }
+}
+
 /// Strip the CR/LF bytes from a JSON text so it fits on one stdio line. Outside strings they
 /// are insignificant whitespace, and inside strings JSON forbids them raw, so this never changes
 /// the message.
@@ -50,5 +76,47 @@ pub fn one_line(raw: &[u8]) -> Bytes {
         )
     } else {
         Bytes::copy_from_slice(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_request_owns_its_bytes_and_reads_back_the_same() {
+        // What hyper hands over: the body and header values are slices of one read buffer.
+        let buffer = Bytes::from(
+            br#"xxxx{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"m":"hi"}}}sess-1"#
+                .to_vec(),
+        );
+        let body = buffer.slice(4..buffer.len() - 6);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "mcp-session-id",
+            HeaderValue::from_maybe_shared(buffer.slice(buffer.len() - 6..)).expect("value"),
+        );
+        let value: Value = serde_json::from_slice(&body).expect("json");
+        let mut inbound = Inbound {
+            value: value.clone(),
+            raw: body.clone(),
+            kind: Kind::Request,
+            headers,
+            session: Some("sess-1".into()),
+            sse: false,
+            modern: false,
+            ticket: None,
+            recovered: false,
+        };
+        inbound.park();
+        let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        assert!(!inside(inbound.raw.as_ptr()), "the body was copied out");
+        assert_eq!(inbound.raw, body);
+        let session = &inbound.headers["mcp-session-id"];
+        assert!(!inside(session.as_bytes().as_ptr()), "header values too");
+        assert_eq!(session, "sess-1");
+        assert!(inbound.value.is_null());
+        inbound.unpark().expect("reads back");
+        assert_eq!(inbound.value, value);
     }
 }
