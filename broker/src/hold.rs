@@ -263,7 +263,8 @@ pub struct Drive {
 
 /// Register a feed for a held call and start its driver; returns the feed.
 pub fn start(mut d: Drive) -> Arc<Feed> {
-    d.inbound.park();
+    let upstream = &d.upstream;
+    d.inbound.park(|name| upstream.forwards_header(name));
     let record = d.waiting.record.clone();
     let feed = Arc::new(Feed {
         id: record.id.clone(),

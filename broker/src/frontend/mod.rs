@@ -48,6 +48,16 @@ impl Upstream {
             Upstream::Http(u) => u.post(inbound).await,
         }
     }
+
+    /// Whether a client request header is passed on to this upstream (what a held call
+    /// keeps of its headers while it waits).
+    pub fn forwards_header(&self, name: &axum::http::HeaderName) -> bool {
+        match self {
+            // A child process sees no headers; the revision serves to restore its session.
+            Upstream::Stdio(_) => name == "mcp-protocol-version",
+            Upstream::Http(_) => crate::upstream::http::forwards(name),
+        }
+    }
 }
 
 /// Shared state of the frontend.

@@ -55,6 +55,12 @@ const DROP_REQUEST: &[&str] = &[
     "accept-encoding",
 ];
 
+/// Whether a client's request header is passed on upstream (hop-by-hop headers and the
+/// client's credentials for the broker are not).
+pub fn forwards(name: &HeaderName) -> bool {
+    !DROP_REQUEST.contains(&name.as_str())
+}
+
 /// Response headers that describe the upstream connection, not the message.
 const DROP_RESPONSE: &[&str] = &[
     "connection",
@@ -92,7 +98,7 @@ impl HttpUpstream {
     fn request(&self, method: Method, client_headers: &HeaderMap) -> reqwest::RequestBuilder {
         let mut headers = HeaderMap::with_capacity(client_headers.len() + self.headers.len());
         for (k, v) in client_headers {
-            if !DROP_REQUEST.contains(&k.as_str()) {
+            if forwards(k) {
                 headers.append(k.clone(), v.clone());
             }
         }

@@ -8,8 +8,8 @@
 pub mod http;
 pub mod stdio;
 
-use axum::http::{HeaderMap, HeaderValue};
-use bytes::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use crate::gateway::Ticket;
@@ -42,12 +42,22 @@ impl Inbound {
     /// Make a request that is about to wait for a person small. The body and header values
     /// are slices of the connection's read buffer, which they would keep alive whole (about
     /// 8 KiB per held call, more than everything else a pending call needs), so they are
-    /// copied out; the parsed message is dropped and read again by [`Inbound::unpark`].
-    pub fn park(&mut self) {
+    /// copied out: the body into its own allocation, the headers the upstream will be sent
+    /// (`keep`) into one more, the rest dropped. The parsed message is dropped and read again
+    /// by [`Inbound::unpark`].
+    pub fn park(&mut self, keep: impl Fn(&HeaderName) -> bool) {
         self.raw = Bytes::copy_from_slice(&self.raw);
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
+        let kept: Vec<_> = self.headers.iter().filter(|(n, _)| keep(n)).collect();
+        let mut values = BytesMut::with_capacity(kept.iter().map(|(_, v)| v.len()).sum());
+        for (_, v) in &kept {
+            values.extend_from_slice(v.as_bytes());
+        }
+        let mut values = values.freeze();
+        let mut headers = HeaderMap::with_capacity(kept.len());
+        for (name, v) in kept {
+            let bytes = values.split_to(v.len());
+            if let Ok(mut copy) = HeaderValue::from_maybe_shared(bytes) {
+                copy.set_sensitive(v.is_sensitive());
                 headers.append(name.clone(), copy);
             }
         }
@@ -96,6 +106,8 @@ mod tests {
             "mcp-session-id",
             HeaderValue::from_maybe_shared(buffer.slice(buffer.len() - 6..)).expect("value"),
         );
+        headers.insert("x-dropped", HeaderValue::from_static("gone"));
+        headers.insert("accept", HeaderValue::from_static("application/json"));
         let value: Value = serde_json::from_slice(&body).expect("json");
         let mut inbound = Inbound {
             value: value.clone(),
@@ -108,13 +120,15 @@ mod tests {
             ticket: None,
             recovered: false,
         };
-        inbound.park();
+        inbound.park(|n| n != "x-dropped");
         let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
         assert!(!inside(inbound.raw.as_ptr()), "the body was copied out");
         assert_eq!(inbound.raw, body);
         let session = &inbound.headers["mcp-session-id"];
         assert!(!inside(session.as_bytes().as_ptr()), "header values too");
         assert_eq!(session, "sess-1");
+        assert_eq!(inbound.headers["accept"], "application/json");
+        assert!(!inbound.headers.contains_key("x-dropped"));
         assert!(inbound.value.is_null());
         inbound.unpark().expect("reads back");
         assert_eq!(inbound.value, value);
