@@ -261,7 +261,12 @@ pub struct Drive {
     pub task: Option<crate::tasks::Flavor>,
 }
 
-/// Register a feed for a held call and start its driver; returns the feed.
+/// Register a feed for a held call and see it through; returns the feed.
+///
+/// A call whose client waits on its request gets a driver task (keep-alives, a closed stream,
+/// a restart's grace period all need watching). A task-augmented call needs nothing until it
+/// is resolved, so it gets no task while it waits: the queue runs its continuation when it is
+/// decided (a sleeping task per call was most of what 100 000 pending tasks cost).
 pub fn start(mut d: Drive) -> Arc<Feed> {
     let upstream = &d.upstream;
     d.inbound.park(|name| upstream.forwards_header(name));
@@ -280,7 +285,24 @@ pub fn start(mut d: Drive) -> Arc<Feed> {
     // A priming event (empty data, with an id) lets a client whose stream drops before anything
     // else arrives resume with Last-Event-ID; SDKs skip empty events.
     feed.push(Bytes::new(), false);
-    tokio::spawn(run(d, feed.clone()));
+    if d.task.is_some() && d.grace.is_none() {
+        let (queue, waiting) = (d.queue.clone(), d.waiting);
+        let rest = After {
+            queue: d.queue,
+            feeds: d.feeds,
+            inbound: d.inbound,
+            upstream: d.upstream,
+            task: d.task,
+            token: None,
+            progress: 0,
+        };
+        let f = feed.clone();
+        queue.then(waiting, move |(resolution, done)| {
+            tokio::spawn(rest.finish(f, resolution, done));
+        });
+    } else {
+        tokio::spawn(run(d, feed.clone()));
+    }
     feed
 }
 
@@ -327,14 +349,9 @@ async fn run(d: Drive, feed: Arc<Feed>) {
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
     let mut grace_end = grace.map(|g| started + g);
     let (resolution, done) = loop {
-        if let Some(r) = waiting.done.borrow().clone() {
-            break r;
-        }
         tokio::select! {
-            changed = waiting.done.changed() => {
-                if changed.is_err() {
-                    break (Resolution::Abandoned, record.clone());
-                }
+            r = &mut waiting.done => {
+                break r.unwrap_or_else(|_| (Resolution::Abandoned, record.clone()));
             }
             _ = tick.tick() => {
                 if let Some(tok) = &token {
@@ -365,17 +382,54 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             }
         }
     };
-    let id = record.request_id.clone();
-    feed.resolved(resolution.clone());
-    if resolution != Resolution::Approved {
-        let text = refusal_text(&record, &resolution);
-        feed.finish_with(&jsonrpc::tool_error(id, &text, inbound.modern));
-        feeds.remove_later(record.id.clone());
-        return;
-    }
+    let rest = After {
+        queue,
+        feeds,
+        inbound,
+        upstream,
+        task,
+        token,
+        progress,
+    };
     // Boxed: the waiting state above is what every held call keeps while it waits, and the
     // forwarding futures would otherwise make it several KiB larger.
-    Box::pin(async move {
+    Box::pin(rest.finish(feed, resolution, done)).await;
+}
+
+/// What a held call needs once it is resolved.
+struct After {
+    queue: Arc<Queue>,
+    feeds: Arc<Feeds>,
+    inbound: Inbound,
+    upstream: Upstream,
+    task: Option<crate::tasks::Flavor>,
+    /// The client's progress token, when keep-alives were sent on it.
+    token: Option<Value>,
+    /// Progress notifications sent so far.
+    progress: u64,
+}
+
+impl After {
+    /// Answer the client: the refusal, or the upstream's answer to the forwarded call.
+    async fn finish(self, feed: Arc<Feed>, resolution: Resolution, done: Arc<CallRecord>) {
+        let After {
+            queue,
+            feeds,
+            inbound,
+            upstream,
+            task,
+            token,
+            progress,
+        } = self;
+        let record = &feed.record;
+        let id = record.request_id.clone();
+        feed.resolved(resolution.clone());
+        if resolution != Resolution::Approved {
+            let text = refusal_text(record, &resolution);
+            feed.finish_with(&jsonrpc::tool_error(id, &text, inbound.modern));
+            feeds.remove_later(record.id.clone());
+            return;
+        }
         // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
         // relayed; the feed answers the client in the form it asked for.
         let mut inbound = Inbound {
@@ -383,11 +437,11 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             ticket: None,
             ..inbound
         };
+        let mut done = Arc::unwrap_or_clone(done);
         if let Err(e) = inbound.unpark() {
             // Cannot happen: the body was parsed when the call arrived.
             let why = format!("the held request could not be read back: {e}");
             feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
-            let mut done = Arc::unwrap_or_clone(done);
             done.error = Some(why);
             queue.recorder().put(done).await;
             feeds.remove_later(record.id.clone());
@@ -404,7 +458,6 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             }
             inbound.raw = Bytes::from(inbound.value.to_string());
         }
-        let recorder = queue.recorder().clone();
         let forwarded = async {
             let response = upstream.post(inbound).await;
             relay(response, &feed, token.as_ref(), progress + 1, &id).await
@@ -417,13 +470,11 @@ async fn run(d: Drive, feed: Arc<Feed>) {
         } else {
             forwarded.await
         };
-        let mut done = Arc::unwrap_or_clone(done);
         done.timings.completed_ms = Some(now_ms());
         done.error = error;
-        recorder.put(done).await;
+        queue.recorder().put(done).await;
         feeds.remove_later(record.id.clone());
-    })
-    .await;
+    }
 }
 
 /// Copy the upstream's answer into the feed; returns an error description if forwarding failed.

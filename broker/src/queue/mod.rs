@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, oneshot};
 use tollgate_shared::console::{
     AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
 };
@@ -52,7 +52,29 @@ pub enum Resolution {
 /// store's writer) rather than copied: a queue of 100 000 pending calls holds each once.
 struct Entry {
     record: Arc<CallRecord>,
-    done: watch::Sender<Option<(Resolution, Arc<CallRecord>)>>,
+    done: Done,
+}
+
+/// How a held call ended, with its final record.
+pub type Resolved = (Resolution, Arc<CallRecord>);
+
+/// Who hears how a pending call ended.
+enum Done {
+    /// A task waiting on its [`Waiting`] handle.
+    Wait(oneshot::Sender<Resolved>),
+    /// A continuation run when it is resolved (see [`Queue::then`]).
+    Then(Box<dyn FnOnce(Resolved) + Send>),
+}
+
+impl Done {
+    fn send(self, resolved: Resolved) {
+        match self {
+            Done::Wait(tx) => {
+                let _ = tx.send(resolved);
+            }
+            Done::Then(f) => f(resolved),
+        }
+    }
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -159,15 +181,17 @@ pub const EVENT_BUFFER: usize = 4096;
 pub struct Waiting {
     /// The call as it was held.
     pub record: Arc<CallRecord>,
-    /// Becomes `Some` when the call is resolved, with its final record.
-    pub done: watch::Receiver<Option<(Resolution, Arc<CallRecord>)>>,
+    /// Answered when the call is resolved, with its final record; closed without an answer
+    /// when the queue is gone.
+    pub done: oneshot::Receiver<Resolved>,
 }
 
 impl Waiting {
     /// A handle that is already approved (a call policy allowed, run as a task).
     pub fn approved(record: CallRecord) -> Waiting {
         let record = Arc::new(record);
-        let (_tx, done) = watch::channel(Some((Resolution::Approved, record.clone())));
+        let (tx, done) = oneshot::channel();
+        let _ = tx.send((Resolution::Approved, record.clone()));
         Waiting { record, done }
     }
 }
@@ -262,14 +286,14 @@ impl Queue {
     }
 
     fn enter(self: &Arc<Self>, record: Arc<CallRecord>) -> Waiting {
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = oneshot::channel();
         let id = record.id.clone();
         let expires = record.hold.as_ref().map(|h| h.expires_ms);
         lock(&self.entries).insert(
             id.clone(),
             Entry {
                 record: record.clone(),
-                done: tx,
+                done: Done::Wait(tx),
             },
         );
         tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
@@ -280,6 +304,30 @@ impl Queue {
             self.expire_at(at, id);
         }
         Waiting { record, done: rx }
+    }
+
+    /// Run `f` when the call resolves instead of waiting on `waiting` (at once if it already
+    /// has). Nothing runs if the queue goes away first.
+    pub fn then(&self, waiting: Waiting, f: impl FnOnce(Resolved) + Send + 'static) {
+        let Waiting { record, mut done } = waiting;
+        if let Some(entry) = lock(&self.entries).get_mut(&record.id)
+            && matches!(entry.done, Done::Wait(_))
+        {
+            entry.done = Done::Then(Box::new(f));
+            return;
+        }
+        match done.try_recv() {
+            Ok(resolved) => f(resolved),
+            // Out of the queue but not yet answered: it is being settled right now.
+            Err(oneshot::error::TryRecvError::Empty) => {
+                tokio::spawn(async move {
+                    if let Ok(resolved) = done.await {
+                        f(resolved);
+                    }
+                });
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {}
+        }
     }
 
     /// Expire call `id` at `at` (ms since the epoch) unless it is resolved first.
@@ -637,7 +685,7 @@ impl Queue {
             call: (*record).clone(),
         });
         if let Some(e) = entry {
-            let _ = e.done.send(Some((resolution, record)));
+            e.done.send((resolution, record));
         }
     }
 
@@ -678,7 +726,7 @@ impl Queue {
             _ => Resolution::Cancelled,
         };
         let call = (*record).clone();
-        let _ = entry.done.send(Some((resolution, record)));
+        entry.done.send((resolution, record));
         self.publish(match outcome {
             Outcome::Expired => ServerMsg::CallExpired { call },
             Outcome::Abandoned => ServerMsg::CallAbandoned { call },
@@ -944,13 +992,7 @@ mod tests {
                 late.expect("task"),
                 expired.expect("task"),
             );
-            let final_outcome = waiting
-                .done
-                .wait_for(Option::is_some)
-                .await
-                .expect("resolved")
-                .as_ref()
-                .map(|(_, r)| r.outcome);
+            let final_outcome = (&mut waiting.done).await.ok().map(|(_, r)| r.outcome);
             let winners =
                 usize::from(decided[0].ok) + usize::from(expired) + usize::from(late[0].ok);
             assert_eq!(winners, 1, "round {round}: {decided:?} {expired} {late:?}");
@@ -982,7 +1024,7 @@ mod tests {
             call
         };
         // The late one enters first; the timer must wake for the sooner ones that follow.
-        let late = q.hold(held(60_000, 0)).await.expect("held");
+        let mut late = q.hold(held(60_000, 0)).await.expect("held");
         let mut soon = q.hold(held(300, 1)).await.expect("held");
         let decided = held(200, 2);
         let decided_id = decided.id.clone();
@@ -1003,17 +1045,63 @@ mod tests {
             2,
             "a decided call no longer expires"
         );
-        let expired =
-            tokio::time::timeout(Duration::from_secs(5), soon.done.wait_for(Option::is_some))
-                .await
-                .expect("expired in time")
-                .expect("resolved")
-                .clone();
-        assert_eq!(expired.map(|(r, _)| r), Some(Resolution::Expired));
+        let (expired, _) = tokio::time::timeout(Duration::from_secs(5), &mut soon.done)
+            .await
+            .expect("expired in time")
+            .expect("resolved");
+        assert_eq!(expired, Resolution::Expired);
         assert!(
-            late.done.borrow().is_none(),
+            matches!(
+                late.done.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ),
             "the later call is still pending"
         );
         assert_eq!(lock(&q.expiries).due.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_continuation_runs_once_when_its_call_is_resolved_whenever_it_was_registered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path()).await;
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let note = |ran: &Arc<Mutex<Vec<(String, Resolution)>>>| {
+            let ran = ran.clone();
+            move |(r, rec): Resolved| lock(&ran).push((rec.id.clone(), r))
+        };
+        let ids = |calls: &[&Waiting]| -> Vec<String> {
+            calls.iter().map(|w| w.record.id.clone()).collect()
+        };
+        let before = q.hold(sample_call(1)).await.expect("held");
+        let after = q.hold(sample_call(2)).await.expect("held");
+        let (before_id, after_id) = (before.record.id.clone(), after.record.id.clone());
+        let target = Target::Ids {
+            ids: ids(&[&before, &after]),
+        };
+        // Registered while pending: runs at the decision, not before.
+        q.then(before, note(&ran));
+        assert!(lock(&ran).is_empty());
+        let out = q
+            .decide(&who("alice"), &target, Verdict::Reject, Some("no"))
+            .await;
+        assert!(out.iter().all(|r| r.ok), "{out:?}");
+        // Registered after the decision: runs at once with the answer that was waiting.
+        q.then(after, note(&ran));
+        // Already approved (a call policy allowed, run as a task): at once too.
+        let allowed = sample_call(3);
+        let allowed_id = allowed.id.clone();
+        q.then(Waiting::approved(allowed), note(&ran));
+        let rejected = || Resolution::Rejected {
+            by: "alice".into(),
+            reason: Some("no".into()),
+        };
+        assert_eq!(
+            *lock(&ran),
+            vec![
+                (before_id, rejected()),
+                (after_id, rejected()),
+                (allowed_id, Resolution::Approved)
+            ]
+        );
     }
 }
