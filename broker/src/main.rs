@@ -23,6 +23,8 @@ mod sse;
 mod store;
 mod tasks;
 mod tokens;
+#[allow(unsafe_code)]
+mod trim;
 mod upstream;
 
 use std::io::Read;

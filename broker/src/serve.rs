@@ -91,6 +91,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         temp,
     );
     let feeds = Arc::new(Feeds::default());
+    crate::trim::start(crate::trim::EVERY);
     let registry = Arc::new(Registry::new(&config.broker.data_dir));
     let annotations = Arc::new(Annotations::default());
     let mut upstreams = HashMap::new();
