@@ -165,15 +165,19 @@ pub fn peers() -> Result<Peers> {
 
 /// Build the release broker and return its path.
 pub fn build_broker() -> Result<PathBuf> {
+    // CI's smoke run uses the dev build it already has (`TOLLGATE_BENCH_PROFILE=dev`), which
+    // saves a second compile of the workspace; figures only mean something from release.
+    let profile = std::env::var("TOLLGATE_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "tollgate-broker"])
+        .args(["build", "--quiet", "--profile", &profile, "-p", "tollgate-broker"])
         .current_dir(root())
         .status()?;
     if !status.success() {
         bail!("building tollgate-broker failed");
     }
-    Ok(root().join("target/release/tollgate-broker"))
+    let dir = if profile == "dev" { "debug" } else { &profile };
+    Ok(root().join("target").join(dir).join("tollgate-broker"))
 }
 
 /// Start a broker on loopback with `data_dir` in `dir`; `rest` is the config after the
