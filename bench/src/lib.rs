@@ -170,7 +170,14 @@ pub fn build_broker() -> Result<PathBuf> {
     let profile = std::env::var("TOLLGATE_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--profile", &profile, "-p", "tollgate-broker"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            &profile,
+            "-p",
+            "tollgate-broker",
+        ])
         .current_dir(root())
         .status()?;
     if !status.success() {
