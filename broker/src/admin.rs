@@ -252,7 +252,8 @@ fn scratch_dir(dir: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
 ///
 /// Measures, in a scratch directory on the disk of `dir`: single-record `fdatasync`s per
 /// second (what each hold would cost without group commit), then `records` calls held at once
-/// through the real queue, store and journal (no HTTP), reporting holds per second.
+/// through the real queue, store and journal (no HTTP), reporting holds per second, and one
+/// decision rejecting them all until every waiter has its answer.
 pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
     let scratch = scratch_dir(dir, "tollgate-check-disk-")?;
     let syncs = {
@@ -270,7 +271,7 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let elapsed = runtime.block_on(async {
+    let (elapsed, reject) = runtime.block_on(async {
         let backend = std::sync::Arc::new(SledBackend::open(&scratch.path().join("store"))?);
         let recorder = store::Recorder::start(backend.clone())?;
         let queue = crate::queue::Queue::new(recorder, Duration::from_secs(60));
@@ -278,20 +279,41 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
         let holds: Vec<_> = (0..records)
             .map(|i| {
                 let q = queue.clone();
-                tokio::spawn(async move { q.hold(crate::queue::sample_call(i)).await.map(|_| ()) })
+                tokio::spawn(async move { q.hold(crate::queue::sample_call(i)).await })
             })
             .collect();
+        let mut waiting = Vec::with_capacity(records);
         for h in holds {
-            h.await?.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            waiting.push(h.await?.map_err(|e| anyhow::anyhow!(e.to_string()))?);
         }
         let elapsed = start.elapsed();
-        anyhow::Ok(elapsed)
+        let start = std::time::Instant::now();
+        let ids = waiting.iter().map(|w| w.record.id.clone()).collect();
+        let who = crate::queue::rules::Identity {
+            name: "check-disk".into(),
+            role: tollgate_shared::console::Role::Admin,
+            servers: None,
+        };
+        let target = tollgate_shared::console::Target::Ids { ids };
+        let results = queue
+            .decide(&who, &target, tollgate_shared::Verdict::Reject, None)
+            .await;
+        anyhow::ensure!(
+            results.iter().all(|r| r.ok),
+            "the bulk rejection failed: {:?}",
+            results.iter().find(|r| !r.ok)
+        );
+        for w in waiting {
+            w.done.await?;
+        }
+        anyhow::Ok((elapsed, start.elapsed()))
     })?;
     let holds = records as f64 / elapsed.as_secs_f64();
+    let reject_ms = reject.as_secs_f64() * 1e3;
     if json {
         println!(
             "{}",
-            serde_json::json!({"fdatasyncs_per_s": syncs, "holds": records, "holds_per_s": holds})
+            serde_json::json!({"fdatasyncs_per_s": syncs, "holds": records, "holds_per_s": holds, "reject_all_ms": reject_ms})
         );
     } else {
         println!("disk under {}:", dir.display());
@@ -299,6 +321,9 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
         println!(
             "  durable holds per second ({records} at once, group commit): {holds:.0} ({:.1}x)",
             holds / syncs
+        );
+        println!(
+            "  one decision rejecting all {records}, until every waiter knows: {reject_ms:.1} ms"
         );
     }
     Ok(())
