@@ -69,6 +69,7 @@ fn call(n: usize) -> CallRecord {
             quorum: 1,
             approvers: vec![],
             progress_token: None,
+            meta: None,
             retried_ms: None,
             secrets_withheld: false,
         }),

@@ -602,6 +602,7 @@ impl Gateway {
             quorum: verdict.hold.quorum.max(1),
             approvers: verdict.hold.approvers.clone(),
             progress_token: request.pointer("/params/_meta/progressToken").cloned(),
+            meta: request.pointer("/params/_meta").cloned(),
             retried_ms: None,
             secrets_withheld,
         });

@@ -49,6 +49,7 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
             quorum: 1,
             approvers: vec![],
             progress_token: None,
+            meta: None,
             retried_ms: None,
             secrets_withheld: false,
         }),

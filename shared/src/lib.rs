@@ -229,6 +229,11 @@ pub struct Hold {
     /// The client's `progressToken`, so keep-alive progress can be sent (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_token: Option<serde_json::Value>,
+    /// The request's `params._meta` as the client sent it (revision, client capabilities,
+    /// progress token), so a call recovered after a restart is forwarded as it was made:
+    /// stateless revisions (2026-07-28) require their envelope on every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
     /// Retry mode: when the approved call was repeated and let through (it runs only once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_ms: Option<u64>,
@@ -298,6 +303,7 @@ mod tests {
                 quorum: 2,
                 approvers: vec!["role:dba".into()],
                 progress_token: Some(serde_json::json!("p")),
+                meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
             }),

@@ -6,11 +6,12 @@ approval, a refusal as a completed task with isError, and cancellation."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import httpx2 as httpx
 
-from conftest import everything_stdio_command, py_stdio_command, run_ts, toml_list
+from conftest import everything_stdio_command, free_port, py_stdio_command, run_ts, toml_list
 
 TASKS_EXT = "io.modelcontextprotocol/tasks"
 DISPOSITION = "io.modelcontextprotocol/tool-approval-disposition"
@@ -155,3 +156,50 @@ def test_tasks_extension_client_polls_tasks_get_for_result_refusal_and_cancel(br
     stranger = b.token("mallory", "viewer")
     other = rpc(url, stranger, 99, "tasks/get", {"taskId": ok["taskId"]})
     assert "another client" in other["error"]["message"]
+
+
+def poll_until_done(url: str, token: str, i: int, task_id: str) -> dict:
+    for n in range(200):
+        done = rpc(url, token, i + n, "tasks/get", {"taskId": task_id})["result"]
+        if done["status"] != "working":
+            return done
+    raise AssertionError(f"task {task_id} still working: {done}")
+
+
+def test_pending_tasks_survive_kill_9_and_end_with_their_decisions(broker):
+    """A pending task has no connection and, while it waits, no task of its own in the broker:
+    after kill -9 it is recovered from the store, decided, and its client polls the result."""
+    port = free_port()
+    b = broker(config("py", py_stdio_command()), listen=f"127.0.0.1:{port}")
+    agent = b.token("agent", "viewer")
+    alice_token = b.token("alice", "approver")
+    alice = b.connect(alice_token)
+    ids = {}
+    for i, msg in ((10, "approved after the crash"), (11, "rejected after the crash")):
+        created = rpc(b.url("py"), agent, i, "tools/call", {"name": "echo", "arguments": {"message": msg}}, "echo")["result"]
+        assert created["status"] == "working", created
+        assert alice.pending()["id"] == created["taskId"]
+        ids[msg] = created["taskId"]
+    b.proc.stop(signal.SIGKILL)
+
+    b2 = broker(config("py", py_stdio_command()), name="restarted", data_name="broker", listen=f"127.0.0.1:{port}")
+    alice2 = b2.connect(alice_token)
+    assert {c["id"] for c in alice2.snapshot["pending"]} == set(ids.values())
+    ok_id, no_id = ids["approved after the crash"], ids["rejected after the crash"]
+    waiting = rpc(b2.url("py"), agent, 20, "tasks/get", {"taskId": ok_id})["result"]
+    assert waiting["status"] == "working" and "Waiting for approval by alice" in waiting["statusMessage"], waiting
+    assert alice2.decide(ok_id, "approve")[0]["ok"]
+    assert alice2.decide(no_id, "reject", "too late")[0]["ok"]
+
+    ok = poll_until_done(b2.url("py"), agent, 100, ok_id)
+    assert ok["status"] == "completed" and ok["result"]["content"][0]["text"].endswith("approved after the crash"), ok
+    assert ok["result"]["_meta"][DISPOSITION] == "approved-executed"
+    no = poll_until_done(b2.url("py"), agent, 400, no_id)
+    assert no["status"] == "completed" and no["result"]["isError"] is True, no
+    assert no["result"]["content"][0]["text"].startswith("Rejected by alice: too late")
+
+    by_call = {}
+    for e in b2.audit():
+        by_call.setdefault(e["call_id"], []).append(e["outcome"])
+    assert by_call[ok_id] == ["pending", "approved"]
+    assert by_call[no_id] == ["pending", "rejected"]

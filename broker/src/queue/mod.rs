@@ -859,6 +859,7 @@ pub fn sample_call(n: usize) -> CallRecord {
             quorum: 1,
             approvers: Vec::new(),
             progress_token: None,
+            meta: None,
             retried_ms: None,
             secrets_withheld: false,
         }),

@@ -203,6 +203,7 @@ mod tests {
                 quorum,
                 approvers: approvers.iter().map(|s| s.to_string()).collect(),
                 progress_token: None,
+                meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
             }),

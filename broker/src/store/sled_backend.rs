@@ -512,6 +512,7 @@ mod tests {
                 quorum: 1,
                 approvers: vec![],
                 progress_token: None,
+                meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
             }),
