@@ -12,8 +12,10 @@
 //! every group still queued, then flushes and syncs sled, and only then empties the journal.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
@@ -40,10 +42,57 @@ enum Job {
     Checkpoint(Option<SyncSender<Result<(), String>>>),
 }
 
+/// The most mutations committed but not yet applied to sled (a held call's hold is two: its
+/// record and its audit entry). When sled falls behind, commits wait for it (and through the
+/// recorder's bounded channel, so do callers) instead of the backlog growing in memory.
+const BACKLOG_MAX: usize = 65_536;
+
+/// Mutations handed to the applier and not yet in sled.
+#[derive(Default)]
+struct Backlog {
+    queued: Mutex<usize>,
+    room: Condvar,
+    /// The applier thread has ended: nobody will make room.
+    stopped: AtomicBool,
+}
+
+impl Backlog {
+    /// Wait until `n` more mutations fit (a group larger than the bound goes alone), then count
+    /// them. False when the applier has stopped.
+    fn reserve(&self, n: usize) -> bool {
+        let mut queued = lock(&self.queued);
+        while *queued > 0 && *queued + n > BACKLOG_MAX {
+            if self.stopped.load(Ordering::Acquire) {
+                return false;
+            }
+            queued = self
+                .room
+                .wait_timeout(queued, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *queued += n;
+        true
+    }
+
+    /// `n` mutations are in sled (or will never be).
+    fn applied(&self, n: usize) {
+        let mut queued = lock(&self.queued);
+        *queued = queued.saturating_sub(n);
+        self.room.notify_all();
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.room.notify_all();
+    }
+}
+
 /// The sled store: trees, the journal in front of them and the applier thread behind it.
 pub struct SledBackend {
     t: Arc<Trees>,
     journal: Arc<Mutex<Journal>>,
+    backlog: Arc<Backlog>,
     applier: Mutex<Option<(Sender<Job>, std::thread::JoinHandle<()>)>>,
 }
 
@@ -129,14 +178,19 @@ impl SledBackend {
         }
         let journal = Arc::new(Mutex::new(journal));
         let (tx, rx) = std::sync::mpsc::channel();
-        let (at, aj) = (t.clone(), journal.clone());
+        let backlog = Arc::new(Backlog::default());
+        let (at, aj, ab) = (t.clone(), journal.clone(), backlog.clone());
         let handle = std::thread::Builder::new()
             .name("store-applier".into())
-            .spawn(move || apply_loop(&at, &aj, &rx))
+            .spawn(move || {
+                apply_loop(&at, &aj, &ab, &rx);
+                ab.stop();
+            })
             .context("cannot start the store's applier thread")?;
         Ok(SledBackend {
             t,
             journal,
+            backlog,
             applier: Mutex::new(Some((tx, handle))),
         })
     }
@@ -161,7 +215,7 @@ impl SledBackend {
 }
 
 /// The applier thread: copy committed groups into sled, in commit order.
-fn apply_loop(t: &Trees, journal: &Mutex<Journal>, rx: &Receiver<Job>) {
+fn apply_loop(t: &Trees, journal: &Mutex<Journal>, backlog: &Backlog, rx: &Receiver<Job>) {
     // After a failed apply the journal is kept until the next start replays it.
     let mut failed = false;
     let apply = |batch: &[Mutation], failed: &mut bool| {
@@ -169,6 +223,7 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, rx: &Receiver<Job>) {
             tracing::error!(error = %e, "cannot apply a committed group to sled; it stays in the journal and is replayed at the next start");
             *failed = true;
         }
+        backlog.applied(batch.len());
     };
     while let Ok(job) = rx.recv() {
         match job {
@@ -384,10 +439,20 @@ impl Trees {
 impl Backend for SledBackend {
     fn commit(&self, batch: Vec<Mutation>) -> anyhow::Result<()> {
         let json = serde_json::to_vec(&batch)?;
+        // Outside the journal's lock: a checkpoint on the applier takes it.
+        if !self.backlog.reserve(batch.len()) {
+            anyhow::bail!("the store's applier thread has stopped");
+        }
+        let n = batch.len();
         let mut journal = lock(&self.journal);
-        journal.append(&[json])?;
         // Queued under the journal's lock, so a checkpoint sees every journaled group.
-        self.send(Job::Apply(batch))?;
+        let queued = journal
+            .append(&[json])
+            .and_then(|()| self.send(Job::Apply(batch)));
+        if let Err(e) = queued {
+            self.backlog.applied(n);
+            return Err(e);
+        }
         if journal.len() > CHECKPOINT_BYTES {
             self.send(Job::Checkpoint(None))?;
         }
@@ -481,6 +546,32 @@ impl Drop for SledBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commits_wait_while_the_applier_is_a_full_backlog_behind() {
+        let b = Arc::new(Backlog::default());
+        assert!(b.reserve(BACKLOG_MAX));
+        let waiter = |n: usize| {
+            let (b, (tx, rx)) = (b.clone(), std::sync::mpsc::channel());
+            std::thread::spawn(move || tx.send(b.reserve(n)));
+            rx
+        };
+        let next = waiter(10);
+        assert!(
+            next.recv_timeout(Duration::from_millis(300)).is_err(),
+            "waits while the backlog is full"
+        );
+        b.applied(100);
+        assert_eq!(next.recv_timeout(Duration::from_secs(5)), Ok(true));
+        // A group larger than the bound is let through alone once the backlog is empty.
+        b.applied(BACKLOG_MAX);
+        assert!(b.reserve(BACKLOG_MAX * 2));
+        // Nobody makes room once the applier has stopped: the commit fails instead of hanging.
+        let stuck = waiter(1);
+        assert!(stuck.recv_timeout(Duration::from_millis(300)).is_err());
+        b.stop();
+        assert_eq!(stuck.recv_timeout(Duration::from_secs(5)), Ok(false));
+    }
     use crate::store::{Recorder, verify};
     use std::sync::Arc;
     use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
