@@ -51,8 +51,16 @@ pub struct Feed {
     pub id: String,
     /// The client that made the call (only it may resume).
     pub client: String,
-    /// The call as it was held.
-    pub record: Arc<CallRecord>,
+    /// The call's server.
+    pub server: String,
+    /// The call's tool.
+    pub tool: String,
+    /// When the call arrived (ms since the epoch).
+    pub received_ms: u64,
+    /// When it expires unless decided (ms since the epoch; 0 for a call never held). A
+    /// finished feed is kept a while for late clients, so it keeps these few fields, not the
+    /// record.
+    pub expires_ms: u64,
     /// Set when the client waits by polling a task rather than on its request.
     pub task: Option<crate::tasks::Flavor>,
     modern: bool,
@@ -101,7 +109,7 @@ impl Feed {
         FeedStatus {
             last: st.done.then(|| st.events.last().cloned()).flatten(),
             end: st.end.clone(),
-            updated_ms: st.updated_ms.max(self.record.timings.received_ms),
+            updated_ms: st.updated_ms.max(self.received_ms),
         }
     }
 
@@ -270,11 +278,14 @@ pub struct Drive {
 pub fn start(mut d: Drive) -> Arc<Feed> {
     let upstream = &d.upstream;
     d.inbound.park(|name| upstream.forwards_header(name));
-    let record = d.waiting.record.clone();
+    let record = &d.waiting.record;
     let feed = Arc::new(Feed {
         id: record.id.clone(),
         client: record.client.clone(),
-        record,
+        server: record.server.clone(),
+        tool: record.tool.clone(),
+        received_ms: record.timings.received_ms,
+        expires_ms: record.hold.as_ref().map_or(0, |h| h.expires_ms),
         task: d.task,
         modern: d.inbound.modern && d.task.is_none(),
         st: Mutex::new(FeedState::default()),
@@ -421,13 +432,12 @@ impl After {
             token,
             progress,
         } = self;
-        let record = &feed.record;
-        let id = record.request_id.clone();
+        let id = done.request_id.clone();
         feed.resolved(resolution.clone());
         if resolution != Resolution::Approved {
-            let text = refusal_text(record, &resolution);
+            let text = refusal_text(&done, &resolution);
             feed.finish_with(&jsonrpc::tool_error(id, &text, inbound.modern));
-            feeds.remove_later(record.id.clone());
+            feeds.remove_later(feed.id.clone());
             return;
         }
         // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
@@ -444,7 +454,7 @@ impl After {
             feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
             done.error = Some(why);
             queue.recorder().put(done).await;
-            feeds.remove_later(record.id.clone());
+            feeds.remove_later(feed.id.clone());
             return;
         }
         if task.is_some() {
@@ -473,7 +483,7 @@ impl After {
         done.timings.completed_ms = Some(now_ms());
         done.error = error;
         queue.recorder().put(done).await;
-        feeds.remove_later(record.id.clone());
+        feeds.remove_later(feed.id.clone());
     }
 }
 
@@ -731,16 +741,13 @@ mod tests {
     }
 
     fn feed(id: &str) -> Arc<Feed> {
-        let record: CallRecord = serde_json::from_value(json!({
-            "id": id, "outcome": "pending", "rule": {"index": 1, "name": "r"}, "client": "c",
-            "server": "db", "tool": "drop", "request_id": 1, "arguments": {},
-            "timings": {"received_ms": 0, "decided_ms": 0}
-        }))
-        .expect("record");
         Arc::new(Feed {
             id: id.into(),
             client: "c".into(),
-            record: Arc::new(record),
+            server: "db".into(),
+            tool: "drop".into(),
+            received_ms: 0,
+            expires_ms: 0,
             task: None,
             modern: false,
             st: Mutex::new(FeedState::default()),

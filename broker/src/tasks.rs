@@ -126,7 +126,7 @@ fn view(feed: &Feed, queue: &Queue) -> View {
                 Some(rec) => waiting_message(&rec),
                 None => format!(
                     "Approved; running {}/{} on the upstream",
-                    feed.record.server, feed.record.tool
+                    feed.server, feed.tool
                 ),
             };
             View {
@@ -185,9 +185,8 @@ fn view(feed: &Feed, queue: &Queue) -> View {
     }
 }
 
-fn ttl_ms(record: &CallRecord) -> u64 {
-    let expires = record.hold.as_ref().map_or(0, |h| h.expires_ms);
-    expires.saturating_sub(record.timings.received_ms) + 300_000
+fn ttl_ms(feed: &Feed) -> u64 {
+    feed.expires_ms.saturating_sub(feed.received_ms) + 300_000
 }
 
 fn task_object(feed: &Feed, v: &View, flavor: Flavor) -> Value {
@@ -195,16 +194,16 @@ fn task_object(feed: &Feed, v: &View, flavor: Flavor) -> Value {
         "taskId": feed.id,
         "status": v.status,
         "statusMessage": v.message,
-        "createdAt": rfc3339(feed.record.timings.received_ms),
+        "createdAt": rfc3339(feed.received_ms),
         "lastUpdatedAt": rfc3339(v.updated_ms),
     });
     match flavor {
         Flavor::Legacy => {
-            t["ttl"] = json!(ttl_ms(&feed.record));
+            t["ttl"] = json!(ttl_ms(feed));
             t["pollInterval"] = json!(POLL_MS);
         }
         Flavor::Extension => {
-            t["ttlMs"] = json!(ttl_ms(&feed.record));
+            t["ttlMs"] = json!(ttl_ms(feed));
             t["pollIntervalMs"] = json!(POLL_MS);
         }
     }
@@ -218,11 +217,11 @@ pub fn created(feed: &Feed, queue: &Queue, request_id: Value) -> Value {
     let immediate = match queue.get(&feed.id) {
         Some(_) => format!(
             "This call to {}/{} is waiting for human approval (task {}). Continue with other work and check the task later.",
-            feed.record.server, feed.record.tool, feed.id
+            feed.server, feed.tool, feed.id
         ),
         None => format!(
             "This call to {}/{} is running as task {}.",
-            feed.record.server, feed.record.tool, feed.id
+            feed.server, feed.tool, feed.id
         ),
     };
     let result = match flavor {
