@@ -90,6 +90,21 @@ impl Console {
         self.ws.send(Message::text(v.to_string())).await?;
         Ok(())
     }
+
+    /// Reject every pending call with `fingerprint` in one decision; the time until the broker
+    /// answered (the decision saved), after checking it decided `expected` calls.
+    async fn reject_all(&mut self, fingerprint: &str, expected: usize) -> Result<Duration> {
+        let start = Instant::now();
+        self.send(json!({"type":"decide","target":{"by":"fingerprint","fingerprint":fingerprint},"verdict":"reject","reason":"runaway loop"}))
+            .await?;
+        let answered = self.expect("decided").await?;
+        let took = start.elapsed();
+        let n = answered["results"].as_array().map_or(0, Vec::len);
+        if n != expected {
+            bail!("the bulk reject decided {n} calls, expected {expected}");
+        }
+        Ok(took)
+    }
 }
 
 /// The many-pending-tasks phase.
@@ -232,27 +247,24 @@ fn main() -> Result<()> {
         let mut clients = Vec::with_capacity(holds);
         for i in 0..holds {
             let a = agent.clone();
-            clients.push(tokio::spawn(async move { a.echo(10 + i as u64, "hold loop").await }));
+            clients.push(tokio::spawn(async move {
+                a.echo(10 + i as u64, "hold loop").await
+            }));
         }
         let mut fingerprint = String::new();
         for _ in 0..holds {
             let m = console.expect("call_pending").await?;
-            fingerprint = m["call"]["fingerprint"].as_str().unwrap_or_default().to_string();
+            fingerprint = m["call"]["fingerprint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
         }
         let hold_time = start.elapsed();
         let held_rss = rss_mib(pid).unwrap_or(0.0);
 
         // Bulk reject by fingerprint; done when every client has its answer.
         let start = Instant::now();
-        console
-            .send(json!({"type":"decide","target":{"by":"fingerprint","fingerprint":fingerprint},"verdict":"reject","reason":"runaway loop"}))
-            .await?;
-        let answered = console.expect("decided").await?;
-        let saved_time = start.elapsed();
-        let n = answered["results"].as_array().map_or(0, Vec::len);
-        if n != holds {
-            bail!("the bulk reject decided {n} calls, expected {holds}");
-        }
+        let saved_time = console.reject_all(&fingerprint, holds).await?;
         for c in clients {
             let body = c.await??;
             if !body.contains("Rejected by alice") {
@@ -271,8 +283,14 @@ fn main() -> Result<()> {
                 bail!("unexpected allowed answer: {body}");
             }
             let a = agent.clone();
-            let call = tokio::spawn(async move { a.echo(2_000_000 + r as u64, &format!("hold {r}")).await });
-            let id = console.expect("call_pending").await?["call"]["id"].as_str().unwrap_or_default().to_string();
+            let call =
+                tokio::spawn(
+                    async move { a.echo(2_000_000 + r as u64, &format!("hold {r}")).await },
+                );
+            let id = console.expect("call_pending").await?["call"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let t = Instant::now();
             console
                 .send(json!({"type":"decide","target":{"by":"ids","ids":[id]},"verdict":"approve"}))
@@ -318,17 +336,11 @@ fn main() -> Result<()> {
         if listed != tasks {
             bail!("the snapshot lists {listed} pending calls, expected {tasks}");
         }
-        let fingerprint = snapshot["pending"][0]["fingerprint"].as_str().unwrap_or_default().to_string();
-        let start = Instant::now();
-        console
-            .send(json!({"type":"decide","target":{"by":"fingerprint","fingerprint":fingerprint},"verdict":"reject","reason":"runaway loop"}))
-            .await?;
-        let decided_all = console.expect("decided").await?;
-        let task_reject_time = start.elapsed();
-        let n = decided_all["results"].as_array().map_or(0, Vec::len);
-        if n != tasks {
-            bail!("the bulk reject decided {n} calls, expected {tasks}");
-        }
+        let fingerprint = snapshot["pending"][0]["fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let task_reject_time = console.reject_all(&fingerprint, tasks).await?;
         let after_rss = rss_mib(pid).unwrap_or(0.0);
         let many = Many {
             time: task_time,
@@ -338,7 +350,15 @@ fn main() -> Result<()> {
             reject: task_reject_time,
             after_rss,
         };
-        anyhow::Ok((hold_time, (saved_time, reject_time), decided, allowed, idle_rss, held_rss, many))
+        anyhow::Ok((
+            hold_time,
+            (saved_time, reject_time),
+            decided,
+            allowed,
+            idle_rss,
+            held_rss,
+            many,
+        ))
     })?;
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
