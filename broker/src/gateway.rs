@@ -601,8 +601,11 @@ impl Gateway {
             expires_ms: now_ms() + expiry.as_millis() as u64,
             quorum: verdict.hold.quorum.max(1),
             approvers: verdict.hold.approvers.clone(),
-            progress_token: request.pointer("/params/_meta/progressToken").cloned(),
-            meta: request.pointer("/params/_meta").cloned(),
+            progress_token: request
+                .pointer("/params/_meta/progressToken")
+                .cloned()
+                .map(Box::new),
+            meta: request.pointer("/params/_meta").cloned().map(Box::new),
             retried_ms: None,
             secrets_withheld,
         });

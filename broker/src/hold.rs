@@ -31,7 +31,7 @@ use crate::gateway::now_ms;
 use crate::jsonrpc::{self, Kind};
 use crate::queue::{Queue, Resolution, Waiting};
 use crate::sse;
-use crate::upstream::Inbound;
+use crate::upstream::{Inbound, Parked};
 
 /// How long a finished feed stays available for a client that resumes late.
 const RETAIN: Duration = Duration::from_secs(300);
@@ -275,10 +275,19 @@ pub struct Drive {
 /// a restart's grace period all need watching). A task-augmented call needs nothing until it
 /// is resolved, so it gets no task while it waits: the queue runs its continuation when it is
 /// decided (a sleeping task per call was most of what 100 000 pending tasks cost).
-pub fn start(mut d: Drive) -> Arc<Feed> {
-    let upstream = &d.upstream;
-    d.inbound.park(|name| upstream.forwards_header(name));
-    let record = &d.waiting.record;
+pub fn start(d: Drive) -> Arc<Feed> {
+    let Drive {
+        queue,
+        feeds,
+        waiting,
+        inbound,
+        upstream,
+        keepalive,
+        grace,
+        task,
+    } = d;
+    let inbound = inbound.park(|name| upstream.forwards_header(name));
+    let record = &waiting.record;
     let feed = Arc::new(Feed {
         id: record.id.clone(),
         client: record.client.clone(),
@@ -286,33 +295,42 @@ pub fn start(mut d: Drive) -> Arc<Feed> {
         tool: record.tool.clone(),
         received_ms: record.timings.received_ms,
         expires_ms: record.hold.as_ref().map_or(0, |h| h.expires_ms),
-        task: d.task,
-        modern: d.inbound.modern && d.task.is_none(),
+        task,
+        modern: inbound.modern && task.is_none(),
         st: Mutex::new(FeedState::default()),
         changed: Notify::new(),
         deserted: Notify::new(),
     });
-    d.feeds.insert(feed.clone());
-    // A priming event (empty data, with an id) lets a client whose stream drops before anything
-    // else arrives resume with Last-Event-ID; SDKs skip empty events.
-    feed.push(Bytes::new(), false);
-    if d.task.is_some() && d.grace.is_none() {
-        let (queue, waiting) = (d.queue.clone(), d.waiting);
+    feeds.insert(feed.clone());
+    if task.is_some() && grace.is_none() {
+        // Nobody streams a task's feed (its client polls), so it needs no priming event.
+        let f = feed.clone();
         let rest = After {
-            queue: d.queue,
-            feeds: d.feeds,
-            inbound: d.inbound,
-            upstream: d.upstream,
-            task: d.task,
+            queue: queue.clone(),
+            feeds,
+            inbound,
+            upstream,
+            task,
             token: None,
             progress: 0,
         };
-        let f = feed.clone();
         queue.then(waiting, move |(resolution, done)| {
             tokio::spawn(rest.finish(f, resolution, done));
         });
     } else {
-        tokio::spawn(run(d, feed.clone()));
+        // A priming event (empty data, with an id) lets a client whose stream drops before
+        // anything else arrives resume with Last-Event-ID; SDKs skip empty events.
+        feed.push(Bytes::new(), false);
+        let rest = After {
+            queue,
+            feeds,
+            inbound,
+            upstream,
+            task,
+            token: None,
+            progress: 0,
+        };
+        tokio::spawn(run(rest, waiting, keepalive, grace, feed.clone()));
     }
     feed
 }
@@ -338,23 +356,20 @@ pub fn refusal_text(record: &CallRecord, r: &Resolution) -> String {
     }
 }
 
-async fn run(d: Drive, feed: Arc<Feed>) {
-    let Drive {
-        queue,
-        feeds,
-        mut waiting,
-        inbound,
-        upstream,
-        keepalive,
-        grace,
-        task,
-    } = d;
+async fn run(
+    mut rest: After,
+    mut waiting: Waiting,
+    keepalive: Duration,
+    grace: Option<Duration>,
+    feed: Arc<Feed>,
+) {
     let record = waiting.record.clone();
+    let queue = rest.queue.clone();
     let token = record
         .hold
         .as_ref()
         .and_then(|h| h.progress_token.clone())
-        .filter(|_| task.is_none());
+        .filter(|_| rest.task.is_none());
     let mut progress = 0u64;
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
@@ -393,15 +408,8 @@ async fn run(d: Drive, feed: Arc<Feed>) {
             }
         }
     };
-    let rest = After {
-        queue,
-        feeds,
-        inbound,
-        upstream,
-        task,
-        token,
-        progress,
-    };
+    rest.token = token;
+    rest.progress = progress;
     // Boxed: the waiting state above is what every held call keeps while it waits, and the
     // forwarding futures would otherwise make it several KiB larger.
     Box::pin(rest.finish(feed, resolution, done)).await;
@@ -411,11 +419,11 @@ async fn run(d: Drive, feed: Arc<Feed>) {
 struct After {
     queue: Arc<Queue>,
     feeds: Arc<Feeds>,
-    inbound: Inbound,
+    inbound: Parked,
     upstream: Upstream,
     task: Option<crate::tasks::Flavor>,
     /// The client's progress token, when keep-alives were sent on it.
-    token: Option<Value>,
+    token: Option<Box<Value>>,
     /// Progress notifications sent so far.
     progress: u64,
 }
@@ -442,21 +450,19 @@ impl After {
         }
         // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
         // relayed; the feed answers the client in the form it asked for.
-        let mut inbound = Inbound {
-            sse: true,
-            ticket: None,
-            ..inbound
-        };
         let mut done = Arc::unwrap_or_clone(done);
-        if let Err(e) = inbound.unpark() {
-            // Cannot happen: the body was parsed when the call arrived.
-            let why = format!("the held request could not be read back: {e}");
-            feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
-            done.error = Some(why);
-            queue.recorder().put(done).await;
-            feeds.remove_later(feed.id.clone());
-            return;
-        }
+        let mut inbound = match inbound.unpark() {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                // Cannot happen: the body was parsed when the call arrived.
+                let why = format!("the held request could not be read back: {e}");
+                feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
+                done.error = Some(why);
+                queue.recorder().put(done).await;
+                feeds.remove_later(feed.id.clone());
+                return;
+            }
+        };
         if task.is_some() {
             // The broker is the task receiver: the upstream gets a plain call.
             if let Some(params) = inbound
@@ -470,7 +476,7 @@ impl After {
         }
         let forwarded = async {
             let response = upstream.post(inbound).await;
-            relay(response, &feed, token.as_ref(), progress + 1, &id).await
+            relay(response, &feed, token.as_deref(), progress + 1, &id).await
         };
         let error = if feed.modern {
             tokio::select! {
@@ -676,7 +682,7 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
         .is_some_and(jsonrpc::is_modern);
     match record.hold.as_ref().and_then(|h| h.meta.clone()) {
         // The envelope as the client sent it (revision, capabilities, progress token).
-        Some(meta) => params["_meta"] = meta,
+        Some(meta) => params["_meta"] = *meta,
         // Stored before envelopes were kept: the parts the record has.
         None => {
             if let Some(tok) = record.hold.as_ref().and_then(|h| h.progress_token.clone()) {

@@ -214,7 +214,8 @@ pub enum HoldMode {
     Retry,
 }
 
-/// The waiting terms of a held call.
+/// The waiting terms of a held call. The two JSON values are boxed: most calls have neither,
+/// and every pending call keeps its record in the broker's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// How the client waits.
@@ -228,12 +229,12 @@ pub struct Hold {
     pub approvers: Vec<String>,
     /// The client's `progressToken`, so keep-alive progress can be sent (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress_token: Option<serde_json::Value>,
+    pub progress_token: Option<Box<serde_json::Value>>,
     /// The request's `params._meta` as the client sent it (revision, client capabilities,
     /// progress token), so a call recovered after a restart is forwarded as it was made:
     /// stateless revisions (2026-07-28) require their envelope on every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<serde_json::Value>,
+    pub meta: Option<Box<serde_json::Value>>,
     /// Retry mode: when the approved call was repeated and let through (it runs only once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_ms: Option<u64>,
@@ -302,7 +303,7 @@ mod tests {
                 expires_ms: 9,
                 quorum: 2,
                 approvers: vec!["role:dba".into()],
-                progress_token: Some(serde_json::json!("p")),
+                progress_token: Some(Box::new(serde_json::json!("p"))),
                 meta: None,
                 retried_ms: None,
                 secrets_withheld: false,

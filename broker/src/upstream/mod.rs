@@ -42,35 +42,60 @@ impl Inbound {
     /// Make a request that is about to wait for a person small. The body and header values
     /// are slices of the connection's read buffer, which they would keep alive whole (about
     /// 8 KiB per held call, more than everything else a pending call needs), so they are
-    /// copied out: the body into its own allocation, the headers the upstream will be sent
-    /// (`keep`) into one more, the rest dropped. The parsed message is dropped and read again
-    /// by [`Inbound::unpark`].
-    pub fn park(&mut self, keep: impl Fn(&HeaderName) -> bool) {
-        self.raw = Bytes::copy_from_slice(&self.raw);
+    /// copied out: the body into its own allocation, the values of the headers the upstream
+    /// will be sent (`keep`) into one more, the rest dropped. The parsed message is dropped
+    /// too and read again by [`Parked::unpark`].
+    pub fn park(self, keep: impl Fn(&HeaderName) -> bool) -> Parked {
         let kept: Vec<_> = self.headers.iter().filter(|(n, _)| keep(n)).collect();
         let mut values = BytesMut::with_capacity(kept.iter().map(|(_, v)| v.len()).sum());
         for (_, v) in &kept {
             values.extend_from_slice(v.as_bytes());
         }
         let mut values = values.freeze();
-        let mut headers = HeaderMap::with_capacity(kept.len());
+        let mut headers = Vec::with_capacity(kept.len());
         for (name, v) in kept {
             let bytes = values.split_to(v.len());
             if let Ok(mut copy) = HeaderValue::from_maybe_shared(bytes) {
                 copy.set_sensitive(v.is_sensitive());
-                headers.append(name.clone(), copy);
+                headers.push((name.clone(), copy));
             }
         }
-        self.headers = headers;
-        self.value = Value::Null;
-    }
-
-    /// Undo [`Inbound::park`] before forwarding.
-    pub fn unpark(&mut self) -> Result<(), serde_json::Error> {
-        if self.value.is_null() {
-            self.value = serde_json::from_slice(&self.raw)?;
+        Parked {
+            raw: Bytes::copy_from_slice(&self.raw),
+            headers: headers.into_boxed_slice(),
+            session: self.session,
+            modern: self.modern,
+            recovered: self.recovered,
         }
-        Ok(())
+    }
+}
+
+/// A held request while it waits: what forwarding it needs, and nothing else (a queue of
+/// 100 000 pending calls keeps 100 000 of these).
+pub struct Parked {
+    raw: Bytes,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    session: Option<String>,
+    /// The message uses a stateless (2026-07-28+) revision.
+    pub modern: bool,
+    recovered: bool,
+}
+
+impl Parked {
+    /// The request again, ready to forward as an SSE request (so upstream progress can be
+    /// relayed, whatever the client accepts).
+    pub fn unpark(self) -> Result<Inbound, serde_json::Error> {
+        Ok(Inbound {
+            value: serde_json::from_slice(&self.raw)?,
+            raw: self.raw,
+            kind: Kind::Request,
+            headers: self.headers.into_vec().into_iter().collect(),
+            session: self.session,
+            sse: true,
+            modern: self.modern,
+            ticket: None,
+            recovered: self.recovered,
+        })
     }
 }
 
@@ -109,7 +134,7 @@ mod tests {
         headers.insert("x-dropped", HeaderValue::from_static("gone"));
         headers.insert("accept", HeaderValue::from_static("application/json"));
         let value: Value = serde_json::from_slice(&body).expect("json");
-        let mut inbound = Inbound {
+        let inbound = Inbound {
             value: value.clone(),
             raw: body.clone(),
             kind: Kind::Request,
@@ -120,17 +145,22 @@ mod tests {
             ticket: None,
             recovered: false,
         };
-        inbound.park(|n| n != "x-dropped");
+        let parked = inbound.park(|n| n != "x-dropped");
         let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
-        assert!(!inside(inbound.raw.as_ptr()), "the body was copied out");
-        assert_eq!(inbound.raw, body);
-        let session = &inbound.headers["mcp-session-id"];
+        assert!(!inside(parked.raw.as_ptr()), "the body was copied out");
+        assert_eq!(parked.raw, body);
+        let (_, session) = parked
+            .headers
+            .iter()
+            .find(|(n, _)| n == "mcp-session-id")
+            .expect("kept");
         assert!(!inside(session.as_bytes().as_ptr()), "header values too");
-        assert_eq!(session, "sess-1");
+        let inbound = parked.unpark().expect("reads back");
+        assert_eq!(inbound.headers["mcp-session-id"], "sess-1");
         assert_eq!(inbound.headers["accept"], "application/json");
         assert!(!inbound.headers.contains_key("x-dropped"));
-        assert!(inbound.value.is_null());
-        inbound.unpark().expect("reads back");
         assert_eq!(inbound.value, value);
+        assert_eq!(inbound.session.as_deref(), Some("sess-1"));
+        assert!(inbound.sse, "forwarded as an SSE request");
     }
 }
