@@ -174,6 +174,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How many decided calls are written (and answered) together.
 const DECIDE_CHUNK: usize = 4096;
 
+/// A decision resolving this many calls at once asks for free memory to be returned to the
+/// system soon after (see [`crate::trim`]).
+const TRIM_AFTER: usize = 1024;
+
 /// Events buffered per console before it counts as fallen behind.
 pub const EVENT_BUFFER: usize = 4096;
 
@@ -410,6 +414,9 @@ impl Queue {
         // Written in group commits of up to DECIDE_CHUNK calls (100 000 commits in flight at
         // once cost a few KiB each), each chunk's clients woken as soon as it is durable.
         let mut failed = HashMap::new();
+        if changed.len() >= TRIM_AFTER {
+            crate::trim::soon();
+        }
         let mut changed = changed.into_iter().peekable();
         while changed.peek().is_some() {
             let chunk: Vec<_> = changed.by_ref().take(DECIDE_CHUNK).collect();
