@@ -321,6 +321,10 @@ fn main() -> Result<()> {
         }
         let task_time = start.elapsed();
         let tasks_rss = rss_mib(pid).unwrap_or(0.0);
+        if std::env::var_os("TOLLGATE_BENCH_STOP_WITH_TASKS").is_some() {
+            // Profiling what the pending tasks hold: stop the broker while they are pending.
+            bail!("stopped with {tasks} pending tasks ({tasks_rss:.1} MiB), as asked");
+        }
         // A console connecting now gets all of them in its snapshot.
         let start = Instant::now();
         let mut console = Console::connect(&console_url, &alice_token).await?;
