@@ -395,10 +395,22 @@ impl Queue {
                 };
                 match rules::decide(&entry.record, who, verdict, reason, now) {
                     Ok((next, change)) => {
+                        // The answer needs only this much of the new record; holding the
+                        // records themselves until every chunk is written would keep a bulk
+                        // decision's records alive twice over.
+                        let summary = (
+                            next.outcome,
+                            change,
+                            next.hold.as_ref().map_or(1, |h| h.quorum),
+                            next.decisions
+                                .iter()
+                                .filter(|d| d.verdict == Verdict::Approve)
+                                .count(),
+                        );
                         let next = Arc::new(next);
                         let before = std::mem::replace(&mut entry.record, next.clone());
-                        changed.push((before, next.clone(), change));
-                        results.push((id.clone(), Ok((next, change))));
+                        changed.push((before, next, change));
+                        results.push((id.clone(), Ok(summary)));
                     }
                     Err(why) => {
                         let refusal = if entry.record.outcome == Outcome::Pending {
@@ -439,7 +451,7 @@ impl Queue {
         let mut out = Vec::with_capacity(results.len());
         for (id, r) in results {
             out.push(match r {
-                Ok((next, change)) => match failed.remove(&id) {
+                Ok((outcome, change, quorum, approvals)) => match failed.remove(&id) {
                     Some(e) => DecideResult {
                         id,
                         ok: false,
@@ -453,17 +465,11 @@ impl Queue {
                         id,
                         ok: true,
                         refusal: None,
-                        outcome: Some(next.outcome),
+                        outcome: Some(outcome),
                         message: match change {
-                            Change::Final => format!("{} by {}", next.outcome, who.name),
+                            Change::Final => format!("{outcome} by {}", who.name),
                             Change::Counted => {
-                                let quorum = next.hold.as_ref().map_or(1, |h| h.quorum);
-                                let n = next
-                                    .decisions
-                                    .iter()
-                                    .filter(|d| d.verdict == Verdict::Approve)
-                                    .count();
-                                format!("approval {n} of {quorum} counted; still pending")
+                                format!("approval {approvals} of {quorum} counted; still pending")
                             }
                         },
                     },
