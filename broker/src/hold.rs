@@ -302,18 +302,18 @@ pub fn start(d: Drive) -> Arc<Feed> {
         deserted: Notify::new(),
     });
     feeds.insert(feed.clone());
+    let rest = After {
+        queue,
+        feeds,
+        inbound,
+        upstream,
+        task,
+        token: None,
+        progress: 0,
+    };
     if task.is_some() && grace.is_none() {
         // Nobody streams a task's feed (its client polls), so it needs no priming event.
-        let f = feed.clone();
-        let rest = After {
-            queue: queue.clone(),
-            feeds,
-            inbound,
-            upstream,
-            task,
-            token: None,
-            progress: 0,
-        };
+        let (queue, f) = (rest.queue.clone(), feed.clone());
         queue.then(waiting, move |(resolution, done)| {
             tokio::spawn(rest.finish(f, resolution, done));
         });
@@ -321,15 +321,6 @@ pub fn start(d: Drive) -> Arc<Feed> {
         // A priming event (empty data, with an id) lets a client whose stream drops before
         // anything else arrives resume with Last-Event-ID; SDKs skip empty events.
         feed.push(Bytes::new(), false);
-        let rest = After {
-            queue,
-            feeds,
-            inbound,
-            upstream,
-            task,
-            token: None,
-            progress: 0,
-        };
         tokio::spawn(run(rest, waiting, keepalive, grace, feed.clone()));
     }
     feed
