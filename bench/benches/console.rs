@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo bench -p tollgate-bench --bench console`; `TOLLGATE_BENCH_SMOKE=1` for a small run.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -99,7 +100,10 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
     };
     update(
         &mut app,
-        Action::Broker(Event::Connected(me, (0..calls).map(call).collect())),
+        Action::Broker(Event::Connected(
+            me,
+            (0..calls).map(|n| Arc::new(call(n))).collect(),
+        )),
     );
     let process_rss = rss_mib(std::process::id()).unwrap_or(0.0);
     let rss = process_rss - before;
@@ -131,7 +135,9 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
         let c = call(calls + i);
         update(
             &mut app,
-            Action::Broker(Event::Message(Box::new(ServerMsg::CallPending { call: c }))),
+            Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {
+                call: Arc::new(c),
+            }))),
         );
         arrival.push(t.elapsed());
     }

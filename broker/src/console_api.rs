@@ -17,7 +17,6 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
-use tollgate_shared::CallRecord;
 use tollgate_shared::PROTOCOL_VERSION;
 use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target};
 
@@ -103,16 +102,18 @@ async fn send_snapshot(socket: &mut WebSocket, queue: &Queue, req: Option<u64>) 
     let mut parts = snapshot_parts(queue.snapshot()).into_iter().peekable();
     while let Some(part) = parts.next() {
         let more = parts.peek().is_some();
-        // Copied out of the queue's shared records one part at a time.
-        let pending = part.iter().map(|c| CallRecord::clone(c)).collect();
         let msg = match rules.take() {
             Some(rules) => ServerMsg::Snapshot {
                 req,
-                pending,
+                pending: part,
                 rules,
                 more,
             },
-            None => ServerMsg::SnapshotPart { req, pending, more },
+            None => ServerMsg::SnapshotPart {
+                req,
+                pending: part,
+                more,
+            },
         };
         if !send(socket, &msg).await {
             return false;
@@ -317,6 +318,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_shared::CallRecord;
 
     #[test]
     fn large_snapshots_are_split_in_order_into_parts_of_bounded_size() {

@@ -777,10 +777,10 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
     }
 }
 
-fn leave(app: &mut App, c: CallRecord, how: String) {
+fn leave(app: &mut App, c: Arc<CallRecord>, how: String) {
     let was_mine = app.calls.remove(&c.id).is_some();
     app.selected.remove(&c.id);
-    app.history.push_back(Arc::new(c));
+    app.history.push_back(c);
     while app.history.len() > HISTORY {
         app.history.pop_front();
     }
@@ -824,10 +824,7 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.me = Some(me);
             app.link = Link::Up;
             app.waiting = 0;
-            app.calls = pending
-                .into_iter()
-                .map(|c| (c.id.clone(), Arc::new(c)))
-                .collect();
+            app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
             app.settle_cursor();
         }
         Event::Disconnected(why, wait) => {
@@ -842,10 +839,7 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 ..
             } => {
                 app.rules = rules;
-                app.calls = pending
-                    .into_iter()
-                    .map(|c| (c.id.clone(), Arc::new(c)))
-                    .collect();
+                app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
                 if !more {
                     app.selected.retain(|id| app.calls.contains_key(id));
                 }
@@ -853,14 +847,14 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             }
             ServerMsg::SnapshotPart { pending, more, .. } => {
                 app.calls
-                    .extend(pending.into_iter().map(|c| (c.id.clone(), Arc::new(c))));
+                    .extend(pending.into_iter().map(|c| (c.id.clone(), c)));
                 if !more {
                     app.selected.retain(|id| app.calls.contains_key(id));
                 }
                 app.settle_cursor();
             }
             ServerMsg::CallPending { call } | ServerMsg::CallApproval { call } => {
-                app.calls.insert(call.id.clone(), Arc::new(call));
+                app.calls.insert(call.id.clone(), call);
                 app.settle_cursor();
             }
             ServerMsg::CallDecided { call } => {

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
 use tollgate_shared::audit::AuditFilter;
@@ -33,7 +34,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 /// One line per pending call.
-pub fn table(calls: &[CallRecord]) -> String {
+pub fn table(calls: &[Arc<CallRecord>]) -> String {
     let now = now_ms();
     let mut s = format!(
         "{:<36}  {:>6}  {:>7}  {:<28}  {:<12}  ARGUMENTS\n",

@@ -6,6 +6,7 @@
 //! [`spawn_backend`] runs a connection for the TUI in its own task, reconnecting with backoff,
 //! and talks to the UI only through channels, so the UI never waits on the network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -46,7 +47,7 @@ pub struct Conn {
     /// Who we are.
     pub me: Me,
     /// The queue when we connected.
-    pub pending: Vec<CallRecord>,
+    pub pending: Vec<Arc<CallRecord>>,
     /// Temporary rules when we connected.
     pub rules: Vec<tollgate_shared::console::TempRule>,
 }
@@ -215,7 +216,7 @@ pub enum Event {
     /// Connecting (attempt number, from 1).
     Connecting(u32),
     /// Connected; the queue as of now.
-    Connected(Me, Vec<CallRecord>),
+    Connected(Me, Vec<Arc<CallRecord>>),
     /// The connection dropped or could not be made; retrying in the given time.
     Disconnected(String, Duration),
     /// A message from the broker.

@@ -1,6 +1,7 @@
 //! State and rendering tests: `update` without a terminal, and every view drawn into ratatui's
 //! `TestBackend` at 80×24 and 160×48, compared with `insta` snapshots.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ratatui::Terminal;
@@ -146,7 +147,7 @@ fn sample() -> App {
                 role: Role::Approver,
                 servers: None,
             },
-            pending,
+            pending.into_iter().map(Arc::new).collect(),
         )),
     );
     app
@@ -432,7 +433,7 @@ fn new_arrivals_do_not_steal_the_cursor() {
     update(
         &mut app,
         Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {
-            call: new,
+            call: Arc::new(new),
         }))),
     );
     assert_eq!(app.current().expect("row").call.id, before);
@@ -453,7 +454,7 @@ fn a_call_decided_elsewhere_leaves_with_a_note_saying_by_whom() {
     update(
         &mut app,
         Action::Broker(Event::Message(Box::new(ServerMsg::CallDecided {
-            call: c.clone(),
+            call: Arc::new(c.clone()),
         }))),
     );
     assert!(!app.calls.contains_key(&c.id));
@@ -514,7 +515,7 @@ fn reconnecting_resyncs_the_queue_from_the_new_snapshot() {
                 role: Role::Approver,
                 servers: None,
             },
-            vec![keep.clone()],
+            vec![Arc::new(keep.clone())],
         )),
     );
     assert_eq!(app.link, Link::Up);
@@ -537,14 +538,21 @@ fn reconnecting_resyncs_the_queue_from_the_new_snapshot() {
 fn a_snapshot_in_parts_keeps_every_part_and_the_selection_in_later_parts() {
     let mut app = sample();
     let calls: Vec<_> = (0..5)
-        .map(|i| call(100 + i, "execute_sql", json!({"n": i}), &format!("fp-{i}")))
+        .map(|i| {
+            Arc::new(call(
+                100 + i,
+                "execute_sql",
+                json!({"n": i}),
+                &format!("fp-{i}"),
+            ))
+        })
         .collect();
     update(&mut app, key(' '));
     let selected: Vec<String> = app.selected.iter().cloned().collect();
     let mut all = calls.clone();
     // The selected call is in the last part.
     if let Some(sel) = app.calls.values().find(|c| selected.contains(&c.id)) {
-        all.push((**sel).clone());
+        all.push(sel.clone());
     }
     let msg = |m: ServerMsg| Action::Broker(Event::Message(Box::new(m)));
     update(

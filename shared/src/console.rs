@@ -7,6 +7,8 @@
 //! answers to requests. Unknown fields are ignored; an unknown `type` gets an
 //! [`ServerMsg::Error`] and the connection stays open. `docs/protocol.md` has examples.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEntry, AuditFilter};
@@ -232,7 +234,7 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<u64>,
         /// Every pending call, oldest first (the first part of them when `more` is set).
-        pending: Vec<CallRecord>,
+        pending: Vec<Arc<CallRecord>>,
         /// Active temporary rules.
         rules: Vec<TempRule>,
         /// More pending calls follow in `snapshot_part` messages.
@@ -245,7 +247,7 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<u64>,
         /// The next pending calls, oldest first.
-        pending: Vec<CallRecord>,
+        pending: Vec<Arc<CallRecord>>,
         /// More parts follow.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         more: bool,
@@ -253,32 +255,32 @@ pub enum ServerMsg {
     /// A call is now held.
     CallPending {
         /// The call.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// An approval was counted towards a quorum; the call is still pending.
     CallApproval {
         /// The call, with its decisions so far.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// A call was approved or rejected (its `decisions` say by whom).
     CallDecided {
         /// The call.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// A call expired undecided.
     CallExpired {
         /// The call.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// The client withdrew a call.
     CallCancelled {
         /// The call.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// A call's client could not get an answer after a broker restart.
     CallAbandoned {
         /// The call.
-        call: CallRecord,
+        call: Arc<CallRecord>,
     },
     /// The answer to a `decide`.
     Decided {

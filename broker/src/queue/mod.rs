@@ -131,7 +131,7 @@ pub struct Queue {
     /// Wakes the timer task when a call that expires sooner than all others arrives.
     expiry_changed: Arc<Notify>,
     closed: Mutex<Closed>,
-    grants: Mutex<HashMap<GrantKey, (CallRecord, u64)>>,
+    grants: Mutex<HashMap<GrantKey, (Arc<CallRecord>, u64)>>,
     recorder: Recorder,
     events: broadcast::Sender<Arc<ServerMsg>>,
     retry_ttl: Duration,
@@ -302,7 +302,7 @@ impl Queue {
         );
         tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
         self.publish(ServerMsg::CallPending {
-            call: (*record).clone(),
+            call: record.clone(),
         });
         if let Some(at) = expires {
             self.expire_at(at, id);
@@ -657,7 +657,7 @@ impl Queue {
     fn settle(&self, record: Arc<CallRecord>, change: Change) {
         if change == Change::Counted {
             self.publish(ServerMsg::CallApproval {
-                call: (*record).clone(),
+                call: record.clone(),
             });
             return;
         }
@@ -692,10 +692,10 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry)
         {
             let until = now_ms() + self.retry_ttl.as_millis() as u64;
-            lock(&self.grants).insert(grant_key(&record), ((*record).clone(), until));
+            lock(&self.grants).insert(grant_key(&record), (record.clone(), until));
         }
         self.publish(ServerMsg::CallDecided {
-            call: (*record).clone(),
+            call: record.clone(),
         });
         if let Some(e) = entry {
             e.done.send((resolution, record));
@@ -738,7 +738,7 @@ impl Queue {
             Outcome::Abandoned => Resolution::Abandoned,
             _ => Resolution::Cancelled,
         };
-        let call = (*record).clone();
+        let call = record.clone();
         entry.done.send((resolution, record));
         self.publish(match outcome {
             Outcome::Expired => ServerMsg::CallExpired { call },
@@ -773,7 +773,8 @@ impl Queue {
             let now = now_ms();
             grants.retain(|_, (_, until)| *until > now);
             grants.remove(&grant_key(record)).map(|(r, _)| r)
-        }?;
+        }
+        .map(Arc::unwrap_or_clone)?;
         let id = original.id.clone();
         if let Some(h) = original.hold.as_mut() {
             h.retried_ms = Some(now_ms());
@@ -806,7 +807,7 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry && h.retried_ms.is_none());
             if unused && rec.outcome == Outcome::Approved {
                 let approved = rec.decisions.last().map_or(e.at_ms, |d| d.at_ms);
-                lock(&self.grants).insert(grant_key(&rec), (rec.clone(), approved + ttl));
+                lock(&self.grants).insert(grant_key(&rec), (Arc::new(rec), approved + ttl));
                 n += 1;
             }
         }
