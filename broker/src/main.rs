@@ -196,7 +196,6 @@ fn report(what: &str, r: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    trim::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
