@@ -54,7 +54,7 @@ fn call(n: usize) -> CallRecord {
         request_id: json!(n),
         session: Some("5f0c2d1e".into()),
         protocol_version: Some("2025-11-25".into()),
-        arguments: args,
+        arguments: args.into(),
         timings: Timings {
             received_ms: NOW - 600_000 + n as u64,
             decided_ms: NOW,

@@ -328,7 +328,8 @@ mod tests {
         );
         let mut calls: Vec<CallRecord> = (0..4000).map(crate::queue::sample_call).collect();
         // One call larger than a part travels alone.
-        calls[10].arguments = serde_json::json!({"blob": "x".repeat(SNAPSHOT_PART_BYTES + 10)});
+        calls[10].arguments =
+            serde_json::json!({"blob": "x".repeat(SNAPSHOT_PART_BYTES + 10)}).into();
         let parts = snapshot_parts(calls.clone());
         assert!(parts.len() > 3, "{} parts", parts.len());
         for part in &parts {

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, Signals, Timings};
+use tollgate_shared::{CallRecord, Hold, HoldMode, JsonText, Outcome, Signals, Timings};
 use tracing::Instrument;
 
 use crate::fingerprint;
@@ -286,7 +286,7 @@ impl Gateway {
                 request_id: id.clone(),
                 session: ctx.session.clone(),
                 protocol_version: ctx.protocol_version.clone(),
-                arguments: stored_args,
+                arguments: stored_args.into(),
                 timings: Timings {
                     received_ms,
                     decided_ms: now,
@@ -423,7 +423,7 @@ impl Gateway {
                     }
                     DlpAction::Redact => {
                         if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
-                            params.insert("arguments".into(), record.arguments.clone());
+                            params.insert("arguments".into(), record.arguments.value());
                             rewritten = true;
                         }
                         record.reason = Some(format!("secrets redacted before forwarding: {what}"));
@@ -603,9 +603,8 @@ impl Gateway {
             approvers: verdict.hold.approvers.clone(),
             progress_token: request
                 .pointer("/params/_meta/progressToken")
-                .cloned()
-                .map(Box::new),
-            meta: request.pointer("/params/_meta").cloned().map(Box::new),
+                .map(JsonText::new),
+            meta: request.pointer("/params/_meta").map(JsonText::new),
             retried_ms: None,
             secrets_withheld,
         });

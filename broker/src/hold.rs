@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tollgate_shared::{CallRecord, Outcome};
+use tollgate_shared::{CallRecord, JsonText, Outcome};
 
 use crate::frontend::{self, Upstream};
 use crate::gateway::now_ms;
@@ -359,8 +359,9 @@ async fn run(
     let token = record
         .hold
         .as_ref()
-        .and_then(|h| h.progress_token.clone())
-        .filter(|_| rest.task.is_none());
+        .and_then(|h| h.progress_token.as_ref())
+        .filter(|_| rest.task.is_none())
+        .map(JsonText::value);
     let mut progress = 0u64;
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval_at(started + keepalive, keepalive);
@@ -399,7 +400,7 @@ async fn run(
             }
         }
     };
-    rest.token = token;
+    rest.token = token.map(Box::new);
     rest.progress = progress;
     // Boxed: the waiting state above is what every held call keeps while it waits, and the
     // forwarding futures would otherwise make it several KiB larger.
@@ -673,7 +674,7 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
         .is_some_and(jsonrpc::is_modern);
     match record.hold.as_ref().and_then(|h| h.meta.clone()) {
         // The envelope as the client sent it (revision, capabilities, progress token).
-        Some(meta) => params["_meta"] = *meta,
+        Some(meta) => params["_meta"] = meta.value(),
         // Stored before envelopes were kept: the parts the record has.
         None => {
             if let Some(tok) = record.hold.as_ref().and_then(|h| h.progress_token.clone()) {

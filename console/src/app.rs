@@ -496,7 +496,7 @@ impl App {
         {
             return Some(Arc::clone(m));
         }
-        let text = crate::fmt::pretty_sorted(&cur.arguments);
+        let text = crate::fmt::pretty_sorted(&cur.arguments.value());
         // The 200 latest earlier calls of the same tool are candidates, so a huge queue does
         // not make the diff view slow.
         let mut candidates: Vec<&Arc<CallRecord>> = self
@@ -510,7 +510,7 @@ impl App {
         candidates
             .into_iter()
             .map(|c| {
-                let other = crate::fmt::pretty_sorted(&c.arguments);
+                let other = crate::fmt::pretty_sorted(&c.arguments.value());
                 // Character similarity for ordinary arguments; lines for big ones (quadratic).
                 let ratio = if other.len() + text.len() < 8192 {
                     similar::TextDiff::from_chars(&other, &text).ratio()

@@ -51,7 +51,7 @@ pub fn table(calls: &[Arc<CallRecord>]) -> String {
             expires,
             format!("{}/{}", c.server, c.tool),
             c.client,
-            args_summary(&c.arguments, 60)
+            args_summary(&c.arguments.value(), 60)
         ));
     }
     if calls.is_empty() {
@@ -166,7 +166,7 @@ pub fn detail(c: &CallRecord) -> String {
     }
     s.push_str(&format!("pattern  {}\n", c.fingerprint));
     s.push_str("arguments\n");
-    for line in pretty_sorted(&c.arguments).lines() {
+    for line in pretty_sorted(&c.arguments.value()).lines() {
         s.push_str(&format!("  {line}\n"));
     }
     s

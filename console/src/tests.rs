@@ -34,7 +34,7 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
         request_id: json!(n),
         session: None,
         protocol_version: Some("2025-11-25".into()),
-        arguments: args,
+        arguments: args.into(),
         timings: Timings {
             received_ms: NOW - 60_000 + n * 1000,
             decided_ms: NOW - 60_000 + n * 1000,

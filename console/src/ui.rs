@@ -272,13 +272,13 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
                 String::new()
             };
             let tool = format!("{}/{}", c.server, c.tool);
-            let args = args_summary(&c.arguments, args_w);
+            let args = args_summary(&c.arguments.value(), args_w);
             // A group row leads with its rate, so a runaway loop reads as one.
             let args = if r.count > 1 {
                 let rate = format!("[{:.0}/min] ", r.rate_per_min());
                 format!(
                     "{rate}{}",
-                    args_summary(&c.arguments, args_w.saturating_sub(rate.len()))
+                    args_summary(&c.arguments.value(), args_w.saturating_sub(rate.len()))
                 )
             } else {
                 args
@@ -506,7 +506,7 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
     lines.push(field(app, "call", c.id.clone()));
     lines.push(Line::raw(""));
     lines.push(Line::styled("arguments", style(app, Look::Title)));
-    lines.extend(json_lines(app, &pretty_sorted(&c.arguments)));
+    lines.extend(json_lines(app, &pretty_sorted(&c.arguments.value())));
     let p = Paragraph::new(lines)
         .block(Block::bordered().title(Span::styled(" Call ", style(app, Look::Title))))
         .scroll((app.scroll, 0));
@@ -537,8 +537,8 @@ fn diff(app: &App, f: &mut Frame, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
     let (old, new) = (
-        pretty_sorted(&base.arguments),
-        pretty_sorted(&row.call.arguments),
+        pretty_sorted(&base.arguments.value()),
+        pretty_sorted(&row.call.arguments.value()),
     );
     let (l, r) = side_by_side(app, &old, &new);
     let lt = format!(

@@ -94,6 +94,80 @@ pub struct Timings {
     pub completed_ms: Option<u64>,
 }
 
+/// A JSON value kept as its compact text, in one allocation.
+///
+/// Every pending call keeps its record in the broker's memory and in every console's, and a
+/// parsed [`serde_json::Value`] object costs hundreds of bytes in small allocations (an
+/// insertion-ordered map, its index table, each key and value). Arguments and request
+/// envelopes are only read whole (forwarding, display, a diff), so they are kept as text and
+/// parsed on demand. On the wire and in the store it is the JSON value itself, unchanged.
+#[derive(Clone)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
+
+impl JsonText {
+    /// The text of `value`.
+    pub fn new(value: &serde_json::Value) -> JsonText {
+        // Writing a `Value` to a string cannot fail: its keys are strings and every number it
+        // holds is finite.
+        JsonText(serde_json::value::to_raw_value(value).unwrap_or_else(|_| Self::null()))
+    }
+
+    fn null() -> Box<serde_json::value::RawValue> {
+        serde_json::from_str("null").unwrap_or_else(|_| unreachable!("null is JSON"))
+    }
+
+    /// The compact JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed again from the text (which is always valid JSON).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<serde_json::Value> for JsonText {
+    fn from(value: serde_json::Value) -> JsonText {
+        JsonText::new(&value)
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &JsonText) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for JsonText {}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl std::fmt::Display for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    /// Through a `Value` rather than straight into the raw text: a record also arrives inside
+    /// internally tagged console messages, which serde buffers, and a raw value cannot be read
+    /// from that buffer.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JsonText, D::Error> {
+        serde_json::Value::deserialize(d).map(|v| JsonText::new(&v))
+    }
+}
+
 /// One intercepted `tools/call` and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
@@ -120,8 +194,8 @@ pub struct CallRecord {
     /// The MCP protocol revision the client declared, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<String>,
-    /// The tool arguments as received.
-    pub arguments: serde_json::Value,
+    /// The tool arguments as received (redacted when DLP found secrets).
+    pub arguments: JsonText,
     /// When things happened.
     pub timings: Timings,
     /// Set when forwarding failed (dead upstream, timeout); the client got a JSON-RPC error.
@@ -214,8 +288,8 @@ pub enum HoldMode {
     Retry,
 }
 
-/// The waiting terms of a held call. The two JSON values are boxed: most calls have neither,
-/// and every pending call keeps its record in the broker's memory.
+/// The waiting terms of a held call. The two JSON values are kept as text: most calls have
+/// neither, and every pending call keeps its record in the broker's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// How the client waits.
@@ -229,12 +303,12 @@ pub struct Hold {
     pub approvers: Vec<String>,
     /// The client's `progressToken`, so keep-alive progress can be sent (also after a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress_token: Option<Box<serde_json::Value>>,
+    pub progress_token: Option<JsonText>,
     /// The request's `params._meta` as the client sent it (revision, client capabilities,
     /// progress token), so a call recovered after a restart is forwarded as it was made:
     /// stateless revisions (2026-07-28) require their envelope on every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<Box<serde_json::Value>>,
+    pub meta: Option<JsonText>,
     /// Retry mode: when the approved call was repeated and let through (it runs only once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_ms: Option<u64>,
@@ -288,7 +362,7 @@ mod tests {
             request_id: serde_json::json!(7),
             session: None,
             protocol_version: Some("2025-11-25".into()),
-            arguments: serde_json::json!({"message": "hi"}),
+            arguments: serde_json::json!({"message": "hi"}).into(),
             timings: Timings {
                 received_ms: 1,
                 decided_ms: 2,
@@ -303,7 +377,7 @@ mod tests {
                 expires_ms: 9,
                 quorum: 2,
                 approvers: vec!["role:dba".into()],
-                progress_token: Some(Box::new(serde_json::json!("p"))),
+                progress_token: Some(serde_json::json!("p").into()),
                 meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
@@ -329,8 +403,40 @@ mod tests {
         };
         let text = serde_json::to_string(&record).expect("serialize");
         assert!(text.contains("\"outcome\":\"blocked\""), "{text}");
+        assert!(
+            text.contains("\"arguments\":{\"message\":\"hi\"}"),
+            "{text}"
+        );
         let back: CallRecord = serde_json::from_str(&text).expect("deserialize");
         assert_eq!(back, record);
+        // Inside an internally tagged console message, which serde reads through a buffer.
+        let msg = console::ServerMsg::CallPending {
+            call: std::sync::Arc::new(record),
+        };
+        let text = serde_json::to_string(&msg).expect("serialize");
+        let back: console::ServerMsg = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn json_text_is_the_value_in_compact_form_with_its_key_order() {
+        let v = serde_json::json!({"z": 1, "a": {"y": [1, 2.5, "x\n"], "b": null}, "m": -0.1});
+        let t = JsonText::new(&v);
+        assert_eq!(
+            t.get(),
+            r#"{"z":1,"a":{"y":[1,2.5,"x\n"],"b":null},"m":-0.1}"#
+        );
+        assert_eq!(t.value(), v);
+        assert_eq!(t.to_string(), t.get());
+        // Written as the value itself, not as a string holding it.
+        let outer = serde_json::to_string(&serde_json::json!({"args": t})).expect("serialize");
+        assert_eq!(outer, format!(r#"{{"args":{}}}"#, t.get()));
+        // Read from pretty or compact JSON alike, kept compact.
+        let back: JsonText = serde_json::from_str(
+            "{ \"z\" : 1,\n \"a\": {\"y\": [1, 2.5, \"x\\n\"], \"b\": null}, \"m\": -0.1 }",
+        )
+        .expect("deserialize");
+        assert_eq!(back, t);
     }
 
     #[test]

@@ -859,7 +859,7 @@ pub fn sample_call(n: usize) -> CallRecord {
         protocol_version: Some("2025-11-25".into()),
         fingerprint: crate::fingerprint::exact("db", "execute_sql", &args_hash),
         args_hash,
-        arguments,
+        arguments: arguments.into(),
         timings: tollgate_shared::Timings {
             received_ms: now_ms(),
             decided_ms: now_ms(),

@@ -191,7 +191,7 @@ mod tests {
             request_id: serde_json::json!(1),
             session: None,
             protocol_version: None,
-            arguments: serde_json::json!({}),
+            arguments: serde_json::json!({}).into(),
             timings: Timings::default(),
             error: None,
             args_hash: String::new(),
