@@ -41,14 +41,14 @@ fn call(n: usize) -> CallRecord {
         )
     };
     CallRecord {
-        id: format!("01a20000-0000-7000-8000-{n:012}"),
+        id: format!("01a20000-0000-7000-8000-{n:012}").into(),
         outcome: Outcome::Pending,
         rule: RuleRef {
             index: 2,
             name: "writes-need-a-human".into(),
         },
         reason: None,
-        client: format!("agent-{}", n % 7),
+        client: format!("agent-{}", n % 7).into(),
         server: "db".into(),
         tool: tool.into(),
         request_id: json!(n),

@@ -288,7 +288,7 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
         }
         let elapsed = start.elapsed();
         let start = std::time::Instant::now();
-        let ids = waiting.iter().map(|w| w.record.id.clone()).collect();
+        let ids = waiting.iter().map(|w| w.record.id.to_string()).collect();
         let who = crate::queue::rules::Identity {
             name: "check-disk".into(),
             role: tollgate_shared::console::Role::Admin,
@@ -354,8 +354,8 @@ pub fn check_audit(dir: &Path, records: usize, json: bool) -> anyhow::Result<()>
         for i in 0..records {
             let mut call = crate::queue::sample_call(i);
             call.outcome = statuses[i % statuses.len()];
-            call.tool = format!("tool_{}", (i / 8) % 20);
-            call.client = format!("agent-{}", (i / 3) % 50);
+            call.tool = format!("tool_{}", (i / 8) % 20).into();
+            call.client = format!("agent-{}", (i / 3) % 50).into();
             call.hold = None;
             recorder.audit_only(call).await;
         }

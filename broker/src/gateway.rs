@@ -12,7 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tollgate_shared::{CallRecord, Hold, HoldMode, JsonText, Outcome, Signals, Timings};
+use tollgate_shared::{
+    CallRecord, Hold, HoldMode, JsonText, Name, Outcome, Signals, Timings, intern,
+};
 use tracing::Instrument;
 
 use crate::fingerprint;
@@ -76,9 +78,9 @@ impl Annotations {
 #[derive(Debug, Clone)]
 pub struct CallContext {
     /// Authenticated client identity.
-    pub client: String,
+    pub client: Name,
     /// Configured upstream server name.
-    pub server: String,
+    pub server: Name,
     /// MCP session id, when the revision has sessions.
     pub session: Option<String>,
     /// Declared protocol revision, when known.
@@ -264,8 +266,8 @@ impl Gateway {
                 dlp_action = Some(verdict.dlp.unwrap_or(dlp.action));
             }
         }
-        let tool = tool.to_string();
-        let tool = tool.as_str();
+        let tool = intern(tool);
+        let tool = &*tool;
         let args_hash = fingerprint::args_hash(&stored_args);
         let shape = fingerprint::shape_fingerprint(&ctx.server, tool, &stored_args);
         let seen = self.loops.observe(&shape, now);
@@ -276,13 +278,13 @@ impl Gateway {
         // concurrent calls.
         async {
             let mut record = CallRecord {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: uuid::Uuid::now_v7().to_string().into(),
                 outcome: Outcome::Allowed,
                 rule: verdict.rule.clone(),
                 reason: verdict.reason.clone(),
                 client: ctx.client.clone(),
                 server: ctx.server.clone(),
-                tool: tool.to_string(),
+                tool: intern(tool),
                 request_id: id.clone(),
                 session: ctx.session.clone(),
                 protocol_version: ctx.protocol_version.clone(),
@@ -568,7 +570,7 @@ impl Gateway {
                 .queue
                 .temp
                 .take_allowance(&record.fingerprint, now_ms(), |r| {
-                    r.by != record.client
+                    *r.by != *record.client
                         && (verdict.hold.approvers.is_empty()
                             || verdict.hold.approvers.contains(&r.by))
                 })

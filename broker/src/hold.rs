@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tollgate_shared::{CallRecord, JsonText, Outcome};
+use tollgate_shared::{CallRecord, JsonText, Name, Outcome};
 
 use crate::frontend::{self, Upstream};
 use crate::gateway::now_ms;
@@ -48,13 +48,13 @@ struct FeedState {
 /// The events of one held call.
 pub struct Feed {
     /// The call id (and task id).
-    pub id: String,
+    pub id: Name,
     /// The client that made the call (only it may resume).
-    pub client: String,
+    pub client: Name,
     /// The call's server.
-    pub server: String,
+    pub server: Name,
     /// The call's tool.
-    pub tool: String,
+    pub tool: Name,
     /// When the call arrived (ms since the epoch).
     pub received_ms: u64,
     /// When it expires unless decided (ms since the epoch; 0 for a call never held). A
@@ -164,7 +164,7 @@ impl Drop for Listener {
 /// Every live feed by call id.
 #[derive(Default)]
 pub struct Feeds {
-    map: Mutex<HashMap<String, Arc<Feed>>>,
+    map: Mutex<HashMap<Name, Arc<Feed>>>,
     ending: Mutex<Ending>,
 }
 
@@ -172,7 +172,7 @@ pub struct Feeds {
 /// sleeping task per feed cost about 1 KiB each).
 #[derive(Default)]
 struct Ending {
-    due: std::collections::VecDeque<(tokio::time::Instant, String)>,
+    due: std::collections::VecDeque<(tokio::time::Instant, Name)>,
     sweeping: bool,
 }
 
@@ -181,7 +181,7 @@ impl Feeds {
         lock(&self.map).insert(feed.id.clone(), feed);
     }
 
-    fn remove_later(self: &Arc<Self>, id: String) {
+    fn remove_later(self: &Arc<Self>, id: Name) {
         let start = {
             let mut ending = lock(&self.ending);
             ending
@@ -233,7 +233,7 @@ impl Feeds {
     pub fn tasks_of(&self, client: &str) -> Vec<Arc<Feed>> {
         let mut v: Vec<_> = lock(&self.map)
             .values()
-            .filter(|f| f.client == client && f.task.is_some())
+            .filter(|f| *f.client == *client && f.task.is_some())
             .cloned()
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -656,7 +656,7 @@ pub fn resume(
     keepalive: Duration,
 ) -> Option<Response<Body>> {
     let (feed, after) = feeds.for_event_id(last_event_id)?;
-    if feed.client != client {
+    if *feed.client != *client {
         return Some(frontend::status_error(
             StatusCode::FORBIDDEN,
             "this stream belongs to a call made by another client",

@@ -238,7 +238,7 @@ async fn recover(
     tracing::info!(calls = pending.len(), "recovered held calls from the store");
     for record in pending {
         let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
-        let upstream = upstreams.get(&record.server).cloned();
+        let upstream = upstreams.get(&*record.server).cloned();
         let id = record.id.clone();
         let withheld = record.hold.as_ref().is_some_and(|h| h.secrets_withheld);
         let waiting = queue.admit(record);

@@ -267,7 +267,7 @@ pub async fn handle(feeds: &Feeds, queue: &Queue, client: &str, request: &Value)
     }
     let task_id = request.pointer("/params/taskId").and_then(Value::as_str)?;
     let feed = feeds.get(task_id)?;
-    if feed.client != client {
+    if *feed.client != *client {
         return Some(Answer::Now(jsonrpc::error(
             id,
             jsonrpc::INVALID_PARAMS,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::console::{ClientMsg, ServerMsg, Target, TempRule};
-use tollgate_shared::{CallRecord, Outcome, Verdict};
+use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 use crate::client::{Event, Me};
 use crate::keys::{Command, KeyMap};
@@ -165,7 +165,7 @@ pub struct Row {
     /// Calls in the row (1 when not grouped).
     pub count: usize,
     /// Ids of the calls in the row.
-    pub ids: Vec<String>,
+    pub ids: Vec<Name>,
     /// First and last received (ms).
     pub first_ms: u64,
     /// Newest received (ms).
@@ -227,7 +227,7 @@ pub struct App {
     /// Connection state.
     pub link: Link,
     /// Pending calls by id.
-    pub calls: HashMap<String, Arc<CallRecord>>,
+    pub calls: HashMap<Name, Arc<CallRecord>>,
     /// The rows on screen, rebuilt only when something they depend on changed.
     rows: Vec<Row>,
     /// Set when `rows` must be rebuilt.
@@ -239,7 +239,7 @@ pub struct App {
     /// Id (or fingerprint, when grouped) under the cursor, so arrivals do not move it.
     pub cursor_key: Option<String>,
     /// Selected call ids.
-    pub selected: BTreeSet<String>,
+    pub selected: BTreeSet<Name>,
     /// The main view.
     pub view: View,
     /// How rows group calls (by default identical calls: a runaway loop is one line).
@@ -529,7 +529,7 @@ impl App {
         Some(make(Some(self.next_req)))
     }
 
-    fn summary(&self, ids: &[String]) -> String {
+    fn summary(&self, ids: &[Name]) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();
         for id in ids {
             if let Some(c) = self.calls.get(id) {
@@ -559,7 +559,7 @@ impl App {
             }
         } else {
             Target::Ids {
-                ids: row.ids.clone(),
+                ids: row.ids.iter().map(|id| id.to_string()).collect(),
             }
         };
         let block_for_ms = block.then_some(self.block_for_ms);
@@ -614,7 +614,7 @@ impl App {
     ) -> Option<ClientMsg> {
         if let Target::Ids { ids } = &target {
             for id in ids {
-                self.selected.remove(id);
+                self.selected.remove(id.as_str());
             }
         }
         self.request(|req| ClientMsg::Decide {
@@ -628,7 +628,7 @@ impl App {
     }
 
     fn decide_selected(&mut self, verdict: Verdict) -> Option<ClientMsg> {
-        let ids: Vec<String> = self
+        let ids: Vec<Name> = self
             .selected
             .iter()
             .filter(|id| self.calls.contains_key(*id))
@@ -647,7 +647,9 @@ impl App {
             count: ids.len(),
             block_for_ms: None,
             summary: self.summary(&ids),
-            target: Target::Ids { ids },
+            target: Target::Ids {
+                ids: ids.iter().map(|id| id.to_string()).collect(),
+            },
         });
         None
     }
@@ -754,7 +756,7 @@ fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 if let Target::Ids { ids } = &target {
                     for id in ids {
-                        app.selected.remove(id);
+                        app.selected.remove(id.as_str());
                     }
                 }
                 app.ask_or_send(verdict, target, count, block_for_ms)
@@ -1061,7 +1063,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     None
                 }
                 Command::SelectAll => {
-                    let ids: Vec<String> = app
+                    let ids: Vec<Name> = app
                         .rows
                         .iter()
                         .flat_map(|r| r.ids.iter().cloned())
@@ -1078,7 +1080,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     app.cursor_key = app.current().map(|r| {
                         app.grouping
                             .key(&r.call)
-                            .map_or_else(|| r.call.id.clone(), str::to_string)
+                            .map_or_else(|| r.call.id.to_string(), str::to_string)
                     });
                     app.note(format!("rows: {}", app.grouping.label()));
                     app.settle_cursor();

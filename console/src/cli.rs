@@ -74,7 +74,7 @@ pub async fn list(s: &Settings, json: bool) -> Result<ExitCode> {
 /// `show ID`.
 pub async fn show(s: &Settings, id: &str, json: bool) -> Result<ExitCode> {
     let mut conn = Conn::connect(s).await?;
-    if let Some(c) = conn.pending.iter().find(|c| c.id == id) {
+    if let Some(c) = conn.pending.iter().find(|c| *c.id == *id) {
         if json {
             print_json(c)?;
         } else {

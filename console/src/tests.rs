@@ -10,7 +10,9 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::json;
 use tollgate_shared::audit::AuditEntry;
 use tollgate_shared::console::{ClientMsg, DecideResult, Refusal, Role, ServerMsg, Target};
-use tollgate_shared::{CallRecord, Decision, Hold, HoldMode, Outcome, RuleRef, Timings, Verdict};
+use tollgate_shared::{
+    CallRecord, Decision, Hold, HoldMode, Name, Outcome, RuleRef, Timings, Verdict,
+};
 
 use crate::app::{Action, App, Grouping, Link, Prompt, View, update};
 use crate::client::{Event, Me};
@@ -21,7 +23,7 @@ const NOW: u64 = 1_764_000_000_000;
 
 fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallRecord {
     CallRecord {
-        id: format!("01a20000-0000-7000-8000-{n:012}"),
+        id: format!("01a20000-0000-7000-8000-{n:012}").into(),
         outcome: Outcome::Pending,
         rule: RuleRef {
             index: 2,
@@ -312,7 +314,7 @@ fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
         Some(ClientMsg::Decide {
             req: Some(1),
             target: Target::Ids {
-                ids: vec![first.clone()]
+                ids: vec![first.to_string()]
             },
             verdict: Verdict::Approve,
             reason: None,
@@ -548,7 +550,7 @@ fn a_snapshot_in_parts_keeps_every_part_and_the_selection_in_later_parts() {
         })
         .collect();
     update(&mut app, key(' '));
-    let selected: Vec<String> = app.selected.iter().cloned().collect();
+    let selected: Vec<Name> = app.selected.iter().cloned().collect();
     let mut all = calls.clone();
     // The selected call is in the last part.
     if let Some(sel) = app.calls.values().find(|c| selected.contains(&c.id)) {
@@ -619,7 +621,7 @@ fn loop_row(app: &mut App) {
     let at = app
         .rows()
         .iter()
-        .position(|r| r.call.tool == "delete_row" && r.count > 1)
+        .position(|r| &*r.call.tool == "delete_row" && r.count > 1)
         .expect("the loop's row");
     for _ in 0..at {
         update(app, key('j'));

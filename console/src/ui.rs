@@ -301,7 +301,7 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
                 age.into(),
                 exp.into(),
                 tool.into(),
-                c.client.clone().into(),
+                c.client.to_string().into(),
                 count.into(),
                 args.into(),
             ];
@@ -399,7 +399,7 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
     let c = &row.call;
     let mut lines = vec![
         field(app, "tool", format!("{}/{}", c.server, c.tool)),
-        field(app, "client", c.client.clone()),
+        field(app, "client", c.client.to_string()),
         field(
             app,
             "rule",
@@ -503,7 +503,7 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
             style(app, Look::Warn),
         ));
     }
-    lines.push(field(app, "call", c.id.clone()));
+    lines.push(field(app, "call", c.id.to_string()));
     lines.push(Line::raw(""));
     lines.push(Line::styled("arguments", style(app, Look::Title)));
     lines.extend(json_lines(app, &pretty_sorted(&c.arguments.value())));

@@ -73,6 +73,32 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// An immutable string shared by reference count: a call's id and names, which the broker
+/// keeps in several places (the record, the queue's indexes, the call's event feed) while the
+/// call waits. Serialised as a plain string.
+pub type Name = std::sync::Arc<str>;
+
+/// How many distinct names [`intern`] keeps. Names come from a small set (servers, tools,
+/// clients, rules); past this many, a name is allocated on its own, so a peer sending
+/// endless distinct tool names cannot grow the set without bound.
+const INTERNED_MAX: usize = 4096;
+
+/// The shared copy of `s`: records of the same server, tool and client point at one string
+/// instead of each holding its own.
+pub fn intern(s: &str) -> Name {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Name>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(s) {
+        return n.clone();
+    }
+    let n = Name::from(s);
+    if names.len() < INTERNED_MAX {
+        names.insert(n.clone());
+    }
+    n
+}
+
 /// The rule that decided a call: its 1-based position in the config and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
@@ -172,7 +198,7 @@ impl<'de> Deserialize<'de> for JsonText {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// Time-ordered unique id (UUID v7, hyphenated).
-    pub id: String,
+    pub id: Name,
     /// The outcome so far.
     pub outcome: Outcome,
     /// The rule that decided, if any rule matched; `None` means the policy default.
@@ -181,11 +207,11 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The authenticated client identity that made the call.
-    pub client: String,
+    pub client: Name,
     /// The configured upstream server name.
-    pub server: String,
+    pub server: Name,
     /// The tool name as sent by the client.
-    pub tool: String,
+    pub tool: Name,
     /// The JSON-RPC request id, exactly as the client sent it.
     pub request_id: serde_json::Value,
     /// The MCP session the call belongs to, when the protocol revision has sessions.
@@ -437,6 +463,15 @@ mod tests {
         )
         .expect("deserialize");
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn interned_names_are_shared() {
+        let a = intern("everything");
+        let b = intern(&String::from("everything"));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "everything");
+        assert!(!std::sync::Arc::ptr_eq(&a, &intern("everything-else")));
     }
 
     #[test]

@@ -422,8 +422,8 @@ async fn post(
     };
     if kind == Kind::Request && jsonrpc::method(&inbound.value) == Some("tools/call") {
         let ctx = CallContext {
-            client,
-            server: server.to_string(),
+            client: tollgate_shared::intern(&client),
+            server: tollgate_shared::intern(server),
             session: inbound.session.clone(),
             protocol_version,
         };

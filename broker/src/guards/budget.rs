@@ -102,7 +102,7 @@ impl Account {
 /// All budgets and their accounts.
 pub struct Budgets {
     budgets: Vec<Budget>,
-    accounts: Mutex<HashMap<(usize, String), Account>>,
+    accounts: Mutex<HashMap<(usize, tollgate_shared::Name), Account>>,
 }
 
 fn fmt_units(x: f64) -> String {
@@ -127,7 +127,7 @@ impl Budgets {
         self.budgets.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, String), Account>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, tollgate_shared::Name), Account>> {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -149,7 +149,9 @@ impl Budgets {
                 continue;
             };
             let w = b.weight(server, tool);
-            let acc = accounts.entry((i, client.to_string())).or_default();
+            let acc = accounts
+                .entry((i, tollgate_shared::intern(client)))
+                .or_default();
             acc.roll(now_ms, b.window_ms);
             if acc.spent + acc.reserved + w > daily {
                 return Err(over_daily(b, daily, acc, w));
@@ -157,7 +159,7 @@ impl Budgets {
             charges.push((i, w));
         }
         for (i, w) in charges {
-            if let Some(acc) = accounts.get_mut(&(i, client.to_string())) {
+            if let Some(acc) = accounts.get_mut(&(i, tollgate_shared::intern(client))) {
                 acc.spent += w;
             }
         }

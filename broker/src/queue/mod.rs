@@ -20,7 +20,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tollgate_shared::console::{
     AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
 };
-use tollgate_shared::{CallRecord, HoldMode, Outcome, Verdict};
+use tollgate_shared::{CallRecord, HoldMode, Name, Outcome, Verdict};
 
 use crate::gateway::now_ms;
 use crate::guards::budget::{Budgets, OverBudget};
@@ -79,9 +79,9 @@ impl Done {
 
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct GrantKey {
-    client: String,
-    server: String,
-    tool: String,
+    client: Name,
+    server: Name,
+    tool: Name,
     args_hash: String,
 }
 
@@ -90,8 +90,8 @@ struct GrantKey {
 /// answer needs is kept, not the record.
 #[derive(Default)]
 struct Closed {
-    map: HashMap<String, ClosedCall>,
-    order: std::collections::VecDeque<String>,
+    map: HashMap<Name, ClosedCall>,
+    order: std::collections::VecDeque<Name>,
 }
 
 /// How many recently closed calls are remembered.
@@ -119,14 +119,14 @@ impl Closed {
 #[derive(Default)]
 struct Expiries {
     /// (expiry in ms since the epoch, call id), soonest first.
-    due: BTreeSet<(u64, String)>,
+    due: BTreeSet<(u64, Name)>,
     /// The timer task has been started.
     running: bool,
 }
 
 /// The queue.
 pub struct Queue {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<Name, Entry>>,
     expiries: Mutex<Expiries>,
     /// Wakes the timer task when a call that expires sooner than all others arrives.
     expiry_changed: Arc<Notify>,
@@ -335,7 +335,7 @@ impl Queue {
     }
 
     /// Expire call `id` at `at` (ms since the epoch) unless it is resolved first.
-    fn expire_at(self: &Arc<Self>, at: u64, id: String) {
+    fn expire_at(self: &Arc<Self>, at: u64, id: Name) {
         let (start, sooner) = {
             let mut ex = lock(&self.expiries);
             let sooner = ex.due.first().is_none_or(|(first, _)| at < *first);
@@ -369,8 +369,8 @@ impl Queue {
         verdict: Verdict,
         reason: Option<&str>,
     ) -> Vec<DecideResult> {
-        let ids: Vec<String> = match target {
-            Target::Ids { ids } => ids.clone(),
+        let ids: Vec<Name> = match target {
+            Target::Ids { ids } => ids.iter().map(|id| Name::from(id.as_str())).collect(),
             Target::Fingerprint { fingerprint } => {
                 let mut v: Vec<_> = lock(&self.entries)
                     .values()
@@ -453,7 +453,7 @@ impl Queue {
             out.push(match r {
                 Ok((outcome, change, quorum, approvals)) => match failed.remove(&id) {
                     Some(e) => DecideResult {
-                        id,
+                        id: id.to_string(),
                         ok: false,
                         refusal: Some(Refusal::StoreFailed),
                         outcome: Some(Outcome::Pending),
@@ -462,7 +462,7 @@ impl Queue {
                         ),
                     },
                     None => DecideResult {
-                        id,
+                        id: id.to_string(),
                         ok: true,
                         refusal: None,
                         outcome: Some(outcome),
@@ -475,7 +475,7 @@ impl Queue {
                     },
                 },
                 Err(Some((refusal, why))) => DecideResult {
-                    id,
+                    id: id.to_string(),
                     ok: false,
                     refusal: Some(refusal),
                     outcome: None,
@@ -489,14 +489,14 @@ impl Queue {
                     });
                     match stored {
                         Some(gone) => DecideResult {
-                            id,
+                            id: id.to_string(),
                             ok: false,
                             refusal: Some(Refusal::AlreadyClosed),
                             outcome: Some(gone.outcome),
                             message: gone.message(),
                         },
                         None => DecideResult {
-                            id,
+                            id: id.to_string(),
                             ok: false,
                             refusal: Some(Refusal::NotFound),
                             outcome: None,
@@ -572,11 +572,11 @@ impl Queue {
                 .iter()
                 .filter(|r| r.ok)
                 .filter_map(|r| {
-                    closed
-                        .map
-                        .get(&r.id)
-                        .cloned()
-                        .or_else(|| entries.get(&r.id).map(|e| ClosedCall::of(&e.record)))
+                    closed.map.get(r.id.as_str()).cloned().or_else(|| {
+                        entries
+                            .get(r.id.as_str())
+                            .map(|e| ClosedCall::of(&e.record))
+                    })
                 })
                 .collect()
         };
@@ -600,8 +600,8 @@ impl Queue {
             id: temp::new_id(),
             kind,
             fingerprint: fingerprint.clone(),
-            server: first.server.clone(),
-            tool: first.tool.clone(),
+            server: first.server.to_string(),
+            tool: first.tool.to_string(),
             by: who.name.clone(),
             created_ms: now,
             until_ms: now + for_ms,
@@ -754,11 +754,11 @@ impl Queue {
         client: &str,
         session: Option<&str>,
         request_id: &serde_json::Value,
-    ) -> Option<String> {
+    ) -> Option<Name> {
         lock(&self.entries)
             .values()
             .find(|e| {
-                e.record.client == client
+                *e.record.client == *client
                     && e.record.session.as_deref() == session
                     && &e.record.request_id == request_id
             })
@@ -767,7 +767,7 @@ impl Queue {
 
     /// Consume an approved retry-mode call matching this one, if any is still valid, and
     /// record on it that it was used, so it is not let through again after a restart.
-    pub async fn take_grant(&self, record: &CallRecord) -> Option<String> {
+    pub async fn take_grant(&self, record: &CallRecord) -> Option<Name> {
         let mut original = {
             let mut grants = lock(&self.grants);
             let now = now_ms();
@@ -815,7 +815,7 @@ impl Queue {
     }
 
     /// A retry-mode call from this client with these arguments that is still pending.
-    pub fn pending_retry(&self, record: &CallRecord) -> Option<String> {
+    pub fn pending_retry(&self, record: &CallRecord) -> Option<Name> {
         let key = grant_key(record);
         lock(&self.entries)
             .values()
@@ -844,7 +844,7 @@ pub fn sample_call(n: usize) -> CallRecord {
     let arguments = serde_json::json!({"query": "DELETE FROM orders WHERE id = 1", "n": n});
     let args_hash = crate::fingerprint::args_hash(&arguments);
     CallRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: uuid::Uuid::now_v7().to_string().into(),
         outcome: Outcome::Pending,
         rule: tollgate_shared::RuleRef {
             index: 1,
@@ -967,7 +967,7 @@ mod tests {
             let id = call.id.clone();
             let mut waiting = q.hold(call).await.expect("held");
             let target = Target::Ids {
-                ids: vec![id.clone()],
+                ids: vec![id.to_string()],
             };
             // Three racers on two worker threads, started in a different order each round.
             let (qa, qb, qc) = (q.clone(), q.clone(), q.clone());
@@ -1048,7 +1048,7 @@ mod tests {
             .decide(
                 &who("alice"),
                 &Target::Ids {
-                    ids: vec![decided_id],
+                    ids: vec![decided_id.to_string()],
                 },
                 Verdict::Approve,
                 None,
@@ -1080,12 +1080,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = queue(dir.path()).await;
         let ran = Arc::new(Mutex::new(Vec::new()));
-        let note = |ran: &Arc<Mutex<Vec<(String, Resolution)>>>| {
+        let note = |ran: &Arc<Mutex<Vec<(Name, Resolution)>>>| {
             let ran = ran.clone();
             move |(r, rec): Resolved| lock(&ran).push((rec.id.clone(), r))
         };
         let ids = |calls: &[&Waiting]| -> Vec<String> {
-            calls.iter().map(|w| w.record.id.clone()).collect()
+            calls.iter().map(|w| w.record.id.to_string()).collect()
         };
         let before = q.hold(sample_call(1)).await.expect("held");
         let after = q.hold(sample_call(2)).await.expect("held");

@@ -6,7 +6,7 @@
 //! The queue applies it under its lock, so of two consoles deciding at once exactly one wins.
 
 use tollgate_shared::console::Role;
-use tollgate_shared::{CallRecord, Decision, Outcome, Verdict};
+use tollgate_shared::{CallRecord, Decision, Name, Outcome, Verdict};
 
 /// Someone who talks to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +40,9 @@ pub struct ClosedCall {
     /// How it ended.
     pub outcome: Outcome,
     /// Its server.
-    pub server: String,
+    pub server: Name,
     /// Its tool.
-    pub tool: String,
+    pub tool: Name,
     /// The last decision on it: who, and when (ms since the epoch).
     pub last: Option<(String, u64)>,
     /// When it ended (ms since the epoch).
@@ -81,7 +81,7 @@ fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), String> {
     }
     if who.role == Role::Approver
         && let Some(servers) = &who.servers
-        && !servers.iter().any(|s| s == &rec.server)
+        && !servers.iter().any(|s| **s == *rec.server)
     {
         return Err(format!(
             "{} may decide only for server(s) {}; this call is for {}",
@@ -137,7 +137,7 @@ pub fn decide(
             Ok((next, Change::Final))
         }
         Verdict::Approve => {
-            if who.name == rec.client {
+            if *who.name == *rec.client {
                 return Err(format!(
                     "{} made this call; nobody may approve their own call",
                     who.name

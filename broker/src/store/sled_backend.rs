@@ -578,16 +578,16 @@ mod tests {
 
     fn record(n: u64, outcome: Outcome) -> CallRecord {
         CallRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::now_v7().to_string().into(),
             outcome,
             rule: RuleRef {
                 index: 0,
                 name: "default".into(),
             },
             reason: None,
-            client: format!("c{}", n % 3),
+            client: format!("c{}", n % 3).into(),
             server: "s".into(),
-            tool: format!("t{}", n % 2),
+            tool: format!("t{}", n % 2).into(),
             request_id: serde_json::json!(n),
             session: None,
             protocol_version: None,
