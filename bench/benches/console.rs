@@ -61,8 +61,8 @@ fn call(n: usize) -> CallRecord {
             completed_ms: None,
         },
         error: None,
-        args_hash: "3b4c".repeat(16),
-        fingerprint: fp,
+        args_hash: "3b4c".repeat(16).into(),
+        fingerprint: fp.into(),
         policy_version: "a1b2c3d4e5f6".into(),
         hold: Some(Hold {
             mode: HoldMode::Stream,
@@ -76,7 +76,7 @@ fn call(n: usize) -> CallRecord {
         }),
         decisions: vec![],
         findings: Vec::new(),
-        shape: String::new(),
+        shape: Default::default(),
         signals: Default::default(),
     }
 }

@@ -371,7 +371,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         problems: Vec::new(),
     };
     let mut config = v.config(path, raw);
-    config.policy.version = crate::fingerprint::sha256_hex(text.as_bytes())[..12].to_string();
+    config.policy.version = crate::fingerprint::sha256_hex(text.as_bytes())[..12].into();
     if v.problems.is_empty() {
         Ok(config)
     } else {
@@ -931,7 +931,10 @@ impl Validator<'_> {
                 .dlp
                 .and_then(|d| self.dlp_action(d, &format!("rule {index}")));
             out.push(Rule {
-                id: RuleRef { index, name },
+                id: RuleRef {
+                    index,
+                    name: name.into(),
+                },
                 tools,
                 when,
                 action,
@@ -943,7 +946,7 @@ impl Validator<'_> {
         Policy {
             rules: out,
             default,
-            version: String::new(),
+            version: Default::default(),
         }
     }
 
@@ -1349,7 +1352,7 @@ reason = "no"
         assert_eq!(c.servers.len(), 2);
         assert!(matches!(c.auth, Auth::None));
         assert_eq!(c.policy.default, Action::Approve);
-        assert_eq!(c.policy.rules[1].id.name, "rule 2");
+        assert_eq!(&*c.policy.rules[1].id.name, "rule 2");
         assert_eq!(c.policy.rules[1].when.len(), 2);
     }
 

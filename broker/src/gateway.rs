@@ -82,9 +82,9 @@ pub struct CallContext {
     /// Configured upstream server name.
     pub server: Name,
     /// MCP session id, when the revision has sessions.
-    pub session: Option<String>,
+    pub session: Option<Name>,
     /// Declared protocol revision, when known.
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Name>,
 }
 
 impl CallContext {
@@ -295,13 +295,13 @@ impl Gateway {
                     completed_ms: None,
                 },
                 error: None,
-                fingerprint: fingerprint::exact(&ctx.server, tool, &args_hash),
-                args_hash,
+                fingerprint: fingerprint::exact(&ctx.server, tool, &args_hash).into(),
+                args_hash: args_hash.into(),
                 policy_version: self.policy.version.clone(),
                 hold: None,
                 decisions: Vec::new(),
                 findings,
-                shape,
+                shape: shape.into(),
                 signals: Signals {
                     repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
                     window_ms: if seen.repeats > 1 {
@@ -330,7 +330,7 @@ impl Gateway {
                     .unwrap_or_default();
                 record.rule = tollgate_shared::RuleRef {
                     index: 0,
-                    name: rule.id.clone(),
+                    name: rule.id.as_str().into(),
                 };
                 record
                     .decisions

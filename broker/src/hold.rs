@@ -714,7 +714,7 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
         value,
         kind: Kind::Request,
         headers,
-        session: record.session.clone(),
+        session: record.session.as_deref().map(str::to_string),
         sse: true,
         modern,
         ticket: None,

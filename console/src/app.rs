@@ -9,7 +9,7 @@ use std::time::Duration;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::console::{ClientMsg, ServerMsg, Target, TempRule};
-use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
+use tollgate_shared::{CallRecord, Fingerprint, Name, Outcome, Verdict};
 
 use crate::client::{Event, Me};
 use crate::keys::{Command, KeyMap};
@@ -63,7 +63,7 @@ impl Grouping {
     }
 
     /// The key calls share within a group (`None` when flat).
-    pub fn key(self, c: &CallRecord) -> Option<&str> {
+    pub fn key(self, c: &CallRecord) -> Option<&Fingerprint> {
         match self {
             Grouping::Exact => Some(&c.fingerprint),
             Grouping::Shape => Some(self.pattern(c)),
@@ -73,7 +73,7 @@ impl Grouping {
 
     /// The pattern a call belongs to: its shape when grouping by shape, else its exact
     /// fingerprint (what a pattern decision on its row targets).
-    pub fn pattern(self, c: &CallRecord) -> &str {
+    pub fn pattern(self, c: &CallRecord) -> &Fingerprint {
         match self {
             Grouping::Shape if !c.shape.is_empty() => &c.shape,
             _ => &c.fingerprint,
@@ -386,9 +386,9 @@ impl App {
         let grouping = self.grouping;
         let mut rows: Vec<Row> = if grouping != Grouping::Flat {
             let mut groups: Vec<Row> = Vec::new();
-            let mut at: HashMap<&str, usize> = HashMap::new();
+            let mut at: HashMap<&Fingerprint, usize> = HashMap::new();
             for c in calls {
-                let key = grouping.key(c).unwrap_or_default();
+                let key = grouping.key(c).unwrap_or(&c.fingerprint);
                 match at.get(key) {
                     Some(&i) => {
                         let g = &mut groups[i];
@@ -430,7 +430,7 @@ impl App {
                 })
                 .collect()
         };
-        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        let mut sizes: HashMap<&Fingerprint, usize> = HashMap::new();
         for c in self.calls.values() {
             *sizes.entry(grouping.pattern(c)).or_default() += 1;
         }
@@ -458,7 +458,9 @@ impl App {
     }
 
     fn row_key(&self, r: &Row) -> String {
-        self.grouping.key(&r.call).unwrap_or(&r.call.id).to_string()
+        self.grouping
+            .key(&r.call)
+            .map_or_else(|| r.call.id.to_string(), Fingerprint::to_string)
     }
 
     /// The fingerprint a pattern decision on this row targets: its group's key (the shape when
@@ -1080,7 +1082,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     app.cursor_key = app.current().map(|r| {
                         app.grouping
                             .key(&r.call)
-                            .map_or_else(|| r.call.id.to_string(), str::to_string)
+                            .map_or_else(|| r.call.id.to_string(), Fingerprint::to_string)
                     });
                     app.note(format!("rows: {}", app.grouping.label()));
                     app.settle_cursor();

@@ -43,7 +43,7 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
             completed_ms: None,
         },
         error: None,
-        args_hash: String::new(),
+        args_hash: Default::default(),
         fingerprint: fingerprint.into(),
         policy_version: "abc".into(),
         hold: Some(Hold {
@@ -58,7 +58,7 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
         }),
         decisions: vec![],
         findings: Vec::new(),
-        shape: String::new(),
+        shape: Default::default(),
         signals: Default::default(),
     }
 }

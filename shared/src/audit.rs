@@ -141,7 +141,7 @@ pub fn csv(entries: &[AuditEntry]) -> String {
             e.tool.clone(),
             e.request_id.to_string(),
             by(e, " "),
-            e.rule.name.clone(),
+            e.rule.name.to_string(),
             e.reason.clone().or(e.error.clone()).unwrap_or_default(),
             e.args_hash.clone(),
             e.call_id.clone(),

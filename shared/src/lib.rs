@@ -105,7 +105,7 @@ pub struct RuleRef {
     /// 1-based index of the `[[rule]]` table in the config; 0 for the policy default.
     pub index: usize,
     /// The rule's `name`, or `rule N` when it has none, or `default`.
-    pub name: String,
+    pub name: Name,
 }
 
 /// Timestamps of one call, in milliseconds since the Unix epoch.
@@ -194,6 +194,141 @@ impl<'de> Deserialize<'de> for JsonText {
     }
 }
 
+/// A hex digest (a fingerprint or an argument hash) kept as its bytes rather than its text:
+/// `N` bytes inline instead of a string and its heap allocation, in every record the broker
+/// and the consoles keep. Serialised as the lowercase hex string it was made from, so the wire
+/// and store formats are unchanged; any other text is kept as it came.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Digest<const N: usize> {
+    /// Lowercase hex of `len` characters (at most `2 * N`), packed two to a byte.
+    Hex {
+        /// Number of hex characters.
+        len: u8,
+        /// The nibbles, high first; unused ones are zero.
+        bytes: [u8; N],
+    },
+    /// Anything else (written by hand, or by some other tool), unchanged.
+    Text(Box<str>),
+}
+
+/// An exact or shape fingerprint: 16 hex characters.
+pub type Fingerprint = Digest<8>;
+/// A SHA-256 of canonical arguments: 64 hex characters.
+pub type ArgsHash = Digest<32>;
+
+impl<const N: usize> Default for Digest<N> {
+    fn default() -> Self {
+        Digest::Hex {
+            len: 0,
+            bytes: [0; N],
+        }
+    }
+}
+
+impl<const N: usize> Digest<N> {
+    /// No digest (older records, calls that were never fingerprinted).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Digest::Hex { len, .. } => *len == 0,
+            Digest::Text(t) => t.is_empty(),
+        }
+    }
+
+    /// Whether this is the digest written as `text`.
+    pub fn is(&self, text: &str) -> bool {
+        *self == Digest::from(text)
+    }
+
+    fn write_hex<'b>(len: u8, bytes: &[u8; N], buf: &'b mut [u8; 64]) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let len = usize::from(len);
+        for (i, out) in buf.iter_mut().enumerate().take(len) {
+            let b = bytes[i / 2];
+            *out = HEX[usize::from(if i % 2 == 0 { b >> 4 } else { b & 15 })];
+        }
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&buf[..len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> From<&str> for Digest<N> {
+    fn from(text: &str) -> Self {
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut bytes = [0u8; N];
+        if text.len() <= 2 * N.min(32) {
+            let mut ok = true;
+            for (i, c) in text.bytes().enumerate() {
+                match nibble(c) {
+                    Some(v) => bytes[i / 2] |= if i % 2 == 0 { v << 4 } else { v },
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                return Digest::Hex {
+                    len: text.len() as u8,
+                    bytes,
+                };
+            }
+        }
+        Digest::Text(text.into())
+    }
+}
+
+impl<const N: usize> From<String> for Digest<N> {
+    fn from(text: String) -> Self {
+        Digest::from(text.as_str())
+    }
+}
+
+impl<const N: usize> std::fmt::Display for Digest<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Digest::Hex { len, bytes } => f.write_str(Self::write_hex(*len, bytes, &mut [0; 64])),
+            Digest::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Digest<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl<const N: usize> Serialize for Digest<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Digest::Hex { len, bytes } => {
+                s.serialize_str(Self::write_hex(*len, bytes, &mut [0; 64]))
+            }
+            Digest::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Digest<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const N: usize>;
+        impl<const N: usize> serde::de::Visitor<'_> for V<N> {
+            type Value = Digest<N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hex digest string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Digest<N>, E> {
+                Ok(Digest::from(v))
+            }
+        }
+        d.deserialize_str(V::<N>)
+    }
+}
+
 /// One intercepted `tools/call` and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
@@ -216,10 +351,10 @@ pub struct CallRecord {
     pub request_id: serde_json::Value,
     /// The MCP session the call belongs to, when the protocol revision has sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
+    pub session: Option<Name>,
     /// The MCP protocol revision the client declared, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Name>,
     /// The tool arguments as received (redacted when DLP found secrets).
     pub arguments: JsonText,
     /// When things happened.
@@ -228,15 +363,15 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// SHA-256 (hex) of the canonical JSON of the arguments: keys sorted, no whitespace.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub args_hash: String,
+    #[serde(default, skip_serializing_if = "Digest::is_empty")]
+    pub args_hash: ArgsHash,
     /// Exact fingerprint: SHA-256 (hex, 16 chars) of server, tool and canonical arguments. Calls
     /// with the same fingerprint are the same call repeated, and can be decided together.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Digest::is_empty")]
+    pub fingerprint: Fingerprint,
     /// Hash of the policy the verdict came from, so an audit reader knows which rules applied.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub policy_version: String,
+    #[serde(default, skip_serializing_if = "is_empty_name")]
+    pub policy_version: Name,
     /// For a held call: how it waits and who may decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
@@ -250,8 +385,8 @@ pub struct CallRecord {
     /// Shape fingerprint: server, tool and the arguments' structure with volatile values
     /// (numbers, digit runs, ids, timestamps) masked, so a loop that varies a counter is one
     /// pattern. 16 hex characters.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub shape: String,
+    #[serde(default, skip_serializing_if = "Digest::is_empty")]
+    pub shape: Fingerprint,
     /// What the guards noticed around the call (repeats of its shape, rate limits its client
     /// hit), shown to approvers as flags.
     #[serde(default, skip_serializing_if = "Signals::is_empty")]
@@ -273,6 +408,10 @@ pub struct Signals {
     /// A rate limit or budget refused calls from this client recently: which, and how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled: Option<String>,
+}
+
+fn is_empty_name(n: &Name) -> bool {
+    n.is_empty()
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -463,6 +602,45 @@ mod tests {
         )
         .expect("deserialize");
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn digests_keep_their_text() {
+        for text in [
+            "",
+            "0",
+            "ab",
+            "0123456789abcdef",
+            "abc",
+            "ABCDEF",
+            "sh-delete",
+            "0123456789abcdef0",
+        ] {
+            let d = Fingerprint::from(text);
+            assert_eq!(d.to_string(), text);
+            assert!(d.is(text));
+            assert_eq!(d.is_empty(), text.is_empty());
+            let json = serde_json::to_string(&d).expect("serialize");
+            assert_eq!(json, format!("{text:?}"));
+            assert_eq!(
+                serde_json::from_str::<Fingerprint>(&json).expect("deserialize"),
+                d
+            );
+        }
+        // Lowercase hex that fits is packed; anything else is kept as text.
+        assert!(matches!(
+            Fingerprint::from("0123456789abcdef"),
+            Digest::Hex { len: 16, .. }
+        ));
+        assert!(matches!(Fingerprint::from("ABCDEF"), Digest::Text(_)));
+        assert!(matches!(
+            Fingerprint::from("0123456789abcdef0"),
+            Digest::Text(_)
+        ));
+        let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(ArgsHash::from(sha).to_string(), sha);
+        assert!(matches!(ArgsHash::from(sha), Digest::Hex { len: 64, .. }));
+        assert!(!Fingerprint::from("ab").is("abc"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::tokens::Registry;
 use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
-use tollgate_shared::Outcome;
+use tollgate_shared::{Name, Outcome};
 
 /// Where a server's traffic goes.
 #[derive(Clone)]
@@ -356,7 +356,7 @@ async fn post(
             None,
         );
     }
-    let protocol_version = meta_version.or(header_version).map(str::to_string);
+    let protocol_version = meta_version.or(header_version).map(tollgate_shared::intern);
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -424,7 +424,7 @@ async fn post(
         let ctx = CallContext {
             client: tollgate_shared::intern(&client),
             server: tollgate_shared::intern(server),
-            session: inbound.session.clone(),
+            session: inbound.session.as_deref().map(Name::from),
             protocol_version,
         };
         match fe

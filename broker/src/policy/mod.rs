@@ -134,7 +134,7 @@ pub struct Policy {
     /// What happens when no rule matches.
     pub default: Action,
     /// Short hash of the config text the rules came from, recorded with every call.
-    pub version: String,
+    pub version: tollgate_shared::Name,
 }
 
 /// The parts of a call that policy may look at.
@@ -285,7 +285,7 @@ mod tests {
             dlp: None,
             id: RuleRef {
                 index,
-                name: format!("rule {index}"),
+                name: format!("rule {index}").into(),
             },
             tools: tools
                 .iter()
@@ -322,7 +322,7 @@ mod tests {
                 rule(3, &["db/read_x"], vec![], Action::Approve),
             ],
             default: Action::Approve,
-            version: String::new(),
+            version: Default::default(),
         };
         let args = json!({});
         let v = policy.evaluate(&view("read_x", &args, None));
@@ -337,7 +337,7 @@ mod tests {
         };
         let v = policy.evaluate(&other);
         assert_eq!(
-            (v.action, v.rule.index, v.rule.name.as_str()),
+            (v.action, v.rule.index, &*v.rule.name),
             (Action::Approve, 0, "default")
         );
     }
@@ -353,7 +353,7 @@ mod tests {
                 Action::Deny,
             )],
             default: Action::Allow,
-            version: String::new(),
+            version: Default::default(),
         };
         let bad = json!({"q": {"text": "  DROP TABLE x"}});
         let ok = json!({"q": {"text": "select 1"}});
@@ -408,7 +408,7 @@ mod tests {
                 Action::Allow,
             )],
             default: Action::Approve,
-            version: String::new(),
+            version: Default::default(),
         };
         let args = json!({});
         let ro = json!({"readOnlyHint": true});
@@ -440,7 +440,7 @@ mod tests {
                 Action::Deny,
             )],
             default: Action::Allow,
-            version: String::new(),
+            version: Default::default(),
         };
         let both = json!({"a": 1, "b": "x"});
         let one = json!({"a": 1, "b": "y"});

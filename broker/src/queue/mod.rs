@@ -20,7 +20,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tollgate_shared::console::{
     AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
 };
-use tollgate_shared::{CallRecord, HoldMode, Name, Outcome, Verdict};
+use tollgate_shared::{CallRecord, Fingerprint, HoldMode, Name, Outcome, Verdict};
 
 use crate::gateway::now_ms;
 use crate::guards::budget::{Budgets, OverBudget};
@@ -82,7 +82,7 @@ struct GrantKey {
     client: Name,
     server: Name,
     tool: Name,
-    args_hash: String,
+    args_hash: tollgate_shared::ArgsHash,
 }
 
 /// Calls that left the queue recently, kept so a late decision is told who decided and when
@@ -372,11 +372,10 @@ impl Queue {
         let ids: Vec<Name> = match target {
             Target::Ids { ids } => ids.iter().map(|id| Name::from(id.as_str())).collect(),
             Target::Fingerprint { fingerprint } => {
+                let want = Fingerprint::from(fingerprint.as_str());
                 let mut v: Vec<_> = lock(&self.entries)
                     .values()
-                    .filter(|e| {
-                        &e.record.fingerprint == fingerprint || &e.record.shape == fingerprint
-                    })
+                    .filter(|e| e.record.fingerprint == want || e.record.shape == want)
                     .map(|e| e.record.id.clone())
                     .collect();
                 v.sort();
@@ -526,7 +525,7 @@ impl Queue {
             && let Target::Fingerprint { fingerprint } = target
             && lock(&self.entries)
                 .values()
-                .any(|e| &e.record.shape == fingerprint && &e.record.fingerprint != fingerprint)
+                .any(|e| e.record.shape.is(fingerprint) && !e.record.fingerprint.is(fingerprint))
         {
             return Err(format!(
                 "{fingerprint} is a shape fingerprint: its calls differ in numbers, ids or timestamps, so they are approved by exact fingerprint or by id, not together (rejecting by shape is fine)"
@@ -857,8 +856,8 @@ pub fn sample_call(n: usize) -> CallRecord {
         request_id: serde_json::json!(n),
         session: None,
         protocol_version: Some("2025-11-25".into()),
-        fingerprint: crate::fingerprint::exact("db", "execute_sql", &args_hash),
-        args_hash,
+        fingerprint: crate::fingerprint::exact("db", "execute_sql", &args_hash).into(),
+        args_hash: args_hash.into(),
         arguments: arguments.into(),
         timings: tollgate_shared::Timings {
             received_ms: now_ms(),
@@ -866,7 +865,7 @@ pub fn sample_call(n: usize) -> CallRecord {
             completed_ms: None,
         },
         error: None,
-        policy_version: String::new(),
+        policy_version: Name::default(),
         hold: Some(tollgate_shared::Hold {
             mode: HoldMode::Stream,
             expires_ms: now_ms() + 3_600_000,
@@ -879,7 +878,7 @@ pub fn sample_call(n: usize) -> CallRecord {
         }),
         decisions: Vec::new(),
         findings: Vec::new(),
-        shape: String::new(),
+        shape: Default::default(),
         signals: Default::default(),
     }
 }

@@ -194,9 +194,9 @@ mod tests {
             arguments: serde_json::json!({}).into(),
             timings: Timings::default(),
             error: None,
-            args_hash: String::new(),
-            fingerprint: String::new(),
-            policy_version: String::new(),
+            args_hash: Default::default(),
+            fingerprint: Default::default(),
+            policy_version: Default::default(),
             hold: Some(Hold {
                 mode: HoldMode::Stream,
                 expires_ms: 0,
@@ -209,7 +209,7 @@ mod tests {
             }),
             decisions: vec![],
             findings: Vec::new(),
-            shape: String::new(),
+            shape: Default::default(),
             signals: Default::default(),
         }
     }

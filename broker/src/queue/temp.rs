@@ -13,6 +13,7 @@ use std::sync::RwLock;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tollgate_shared::Fingerprint;
 use tollgate_shared::console::{RuleKind, TempRule};
 
 /// Longest a temporary rule may last.
@@ -128,11 +129,16 @@ impl TempRules {
     }
 
     /// The block rule refusing a call with these fingerprints, if any (counted as a hit).
-    pub fn blocking(&self, fingerprint: &str, shape: &str, now_ms: u64) -> Option<TempRule> {
+    pub fn blocking(
+        &self,
+        fingerprint: &Fingerprint,
+        shape: &Fingerprint,
+        now_ms: u64,
+    ) -> Option<TempRule> {
         let blocks = |r: &TempRule| {
             r.kind == RuleKind::Block
                 && r.until_ms > now_ms
-                && (r.fingerprint == fingerprint || r.fingerprint == shape)
+                && (fingerprint.is(&r.fingerprint) || shape.is(&r.fingerprint))
         };
         // Every call looks here: take the write lock only when a rule matches.
         if !self
@@ -154,7 +160,7 @@ impl TempRules {
     /// author. The count is saved before the call is let through; the rule goes when used up.
     pub fn take_allowance(
         &self,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         now_ms: u64,
         usable: impl Fn(&TempRule) -> bool,
     ) -> Option<TempRule> {
@@ -168,7 +174,7 @@ impl TempRules {
         let pos = rules.iter().position(|r| {
             r.kind == RuleKind::Allow
                 && r.until_ms > now_ms
-                && r.fingerprint == fingerprint
+                && fingerprint.is(&r.fingerprint)
                 && r.remaining.unwrap_or(0) > 0
                 && usable(r)
         })?;
@@ -219,12 +225,26 @@ mod tests {
         rules
             .add(rule(RuleKind::Block, "shape1", 1_000, None), 0)
             .expect("add");
-        assert!(rules.blocking("exact1", "shape1", 10).is_some());
-        assert!(rules.blocking("shape1", "other", 10).is_some());
-        assert!(rules.blocking("exact1", "shape2", 10).is_none());
+        assert!(
+            rules
+                .blocking(&"exact1".into(), &"shape1".into(), 10)
+                .is_some()
+        );
+        assert!(
+            rules
+                .blocking(&"shape1".into(), &"other".into(), 10)
+                .is_some()
+        );
+        assert!(
+            rules
+                .blocking(&"exact1".into(), &"shape2".into(), 10)
+                .is_none()
+        );
         assert_eq!(rules.list(10)[0].hits, 2);
         assert!(
-            rules.blocking("exact1", "shape1", 1_000).is_none(),
+            rules
+                .blocking(&"exact1".into(), &"shape1".into(), 1_000)
+                .is_none(),
             "expired"
         );
         assert!(rules.list(1_000).is_empty());
@@ -236,16 +256,26 @@ mod tests {
         rules
             .add(rule(RuleKind::Allow, "exact1", 1_000, Some(2)), 0)
             .expect("add");
-        assert!(rules.take_allowance("exact1", 1, |_| false).is_none());
+        assert!(
+            rules
+                .take_allowance(&"exact1".into(), 1, |_| false)
+                .is_none()
+        );
         assert_eq!(
             rules
-                .take_allowance("exact1", 1, |_| true)
+                .take_allowance(&"exact1".into(), 1, |_| true)
                 .and_then(|r| r.remaining),
             Some(1)
         );
-        assert!(rules.take_allowance("exact1", 2, |_| true).is_some());
         assert!(
-            rules.take_allowance("exact1", 3, |_| true).is_none(),
+            rules
+                .take_allowance(&"exact1".into(), 2, |_| true)
+                .is_some()
+        );
+        assert!(
+            rules
+                .take_allowance(&"exact1".into(), 3, |_| true)
+                .is_none(),
             "used up"
         );
         assert!(rules.list(3).is_empty(), "a used-up rule is gone");

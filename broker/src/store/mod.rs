@@ -164,7 +164,7 @@ pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
         request_id: record.request_id.clone(),
         rule: record.rule.clone(),
         reason: record.reason.clone(),
-        args_hash: record.args_hash.clone(),
+        args_hash: record.args_hash.to_string(),
         approvers,
         error: record.error.clone(),
         prev_hash: String::new(),

@@ -594,9 +594,9 @@ mod tests {
             arguments: serde_json::json!({}).into(),
             timings: Timings::default(),
             error: None,
-            args_hash: String::new(),
-            fingerprint: String::new(),
-            policy_version: String::new(),
+            args_hash: Default::default(),
+            fingerprint: Default::default(),
+            policy_version: Default::default(),
             hold: (outcome == Outcome::Pending).then(|| Hold {
                 mode: HoldMode::Stream,
                 expires_ms: 0,
@@ -609,7 +609,7 @@ mod tests {
             }),
             decisions: vec![],
             findings: Vec::new(),
-            shape: String::new(),
+            shape: Default::default(),
             signals: Default::default(),
         }
     }
