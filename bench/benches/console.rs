@@ -25,22 +25,24 @@ use tollgate_shared::{CallRecord, Hold, HoldMode, Outcome, RuleRef, Timings};
 
 const NOW: u64 = 1_764_000_000_000;
 
-fn call(n: usize) -> CallRecord {
+/// Pending call `n` as the console gets it: written by the broker and read back from JSON,
+/// so it holds what a real console holds (its own copy of every string the reader makes).
+fn call(n: usize) -> Result<CallRecord> {
     // A realistic mix: most calls are a few runaway loops, the rest all different.
     let (tool, args, fp) = if n % 10 < 7 {
         (
             "delete_row",
             json!({"table": "sessions", "id": n % 5}),
-            format!("loop-{}", n % 5),
+            format!("{:016x}", 0x5eed_0000 + n % 5),
         )
     } else {
         (
             "execute_sql",
             json!({"database": "prod", "query": format!("UPDATE accounts SET tier = 'gold' WHERE id = {n}"), "dry_run": false}),
-            format!("fp-{n}"),
+            format!("{:016x}", 0xf00d_0000_0000 + n),
         )
     };
-    CallRecord {
+    let record = CallRecord {
         id: format!("01a20000-0000-7000-8000-{n:012}").into(),
         outcome: Outcome::Pending,
         rule: RuleRef {
@@ -78,7 +80,8 @@ fn call(n: usize) -> CallRecord {
         findings: Vec::new(),
         shape: Default::default(),
         signals: Default::default(),
-    }
+    };
+    Ok(serde_json::from_slice(&serde_json::to_vec(&record)?)?)
 }
 
 struct Measure {
@@ -92,19 +95,16 @@ struct Measure {
 
 fn measure(calls: usize, frames: usize) -> Result<Measure> {
     let before = rss_mib(std::process::id()).unwrap_or(0.0);
+    let queue = (0..calls)
+        .map(|n| call(n).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
     let mut app = App::new("ws://bench".into(), KeyMap::default(), false, NOW);
     let me = Me {
         identity: "alice".into(),
         role: Role::Approver,
         servers: None,
     };
-    update(
-        &mut app,
-        Action::Broker(Event::Connected(
-            me,
-            (0..calls).map(|n| Arc::new(call(n))).collect(),
-        )),
-    );
+    update(&mut app, Action::Broker(Event::Connected(me, queue)));
     let process_rss = rss_mib(std::process::id()).unwrap_or(0.0);
     let rss = process_rss - before;
     let mut term = Terminal::new(TestBackend::new(160, 48))?;
@@ -132,7 +132,7 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
     let mut arrival = Vec::with_capacity(frames);
     for i in 0..frames {
         let t = Instant::now();
-        let c = call(calls + i);
+        let c = call(calls + i)?;
         update(
             &mut app,
             Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {

@@ -99,12 +99,50 @@ pub fn intern(s: &str) -> Name {
     n
 }
 
+/// Read a name as its shared copy (see [`intern`]): a console holding 100 000 calls of a few
+/// servers and tools, or the broker reading back its pending calls, keeps one copy of each.
+fn interned<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Name;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name, E> {
+            Ok(intern(v))
+        }
+    }
+    d.deserialize_str(V)
+}
+
+/// [`interned`], for an optional name.
+fn interned_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Name>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Name>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<Name>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<Name>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Name>, D::Error> {
+            interned(d).map(Some)
+        }
+    }
+    d.deserialize_option(V)
+}
+
 /// The rule that decided a call: its 1-based position in the config and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
     /// 1-based index of the `[[rule]]` table in the config; 0 for the policy default.
     pub index: usize,
     /// The rule's `name`, or `rule N` when it has none, or `default`.
+    #[serde(deserialize_with = "interned")]
     pub name: Name,
 }
 
@@ -342,10 +380,13 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The authenticated client identity that made the call.
+    #[serde(deserialize_with = "interned")]
     pub client: Name,
     /// The configured upstream server name.
+    #[serde(deserialize_with = "interned")]
     pub server: Name,
     /// The tool name as sent by the client.
+    #[serde(deserialize_with = "interned")]
     pub tool: Name,
     /// The JSON-RPC request id, exactly as the client sent it.
     pub request_id: serde_json::Value,
@@ -353,7 +394,11 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<Name>,
     /// The MCP protocol revision the client declared, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "interned_opt"
+    )]
     pub protocol_version: Option<Name>,
     /// The tool arguments as received (redacted when DLP found secrets).
     pub arguments: JsonText,
@@ -370,7 +415,11 @@ pub struct CallRecord {
     #[serde(default, skip_serializing_if = "Digest::is_empty")]
     pub fingerprint: Fingerprint,
     /// Hash of the policy the verdict came from, so an audit reader knows which rules applied.
-    #[serde(default, skip_serializing_if = "is_empty_name")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_empty_name",
+        deserialize_with = "interned"
+    )]
     pub policy_version: Name,
     /// For a held call: how it waits and who may decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -574,6 +623,9 @@ mod tests {
         );
         let back: CallRecord = serde_json::from_str(&text).expect("deserialize");
         assert_eq!(back, record);
+        let again: CallRecord = serde_json::from_str(&text).expect("deserialize");
+        assert!(std::sync::Arc::ptr_eq(&back.server, &again.server));
+        assert!(std::sync::Arc::ptr_eq(&back.rule.name, &again.rule.name));
         // Inside an internally tagged console message, which serde reads through a buffer.
         let msg = console::ServerMsg::CallPending {
             call: std::sync::Arc::new(record),
