@@ -188,7 +188,7 @@ fn queue(app: &App, f: &mut Frame, area: Rect) {
     let rows = app.rows();
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    let shown: usize = rows.iter().map(|r| r.count).sum();
+    let shown = app.shown();
     let of = if shown < app.calls.len() {
         format!(" (of {})", app.calls.len())
     } else {
