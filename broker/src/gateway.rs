@@ -266,8 +266,8 @@ impl Gateway {
                 dlp_action = Some(verdict.dlp.unwrap_or(dlp.action));
             }
         }
-        let tool = intern(tool);
-        let tool = &*tool;
+        let tool_name = intern(tool);
+        let tool = &*tool_name;
         let args_hash = fingerprint::args_hash(&stored_args);
         let shape = fingerprint::shape_fingerprint(&ctx.server, tool, &stored_args);
         let seen = self.loops.observe(&shape, now);
@@ -284,7 +284,7 @@ impl Gateway {
                 reason: verdict.reason.clone(),
                 client: ctx.client.clone(),
                 server: ctx.server.clone(),
-                tool: intern(tool),
+                tool: tool_name.clone(),
                 request_id: id.clone(),
                 session: ctx.session.clone(),
                 protocol_version: ctx.protocol_version.clone(),

@@ -86,9 +86,13 @@ const INTERNED_MAX: usize = 4096;
 /// The shared copy of `s`: records of the same server, tool and client point at one string
 /// instead of each holding its own.
 pub fn intern(s: &str) -> Name {
-    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Name>>> =
+    // Read-locked on every call through the broker; written only for a name not seen before.
+    static NAMES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<Name>>> =
         std::sync::LazyLock::new(Default::default);
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = NAMES.read().unwrap_or_else(|p| p.into_inner()).get(s) {
+        return n.clone();
+    }
+    let mut names = NAMES.write().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = names.get(s) {
         return n.clone();
     }
