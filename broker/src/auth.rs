@@ -20,7 +20,7 @@ pub fn digest(token: &str) -> [u8; 32] {
 
 /// Lowercase hex of a digest.
 pub fn hex(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    tollgate_shared::hex(d)
 }
 
 /// Why a request was not authenticated.

@@ -60,10 +60,7 @@ fn write(value: &Value, out: &mut String) {
 
 /// Lowercase hex of a SHA-256 digest.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tollgate_shared::hex(&Sha256::digest(bytes))
 }
 
 /// SHA-256 (hex) of the canonical arguments.
@@ -77,10 +74,7 @@ pub fn exact(server: &str, tool: &str, args_hash: &str) -> String {
     for part in [server, "\0", tool, "\0", args_hash] {
         h.update(part.as_bytes());
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tollgate_shared::hex(&h.finalize()[..8])
 }
 
 /// The shape of arguments as text: keys sorted, numbers as `N`, strings with volatile parts
@@ -183,10 +177,7 @@ pub fn shape_fingerprint(server: &str, tool: &str, arguments: &Value) -> String 
     for part in [server, "\0", tool, "\0", "shape", "\0", &shape(arguments)] {
         h.update(part.as_bytes());
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tollgate_shared::hex(&h.finalize()[..8])
 }
 
 #[cfg(test)]

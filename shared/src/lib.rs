@@ -253,6 +253,18 @@ pub enum Digest<const N: usize> {
     Text(Box<str>),
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of `bytes` (digests, checksums).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
 /// An exact or shape fingerprint: 16 hex characters.
 pub type Fingerprint = Digest<8>;
 /// A SHA-256 of canonical arguments: 64 hex characters.
@@ -282,7 +294,6 @@ impl<const N: usize> Digest<N> {
     }
 
     fn write_hex<'b>(len: u8, bytes: &[u8; N], buf: &'b mut [u8; 64]) -> &'b str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let len = usize::from(len);
         for (i, out) in buf.iter_mut().enumerate().take(len) {
             let b = bytes[i / 2];
@@ -658,6 +669,12 @@ mod tests {
         )
         .expect("deserialize");
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

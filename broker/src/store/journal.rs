@@ -24,7 +24,7 @@ pub struct Journal {
 
 fn checksum(json: &[u8]) -> String {
     let digest = Sha256::digest(json);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    tollgate_shared::hex(&digest[..8])
 }
 
 impl Journal {
