@@ -61,9 +61,16 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The hash of an entry: SHA-256 over the previous hash, a newline and the entry's JSON with
 /// `hash` empty.
 pub fn chain_hash(entry: &AuditEntry) -> String {
-    let mut e = entry.clone();
-    e.hash = String::new();
-    let json = serde_json::to_vec(&e).unwrap_or_default();
+    // The writer hashes entries before their hash is set; only a verifier reading stored
+    // entries needs a copy with it blanked.
+    let json = if entry.hash.is_empty() {
+        serde_json::to_vec(entry)
+    } else {
+        let mut e = entry.clone();
+        e.hash = String::new();
+        serde_json::to_vec(&e)
+    }
+    .unwrap_or_default();
     let mut bytes = Vec::with_capacity(json.len() + 65);
     bytes.extend_from_slice(entry.prev_hash.as_bytes());
     bytes.push(b'\n');
