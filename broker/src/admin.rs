@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tollgate_shared::Outcome;
@@ -99,10 +99,6 @@ fn open(dir: &Path) -> anyhow::Result<SledBackend> {
     SledBackend::open(dir)
 }
 
-fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// `audit`: search the trail.
 pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
     let backend = open(&dir.resolve()?)?;
@@ -115,7 +111,7 @@ pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
         call_id: s.call.clone(),
         since_ms: s
             .since
-            .map(|d| crate::gateway::now_ms().saturating_sub(d.as_millis() as u64)),
+            .map(|d| tollgate_shared::clock::now_ms().saturating_sub(d.as_millis() as u64)),
         limit: Some(s.limit),
     };
     let entries = backend.audit_query(&filter)?;
@@ -217,7 +213,7 @@ pub fn token_list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
             t.name,
             t.role.as_str(),
             t.servers.as_ref().map_or("(all)".into(), |s| s.join(",")),
-            time(t.created_ms)
+            tollgate_shared::clock::rfc3339_seconds(t.created_ms)
         )?;
     }
     if list.is_empty() {

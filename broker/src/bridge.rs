@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+use tollgate_shared::sync::Mutex;
 
 use crate::jsonrpc::{self, Kind};
 use crate::sse;
@@ -60,10 +61,6 @@ struct Bridge {
     http: reqwest::Client,
     shared: Arc<Mutex<Shared>>,
     out: mpsc::Sender<Bytes>,
-}
-
-fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Header-safe value, or the `=?base64?...?=` sentinel form.
@@ -139,7 +136,7 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
             && jsonrpc::method(&msg) == Some("notifications/cancelled")
         {
             if let Some(rid) = msg.pointer("/params/requestId")
-                && let Some(h) = lock(&b.shared).in_flight.remove(&jsonrpc::id_key(rid))
+                && let Some(h) = b.shared.lock().in_flight.remove(&jsonrpc::id_key(rid))
             {
                 h.abort();
             }
@@ -151,19 +148,19 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
             let key = key.clone();
             async move {
                 b.post(msg, kind).await;
-                lock(&b.shared).in_flight.remove(&key);
+                b.shared.lock().in_flight.remove(&key);
             }
         });
         if kind == Kind::Request {
-            lock(&b.shared).in_flight.insert(key, task.abort_handle());
+            b.shared.lock().in_flight.insert(key, task.abort_handle());
         }
     }
     // stdin closed: the client is done. Let answers in flight finish, then end the session.
-    let pending: Vec<_> = lock(&b.shared).in_flight.drain().map(|(_, h)| h).collect();
+    let pending: Vec<_> = b.shared.lock().in_flight.drain().map(|(_, h)| h).collect();
     for h in pending {
         h.abort();
     }
-    let session = lock(&b.shared).session.clone();
+    let session = b.shared.lock().session.clone();
     if let Some(s) = session {
         let _ = b
             .request(reqwest::Method::DELETE)
@@ -201,7 +198,7 @@ impl Bridge {
             .request(reqwest::Method::POST)
             .header("content-type", "application/json");
         {
-            let sh = lock(&self.shared);
+            let sh = self.shared.lock();
             if let Some(s) = &sh.session
                 && modern_version.is_none()
             {
@@ -245,7 +242,7 @@ impl Bridge {
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
         {
-            lock(&self.shared).session = Some(s.to_string());
+            self.shared.lock().session = Some(s.to_string());
         }
         let status = resp.status();
         let is_sse = resp
@@ -302,7 +299,7 @@ impl Bridge {
             && let Ok(v) = serde_json::from_str::<Value>(&data)
             && let Some(version) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
         {
-            lock(&self.shared).version = Some(version.to_string());
+            self.shared.lock().version = Some(version.to_string());
             let b = self.clone();
             tokio::spawn(async move { b.listen().await });
         }
@@ -314,7 +311,7 @@ impl Bridge {
         let mut last_event: Option<String> = None;
         for _attempt in 0..1000 {
             let (session, version) = {
-                let sh = lock(&self.shared);
+                let sh = self.shared.lock();
                 (sh.session.clone(), sh.version.clone())
             };
             let Some(session) = session else { return };

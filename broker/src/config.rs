@@ -792,7 +792,7 @@ impl Validator<'_> {
             }
             let digest = match (c.token_sha256, c.token_env) {
                 (Some(h), None) => {
-                    match parse_hex32(h.get_ref()) {
+                    match tollgate_shared::unhex::<32>(h.get_ref()) {
                         Some(d) => Some(d),
                         None => {
                             self.problem(
@@ -1283,18 +1283,6 @@ fn parse_size(v: &toml::Value) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Expand `${VAR}` from the environment; returns the name of the first unset variable.

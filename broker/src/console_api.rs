@@ -98,7 +98,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
 /// Send the queue as a snapshot, in parts of about [`SNAPSHOT_PART_BYTES`] when it is large
 /// (100 000 pending calls are tens of MB of JSON, beyond any sane WebSocket message limit).
 async fn send_snapshot(socket: &mut WebSocket, queue: &Queue, req: Option<u64>) -> bool {
-    let mut rules = Some(queue.temp.list(crate::gateway::now_ms()));
+    let mut rules = Some(queue.temp.list(tollgate_shared::clock::now_ms()));
     let mut parts = snapshot_parts(queue.snapshot()).into_iter().peekable();
     while let Some(part) = parts.next() {
         let more = parts.peek().is_some();
@@ -303,12 +303,12 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
         },
         ClientMsg::ListRules { req } => ServerMsg::Rules {
             req,
-            rules: api.queue.temp.list(crate::gateway::now_ms()),
+            rules: api.queue.temp.list(tollgate_shared::clock::now_ms()),
         },
         ClientMsg::RevokeRule { req, id } => match api.queue.revoke_rule(who, &id) {
             Ok(_) => ServerMsg::Rules {
                 req,
-                rules: api.queue.temp.list(crate::gateway::now_ms()),
+                rules: api.queue.temp.list(tollgate_shared::clock::now_ms()),
             },
             Err(message) => ServerMsg::Error { req, message },
         },

@@ -8,10 +8,12 @@
 //! through once after approval.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
+use tollgate_shared::clock::now_ms;
+use tollgate_shared::sync::{Mutex, RwLock};
 use tollgate_shared::{
     CallRecord, Hold, HoldMode, JsonText, Name, Outcome, Signals, Timings, intern,
 };
@@ -24,13 +26,6 @@ use crate::jsonrpc;
 use crate::policy::{Action, CallView, Policy, Verdict};
 use crate::queue::{Queue, Waiting};
 use crate::store::Recorder;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Tool annotations learned from upstreams' `tools/list` answers, per server and tool.
 #[derive(Default)]
@@ -53,7 +48,7 @@ impl Annotations {
                 ));
             }
         }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.write();
         let entry = map.entry(server.to_string()).or_default();
         let n = learned.len();
         entry.extend(learned);
@@ -69,7 +64,7 @@ impl Annotations {
 
     /// The annotations of a tool, if its server has listed it.
     pub fn get(&self, server: &str, tool: &str) -> Option<Value> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.read();
         map.get(server)?.get(tool).cloned()
     }
 }
@@ -183,7 +178,7 @@ pub struct Gateway {
 /// they judge is also being throttled.
 #[derive(Default)]
 pub struct Throttle {
-    recent: std::sync::Mutex<HashMap<String, (String, u32, u64)>>,
+    recent: Mutex<HashMap<String, (String, u32, u64)>>,
 }
 
 /// How long a refusal keeps a client flagged.
@@ -191,7 +186,7 @@ const THROTTLE_WINDOW_MS: u64 = 60_000;
 
 impl Throttle {
     fn refused(&self, client: &str, what: &str, now: u64) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock();
         if recent.len() > 10_000 {
             recent.retain(|_, (_, _, at)| *at + THROTTLE_WINDOW_MS > now);
         }
@@ -205,7 +200,7 @@ impl Throttle {
     }
 
     fn flag(&self, client: &str, now: u64) -> Option<String> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = self.recent.lock();
         let (what, n, at) = recent.get(client)?;
         (at + THROTTLE_WINDOW_MS > now).then(|| {
             format!(
@@ -320,9 +315,7 @@ impl Gateway {
                 .blocking(&record.fingerprint, &record.shape, now)
             {
                 tracing::info!(temp_rule = %rule.id, by = %rule.by, "blocked by a temporary rule");
-                let until = humantime::format_rfc3339_seconds(
-                    UNIX_EPOCH + Duration::from_millis(rule.until_ms),
-                );
+                let until = tollgate_shared::clock::rfc3339_seconds(rule.until_ms);
                 let because = rule
                     .reason
                     .as_deref()

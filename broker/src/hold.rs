@@ -15,7 +15,7 @@
 //! Idle listeners get an SSE comment every keep-alive interval so proxies keep the stream open.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,14 +24,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, JsonText, Name, Outcome};
 
 use crate::frontend::{self, Upstream};
-use crate::gateway::now_ms;
 use crate::jsonrpc::{self, Kind};
 use crate::queue::{Queue, Resolution, Waiting};
 use crate::sse;
 use crate::upstream::{Inbound, Parked};
+use tollgate_shared::clock::now_ms;
 
 /// How long a finished feed stays available for a client that resumes late.
 const RETAIN: Duration = Duration::from_secs(300);
@@ -79,14 +80,10 @@ pub struct FeedStatus {
     pub updated_ms: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Feed {
     fn push(&self, data: Bytes, last: bool) {
         {
-            let mut st = lock(&self.st);
+            let mut st = self.st.lock();
             if st.done {
                 return;
             }
@@ -98,14 +95,14 @@ impl Feed {
     }
 
     fn resolved(&self, end: Resolution) {
-        let mut st = lock(&self.st);
+        let mut st = self.st.lock();
         st.end = Some(end);
         st.updated_ms = now_ms();
     }
 
     /// A consistent view of the feed's progress.
     pub fn status(&self) -> FeedStatus {
-        let st = lock(&self.st);
+        let st = self.st.lock();
         FeedStatus {
             last: st.done.then(|| st.events.last().cloned()).flatten(),
             end: st.end.clone(),
@@ -118,11 +115,11 @@ impl Feed {
     }
 
     fn listeners(&self) -> usize {
-        lock(&self.st).listeners
+        self.st.lock().listeners
     }
 
     fn attach(self: &Arc<Self>) -> Listener {
-        lock(&self.st).listeners += 1;
+        self.st.lock().listeners += 1;
         Listener { feed: self.clone() }
     }
 
@@ -131,7 +128,7 @@ impl Feed {
         loop {
             let notified = self.changed.notified();
             {
-                let st = lock(&self.st);
+                let st = self.st.lock();
                 if st.done
                     && let Some(last) = st.events.last()
                 {
@@ -151,7 +148,7 @@ struct Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let gone = {
-            let mut st = lock(&self.feed.st);
+            let mut st = self.feed.st.lock();
             st.listeners -= 1;
             st.listeners == 0 && !st.done
         };
@@ -178,12 +175,12 @@ struct Ending {
 
 impl Feeds {
     fn insert(&self, feed: Arc<Feed>) {
-        lock(&self.map).insert(feed.id.clone(), feed);
+        self.map.lock().insert(feed.id.clone(), feed);
     }
 
     fn remove_later(self: &Arc<Self>, id: Name) {
         let start = {
-            let mut ending = lock(&self.ending);
+            let mut ending = self.ending.lock();
             ending
                 .due
                 .push_back((tokio::time::Instant::now() + RETAIN, id));
@@ -200,7 +197,7 @@ impl Feeds {
         loop {
             let next = {
                 let Some(f) = feeds.upgrade() else { return };
-                let mut ending = lock(&f.ending);
+                let mut ending = f.ending.lock();
                 let now = tokio::time::Instant::now();
                 let mut gone = Vec::new();
                 while ending.due.front().is_some_and(|(at, _)| *at <= now) {
@@ -211,7 +208,7 @@ impl Feeds {
                     ending.sweeping = false;
                 }
                 drop(ending);
-                let mut map = lock(&f.map);
+                let mut map = f.map.lock();
                 for id in gone {
                     map.remove(&id);
                 }
@@ -226,12 +223,14 @@ impl Feeds {
 
     /// The feed of a call id.
     pub fn get(&self, id: &str) -> Option<Arc<Feed>> {
-        lock(&self.map).get(id).cloned()
+        self.map.lock().get(id).cloned()
     }
 
     /// Every feed of one client that waits as a task, oldest first.
     pub fn tasks_of(&self, client: &str) -> Vec<Arc<Feed>> {
-        let mut v: Vec<_> = lock(&self.map)
+        let mut v: Vec<_> = self
+            .map
+            .lock()
             .values()
             .filter(|f| *f.client == *client && f.task.is_some())
             .cloned()
@@ -244,7 +243,7 @@ impl Feeds {
     pub fn for_event_id(&self, last_event_id: &str) -> Option<(Arc<Feed>, usize)> {
         let (id, n) = last_event_id.strip_prefix("tg-")?.rsplit_once('-')?;
         let n = n.parse().ok()?;
-        Some((lock(&self.map).get(id)?.clone(), n))
+        Some((self.map.lock().get(id)?.clone(), n))
     }
 }
 
@@ -605,7 +604,7 @@ fn listen(feed: Arc<Feed>, after: usize, keepalive: Duration) -> Response<Body> 
             loop {
                 let notified = feed.changed.notified();
                 {
-                    let st = lock(&feed.st);
+                    let st = feed.st.lock();
                     if next < st.events.len() {
                         let data = st.events[next].clone();
                         next += 1;
@@ -795,7 +794,7 @@ mod tests {
         tokio::time::sleep(RETAIN / 2).await;
         assert!(feeds.get("b").is_none());
         assert!(
-            !lock(&feeds.ending).sweeping,
+            !feeds.ending.lock().sweeping,
             "the sweeper ends when nothing is left"
         );
         // A later feed starts it again.

@@ -82,7 +82,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let recorder = Recorder::start(backend.clone())?;
     let temp = crate::queue::temp::TempRules::load(
         config.broker.data_dir.join("temp_rules.json"),
-        crate::gateway::now_ms(),
+        tollgate_shared::clock::now_ms(),
     )?;
     let queue = Queue::with_guards(
         recorder.clone(),

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use tollgate_shared::clock::rfc3339_millis;
 use tollgate_shared::{CallRecord, Outcome};
 
 use crate::hold::{Feed, Feeds};
@@ -66,11 +67,6 @@ pub fn flavor_of(record: &CallRecord) -> Flavor {
     }
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
 fn waiting_message(record: &CallRecord) -> String {
     let who = match record.hold.as_ref().map(|h| h.approvers.as_slice()) {
         Some(names) if !names.is_empty() => names.join(" or "),
@@ -85,7 +81,7 @@ fn waiting_message(record: &CallRecord) -> String {
     let expires = record
         .hold
         .as_ref()
-        .map(|h| format!("; expires {}", rfc3339(h.expires_ms)))
+        .map(|h| format!("; expires {}", rfc3339_millis(h.expires_ms)))
         .unwrap_or_default();
     format!(
         "Waiting for approval by {who}{how_many}: rule \"{}\" holds {}/{}{expires}",
@@ -194,8 +190,8 @@ fn task_object(feed: &Feed, v: &View, flavor: Flavor) -> Value {
         "taskId": feed.id,
         "status": v.status,
         "statusMessage": v.message,
-        "createdAt": rfc3339(feed.received_ms),
-        "lastUpdatedAt": rfc3339(v.updated_ms),
+        "createdAt": rfc3339_millis(feed.received_ms),
+        "lastUpdatedAt": rfc3339_millis(v.updated_ms),
     });
     match flavor {
         Flavor::Legacy => {

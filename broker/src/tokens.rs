@@ -7,13 +7,13 @@
 //! token stops working at its next use.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tollgate_shared::console::Role;
+use tollgate_shared::sync::Mutex;
 
 use crate::auth;
 use crate::queue::rules::Identity;
@@ -56,24 +56,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
 }
 
 fn write(path: &Path, tokens: Vec<TokenEntry>) -> anyhow::Result<()> {
-    write_atomic(path, &serde_json::to_vec_pretty(&File { tokens })?)
-}
-
-/// Replace `path` with `text` so that a crash leaves the old or the new file, never a mix:
-/// write a sibling, sync it, rename it over, sync the directory.
-pub fn write_atomic(path: &Path, text: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    tollgate_shared::fs::write_atomic(path, &serde_json::to_vec_pretty(&File { tokens })?)?;
     Ok(())
 }
 
@@ -109,7 +92,7 @@ pub fn add(
         sha256: auth::hex(&auth::digest(&token)),
         role,
         servers,
-        created_ms: crate::gateway::now_ms(),
+        created_ms: tollgate_shared::clock::now_ms(),
     });
     write(&file, tokens)?;
     Ok(token)
@@ -153,7 +136,7 @@ impl Registry {
 
     /// The identity a token belongs to (every stored digest is compared, in constant time).
     pub fn lookup(&self, token: &str) -> Option<Identity> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.lock();
         let now = stamp(&self.path);
         if now != cache.0 {
             match read(&self.path) {
@@ -161,13 +144,7 @@ impl Registry {
                     let parsed = entries
                         .into_iter()
                         .filter_map(|e| {
-                            let mut d = [0u8; 32];
-                            let bytes = (0..32)
-                                .map(|i| {
-                                    u8::from_str_radix(e.sha256.get(2 * i..2 * i + 2)?, 16).ok()
-                                })
-                                .collect::<Option<Vec<u8>>>()?;
-                            d.copy_from_slice(&bytes);
+                            let d = tollgate_shared::unhex::<32>(&e.sha256)?;
                             Some((
                                 d,
                                 Identity {

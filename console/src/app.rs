@@ -912,7 +912,7 @@ fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                         r.id,
                         r.server,
                         r.tool,
-                        crate::fmt::time(r.until_ms)
+                        tollgate_shared::clock::rfc3339_seconds(r.until_ms)
                     ));
                     return None;
                 }

@@ -17,7 +17,9 @@ use tollgate_shared::console::{
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
 use crate::client::{Conn, Settings};
-use crate::fmt::{args_summary, now_ms, pretty_sorted, short_duration, time};
+use crate::fmt::{args_summary, pretty_sorted, short_duration};
+use tollgate_shared::clock::now_ms;
+use tollgate_shared::clock::rfc3339_seconds;
 
 /// Exit code when a call was not found.
 pub const NOT_FOUND: u8 = 3;
@@ -112,7 +114,7 @@ pub async fn show(s: &Settings, id: &str, json: bool) -> Result<ExitCode> {
         for e in &entries {
             println!(
                 "  {}  {:<10} {}/{} by {}{}{}",
-                time(e.at_ms),
+                rfc3339_seconds(e.at_ms),
                 e.outcome.as_str(),
                 e.server,
                 e.tool,
@@ -145,9 +147,12 @@ pub fn detail(c: &CallRecord) -> String {
     if let Some(r) = &c.reason {
         s.push_str(&format!("reason   {r}\n"));
     }
-    s.push_str(&format!("received {}\n", time(c.timings.received_ms)));
+    s.push_str(&format!(
+        "received {}\n",
+        rfc3339_seconds(c.timings.received_ms)
+    ));
     if let Some(h) = &c.hold {
-        s.push_str(&format!("expires  {}\n", time(h.expires_ms)));
+        s.push_str(&format!("expires  {}\n", rfc3339_seconds(h.expires_ms)));
         s.push_str(&format!("waits as {:?}, quorum {}\n", h.mode, h.quorum).to_lowercase());
         if !h.approvers.is_empty() {
             s.push_str(&format!("deciders {}\n", h.approvers.join(", ")));
@@ -159,7 +164,7 @@ pub fn detail(c: &CallRecord) -> String {
                 "decision {:?} by {} at {}\n",
                 d.verdict,
                 d.by,
-                time(d.at_ms)
+                rfc3339_seconds(d.at_ms)
             )
             .to_lowercase(),
         );
@@ -360,7 +365,7 @@ pub fn event_line(m: &ServerMsg) -> Option<String> {
         .unwrap_or_default();
     Some(format!(
         "{}  {:<9}  {}/{}  client {}{by}  {}",
-        time(now_ms()),
+        rfc3339_seconds(now_ms()),
         what,
         call.server,
         call.tool,

@@ -1,14 +1,6 @@
 //! Text helpers shared by the CLI and the TUI: ages, times and one-line argument summaries.
 
 use serde_json::Value;
-use std::time::{Duration, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A compact age or countdown: `42s`, `3m05s`, `2h04m`, `3d`.
 pub fn short_duration(ms: u64) -> String {
@@ -19,11 +11,6 @@ pub fn short_duration(ms: u64) -> String {
         3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d", s / 86400),
     }
-}
-
-/// RFC 3339 time, seconds precision, UTC.
-pub fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// `key=value` pairs of an arguments object on one line, strings unquoted when plain, cut to

@@ -6,8 +6,8 @@
 //! (`$XDG_CONFIG_HOME/tollgate/console.toml`, or `~/.config/tollgate/console.toml`), which can
 //! also remap keys.
 
-use tollgate_console::fmt::now_ms;
 use tollgate_console::{cli, client, keys, tui};
+use tollgate_shared::clock::now_ms;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

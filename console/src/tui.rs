@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::app::{Action, App, update_batch};
 use crate::client::{self, Settings};
-use crate::fmt::now_ms;
 use crate::keys::KeyMap;
 use crate::ui;
+use tollgate_shared::clock::now_ms;
 
 /// Restores the terminal however the loop ends (including a panic).
 struct Restore;

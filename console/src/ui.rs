@@ -10,8 +10,9 @@ use tollgate_shared::console::{RuleKind, Target};
 use tollgate_shared::{CallRecord, Verdict};
 
 use crate::app::{App, Grouping, Link, Prompt, View};
-use crate::fmt::{args_summary, cut, pretty_sorted, short_duration, time};
+use crate::fmt::{args_summary, cut, pretty_sorted, short_duration};
 use crate::keys::Command;
+use tollgate_shared::clock::rfc3339_seconds;
 
 #[derive(Clone, Copy)]
 enum Look {
@@ -410,7 +411,7 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
             "received",
             format!(
                 "{} ({} ago)",
-                time(c.timings.received_ms),
+                rfc3339_seconds(c.timings.received_ms),
                 short_duration(app.now_ms.saturating_sub(c.timings.received_ms))
             ),
         ),
@@ -424,7 +425,7 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
             "expires",
             format!(
                 "{} (in {})",
-                time(h.expires_ms),
+                rfc3339_seconds(h.expires_ms),
                 short_duration(h.expires_ms.saturating_sub(app.now_ms))
             ),
         ));
@@ -483,7 +484,13 @@ fn detail(app: &App, f: &mut Frame, area: Rect) {
         lines.push(field(
             app,
             "decision",
-            format!("{:?} by {} at {}", d.verdict, d.by, time(d.at_ms)).to_lowercase(),
+            format!(
+                "{:?} by {} at {}",
+                d.verdict,
+                d.by,
+                rfc3339_seconds(d.at_ms)
+            )
+            .to_lowercase(),
         ));
     }
     if row.count > 1 {
@@ -688,7 +695,7 @@ fn audit(app: &App, f: &mut Frame, area: Rect) {
                 _ => Look::Warn,
             };
             TableRow::new(vec![
-                Cell::from(time(e.at_ms)[11..19].to_string()),
+                Cell::from(rfc3339_seconds(e.at_ms)[11..19].to_string()),
                 Cell::from(Span::styled(e.outcome.as_str(), style(app, look))),
                 Cell::from(format!("{}/{}", e.server, e.tool)),
                 Cell::from(e.client.clone()),

@@ -78,12 +78,6 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
 }
 
-/// RFC 3339 UTC time, seconds precision.
-fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
 fn by(e: &AuditEntry, sep: &str) -> String {
     e.approvers.join(sep)
 }
@@ -106,7 +100,7 @@ pub fn table(entries: &[AuditEntry]) -> String {
         out.push_str(&format!(
             "{:>6}  {:<20}  {:<12}  {:<12}  {:<28}  {:<12}  {:<14}  {}\n",
             e.seq,
-            time(e.at_ms),
+            crate::clock::rfc3339_seconds(e.at_ms),
             e.outcome.as_str(),
             e.client,
             format!("{}/{}", e.server, e.tool),
@@ -134,7 +128,7 @@ pub fn csv(entries: &[AuditEntry]) -> String {
     for e in entries {
         let fields = [
             e.seq.to_string(),
-            time(e.at_ms),
+            crate::clock::rfc3339_seconds(e.at_ms),
             e.outcome.to_string(),
             e.client.clone(),
             e.server.clone(),

@@ -7,7 +7,10 @@
 //! [`console`] holds the console WebSocket protocol and [`audit`] the hash-chained audit entry.
 
 pub mod audit;
+pub mod clock;
 pub mod console;
+pub mod fs;
+pub mod sync;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,12 +90,12 @@ const INTERNED_MAX: usize = 4096;
 /// instead of each holding its own.
 pub fn intern(s: &str) -> Name {
     // Read-locked on every call through the broker; written only for a name not seen before.
-    static NAMES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<Name>>> =
+    static NAMES: std::sync::LazyLock<sync::RwLock<std::collections::HashSet<Name>>> =
         std::sync::LazyLock::new(Default::default);
-    if let Some(n) = NAMES.read().unwrap_or_else(|p| p.into_inner()).get(s) {
+    if let Some(n) = NAMES.read().get(s) {
         return n.clone();
     }
-    let mut names = NAMES.write().unwrap_or_else(|p| p.into_inner());
+    let mut names = NAMES.write();
     if let Some(n) = names.get(s) {
         return n.clone();
     }
@@ -263,6 +266,21 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
+}
+
+/// The bytes written as exactly `2 * N` hex digits (either case, surrounding whitespace
+/// ignored), e.g. a SHA-256 from a config file or the token file.
+pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.trim().as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = nibble(text[2 * i])? << 4 | nibble(text[2 * i + 1])?;
+    }
+    Some(out)
 }
 
 /// An exact or shape fingerprint: 16 hex characters.
@@ -675,6 +693,16 @@ mod tests {
     fn hex_is_lowercase_two_digits_a_byte() {
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
         assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn unhex_reads_back_exactly_n_bytes() {
+        assert_eq!(unhex::<3>(" 000FA5 "), Some([0x00, 0x0f, 0xa5]));
+        assert_eq!(unhex::<2>(&hex(&[0xab, 0x01])), Some([0xab, 0x01]));
+        assert_eq!(unhex::<2>("abc"), None, "too short");
+        assert_eq!(unhex::<2>("abcdef"), None, "too long");
+        assert_eq!(unhex::<2>("zz00"), None, "not hex");
+        assert_eq!(unhex::<1>("é"), None, "not ASCII");
     }
 
     #[test]

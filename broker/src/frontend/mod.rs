@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::auth::{self, AuthError};
 use crate::config::{Auth, Config};
-use crate::gateway::{CallContext, Gateway, Intercept, now_ms};
+use crate::gateway::{CallContext, Gateway, Intercept};
 use crate::hold::{self, Feeds};
 use crate::jsonrpc::{self, Kind};
 use crate::queue::Waiting;
@@ -29,6 +29,7 @@ use crate::tokens::Registry;
 use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
+use tollgate_shared::clock::now_ms;
 use tollgate_shared::{Name, Outcome};
 
 /// Where a server's traffic goes.
@@ -79,7 +80,7 @@ pub struct Frontend {
     /// Keep-alive interval on held calls.
     pub keepalive: std::time::Duration,
     /// Sessions whose client declared task support at `initialize` (2025-11-25).
-    pub task_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub task_sessions: tollgate_shared::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Frontend {
@@ -402,11 +403,9 @@ async fn post(
         && match method.as_str() {
             "initialize" => value.pointer("/params/capabilities/tasks").is_some(),
             "server/discover" => tasks::requested(&value, true).is_some(),
-            "tools/list" => session.as_ref().is_some_and(|s| {
-                std::sync::Mutex::lock(&fe.task_sessions)
-                    .map(|set| set.contains(s))
-                    .unwrap_or(false)
-            }),
+            "tools/list" => session
+                .as_ref()
+                .is_some_and(|s| fe.task_sessions.lock().contains(s)),
             _ => false,
         };
     let mut inbound = Inbound {
@@ -481,9 +480,8 @@ async fn post(
                 .headers()
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
-            && let Ok(mut set) = fe.task_sessions.lock()
         {
-            set.insert(id.to_string());
+            fe.task_sessions.lock().insert(id.to_string());
         }
         return patch::result(response, |r| match method.as_str() {
             "initialize" => tasks::advertise_legacy(r),

@@ -15,9 +15,9 @@
 //! again, the approval window and the day's spending start afresh.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 
 use tollgate_shared::CallRecord;
+use tollgate_shared::sync::Mutex;
 
 use crate::policy::ToolPattern;
 
@@ -127,10 +127,6 @@ impl Budgets {
         self.budgets.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, tollgate_shared::Name), Account>> {
-        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A call is about to be forwarded without a person: charge its cost, or refuse it.
     pub fn charge_run(
         &self,
@@ -142,7 +138,7 @@ impl Budgets {
         if self.is_empty() {
             return Ok(());
         }
-        let mut accounts = self.lock();
+        let mut accounts = self.accounts.lock();
         let mut charges = Vec::new();
         for (i, b) in self.budgets.iter().enumerate() {
             let Some(daily) = b.daily.filter(|_| b.applies(server, tool)) else {
@@ -172,7 +168,7 @@ impl Budgets {
         if self.is_empty() {
             return Ok(());
         }
-        let mut accounts = self.lock();
+        let mut accounts = self.accounts.lock();
         let mut taking = Vec::new();
         for (i, b) in self.budgets.iter().enumerate() {
             if !b.applies(&call.server, &call.tool) {
@@ -239,7 +235,7 @@ impl Budgets {
         if self.is_empty() {
             return;
         }
-        let mut accounts = self.lock();
+        let mut accounts = self.accounts.lock();
         for (i, b) in self.budgets.iter().enumerate() {
             if b.applies(&call.server, &call.tool) {
                 let acc = accounts.entry((i, call.client.clone())).or_default();
@@ -255,7 +251,7 @@ impl Budgets {
         if self.is_empty() {
             return;
         }
-        let mut accounts = self.lock();
+        let mut accounts = self.accounts.lock();
         for (i, b) in self.budgets.iter().enumerate() {
             if !b.applies(&call.server, &call.tool) {
                 continue;

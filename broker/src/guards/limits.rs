@@ -8,7 +8,8 @@
 //! will be there. [`Limiter::check`] is pure over its state and the time given to it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+
+use tollgate_shared::sync::Mutex;
 
 use crate::policy::ToolPattern;
 
@@ -115,7 +116,7 @@ impl Limiter {
         client: &str,
         now_ms: u64,
     ) -> Result<(), Limited> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self.buckets.lock();
         let mut taking = Vec::new();
         for (i, l) in self.limits.iter().enumerate() {
             if !l.tools.iter().any(|p| p.matches(server, tool)) {

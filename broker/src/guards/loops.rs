@@ -6,7 +6,8 @@
 //! the policy would have allowed, or refuses them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+
+use tollgate_shared::sync::Mutex;
 
 /// What happens to a call in a loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +87,7 @@ impl Loops {
     pub fn observe(&self, shape: &str, now_ms: u64) -> Seen {
         let window = self.config.window_ms;
         let old = |t: &u64| now_ms.saturating_sub(*t) >= window;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.lock();
         if seen.len() >= SHAPES_BEFORE_PRUNE && !seen.contains_key(shape) {
             seen.retain(|_, times| times.back().is_some_and(|t| !old(t)));
         }
@@ -147,6 +148,6 @@ mod tests {
             loops.observe(&format!("s{i}"), 0);
         }
         loops.observe("late", 120_000);
-        assert_eq!(loops.seen.lock().expect("lock").len(), 1);
+        assert_eq!(loops.seen.lock().len(), 1);
     }
 }

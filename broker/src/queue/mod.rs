@@ -12,7 +12,7 @@ pub mod rules;
 pub mod temp;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,13 +20,14 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tollgate_shared::console::{
     AllowNext, DecideResult, Refusal, Role, RuleKind, ServerMsg, Target, TempRule,
 };
+use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Fingerprint, HoldMode, Name, Outcome, Verdict};
 
-use crate::gateway::now_ms;
 use crate::guards::budget::{Budgets, OverBudget};
 use crate::store::Recorder;
 use rules::{Change, ClosedCall, Identity};
 use temp::TempRules;
+use tollgate_shared::clock::now_ms;
 
 /// How a held call ended (what its waiting client should be told).
 #[derive(Debug, Clone, PartialEq)]
@@ -167,10 +168,6 @@ pub enum Follow {
     AllowNext(AllowNext),
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// How many decided calls are written (and answered) together.
 const DECIDE_CHUNK: usize = 4096;
 
@@ -254,7 +251,9 @@ impl Queue {
 
     /// Every pending call, oldest first.
     pub fn snapshot(&self) -> Vec<Arc<CallRecord>> {
-        let mut out: Vec<_> = lock(&self.entries)
+        let mut out: Vec<_> = self
+            .entries
+            .lock()
             .values()
             .map(|e| e.record.clone())
             .collect();
@@ -264,7 +263,7 @@ impl Queue {
 
     /// A pending call's record.
     pub fn get(&self, id: &str) -> Option<Arc<CallRecord>> {
-        lock(&self.entries).get(id).map(|e| e.record.clone())
+        self.entries.lock().get(id).map(|e| e.record.clone())
     }
 
     /// Hold a call: reserve its place in the budgets, commit it durably, then tell consoles.
@@ -293,7 +292,7 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         let id = record.id.clone();
         let expires = record.hold.as_ref().map(|h| h.expires_ms);
-        lock(&self.entries).insert(
+        self.entries.lock().insert(
             id.clone(),
             Entry {
                 record: record.clone(),
@@ -314,7 +313,7 @@ impl Queue {
     /// has). Nothing runs if the queue goes away first.
     pub fn then(&self, waiting: Waiting, f: impl FnOnce(Resolved) + Send + 'static) {
         let Waiting { record, mut done } = waiting;
-        if let Some(entry) = lock(&self.entries).get_mut(&record.id)
+        if let Some(entry) = self.entries.lock().get_mut(&record.id)
             && matches!(entry.done, Done::Wait(_))
         {
             entry.done = Done::Then(Box::new(f));
@@ -337,7 +336,7 @@ impl Queue {
     /// Expire call `id` at `at` (ms since the epoch) unless it is resolved first.
     fn expire_at(self: &Arc<Self>, at: u64, id: Name) {
         let (start, sooner) = {
-            let mut ex = lock(&self.expiries);
+            let mut ex = self.expiries.lock();
             let sooner = ex.due.first().is_none_or(|(first, _)| at < *first);
             ex.due.insert((at, id));
             (!std::mem::replace(&mut ex.running, true), sooner)
@@ -355,7 +354,8 @@ impl Queue {
     /// A call left the queue: it no longer expires.
     fn forget_expiry(&self, record: &CallRecord) {
         if let Some(h) = &record.hold {
-            lock(&self.expiries)
+            self.expiries
+                .lock()
                 .due
                 .remove(&(h.expires_ms, record.id.clone()));
         }
@@ -373,7 +373,9 @@ impl Queue {
             Target::Ids { ids } => ids.iter().map(|id| Name::from(id.as_str())).collect(),
             Target::Fingerprint { fingerprint } => {
                 let want = Fingerprint::from(fingerprint.as_str());
-                let mut v: Vec<_> = lock(&self.entries)
+                let mut v: Vec<_> = self
+                    .entries
+                    .lock()
                     .values()
                     .filter(|e| e.record.fingerprint == want || e.record.shape == want)
                     .map(|e| e.record.id.clone())
@@ -386,7 +388,7 @@ impl Queue {
         let mut changed = Vec::new();
         let mut results = Vec::with_capacity(ids.len());
         {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             for id in &ids {
                 let Some(entry) = entries.get_mut(id) else {
                     results.push((id.clone(), Err(None)));
@@ -439,7 +441,7 @@ impl Queue {
                 match w {
                     Ok(()) => self.settle(next, change),
                     Err(e) => {
-                        if let Some(entry) = lock(&self.entries).get_mut(&before.id) {
+                        if let Some(entry) = self.entries.lock().get_mut(&before.id) {
                             entry.record = before.clone();
                         }
                         failed.insert(before.id.clone(), e);
@@ -481,7 +483,7 @@ impl Queue {
                     message: why,
                 },
                 Err(None) => {
-                    let recent = lock(&self.closed).map.get(&id).cloned();
+                    let recent = self.closed.lock().map.get(&id).cloned();
                     let stored = recent.or_else(|| {
                         let rec = self.recorder.backend().call(&id).ok().flatten()?;
                         Some(ClosedCall::of(&rec))
@@ -523,7 +525,9 @@ impl Queue {
         // is safe, approving them together would approve arguments nobody looked at.
         if verdict == Verdict::Approve
             && let Target::Fingerprint { fingerprint } = target
-            && lock(&self.entries)
+            && self
+                .entries
+                .lock()
                 .values()
                 .any(|e| e.record.shape.is(fingerprint) && !e.record.fingerprint.is(fingerprint))
         {
@@ -565,8 +569,8 @@ impl Queue {
         }
         let results = self.decide(who, target, verdict, reason).await;
         let decided: Vec<ClosedCall> = {
-            let closed = lock(&self.closed);
-            let entries = lock(&self.entries);
+            let closed = self.closed.lock();
+            let entries = self.entries.lock();
             results
                 .iter()
                 .filter(|r| r.ok)
@@ -663,8 +667,8 @@ impl Queue {
         // Into `closed` before out of `entries` (under its lock), so a decision racing this one
         // always finds the call in one of them.
         let entry = {
-            let mut entries = lock(&self.entries);
-            lock(&self.closed).insert(&record);
+            let mut entries = self.entries.lock();
+            self.closed.lock().insert(&record);
             entries.remove(&record.id)
         };
         self.forget_expiry(&record);
@@ -691,7 +695,9 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry)
         {
             let until = now_ms() + self.retry_ttl.as_millis() as u64;
-            lock(&self.grants).insert(grant_key(&record), (record.clone(), until));
+            self.grants
+                .lock()
+                .insert(grant_key(&record), (record.clone(), until));
         }
         self.publish(ServerMsg::CallDecided {
             call: record.clone(),
@@ -706,7 +712,7 @@ impl Queue {
     /// saved).
     pub async fn close(&self, id: &str, outcome: Outcome, why: Option<String>) -> bool {
         let (entry, record) = {
-            let mut entries = lock(&self.entries);
+            let mut entries = self.entries.lock();
             // A decision being saved right now has already won.
             if entries
                 .get(id)
@@ -723,7 +729,7 @@ impl Queue {
             if why.is_some() {
                 record.reason = why;
             }
-            lock(&self.closed).insert(&record);
+            self.closed.lock().insert(&record);
             (entry, Arc::new(record))
         };
         self.forget_expiry(&record);
@@ -754,7 +760,8 @@ impl Queue {
         session: Option<&str>,
         request_id: &serde_json::Value,
     ) -> Option<Name> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .values()
             .find(|e| {
                 *e.record.client == *client
@@ -768,7 +775,7 @@ impl Queue {
     /// record on it that it was used, so it is not let through again after a restart.
     pub async fn take_grant(&self, record: &CallRecord) -> Option<Name> {
         let mut original = {
-            let mut grants = lock(&self.grants);
+            let mut grants = self.grants.lock();
             let now = now_ms();
             grants.retain(|_, (_, until)| *until > now);
             grants.remove(&grant_key(record)).map(|(r, _)| r)
@@ -806,7 +813,9 @@ impl Queue {
                 .is_some_and(|h| h.mode == HoldMode::Retry && h.retried_ms.is_none());
             if unused && rec.outcome == Outcome::Approved {
                 let approved = rec.decisions.last().map_or(e.at_ms, |d| d.at_ms);
-                lock(&self.grants).insert(grant_key(&rec), (Arc::new(rec), approved + ttl));
+                self.grants
+                    .lock()
+                    .insert(grant_key(&rec), (Arc::new(rec), approved + ttl));
                 n += 1;
             }
         }
@@ -816,7 +825,8 @@ impl Queue {
     /// A retry-mode call from this client with these arguments that is still pending.
     pub fn pending_retry(&self, record: &CallRecord) -> Option<Name> {
         let key = grant_key(record);
-        lock(&self.entries)
+        self.entries
+            .lock()
             .values()
             .find(|e| {
                 e.record
@@ -893,7 +903,7 @@ async fn expire_loop(queue: Weak<Queue>, wake: Arc<Notify>) {
         let now = now_ms();
         let due = {
             let Some(q) = queue.upgrade() else { return };
-            let mut ex = lock(&q.expiries);
+            let mut ex = q.expiries.lock();
             let mut due = Vec::new();
             while ex.due.first().is_some_and(|(at, _)| *at <= now) {
                 if let Some((_, id)) = ex.due.pop_first() {
@@ -912,7 +922,7 @@ async fn expire_loop(queue: Weak<Queue>, wake: Arc<Notify>) {
                         // A decision being saved wins; if saving it fails the call is pending
                         // again and expires on a later look.
                         if !q.close(&id, Outcome::Expired, None).await && q.get(&id).is_some() {
-                            lock(&q.expiries).due.insert((now_ms() + 1000, id));
+                            q.expiries.lock().due.insert((now_ms() + 1000, id));
                         }
                     }
                 })
@@ -920,7 +930,7 @@ async fn expire_loop(queue: Weak<Queue>, wake: Arc<Notify>) {
         }
         let next = {
             let Some(q) = queue.upgrade() else { return };
-            lock(&q.expiries).due.first().map(|(at, _)| *at)
+            q.expiries.lock().due.first().map(|(at, _)| *at)
         };
         match next {
             Some(at) => {
@@ -1055,7 +1065,7 @@ mod tests {
             .await;
         assert!(out[0].ok, "{out:?}");
         assert_eq!(
-            lock(&q.expiries).due.len(),
+            q.expiries.lock().due.len(),
             2,
             "a decided call no longer expires"
         );
@@ -1071,7 +1081,7 @@ mod tests {
             ),
             "the later call is still pending"
         );
-        assert_eq!(lock(&q.expiries).due.len(), 1);
+        assert_eq!(q.expiries.lock().due.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1081,7 +1091,7 @@ mod tests {
         let ran = Arc::new(Mutex::new(Vec::new()));
         let note = |ran: &Arc<Mutex<Vec<(Name, Resolution)>>>| {
             let ran = ran.clone();
-            move |(r, rec): Resolved| lock(&ran).push((rec.id.clone(), r))
+            move |(r, rec): Resolved| ran.lock().push((rec.id.clone(), r))
         };
         let ids = |calls: &[&Waiting]| -> Vec<String> {
             calls.iter().map(|w| w.record.id.to_string()).collect()
@@ -1094,7 +1104,7 @@ mod tests {
         };
         // Registered while pending: runs at the decision, not before.
         q.then(before, note(&ran));
-        assert!(lock(&ran).is_empty());
+        assert!(ran.lock().is_empty());
         let out = q
             .decide(&who("alice"), &target, Verdict::Reject, Some("no"))
             .await;
@@ -1110,7 +1120,7 @@ mod tests {
             reason: Some("no".into()),
         };
         assert_eq!(
-            *lock(&ran),
+            *ran.lock(),
             vec![
                 (before_id, rejected()),
                 (after_id, rejected()),

@@ -5,6 +5,7 @@
 //! [`Change::Counted`] when an approval still waits for its quorum) or a refusal that says why.
 //! The queue applies it under its lock, so of two consoles deciding at once exactly one wins.
 
+use tollgate_shared::clock::rfc3339_seconds;
 use tollgate_shared::console::Role;
 use tollgate_shared::{CallRecord, Decision, Name, Outcome, Verdict};
 
@@ -26,11 +27,6 @@ pub enum Change {
     Final,
     /// An approval was counted; the quorum is not reached yet.
     Counted,
-}
-
-fn when(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
 }
 
 /// What is remembered of a call that is no longer pending: enough to tell a late decision who
@@ -65,9 +61,13 @@ impl ClosedCall {
     pub fn message(&self) -> String {
         match (self.outcome, &self.last) {
             (Outcome::Approved | Outcome::Rejected, Some((by, at))) => {
-                format!("already {} by {by} at {}", self.outcome, when(*at))
+                format!(
+                    "already {} by {by} at {}",
+                    self.outcome,
+                    rfc3339_seconds(*at)
+                )
             }
-            (o, _) => format!("already {o} at {}", when(self.at_ms)),
+            (o, _) => format!("already {o} at {}", rfc3339_seconds(self.at_ms)),
         }
     }
 }

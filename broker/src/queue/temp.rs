@@ -9,12 +9,12 @@
 //! (replaced atomically and synced on every change), so a restart keeps them.
 
 use std::path::PathBuf;
-use std::sync::RwLock;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tollgate_shared::Fingerprint;
 use tollgate_shared::console::{RuleKind, TempRule};
+use tollgate_shared::sync::RwLock;
 
 /// Longest a temporary rule may last.
 pub const MAX_RULE_MS: u64 = 24 * 3_600_000;
@@ -72,8 +72,8 @@ impl TempRules {
             rules: rules.to_vec(),
         })
         .map_err(|e| e.to_string())?;
-        crate::tokens::write_atomic(path, &text)
-            .map_err(|e| format!("cannot save temporary rules to {}: {e:#}", path.display()))
+        tollgate_shared::fs::write_atomic(path, &text)
+            .map_err(|e| format!("cannot save temporary rules to {}: {e}", path.display()))
     }
 
     /// Save `next` without the rules expired by `now_ms`, then make it the rules. Nothing
@@ -92,7 +92,7 @@ impl TempRules {
 
     /// Active rules, oldest first.
     pub fn list(&self, now_ms: u64) -> Vec<TempRule> {
-        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        let rules = self.rules.read();
         rules
             .iter()
             .filter(|r| r.until_ms > now_ms)
@@ -102,7 +102,7 @@ impl TempRules {
 
     /// Install a rule (saved before it takes effect).
     pub fn add(&self, rule: TempRule, now_ms: u64) -> Result<(), String> {
-        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.write();
         let mut next = rules.clone();
         next.push(rule);
         self.replace(&mut rules, next, now_ms)
@@ -115,7 +115,7 @@ impl TempRules {
         now_ms: u64,
         may: impl FnOnce(&TempRule) -> Result<(), String>,
     ) -> Result<TempRule, String> {
-        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.write();
         let Some(pos) = rules.iter().position(|r| r.id == id && r.until_ms > now_ms) else {
             return Err(format!(
                 "no active temporary rule {id:?} (it may have expired; list them with list_rules)"
@@ -141,16 +141,10 @@ impl TempRules {
                 && (fingerprint.is(&r.fingerprint) || shape.is(&r.fingerprint))
         };
         // Every call looks here: take the write lock only when a rule matches.
-        if !self
-            .rules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(blocks)
-        {
+        if !self.rules.read().iter().any(blocks) {
             return None;
         }
-        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.write();
         let rule = rules.iter_mut().find(|r| blocks(r))?;
         rule.hits += 1;
         Some(rule.clone())
@@ -165,12 +159,12 @@ impl TempRules {
         usable: impl Fn(&TempRule) -> bool,
     ) -> Option<TempRule> {
         {
-            let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+            let rules = self.rules.read();
             if !rules.iter().any(|r| r.kind == RuleKind::Allow) {
                 return None;
             }
         }
-        let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut rules = self.rules.write();
         let pos = rules.iter().position(|r| {
             r.kind == RuleKind::Allow
                 && r.until_ms > now_ms

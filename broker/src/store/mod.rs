@@ -216,7 +216,7 @@ impl Recorder {
                 let mut acks = Vec::new();
                 let mut flushes = Vec::new();
                 let (seq0, head0) = (seq, head.clone());
-                let at_ms = crate::gateway::now_ms();
+                let at_ms = tollgate_shared::clock::now_ms();
                 for op in ops.drain(..) {
                     match op {
                         Op::Put {

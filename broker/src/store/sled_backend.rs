@@ -14,11 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
 use anyhow::Context;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Outcome};
 
 use super::journal::{Journal, sync_tree};
@@ -60,7 +61,7 @@ impl Backlog {
     /// Wait until `n` more mutations fit (a group larger than the bound goes alone), then count
     /// them. False when the applier has stopped.
     fn reserve(&self, n: usize) -> bool {
-        let mut queued = lock(&self.queued);
+        let mut queued = self.queued.lock();
         while *queued > 0 && *queued + n > BACKLOG_MAX {
             if self.stopped.load(Ordering::Acquire) {
                 return false;
@@ -77,7 +78,7 @@ impl Backlog {
 
     /// `n` mutations are in sled (or will never be).
     fn applied(&self, n: usize) {
-        let mut queued = lock(&self.queued);
+        let mut queued = self.queued.lock();
         *queued = queued.saturating_sub(n);
         self.room.notify_all();
     }
@@ -116,10 +117,6 @@ fn seq_of(key: &[u8]) -> u64 {
         .checked_sub(8)
         .and_then(|at| key[at..].try_into().ok())
         .map_or(0, u64::from_be_bytes)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SledBackend {
@@ -196,7 +193,7 @@ impl SledBackend {
     }
 
     fn send(&self, job: Job) -> anyhow::Result<()> {
-        match &*lock(&self.applier) {
+        match &*self.applier.lock() {
             Some((tx, _)) => tx
                 .send(job)
                 .map_err(|_| anyhow::anyhow!("the store's applier thread has stopped")),
@@ -231,7 +228,7 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, backlog: &Backlog, rx: &Recei
             Job::Checkpoint(reply) => {
                 // Every journaled group was queued under this lock, so once it is held the
                 // rest of the queue holds all groups not yet applied.
-                let mut j = lock(journal);
+                let mut j = journal.lock();
                 let mut waiting = reply.into_iter().collect::<Vec<_>>();
                 while let Ok(job) = rx.try_recv() {
                     match job {
@@ -444,7 +441,7 @@ impl Backend for SledBackend {
             anyhow::bail!("the store's applier thread has stopped");
         }
         let n = batch.len();
-        let mut journal = lock(&self.journal);
+        let mut journal = self.journal.lock();
         // Queued under the journal's lock, so a checkpoint sees every journaled group.
         let queued = journal
             .append(&[json])
@@ -536,7 +533,7 @@ impl Drop for SledBackend {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "cannot checkpoint the store on close; the journal is replayed at the next start");
         }
-        if let Some((tx, handle)) = lock(&self.applier).take() {
+        if let Some((tx, handle)) = self.applier.lock().take() {
             drop(tx);
             let _ = handle.join();
         }
@@ -746,7 +743,7 @@ mod tests {
             // Commit only to the journal, as if the process died before sled got the group.
             let r = record(1, Outcome::Pending);
             let json = serde_json::to_vec(&vec![Mutation::Call(Arc::new(r))]).expect("json");
-            lock(&b.journal).append(&[json]).expect("append");
+            b.journal.lock().append(&[json]).expect("append");
             std::mem::forget(b);
         }
         // sled's lock is held by the forgotten handle's file, so open a copy of the directory.
@@ -754,7 +751,7 @@ mod tests {
         copy_dir(dir.path(), copy.path());
         let b = SledBackend::open(copy.path()).expect("reopen");
         assert_eq!(b.pending().expect("pending").len(), 1);
-        assert_eq!(lock(&b.journal).len(), 0, "the replayed journal is emptied");
+        assert_eq!(b.journal.lock().len(), 0, "the replayed journal is emptied");
     }
 
     fn copy_dir(from: &Path, to: &Path) {

@@ -19,9 +19,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
+use tollgate_shared::sync::Mutex;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode, header};
@@ -123,10 +125,6 @@ struct Session {
     annotations: Arc<Annotations>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl StdioUpstream {
     /// Prepare an upstream; children start when sessions do.
     pub fn new(cfg: &ServerConfig, annotations: Arc<Annotations>) -> Arc<StdioUpstream> {
@@ -151,9 +149,9 @@ impl StdioUpstream {
         loop {
             tick.tick().await;
             let mut dead = Vec::new();
-            lock(&self.sessions).retain(|id, s| {
+            self.sessions.lock().retain(|id, s| {
                 let keep =
-                    !s.closed.load(Ordering::Relaxed) && lock(&s.last_active).elapsed() < idle;
+                    !s.closed.load(Ordering::Relaxed) && s.last_active.lock().elapsed() < idle;
                 if !keep {
                     dead.push((id.clone(), s.clone()));
                 }
@@ -163,7 +161,7 @@ impl StdioUpstream {
                 tracing::info!(server = %self.name, session = %id, "closing idle MCP session");
                 s.close();
             }
-            let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+            let sessions: Vec<_> = self.sessions.lock().values().cloned().collect();
             for s in sessions {
                 s.gc();
             }
@@ -172,7 +170,7 @@ impl StdioUpstream {
 
     /// Stop every child (on shutdown).
     pub async fn shutdown(&self) {
-        let sessions: Vec<_> = lock(&self.sessions).drain().map(|(_, s)| s).collect();
+        let sessions: Vec<_> = self.sessions.lock().drain().map(|(_, s)| s).collect();
         for s in sessions {
             s.close();
         }
@@ -235,7 +233,7 @@ impl StdioUpstream {
         let initialized =
             Bytes::from_static(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}");
         {
-            let mut st = lock(&session.state);
+            let mut st = session.state.lock();
             st.internal.insert(jsonrpc::id_key(&init_id));
             st.init = Some(init.clone());
             st.initialized = Some(initialized.clone());
@@ -243,7 +241,7 @@ impl StdioUpstream {
         if !session.send(Bytes::from(init.to_string())).await || !session.send(initialized).await {
             return Err("the restored upstream session did not accept its handshake".into());
         }
-        lock(&self.sessions).insert(id.to_string(), session.clone());
+        self.sessions.lock().insert(id.to_string(), session.clone());
         tracing::info!(server = %self.name, session = %id, "restored an MCP session for a recovered held call");
         Ok(session)
     }
@@ -261,7 +259,8 @@ impl StdioUpstream {
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
-        lock(&self.sessions)
+        self.sessions
+            .lock()
             .get(id)
             .filter(|s| !s.closed.load(Ordering::Relaxed))
             .cloned()
@@ -283,7 +282,7 @@ impl StdioUpstream {
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 match self.start_session(Some(id.clone()), false) {
                     Ok(s) => {
-                        lock(&self.sessions).insert(id.clone(), s.clone());
+                        self.sessions.lock().insert(id.clone(), s.clone());
                         tracing::info!(server = %self.name, session = %id, "new MCP session");
                         s
                     }
@@ -348,7 +347,7 @@ impl StdioUpstream {
                 "DELETE needs an Mcp-Session-Id",
             );
         };
-        match lock(&self.sessions).remove(id) {
+        match self.sessions.lock().remove(id) {
             Some(s) => {
                 tracing::info!(server = %self.name, session = %id, "MCP session ended by client");
                 s.close();
@@ -398,7 +397,7 @@ fn sse_headers(
 
 impl Session {
     fn touch(&self) {
-        *lock(&self.last_active) = Instant::now();
+        *self.last_active.lock() = Instant::now();
     }
 
     fn close(&self) {
@@ -427,7 +426,7 @@ impl Session {
             .to_string();
         let (tx, rx) = mpsc::channel(LIVE_CAP);
         let (stream_id, upstream_id, line) = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             let upstream_id = if self.mapped {
                 st.next_mapped += 1;
                 Value::from(st.next_mapped)
@@ -565,7 +564,7 @@ impl Session {
     async fn notify(&self, inbound: &Inbound) {
         let method = jsonrpc::method(&inbound.value).unwrap_or_default();
         if method == "notifications/initialized" && !self.mapped {
-            lock(&self.state).initialized = Some(one_line(&inbound.raw));
+            self.state.lock().initialized = Some(one_line(&inbound.raw));
         }
         if method == "notifications/cancelled" {
             if self.mapped {
@@ -577,7 +576,7 @@ impl Session {
             if let Some(rid) = inbound.value.pointer("/params/requestId") {
                 // The client gave up on this request: end its stream now, since the server will
                 // not answer a cancelled request.
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 if let Some(p) = st.take_pending(&jsonrpc::id_key(rid)) {
                     if let Some(s) = st.streams.get_mut(&p.stream) {
                         s.live = None;
@@ -667,7 +666,7 @@ impl Session {
                 return;
             }
         };
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         match jsonrpc::classify(&msg) {
             Ok(Kind::Response) => {
                 let key = jsonrpc::id_key(&jsonrpc::id(&msg));
@@ -722,7 +721,7 @@ impl Session {
 
     /// Answer every request in flight with an error (the child died or the session closed).
     fn fail_all(&self, reason: &str) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let pending: Vec<_> = st.pending.drain().collect();
         st.progress.clear();
         for (_, p) in pending {
@@ -738,7 +737,7 @@ impl Session {
     fn open_get_stream(&self) -> Response<Body> {
         let (tx, rx) = mpsc::channel(LIVE_CAP);
         let stream_id = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             if let Some(old) = st.get_stream.take()
                 && let Some(s) = st.streams.get_mut(&old)
             {
@@ -774,7 +773,7 @@ impl Session {
                 "Last-Event-ID is not an event id this broker issued",
             );
         };
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let Some(s) = st.streams.get_mut(&stream_id) else {
             return frontend::status_error(
                 StatusCode::NOT_FOUND,
@@ -830,7 +829,7 @@ impl Session {
 
     /// Forget finished streams past their retention.
     fn gc(&self) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.streams
             .retain(|_, s| s.done_at.is_none_or(|t| t.elapsed() < DONE_RETENTION));
     }
@@ -850,7 +849,7 @@ impl StreamGuard {
         let s = &self.session;
         let key = jsonrpc::id_key(&self.upstream_id);
         let removed = {
-            let mut st = lock(&s.state);
+            let mut st = s.state.lock();
             let p = st.take_pending(&key);
             if let Some(log) = st.streams.get_mut(&self.stream) {
                 log.live = None;
@@ -882,7 +881,7 @@ impl Drop for StreamGuard {
             return;
         }
         let s = &self.session;
-        let mut st = lock(&s.state);
+        let mut st = s.state.lock();
         if let Some(log) = st.streams.get_mut(&self.stream) {
             log.live = None;
         }
@@ -1123,7 +1122,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 /// After a restart, bring the new child into the session's negotiated state.
 async fn replay_handshake(session: &Session, stdin: &mut tokio::process::ChildStdin) {
     let (init, initialized) = {
-        let mut st = lock(&session.state);
+        let mut st = session.state.lock();
         let Some(mut init) = st.init.clone() else {
             return;
         };
