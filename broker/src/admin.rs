@@ -285,7 +285,7 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
         let elapsed = start.elapsed();
         let start = std::time::Instant::now();
         let ids = waiting.iter().map(|w| w.record.id.to_string()).collect();
-        let who = crate::queue::rules::Identity {
+        let who = tollgate_policy::identity::Identity {
             name: "check-disk".into(),
             role: tollgate_shared::console::Role::Admin,
             servers: None,

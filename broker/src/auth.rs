@@ -1,26 +1,18 @@
-//! Client authentication: bearer tokens compared by SHA-256 digest in constant time.
-//!
-//! Only digests are kept in memory and config, so a leaked config does not leak tokens, and
-//! every configured digest is compared on every attempt so timing says nothing about which
-//! client (if any) nearly matched.
+//! Identifying the caller of a request: its bearer token, matched against the config's
+//! `[[client]]` digests and then the token file's identities (see `tollgate_policy::identity`
+//! for how tokens are compared).
 
+use crate::tokens::Registry;
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use tollgate_policy::identity::{self, Client};
 
-use crate::config::Auth;
-
-/// The identity used when the config explicitly disables authentication.
-pub const LOCAL_IDENTITY: &str = "local";
-
-/// SHA-256 of a token.
-pub fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Lowercase hex of a digest.
-pub fn hex(d: &[u8; 32]) -> String {
-    tollgate_shared::hex(d)
+/// How MCP clients authenticate (`[broker] auth` and the `[[client]]` tables).
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// No authentication; every caller is the identity `local`. Only when the config says so.
+    None,
+    /// Bearer tokens: the configured clients, then the identities of the token file.
+    Tokens(Vec<Client>),
 }
 
 /// Why a request was not authenticated.
@@ -52,42 +44,33 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 /// the token file (whose calls then carry its name, so it cannot approve them itself).
 pub fn authenticate(
     auth: &Auth,
-    registry: Option<&crate::tokens::Registry>,
+    registry: Option<&Registry>,
     headers: &HeaderMap,
 ) -> Result<String, AuthError> {
     let clients = match auth {
-        Auth::None => return Ok(LOCAL_IDENTITY.to_string()),
+        Auth::None => return Ok(identity::LOCAL.to_string()),
         Auth::Tokens(c) => c,
     };
     let token = bearer(headers)?;
-    let d = digest(token);
-    let mut found = None;
-    for c in clients {
-        if bool::from(c.token_sha256.ct_eq(&d)) {
-            found = Some(c.name.clone());
-        }
-    }
-    if found.is_none()
-        && let Some(who) = registry.and_then(|r| r.lookup(token))
-    {
-        found = Some(who.name);
-    }
-    found.ok_or(AuthError::Invalid)
+    identity::find(clients.iter().map(|c| (&c.token_sha256, &c.name)), token)
+        .cloned()
+        .or_else(|| registry.and_then(|r| r.lookup(token)).map(|who| who.name))
+        .ok_or(AuthError::Invalid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClientIdentity;
+    use tollgate_policy::identity::digest;
 
     #[test]
     fn bearer_tokens_map_to_client_names() {
         let auth = Auth::Tokens(vec![
-            ClientIdentity {
+            Client {
                 name: "a".into(),
                 token_sha256: digest("ta"),
             },
-            ClientIdentity {
+            Client {
                 name: "b".into(),
                 token_sha256: digest("tb"),
             },
@@ -100,15 +83,7 @@ mod tests {
         assert_eq!(authenticate(&auth, None, &h), Err(AuthError::Invalid));
         assert_eq!(
             authenticate(&Auth::None, None, &HeaderMap::new()).as_deref(),
-            Ok(LOCAL_IDENTITY)
-        );
-    }
-
-    #[test]
-    fn hex_digest_is_lowercase_sha256() {
-        assert_eq!(
-            hex(&digest("abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            Ok(identity::LOCAL)
         );
     }
 }

@@ -17,7 +17,12 @@ use serde_json::Value;
 use tollgate_shared::RuleRef;
 use toml::Spanned;
 
-use crate::policy::{Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern};
+pub use crate::auth::Auth;
+use tollgate_policy::identity::Client;
+
+use tollgate_policy::{
+    Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern,
+};
 
 /// Default page cache of the store: sled's own default (1 GiB) would let a busy broker's memory
 /// grow far beyond what it needs, and sled's real use is about twice the figure. 64 MiB cost
@@ -38,11 +43,11 @@ pub struct Config {
     /// The DLP guard's settings.
     pub dlp: DlpSettings,
     /// Rate limits (`[[limit]]`).
-    pub limits: Vec<crate::guards::limits::Limit>,
+    pub limits: Vec<tollgate_policy::guards::limits::Limit>,
     /// Budgets (`[[budget]]`).
-    pub budgets: Vec<crate::guards::budget::Budget>,
+    pub budgets: Vec<tollgate_policy::guards::budget::Budget>,
     /// Loop detection (`[loops]`).
-    pub loops: crate::guards::loops::LoopConfig,
+    pub loops: tollgate_policy::guards::loops::LoopConfig,
 }
 
 /// `[dlp]`: secret scanning of arguments.
@@ -51,9 +56,9 @@ pub struct DlpSettings {
     /// Scan at all (default true).
     pub enabled: bool,
     /// Default action on findings.
-    pub action: crate::guards::DlpAction,
+    pub action: tollgate_policy::guards::DlpAction,
     /// The high-entropy detector, `None` when turned off.
-    pub entropy: Option<crate::guards::dlp::Entropy>,
+    pub entropy: Option<tollgate_policy::guards::dlp::Entropy>,
     /// Custom detectors: name and regex.
     pub detectors: Vec<(String, Regex)>,
 }
@@ -86,24 +91,6 @@ pub struct BrokerSettings {
     /// After a restart, how long a recovered held call waits for its client to resume its
     /// stream before it is abandoned.
     pub resume_grace: Duration,
-}
-
-/// How clients authenticate.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    /// No authentication; every caller is the identity `local`. Only when the config says so.
-    None,
-    /// Bearer tokens, compared by SHA-256 digest.
-    Tokens(Vec<ClientIdentity>),
-}
-
-/// A client allowed to call through the gateway.
-#[derive(Debug, Clone)]
-pub struct ClientIdentity {
-    /// Name used in the audit trail and policy.
-    pub name: String,
-    /// SHA-256 of the bearer token.
-    pub token_sha256: [u8; 32],
 }
 
 /// One `[[server]]`: an upstream MCP server.
@@ -371,7 +358,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         problems: Vec::new(),
     };
     let mut config = v.config(path, raw);
-    config.policy.version = crate::fingerprint::sha256_hex(text.as_bytes())[..12].into();
+    config.policy.version = tollgate_policy::fingerprint::sha256_hex(text.as_bytes())[..12].into();
     if v.problems.is_empty() {
         Ok(config)
     } else {
@@ -476,8 +463,11 @@ impl Validator<'_> {
         }
     }
 
-    fn budgets(&mut self, raw: Vec<Spanned<RawBudget>>) -> Vec<crate::guards::budget::Budget> {
-        use crate::guards::budget::{Budget, Cost};
+    fn budgets(
+        &mut self,
+        raw: Vec<Spanned<RawBudget>>,
+    ) -> Vec<tollgate_policy::guards::budget::Budget> {
+        use tollgate_policy::guards::budget::{Budget, Cost};
         let mut out = Vec::new();
         for (i, b) in raw.into_iter().enumerate() {
             let span = b.span();
@@ -540,8 +530,8 @@ impl Validator<'_> {
         out
     }
 
-    fn loops(&mut self, raw: RawLoops) -> crate::guards::loops::LoopConfig {
-        use crate::guards::loops::{LoopAction, LoopConfig};
+    fn loops(&mut self, raw: RawLoops) -> tollgate_policy::guards::loops::LoopConfig {
+        use tollgate_policy::guards::loops::{LoopAction, LoopConfig};
         let d = LoopConfig::default();
         let threshold = self
             .count("[loops]", "threshold", raw.threshold)
@@ -805,7 +795,7 @@ impl Validator<'_> {
                     }
                 }
                 (None, Some(var)) => match std::env::var(var.get_ref()) {
-                    Ok(t) if !t.is_empty() => Some(crate::auth::digest(&t)),
+                    Ok(t) if !t.is_empty() => Some(tollgate_policy::identity::digest(&t)),
                     _ => {
                         self.problem(
                             var.span(),
@@ -835,7 +825,7 @@ impl Validator<'_> {
                         Some("give every client its own token"),
                     );
                 }
-                clients.push(ClientIdentity {
+                clients.push(Client {
                     name,
                     token_sha256: d,
                 });
@@ -950,8 +940,11 @@ impl Validator<'_> {
         }
     }
 
-    fn limits(&mut self, raw: Vec<Spanned<RawLimit>>) -> Vec<crate::guards::limits::Limit> {
-        use crate::guards::limits::{Limit, Scope, parse_rate};
+    fn limits(
+        &mut self,
+        raw: Vec<Spanned<RawLimit>>,
+    ) -> Vec<tollgate_policy::guards::limits::Limit> {
+        use tollgate_policy::guards::limits::{Limit, Scope, parse_rate};
         let mut out = Vec::new();
         for (i, l) in raw.into_iter().enumerate() {
             let span = l.span();
@@ -997,8 +990,12 @@ impl Validator<'_> {
         out
     }
 
-    fn dlp_action(&mut self, v: Spanned<String>, what: &str) -> Option<crate::guards::DlpAction> {
-        let parsed = crate::guards::DlpAction::parse(v.get_ref());
+    fn dlp_action(
+        &mut self,
+        v: Spanned<String>,
+        what: &str,
+    ) -> Option<tollgate_policy::guards::DlpAction> {
+        let parsed = tollgate_policy::guards::DlpAction::parse(v.get_ref());
         if parsed.is_none() {
             self.problem(
                 v.span(),
@@ -1013,14 +1010,16 @@ impl Validator<'_> {
         let action = raw
             .action
             .and_then(|a| self.dlp_action(a, "[dlp] action"))
-            .unwrap_or(crate::guards::DlpAction::Approve);
+            .unwrap_or(tollgate_policy::guards::DlpAction::Approve);
         let entropy = match raw.entropy {
-            None => Some(crate::guards::dlp::Entropy::default()),
+            None => Some(tollgate_policy::guards::dlp::Entropy::default()),
             Some(v) => match v.get_ref() {
                 toml::Value::Boolean(false) => None,
-                toml::Value::Boolean(true) => Some(crate::guards::dlp::Entropy::default()),
+                toml::Value::Boolean(true) => {
+                    Some(tollgate_policy::guards::dlp::Entropy::default())
+                }
                 toml::Value::Table(t) => {
-                    let d = crate::guards::dlp::Entropy::default();
+                    let d = tollgate_policy::guards::dlp::Entropy::default();
                     let min_length = t.get("min_length").and_then(toml::Value::as_integer);
                     let bits = t
                         .get("bits")
@@ -1033,7 +1032,7 @@ impl Validator<'_> {
                             Some("entropy = { min_length = 40, bits = 4.5 }, or entropy = false"),
                         );
                     }
-                    Some(crate::guards::dlp::Entropy {
+                    Some(tollgate_policy::guards::dlp::Entropy {
                         min_length: min_length.map_or(d.min_length, |m| m.max(8) as usize),
                         bits: bits.unwrap_or(d.bits),
                     })
@@ -1441,12 +1440,15 @@ action = "deny"
         assert!(b.tools[0].matches("any", "tool"), "all tools by default");
         assert_eq!(ok.loops.threshold, 50);
         assert_eq!(ok.loops.window_ms, 30_000);
-        assert_eq!(ok.loops.action, crate::guards::loops::LoopAction::Approve);
+        assert_eq!(
+            ok.loops.action,
+            tollgate_policy::guards::loops::LoopAction::Approve
+        );
         let defaults = check(base).expect("valid");
         assert_eq!(defaults.loops.threshold, 20);
         assert_eq!(
             defaults.loops.action,
-            crate::guards::loops::LoopAction::Flag
+            tollgate_policy::guards::loops::LoopAction::Flag
         );
         let err = check(&format!(
             "{base}[[budget]]\nname = \"none\"\n[[budget]]\nmax_pending = 0\ndaily = -3\n[loops]\naction = \"panic\"\nthreshold = 0\n"

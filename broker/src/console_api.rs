@@ -22,9 +22,9 @@ use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target
 
 use crate::auth;
 use crate::frontend::status_error;
-use crate::queue::rules::Identity;
 use crate::queue::{Follow, Queue};
 use crate::tokens::Registry;
+use tollgate_policy::identity::Identity;
 
 /// What the console API needs.
 pub struct ConsoleApi {

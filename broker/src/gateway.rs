@@ -19,13 +19,13 @@ use tollgate_shared::{
 };
 use tracing::Instrument;
 
-use crate::fingerprint;
-use crate::guards::DlpAction;
-use crate::guards::loops::LoopAction;
 use crate::jsonrpc;
-use crate::policy::{Action, CallView, Policy, Verdict};
 use crate::queue::{Queue, Waiting};
 use crate::store::Recorder;
+use tollgate_policy::fingerprint;
+use tollgate_policy::guards::DlpAction;
+use tollgate_policy::guards::loops::LoopAction;
+use tollgate_policy::{Action, CallView, Policy, Verdict};
 
 /// Tool annotations learned from upstreams' `tools/list` answers, per server and tool.
 #[derive(Default)]
@@ -165,11 +165,11 @@ pub struct Gateway {
     /// How long an approved retry-mode call may be repeated to run.
     pub retry_ttl: Duration,
     /// The DLP guard, unless `[dlp] enabled = false`.
-    pub dlp: Option<crate::guards::Dlp>,
+    pub dlp: Option<tollgate_policy::guards::Dlp>,
     /// Rate limits.
-    pub limiter: crate::guards::limits::Limiter,
+    pub limiter: tollgate_policy::guards::limits::Limiter,
     /// Loop detection.
-    pub loops: crate::guards::loops::Loops,
+    pub loops: tollgate_policy::guards::loops::Loops,
     /// Recent refusals by rate limits and budgets, per client, for approvers' flags.
     pub throttle: Throttle,
 }
@@ -493,7 +493,7 @@ impl Gateway {
         &self,
         ctx: &CallContext,
         record: CallRecord,
-        over: &crate::guards::budget::OverBudget,
+        over: &tollgate_policy::guards::budget::OverBudget,
     ) -> Intercept {
         tracing::info!(budget = %over.budget, "over budget");
         self.throttle.refused(

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::fingerprint;
-use crate::guards::dlp::Scanner;
-use crate::guards::loops::{LoopConfig, Loops};
+use tollgate_policy::fingerprint;
+use tollgate_policy::guards::dlp::Scanner;
+use tollgate_policy::guards::loops::{LoopConfig, Loops};
 
 /// A log-like text of about `size` bytes: what agents pass around in tool arguments.
 fn log_text(size: usize) -> String {
@@ -103,7 +103,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
             let c = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
             Scanner::new(c.dlp.entropy, &c.dlp.detectors)
         }
-        None => Scanner::new(Some(crate::guards::dlp::Entropy::default()), &[]),
+        None => Scanner::new(Some(tollgate_policy::guards::dlp::Entropy::default()), &[]),
     };
     let text = json!({ "log": log_text(size) });
     let mut secret_text = text.clone();

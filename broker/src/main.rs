@@ -9,14 +9,11 @@ mod auth;
 mod bridge;
 mod config;
 mod console_api;
-mod fingerprint;
 mod frontend;
 mod gateway;
 mod guardcost;
-mod guards;
 mod hold;
 mod jsonrpc;
-mod policy;
 mod queue;
 mod serve;
 mod sse;
@@ -261,7 +258,10 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            println!("{}", auth::hex(&auth::digest(token)));
+            println!(
+                "{}",
+                tollgate_shared::hex(&tollgate_policy::identity::digest(token))
+            );
             ExitCode::SUCCESS
         }
     }

@@ -87,7 +87,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let queue = Queue::with_guards(
         recorder.clone(),
         config.broker.retry_ttl,
-        crate::guards::budget::Budgets::new(config.budgets.clone()),
+        tollgate_policy::guards::budget::Budgets::new(config.budgets.clone()),
         temp,
     );
     let feeds = Arc::new(Feeds::default());
@@ -126,11 +126,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         queue: queue.clone(),
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
-        limiter: crate::guards::limits::Limiter::new(config.limits.clone()),
-        loops: crate::guards::loops::Loops::new(config.loops.clone()),
+        limiter: tollgate_policy::guards::limits::Limiter::new(config.limits.clone()),
+        loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
-        dlp: config.dlp.enabled.then(|| crate::guards::Dlp {
-            scanner: crate::guards::dlp::Scanner::new(config.dlp.entropy, &config.dlp.detectors),
+        dlp: config.dlp.enabled.then(|| tollgate_policy::guards::Dlp {
+            scanner: tollgate_policy::guards::dlp::Scanner::new(
+                config.dlp.entropy,
+                &config.dlp.detectors,
+            ),
             action: config.dlp.action,
         }),
     };

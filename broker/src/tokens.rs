@@ -11,12 +11,10 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use tollgate_shared::console::Role;
 use tollgate_shared::sync::Mutex;
 
-use crate::auth;
-use crate::queue::rules::Identity;
+use tollgate_policy::identity::{self, Identity};
 
 /// One stored identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +87,7 @@ pub fn add(
     );
     tokens.push(TokenEntry {
         name: name.to_string(),
-        sha256: auth::hex(&auth::digest(&token)),
+        sha256: tollgate_shared::hex(&identity::digest(&token)),
         role,
         servers,
         created_ms: tollgate_shared::clock::now_ms(),
@@ -162,14 +160,7 @@ impl Registry {
                 }
             }
         }
-        let d = auth::digest(token);
-        let mut found = None;
-        for (digest, who) in &cache.1 {
-            if bool::from(digest.ct_eq(&d)) {
-                found = Some(who.clone());
-            }
-        }
-        found
+        identity::find(cache.1.iter().map(|(d, who)| (d, who)), token).cloned()
     }
 }
 

@@ -8,7 +8,6 @@
 //! Consoles receive events through a bounded broadcast channel: one that falls behind misses
 //! events and is sent a fresh snapshot instead, so a slow console never holds the broker up.
 
-pub mod rules;
 pub mod temp;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,10 +22,11 @@ use tollgate_shared::console::{
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Fingerprint, HoldMode, Name, Outcome, Verdict};
 
-use crate::guards::budget::{Budgets, OverBudget};
 use crate::store::Recorder;
-use rules::{Change, ClosedCall, Identity};
 use temp::TempRules;
+use tollgate_policy::approval::{self, Change, ClosedCall, Refused};
+use tollgate_policy::guards::budget::{Budgets, OverBudget};
+use tollgate_policy::identity::Identity;
 use tollgate_shared::clock::now_ms;
 
 /// How a held call ended (what its waiting client should be told).
@@ -394,7 +394,7 @@ impl Queue {
                     results.push((id.clone(), Err(None)));
                     continue;
                 };
-                match rules::decide(&entry.record, who, verdict, reason, now) {
+                match approval::decide(&entry.record, who, verdict, reason, now) {
                     Ok((next, change)) => {
                         // The answer needs only this much of the new record; holding the
                         // records themselves until every chunk is written would keep a bulk
@@ -414,12 +414,11 @@ impl Queue {
                         results.push((id.clone(), Ok(summary)));
                     }
                     Err(why) => {
-                        let refusal = if entry.record.outcome == Outcome::Pending {
-                            Refusal::NotAllowed
-                        } else {
-                            Refusal::AlreadyClosed
+                        let refusal = match why {
+                            Refused::Closed(_) => Refusal::AlreadyClosed,
+                            _ => Refusal::NotAllowed,
                         };
-                        results.push((id.clone(), Err(Some((refusal, why)))))
+                        results.push((id.clone(), Err(Some((refusal, why.to_string())))))
                     }
                 }
             }
@@ -851,7 +850,7 @@ fn grant_key(r: &CallRecord) -> GrantKey {
 /// A pending call for measurements (`tollgate-broker check-disk`) and tests.
 pub fn sample_call(n: usize) -> CallRecord {
     let arguments = serde_json::json!({"query": "DELETE FROM orders WHERE id = 1", "n": n});
-    let args_hash = crate::fingerprint::args_hash(&arguments);
+    let args_hash = tollgate_policy::fingerprint::args_hash(&arguments);
     CallRecord {
         id: uuid::Uuid::now_v7().to_string().into(),
         outcome: Outcome::Pending,
@@ -866,7 +865,7 @@ pub fn sample_call(n: usize) -> CallRecord {
         request_id: serde_json::json!(n),
         session: None,
         protocol_version: Some("2025-11-25".into()),
-        fingerprint: crate::fingerprint::exact("db", "execute_sql", &args_hash).into(),
+        fingerprint: tollgate_policy::fingerprint::exact("db", "execute_sql", &args_hash).into(),
         args_hash: args_hash.into(),
         arguments: arguments.into(),
         timings: tollgate_shared::Timings {

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
-use crate::fingerprint;
+use tollgate_policy::fingerprint;
 
 /// One change to the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,23 +2,15 @@
 //!
 //! [`decide`] takes the call as it stands, the deciding identity and the verdict, and returns
 //! either the updated record (with [`Change::Final`] when the call is now approved or rejected,
-//! [`Change::Counted`] when an approval still waits for its quorum) or a refusal that says why.
-//! The queue applies it under its lock, so of two consoles deciding at once exactly one wins.
+//! [`Change::Counted`] when an approval still waits for its quorum) or a [`Refused`] that says
+//! why. The store applies it to the call as stored, one decision at a time, so of two consoles
+//! deciding at once exactly one wins and the other is told who did.
 
 use tollgate_shared::clock::rfc3339_seconds;
 use tollgate_shared::console::Role;
 use tollgate_shared::{CallRecord, Decision, Name, Outcome, Verdict};
 
-/// Someone who talks to the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Unique name.
-    pub name: String,
-    /// What they may do.
-    pub role: Role,
-    /// For approvers: the servers they may decide for (`None`: all).
-    pub servers: Option<Vec<String>>,
-}
+use crate::identity::Identity;
 
 /// What a valid decision did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,23 +64,73 @@ impl ClosedCall {
     }
 }
 
-fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), String> {
+/// Why a decision was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The call is no longer pending: someone decided it, or it ended on its own.
+    #[error("{}", .0.message())]
+    Closed(ClosedCall),
+    /// Viewers see the queue; they do not decide.
+    #[error("{who} is a viewer; deciding needs the approver or admin role")]
+    Viewer {
+        /// Who tried.
+        who: String,
+    },
+    /// An approver scoped to other servers.
+    #[error("{who} may decide only for server(s) {}; this call is for {server}", .servers.join(", "))]
+    OutOfScope {
+        /// Who tried.
+        who: String,
+        /// The servers they may decide for.
+        servers: Vec<String>,
+        /// The call's server.
+        server: Name,
+    },
+    /// The call's rule names who may decide it, and this identity is not among them.
+    #[error("rule \"{rule}\" names who may decide: {}; {who} is not among them", .named.join(", "))]
+    NotNamed {
+        /// Who tried.
+        who: String,
+        /// The rule that held the call.
+        rule: Name,
+        /// The identities and `role:<role>`s it names.
+        named: Vec<String>,
+    },
+    /// Nobody approves their own call (they may still reject it).
+    #[error("{who} made this call; nobody may approve their own call")]
+    OwnCall {
+        /// Who tried.
+        who: String,
+    },
+    /// A quorum counts distinct approvers.
+    #[error(
+        "{who} already approved this call; it needs {quorum} distinct approvers ({so_far} so far)"
+    )]
+    ApprovedTwice {
+        /// Who tried.
+        who: String,
+        /// Approvals the call needs.
+        quorum: usize,
+        /// Approvals it has.
+        so_far: usize,
+    },
+}
+
+fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), Refused> {
     if who.role == Role::Viewer {
-        return Err(format!(
-            "{} is a viewer; deciding needs the approver or admin role",
-            who.name
-        ));
+        return Err(Refused::Viewer {
+            who: who.name.clone(),
+        });
     }
     if who.role == Role::Approver
         && let Some(servers) = &who.servers
         && !servers.iter().any(|s| **s == *rec.server)
     {
-        return Err(format!(
-            "{} may decide only for server(s) {}; this call is for {}",
-            who.name,
-            servers.join(", "),
-            rec.server
-        ));
+        return Err(Refused::OutOfScope {
+            who: who.name.clone(),
+            servers: servers.clone(),
+            server: rec.server.clone(),
+        });
     }
     let named = rec
         .hold
@@ -98,12 +140,11 @@ fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), String> {
     if !named.is_empty() {
         let role = format!("role:{}", who.role.as_str());
         if !named.iter().any(|a| *a == who.name || *a == role) {
-            return Err(format!(
-                "rule \"{}\" names who may decide: {}; {} is not among them",
-                rec.rule.name,
-                named.join(", "),
-                who.name
-            ));
+            return Err(Refused::NotNamed {
+                who: who.name.clone(),
+                rule: rec.rule.name.clone(),
+                named: named.to_vec(),
+            });
         }
     }
     Ok(())
@@ -116,9 +157,9 @@ pub fn decide(
     verdict: Verdict,
     reason: Option<&str>,
     now_ms: u64,
-) -> Result<(CallRecord, Change), String> {
+) -> Result<(CallRecord, Change), Refused> {
     if rec.outcome != Outcome::Pending {
-        return Err(ClosedCall::of(rec).message());
+        return Err(Refused::Closed(ClosedCall::of(rec)));
     }
     may_decide(rec, who)?;
     let mut next = rec.clone();
@@ -138,10 +179,9 @@ pub fn decide(
         }
         Verdict::Approve => {
             if *who.name == *rec.client {
-                return Err(format!(
-                    "{} made this call; nobody may approve their own call",
-                    who.name
-                ));
+                return Err(Refused::OwnCall {
+                    who: who.name.clone(),
+                });
             }
             let quorum = rec.hold.as_ref().map_or(1, |h| h.quorum.max(1)) as usize;
             let approvals = || {
@@ -150,11 +190,11 @@ pub fn decide(
                     .filter(|d| d.verdict == Verdict::Approve)
             };
             if approvals().any(|d| d.by == who.name) {
-                return Err(format!(
-                    "{} already approved this call; it needs {quorum} distinct approvers ({} so far)",
-                    who.name,
-                    approvals().count()
-                ));
+                return Err(Refused::ApprovedTwice {
+                    who: who.name.clone(),
+                    quorum,
+                    so_far: approvals().count(),
+                });
             }
             let count = approvals().count() + 1;
             if decision.reason.is_some() {
@@ -169,6 +209,26 @@ pub fn decide(
             }
         }
     }
+}
+
+/// End a pending call without a decision: it expired, its client cancelled it, or the broker
+/// restarted and could not deliver its answer. `why` replaces the record's reason when given.
+pub fn close(
+    rec: &CallRecord,
+    outcome: Outcome,
+    why: Option<String>,
+    now_ms: u64,
+) -> Result<CallRecord, Refused> {
+    if rec.outcome != Outcome::Pending {
+        return Err(Refused::Closed(ClosedCall::of(rec)));
+    }
+    let mut next = rec.clone();
+    next.outcome = outcome;
+    next.timings.completed_ms = Some(now_ms);
+    if why.is_some() {
+        next.reason = why;
+    }
+    Ok(next)
 }
 
 #[cfg(test)]
@@ -230,6 +290,8 @@ mod tests {
         assert_eq!((next.outcome, change), (Outcome::Approved, Change::Final));
         let bob = who("bob", Role::Admin, None);
         let late = decide(&next, &bob, Verdict::Reject, None, 2000).expect_err("late");
+        assert!(matches!(late, Refused::Closed(_)), "{late:?}");
+        let late = late.to_string();
         assert!(
             late.starts_with("already approved by alice at 1970-01-01T00:00:01Z"),
             "{late}"
@@ -240,7 +302,9 @@ mod tests {
     fn nobody_approves_their_own_call_but_may_withdraw_it() {
         let rec = call("alice", "db", 1, &[]);
         let alice = who("alice", Role::Admin, None);
-        let e = decide(&rec, &alice, Verdict::Approve, None, 1).expect_err("self");
+        let e = decide(&rec, &alice, Verdict::Approve, None, 1)
+            .expect_err("self")
+            .to_string();
         assert!(e.contains("nobody may approve their own call"), "{e}");
         let (next, _) = decide(&rec, &alice, Verdict::Reject, Some("oops"), 1).expect("reject");
         assert_eq!(next.outcome, Outcome::Rejected);
@@ -257,7 +321,8 @@ mod tests {
             None,
             1,
         )
-        .expect_err("viewer");
+        .expect_err("viewer")
+        .to_string();
         assert!(v.contains("viewer"), "{v}");
         let s = decide(
             &rec,
@@ -266,7 +331,8 @@ mod tests {
             None,
             1,
         )
-        .expect_err("scope");
+        .expect_err("scope")
+        .to_string();
         assert!(
             s.contains("only for server(s) fs; this call is for db"),
             "{s}"
@@ -290,7 +356,9 @@ mod tests {
         let alice = who("alice", Role::Approver, None);
         let (once, change) = decide(&rec, &alice, Verdict::Approve, None, 1).expect("first");
         assert_eq!((once.outcome, change), (Outcome::Pending, Change::Counted));
-        let again = decide(&once, &alice, Verdict::Approve, None, 2).expect_err("twice");
+        let again = decide(&once, &alice, Verdict::Approve, None, 2)
+            .expect_err("twice")
+            .to_string();
         assert!(
             again.contains("needs 2 distinct approvers (1 so far)"),
             "{again}"
@@ -308,6 +376,21 @@ mod tests {
     }
 
     #[test]
+    fn closing_ends_only_a_pending_call_and_keeps_the_reason_unless_given() {
+        let rec = call("agent", "db", 1, &[]);
+        let expired = close(&rec, Outcome::Expired, None, 5).expect("pending");
+        assert_eq!(
+            (expired.outcome, expired.timings.completed_ms),
+            (Outcome::Expired, Some(5))
+        );
+        let why = Some("the client cancelled".to_string());
+        let cancelled = close(&rec, Outcome::Cancelled, why.clone(), 6).expect("pending");
+        assert_eq!(cancelled.reason, why);
+        let again = close(&expired, Outcome::Cancelled, None, 7).expect_err("closed");
+        assert_eq!(again.to_string(), "already expired at 1970-01-01T00:00:00Z");
+    }
+
+    #[test]
     fn named_approvers_match_by_name_or_role() {
         let rec = call("agent", "db", 1, &["carol", "role:admin"]);
         let e = decide(
@@ -317,7 +400,8 @@ mod tests {
             None,
             1,
         )
-        .expect_err("not named");
+        .expect_err("not named")
+        .to_string();
         assert!(e.contains("carol, role:admin"), "{e}");
         assert!(
             decide(

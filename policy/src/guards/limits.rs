@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use tollgate_shared::sync::Mutex;
 
-use crate::policy::ToolPattern;
+use crate::glob::ToolPattern;
 
 /// Whose calls share a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

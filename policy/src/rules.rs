@@ -1,4 +1,4 @@
-//! Policy: which `tools/call` runs, which is refused, which waits for a person.
+//! The policy's rules: which `tools/call` runs, which is refused, which waits for a person.
 //!
 //! A policy is an ordered list of rules and a default action. The first rule whose tool patterns
 //! and conditions all hold decides; when none does, the default decides. Evaluation is a pure
@@ -9,13 +9,12 @@
 //! `destructiveHint`, ...). An argument or annotation that is absent makes every test on it fail
 //! except `exists = false`, so a rule never matches on data it could not see.
 
-pub mod glob;
-
 use regex::Regex;
 use serde_json::Value;
 use tollgate_shared::RuleRef;
 
-pub use glob::ToolPattern;
+use crate::glob::ToolPattern;
+use crate::guards::DlpAction;
 
 /// What to do with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +109,7 @@ pub struct Rule {
     pub hold: HoldTerms,
     /// What happens when the DLP guard finds secrets in a call this rule matches (overrides
     /// `[dlp] action`).
-    pub dlp: Option<crate::guards::DlpAction>,
+    pub dlp: Option<DlpAction>,
 }
 
 /// How a call held by a rule waits, and who may decide it.
@@ -162,7 +161,7 @@ pub struct Verdict {
     /// How a held call waits (meaningful for `approve`).
     pub hold: HoldTerms,
     /// The rule's DLP action, if it sets one.
-    pub dlp: Option<crate::guards::DlpAction>,
+    pub dlp: Option<DlpAction>,
 }
 
 impl Verdict {

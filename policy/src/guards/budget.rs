@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use tollgate_shared::CallRecord;
 use tollgate_shared::sync::Mutex;
 
-use crate::policy::ToolPattern;
+use crate::glob::ToolPattern;
 
 /// A cost weight for some tools.
 #[derive(Debug, Clone)]
@@ -301,11 +301,12 @@ mod tests {
     }
 
     fn call(client: &str, tool: &str) -> CallRecord {
-        let mut c = crate::queue::sample_call(0);
-        c.client = client.into();
-        c.server = "db".into();
-        c.tool = tool.into();
-        c
+        serde_json::from_value(serde_json::json!({
+            "id": "0190c1a2-0000-7000-8000-000000000000", "outcome": "pending",
+            "rule": {"index": 1, "name": "r"}, "client": client, "server": "db", "tool": tool,
+            "request_id": 1, "arguments": {}, "timings": {"received_ms": 0, "decided_ms": 0}
+        }))
+        .expect("record")
     }
 
     #[test]
