@@ -15,8 +15,8 @@ use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::console::Role;
 
 use crate::config;
-use crate::store::{self, Backend, sled_backend::SledBackend};
-use crate::tokens;
+use tollgate_store::sled_engine::SledEngine;
+use tollgate_store::{Backend, Engine, Store, Writes, chain, tokens};
 
 /// Where the data directory is: from `--data-dir`, else from the config's `data_dir`.
 #[derive(clap::Args, Debug)]
@@ -89,14 +89,14 @@ pub struct Search {
     csv: bool,
 }
 
-fn open(dir: &Path) -> anyhow::Result<SledBackend> {
+fn open(dir: &Path) -> anyhow::Result<SledEngine> {
     if !dir.exists() {
         anyhow::bail!(
             "no store at {}: the broker has not run with this data_dir yet",
             dir.display()
         );
     }
-    SledBackend::open(dir)
+    Ok(SledEngine::open(dir)?)
 }
 
 /// `audit`: search the trail.
@@ -160,7 +160,7 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
         .transpose()?;
     let dir = dir.resolve()?;
     let backend = open(&dir)?;
-    let v = store::verify(&backend, anchor)?;
+    let v = chain::verify(&backend, anchor)?;
     println!(
         "audit chain OK: {} entries in {}; anchor for later checks: {}:{}",
         v.entries,
@@ -268,9 +268,8 @@ pub fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> 
         .enable_all()
         .build()?;
     let (elapsed, reject) = runtime.block_on(async {
-        let backend = std::sync::Arc::new(SledBackend::open(&scratch.path().join("store"))?);
-        let recorder = store::Recorder::start(backend.clone())?;
-        let queue = crate::queue::Queue::new(recorder, Duration::from_secs(60));
+        let engine = std::sync::Arc::new(SledEngine::open(&scratch.path().join("store"))?);
+        let queue = crate::queue::Queue::new(Store::open(engine).await?, Duration::from_secs(60));
         let start = std::time::Instant::now();
         let holds: Vec<_> = (0..records)
             .map(|i| {
@@ -343,19 +342,19 @@ pub fn check_audit(dir: &Path, records: usize, json: bool) -> anyhow::Result<()>
         Outcome::Rejected,
         Outcome::RateLimited,
     ];
-    let backend = std::sync::Arc::new(SledBackend::open(&scratch.path().join("store"))?);
+    let backend = std::sync::Arc::new(SledEngine::open(&scratch.path().join("store"))?);
     let fill = std::time::Instant::now();
     runtime.block_on(async {
-        let recorder = store::Recorder::start(backend.clone())?;
+        let store = Store::open(backend.clone()).await?;
         for i in 0..records {
             let mut call = crate::queue::sample_call(i);
             call.outcome = statuses[i % statuses.len()];
             call.tool = format!("tool_{}", (i / 8) % 20).into();
             call.client = format!("agent-{}", (i / 3) % 50).into();
             call.hold = None;
-            recorder.audit_only(call).await;
+            store.write(std::sync::Arc::new(call), Writes::Audit).await;
         }
-        recorder.flush().await;
+        store.flush().await;
         anyhow::Ok(())
     })?;
     backend.checkpoint()?;

@@ -2,9 +2,9 @@
 //! `[[client]]` digests and then the token file's identities (see `tollgate_policy::identity`
 //! for how tokens are compared).
 
-use crate::tokens::Registry;
 use axum::http::HeaderMap;
 use tollgate_policy::identity::{self, Client};
+use tollgate_store::tokens::Registry;
 
 /// How MCP clients authenticate (`[broker] auth` and the `[[client]]` tables).
 #[derive(Debug, Clone)]

@@ -24,11 +24,6 @@ use tollgate_policy::{
     Action, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, ToolPattern,
 };
 
-/// Default page cache of the store: sled's own default (1 GiB) would let a busy broker's memory
-/// grow far beyond what it needs, and sled's real use is about twice the figure. 64 MiB cost
-/// 100 MiB more than 16 with 100 000 pending calls, for little gain in search speed.
-pub const DEFAULT_STORE_CACHE: usize = 16 << 20;
-
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -589,14 +584,14 @@ impl Validator<'_> {
             }),
         };
         let store_cache = match raw.store_cache {
-            None => DEFAULT_STORE_CACHE,
+            None => tollgate_store::DEFAULT_CACHE,
             Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
                 self.problem(
                     v.span(),
                     "store_cache is not a size".into(),
                     Some("write a byte count or a size like \"64MiB\""),
                 );
-                DEFAULT_STORE_CACHE
+                tollgate_store::DEFAULT_CACHE
             }),
         };
         let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "tollgate-data".into()));

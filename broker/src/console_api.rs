@@ -23,8 +23,8 @@ use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target
 use crate::auth;
 use crate::frontend::status_error;
 use crate::queue::{Follow, Queue};
-use crate::tokens::Registry;
 use tollgate_policy::identity::Identity;
+use tollgate_store::tokens::Registry;
 
 /// What the console API needs.
 pub struct ConsoleApi {
@@ -271,7 +271,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 Ok((results, rule)) => {
                     let (rule, rule_refused) = match rule {
                         Ok(r) => (r, None),
-                        Err(why) => (None, Some(why)),
+                        Err(why) => (None, Some(why.to_string())),
                     };
                     ServerMsg::Decided {
                         req,
@@ -280,17 +280,15 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                         rule_refused,
                     }
                 }
-                Err(message) => ServerMsg::Error { req, message },
+                Err(bad) => ServerMsg::Error {
+                    req,
+                    message: bad.to_string(),
+                },
             }
         }
         ClientMsg::AuditQuery { req, filter } => {
-            let backend = api.queue.recorder().backend().clone();
-            match tokio::task::spawn_blocking(move || backend.audit_query(&filter)).await {
-                Ok(Ok(entries)) => ServerMsg::AuditResult { req, entries },
-                Ok(Err(e)) => ServerMsg::Error {
-                    req,
-                    message: format!("audit query failed: {e:#}"),
-                },
+            match api.queue.store().audit_query(filter).await {
+                Ok(entries) => ServerMsg::AuditResult { req, entries },
                 Err(e) => ServerMsg::Error {
                     req,
                     message: format!("audit query failed: {e}"),
@@ -310,7 +308,10 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 req,
                 rules: api.queue.temp.list(tollgate_shared::clock::now_ms()),
             },
-            Err(message) => ServerMsg::Error { req, message },
+            Err(e) => ServerMsg::Error {
+                req,
+                message: e.to_string(),
+            },
         },
     }
 }

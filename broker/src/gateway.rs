@@ -21,11 +21,11 @@ use tracing::Instrument;
 
 use crate::jsonrpc;
 use crate::queue::{Queue, Waiting};
-use crate::store::Recorder;
 use tollgate_policy::fingerprint;
 use tollgate_policy::guards::DlpAction;
 use tollgate_policy::guards::loops::LoopAction;
 use tollgate_policy::{Action, CallView, Policy, Verdict};
+use tollgate_store::{Backend, Writes};
 
 /// Tool annotations learned from upstreams' `tools/list` answers, per server and tool.
 #[derive(Default)]
@@ -114,7 +114,7 @@ pub struct Held {
 /// A forwarded call whose completion is still to be recorded.
 pub struct Ticket {
     record: Option<Box<CallRecord>>,
-    recorder: Recorder,
+    store: Arc<dyn Backend>,
     /// DLP rewrote the request's arguments: re-serialise it before forwarding.
     pub rewritten: bool,
 }
@@ -134,8 +134,8 @@ impl Ticket {
         if let Some(mut record) = self.record.take() {
             record.timings.completed_ms = Some(now_ms());
             record.error = error;
-            let recorder = self.recorder.clone();
-            tokio::spawn(async move { recorder.put(*record).await });
+            let store = self.store.clone();
+            tokio::spawn(async move { store.write(Arc::new(*record), Writes::Record).await });
         }
     }
 }
@@ -150,14 +150,14 @@ impl Drop for Ticket {
     }
 }
 
-/// Policy, annotations, the recorder and the queue: everything interception needs.
+/// Policy, annotations, the store and the queue: everything interception needs.
 pub struct Gateway {
     /// The rules.
     pub policy: Policy,
     /// Annotations learned from upstreams.
     pub annotations: Arc<Annotations>,
     /// Where records go.
-    pub recorder: Recorder,
+    pub store: Arc<dyn Backend>,
     /// Where held calls wait.
     pub queue: Arc<Queue>,
     /// Expiry of held calls whose rule sets none.
@@ -485,7 +485,7 @@ impl Gateway {
             record.reason = reason;
         }
         let id = record.request_id.clone();
-        self.recorder.record(record).await;
+        self.store.write(Arc::new(record), Writes::Both).await;
         Intercept::Respond(jsonrpc::tool_error(id, text, ctx.modern()))
     }
 
@@ -513,10 +513,12 @@ impl Gateway {
     /// Forward a call: its audit entry now, its call record when the ticket completes.
     /// `rewritten` when DLP replaced the arguments the frontend must send.
     async fn forward(&self, record: CallRecord, rewritten: bool) -> Intercept {
-        self.recorder.audit_only(record.clone()).await;
+        self.store
+            .write(Arc::new(record.clone()), Writes::Audit)
+            .await;
         Intercept::Forward(Ticket {
             record: Some(Box::new(record)),
-            recorder: self.recorder.clone(),
+            store: self.store.clone(),
             rewritten,
         })
     }

@@ -33,6 +33,7 @@ use crate::queue::{Queue, Resolution, Waiting};
 use crate::sse;
 use crate::upstream::{Inbound, Parked};
 use tollgate_shared::clock::now_ms;
+use tollgate_store::Writes;
 
 /// How long a finished feed stays available for a client that resumes late.
 const RETAIN: Duration = Duration::from_secs(300);
@@ -449,7 +450,7 @@ impl After {
                 let why = format!("the held request could not be read back: {e}");
                 feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
                 done.error = Some(why);
-                queue.recorder().put(done).await;
+                queue.store().write(Arc::new(done), Writes::Record).await;
                 feeds.remove_later(feed.id.clone());
                 return;
             }
@@ -479,7 +480,7 @@ impl After {
         };
         done.timings.completed_ms = Some(now_ms());
         done.error = error;
-        queue.recorder().put(done).await;
+        queue.store().write(Arc::new(done), Writes::Record).await;
         feeds.remove_later(feed.id.clone());
     }
 }

@@ -17,9 +17,7 @@ mod jsonrpc;
 mod queue;
 mod serve;
 mod sse;
-mod store;
 mod tasks;
-mod tokens;
 #[allow(unsafe_code)]
 mod trim;
 mod upstream;

@@ -15,12 +15,12 @@ use crate::frontend::{self, Frontend, Upstream};
 use crate::gateway::{Annotations, Gateway};
 use crate::hold::{self, Feeds};
 use crate::queue::Queue;
-use crate::store::Recorder;
-use crate::store::sled_backend::SledBackend;
-use crate::tokens::Registry;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
 use tollgate_shared::{HoldMode, Outcome};
+use tollgate_store::sled_engine::SledEngine;
+use tollgate_store::tokens::Registry;
+use tollgate_store::{Backend, Store};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -75,17 +75,17 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let backend = Arc::new(SledBackend::open_with(
+    let engine = Arc::new(SledEngine::open_with(
         &config.broker.data_dir,
         config.broker.store_cache,
     )?);
-    let recorder = Recorder::start(backend.clone())?;
-    let temp = crate::queue::temp::TempRules::load(
+    let store: Arc<dyn Backend> = Store::open(engine.clone()).await?;
+    let temp = crate::queue::temp_rules::TempRules::load(
         config.broker.data_dir.join("temp_rules.json"),
         tollgate_shared::clock::now_ms(),
     )?;
     let queue = Queue::with_guards(
-        recorder.clone(),
+        store.clone(),
         config.broker.retry_ttl,
         tollgate_policy::guards::budget::Budgets::new(config.budgets.clone()),
         temp,
@@ -111,8 +111,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         };
         upstreams.insert(s.name.clone(), u);
     }
-    recover(&config, &backend, &queue, &feeds, &upstreams).await?;
-    let grants = queue.restore_grants()?;
+    recover(&config, &queue, &feeds, &upstreams).await;
+    let grants = queue.restore_grants().await?;
     if grants > 0 {
         tracing::info!(
             grants,
@@ -122,7 +122,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let gateway = Gateway {
         policy: config.policy.clone(),
         annotations,
-        recorder: recorder.clone(),
+        store: store.clone(),
         queue: queue.clone(),
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
@@ -213,8 +213,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             }
         }
     }
-    recorder.flush().await;
-    if let Err(e) = backend.checkpoint() {
+    store.flush().await;
+    if let Err(e) = engine.checkpoint() {
         tracing::warn!(error = %e, "cannot checkpoint the store; its journal is replayed at the next start");
     }
     Ok(())
@@ -226,17 +226,13 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
 /// `Last-Event-ID` before it is closed as `abandoned`.
 async fn recover(
     config: &config::Config,
-    backend: &Arc<SledBackend>,
     queue: &Arc<Queue>,
     feeds: &Arc<Feeds>,
     upstreams: &HashMap<String, Upstream>,
-) -> anyhow::Result<()> {
-    let pending = {
-        let b = backend.clone();
-        tokio::task::spawn_blocking(move || crate::store::Backend::pending(&*b)).await??
-    };
+) {
+    let pending = queue.store().pending();
     if pending.is_empty() {
-        return Ok(());
+        return;
     }
     tracing::info!(calls = pending.len(), "recovered held calls from the store");
     for record in pending {
@@ -281,7 +277,6 @@ async fn recover(
             }
         }
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

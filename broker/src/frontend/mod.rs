@@ -25,12 +25,12 @@ use crate::hold::{self, Feeds};
 use crate::jsonrpc::{self, Kind};
 use crate::queue::Waiting;
 use crate::tasks;
-use crate::tokens::Registry;
 use crate::upstream::Inbound;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::stdio::StdioUpstream;
 use tollgate_shared::clock::now_ms;
 use tollgate_shared::{Name, Outcome};
+use tollgate_store::tokens::Registry;
 
 /// Where a server's traffic goes.
 #[derive(Clone)]

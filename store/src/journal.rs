@@ -12,8 +12,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
+
+use crate::StoreError;
 
 /// An append-only, checksummed, fdatasync'ed log of JSON lines.
 pub struct Journal {
@@ -29,14 +30,15 @@ fn checksum(json: &[u8]) -> String {
 
 impl Journal {
     /// Open (or create) the journal at `path`.
-    pub fn open(path: &Path) -> anyhow::Result<Journal> {
+    pub fn open(path: &Path) -> Result<Journal, StoreError> {
+        let failed = |e| StoreError::io(format!("cannot open the journal {}", path.display()), e);
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
-            .with_context(|| format!("cannot open the journal {}", path.display()))?;
-        let len = file.metadata()?.len();
+            .map_err(failed)?;
+        let len = file.metadata().map_err(failed)?.len();
         Ok(Journal {
             path: path.to_path_buf(),
             file,
@@ -50,13 +52,18 @@ impl Journal {
     }
 
     /// Every intact entry, oldest first; stops at the first damaged line (a torn write).
-    pub fn entries(&self) -> anyhow::Result<Vec<Vec<u8>>> {
-        let mut f = File::open(&self.path)
-            .with_context(|| format!("cannot read the journal {}", self.path.display()))?;
-        f.seek(SeekFrom::Start(0))?;
+    pub fn entries(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let failed = |e| {
+            StoreError::io(
+                format!("cannot read the journal {}", self.path.display()),
+                e,
+            )
+        };
+        let mut f = File::open(&self.path).map_err(failed)?;
+        f.seek(SeekFrom::Start(0)).map_err(failed)?;
         let mut out = Vec::new();
         for line in BufReader::new(f).split(b'\n') {
-            let line = line?;
+            let line = line.map_err(failed)?;
             let Some((sum, json)) = line.split_at_checked(16) else {
                 break;
             };
@@ -74,7 +81,7 @@ impl Journal {
     }
 
     /// Append entries and make them durable (one write, one `fdatasync`).
-    pub fn append(&mut self, entries: &[Vec<u8>]) -> anyhow::Result<()> {
+    pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.len() + 18).sum());
         for e in entries {
             buf.extend_from_slice(checksum(e).as_bytes());
@@ -84,42 +91,42 @@ impl Journal {
         }
         self.file
             .write_all(&buf)
-            .context("cannot append to the journal")?;
+            .map_err(|e| StoreError::io("cannot append to the journal", e))?;
         self.file
             .sync_data()
-            .context("cannot sync the journal to disk")?;
+            .map_err(|e| StoreError::io("cannot sync the journal to disk", e))?;
         self.len += buf.len() as u64;
         Ok(())
     }
 
     /// Empty the journal (after everything in it is durable elsewhere).
-    pub fn clear(&mut self) -> anyhow::Result<()> {
-        self.file
-            .set_len(0)
-            .context("cannot truncate the journal")?;
-        self.file.sync_all()?;
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let failed = |e| StoreError::io("cannot truncate the journal", e);
+        self.file.set_len(0).map_err(failed)?;
+        self.file.sync_all().map_err(failed)?;
         self.len = 0;
         Ok(())
     }
 }
 
 /// `fsync` every file and directory under `dir`, and `dir` itself.
-pub fn sync_tree(dir: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+pub fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    let failed = |p: &Path, e| StoreError::io(format!("cannot sync {}", p.display()), e);
+    let entries = std::fs::read_dir(dir).map_err(|e| failed(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| failed(dir, e))?;
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        if entry.file_type().map_err(|e| failed(&path, e))?.is_dir() {
             sync_tree(&path)?;
         } else {
             File::open(&path)
                 .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot sync {}", path.display()))?;
+                .map_err(|e| failed(&path, e))?;
         }
     }
     File::open(dir)
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))?;
-    Ok(())
+        .map_err(|e| failed(dir, e))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The sled backend: trees for calls, the pending index, the audit chain and its indexes.
+//! The sled engine: trees for calls, the pending index, the audit chain and its indexes.
 //!
 //! Trees: `calls` (record id → record JSON; UUID v7 keys sort by time), `pending` (id → empty,
 //! the queue to recover after a restart), `audit` (sequence number, big-endian → entry JSON)
@@ -17,13 +17,13 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
-use anyhow::Context;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Outcome};
 
-use super::journal::{Journal, sync_tree};
-use super::{Backend, GENESIS, Mutation};
+use crate::chain::GENESIS;
+use crate::journal::{Journal, sync_tree};
+use crate::{Engine, Mutation, StoreError};
 
 /// Checkpoint (sync sled, empty the journal) once the journal is this large.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -40,7 +40,7 @@ pub struct Trees {
 
 enum Job {
     Apply(Vec<Mutation>),
-    Checkpoint(Option<SyncSender<Result<(), String>>>),
+    Checkpoint(Option<SyncSender<Result<(), StoreError>>>),
 }
 
 /// The most mutations committed but not yet applied to sled (a held call's hold is two: its
@@ -90,7 +90,7 @@ impl Backlog {
 }
 
 /// The sled store: trees, the journal in front of them and the applier thread behind it.
-pub struct SledBackend {
+pub struct SledEngine {
     t: Arc<Trees>,
     journal: Arc<Mutex<Journal>>,
     backlog: Arc<Backlog>,
@@ -112,6 +112,16 @@ fn idx_prefix(field: u8, value: &str) -> Vec<u8> {
     k
 }
 
+/// A failed sled read.
+fn read(e: sled::Error) -> StoreError {
+    StoreError::sled("cannot read the store", e)
+}
+
+fn decode_record(v: &[u8]) -> Result<CallRecord, StoreError> {
+    serde_json::from_slice(v)
+        .map_err(|e| StoreError::corrupt("a stored record is not valid JSON", e))
+}
+
 fn seq_of(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
@@ -119,17 +129,18 @@ fn seq_of(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-impl SledBackend {
+impl SledEngine {
     /// Open (or create) the store in `dir` with the default page cache, replaying any journal
     /// left by a crash.
-    pub fn open(dir: &Path) -> anyhow::Result<SledBackend> {
-        SledBackend::open_with(dir, crate::config::DEFAULT_STORE_CACHE)
+    pub fn open(dir: &Path) -> Result<SledEngine, StoreError> {
+        SledEngine::open_with(dir, crate::DEFAULT_CACHE)
     }
 
     /// Open (or create) the store in `dir`, caching at most `cache_bytes` of pages in memory.
-    pub fn open_with(dir: &Path, cache_bytes: usize) -> anyhow::Result<SledBackend> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<SledEngine, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::io(format!("cannot create data directory {}", dir.display()), e)
+        })?;
         // sled's own periodic flush is off: durability comes from the journal, and checkpoints
         // flush and sync sled explicitly.
         let db = sled::Config::new()
@@ -138,25 +149,28 @@ impl SledBackend {
             .flush_every_ms(None)
             .cache_capacity(cache_bytes as u64)
             .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
+            .map_err(|e| {
+                let in_use = matches!(&e, sled::Error::Io(io)
                     if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    anyhow::anyhow!(
-                        "the store at {} is in use by another process (is a broker running with this data_dir? stop it, or ask it through the console API): {e}",
-                        dir.display()
-                    )
+                        || io.to_string().contains("could not acquire lock"));
+                let (dir, cause) = (dir.to_path_buf(), Arc::new(e));
+                if in_use {
+                    StoreError::InUse { dir, cause }
+                } else {
+                    StoreError::Open { dir, cause }
                 }
-                e => anyhow::anyhow!("cannot open the store at {}: {e}", dir.display()),
             })?;
         let mut journal = Journal::open(&dir.join("journal"))?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| StoreError::sled("cannot open the store's trees", e))
+        };
         let t = Arc::new(Trees {
             dir: dir.to_path_buf(),
-            calls: db.open_tree("calls")?,
-            pending: db.open_tree("pending")?,
-            audit: db.open_tree("audit")?,
-            audit_idx: db.open_tree("audit_idx")?,
+            calls: tree("calls")?,
+            pending: tree("pending")?,
+            audit: tree("audit")?,
+            audit_idx: tree("audit_idx")?,
             db,
         });
         let entries = journal.entries()?;
@@ -166,8 +180,9 @@ impl SledBackend {
                 "replaying the journal after an unclean stop"
             );
             for json in entries {
-                let batch: Vec<Mutation> = serde_json::from_slice(&json)
-                    .context("a journal entry is not a valid group of writes")?;
+                let batch: Vec<Mutation> = serde_json::from_slice(&json).map_err(|e| {
+                    StoreError::corrupt("a journal entry is not a valid group of writes", e)
+                })?;
                 t.apply(&batch)?;
             }
             t.sync()?;
@@ -183,8 +198,8 @@ impl SledBackend {
                 apply_loop(&at, &aj, &ab, &rx);
                 ab.stop();
             })
-            .context("cannot start the store's applier thread")?;
-        Ok(SledBackend {
+            .map_err(|e| StoreError::io("cannot start the store's applier thread", e))?;
+        Ok(SledEngine {
             t,
             journal,
             backlog,
@@ -192,22 +207,18 @@ impl SledBackend {
         })
     }
 
-    fn send(&self, job: Job) -> anyhow::Result<()> {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         match &*self.applier.lock() {
-            Some((tx, _)) => tx
-                .send(job)
-                .map_err(|_| anyhow::anyhow!("the store's applier thread has stopped")),
-            None => anyhow::bail!("the store is closed"),
+            Some((tx, _)) => tx.send(job).map_err(|_| StoreError::ApplierStopped),
+            None => Err(StoreError::Closed),
         }
     }
 
     /// Apply everything committed so far, make sled's own files durable and empty the journal.
-    pub fn checkpoint(&self) -> anyhow::Result<()> {
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
         let (tx, rx) = sync_channel(1);
         self.send(Job::Checkpoint(Some(tx)))?;
-        rx.recv()
-            .map_err(|_| anyhow::anyhow!("the store's applier thread has stopped"))?
-            .map_err(|e| anyhow::anyhow!(e))
+        rx.recv().map_err(|_| StoreError::ApplierStopped)?
     }
 }
 
@@ -237,11 +248,9 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, backlog: &Backlog, rx: &Recei
                     }
                 }
                 let result = if failed {
-                    Err("a group could not be applied to sled; the journal is kept for the next start".to_string())
+                    Err(StoreError::Unapplied)
                 } else {
-                    t.sync()
-                        .and_then(|()| j.clear())
-                        .map_err(|e| format!("{e:#}"))
+                    t.sync().and_then(|()| j.clear())
                 };
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "checkpoint failed");
@@ -277,17 +286,17 @@ impl<'a> Chunked<'a> {
         }
     }
 
-    fn insert(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) -> anyhow::Result<()> {
+    fn insert(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) -> Result<(), StoreError> {
         self.batch.insert(key, value);
         self.count()
     }
 
-    fn remove(&mut self, key: impl Into<sled::IVec>) -> anyhow::Result<()> {
+    fn remove(&mut self, key: impl Into<sled::IVec>) -> Result<(), StoreError> {
         self.batch.remove(key);
         self.count()
     }
 
-    fn count(&mut self) -> anyhow::Result<()> {
+    fn count(&mut self) -> Result<(), StoreError> {
         self.keys += 1;
         if self.keys >= SLED_BATCH_KEYS {
             self.finish()?;
@@ -295,17 +304,19 @@ impl<'a> Chunked<'a> {
         Ok(())
     }
 
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<(), StoreError> {
         if self.keys > 0 {
             self.keys = 0;
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.tree
+                .apply_batch(std::mem::take(&mut self.batch))
+                .map_err(|e| StoreError::sled("cannot apply a group to sled", e))?;
         }
         Ok(())
     }
 }
 
 impl Trees {
-    fn apply(&self, batch: &[Mutation]) -> anyhow::Result<()> {
+    fn apply(&self, batch: &[Mutation]) -> Result<(), StoreError> {
         let mut calls = Chunked::new(&self.calls);
         let mut pending = Chunked::new(&self.pending);
         let mut audit = Chunked::new(&self.audit);
@@ -313,7 +324,8 @@ impl Trees {
         for m in batch {
             match m {
                 Mutation::Call(r) => {
-                    let key = uuid::Uuid::parse_str(&r.id).context("record id is not a UUID")?;
+                    let key = uuid::Uuid::parse_str(&r.id)
+                        .map_err(|_| StoreError::BadId(r.id.to_string()))?;
                     calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?)?;
                     if r.outcome == Outcome::Pending {
                         pending.insert(key.as_bytes().as_slice(), Vec::new())?;
@@ -348,25 +360,29 @@ impl Trees {
     }
 
     /// Flush sled and `fsync` every one of its files.
-    fn sync(&self) -> anyhow::Result<()> {
-        self.db.flush().context("cannot flush the store")?;
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map_err(|e| StoreError::sled("cannot flush the store", e))?;
         sync_tree(&self.dir.join("sled"))
     }
 
-    fn decode(&self, v: &[u8]) -> anyhow::Result<AuditEntry> {
-        serde_json::from_slice(v).context("a stored audit entry is not valid JSON")
+    fn decode(&self, v: &[u8]) -> Result<AuditEntry, StoreError> {
+        serde_json::from_slice(v)
+            .map_err(|e| StoreError::corrupt("a stored audit entry is not valid JSON", e))
     }
 
-    fn entry(&self, seq: u64) -> anyhow::Result<Option<AuditEntry>> {
+    fn entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError> {
         self.audit
-            .get(seq.to_be_bytes())?
+            .get(seq.to_be_bytes())
+            .map_err(read)?
             .map(|v| self.decode(&v))
             .transpose()
     }
 
     /// Sequence numbers matching every index filter, newest first, at most `limit`; `None`
     /// when the filter uses no index.
-    fn indexed(&self, f: &AuditFilter, limit: usize) -> anyhow::Result<Option<Vec<u64>>> {
+    fn indexed(&self, f: &AuditFilter, limit: usize) -> Result<Option<Vec<u64>>, StoreError> {
         let status = f.status.map(|s| s.as_str().to_string());
         let prefixes: Vec<Vec<u8>> = [
             (F_STATUS, status.as_deref()),
@@ -390,7 +406,7 @@ impl Trees {
             .collect();
         let mut heads = Vec::with_capacity(cursors.len());
         for c in &mut cursors {
-            match c.next().transpose()? {
+            match c.next().transpose().map_err(read)? {
                 Some(k) => heads.push(seq_of(&k)),
                 None => return Ok(Some(Vec::new())),
             }
@@ -401,7 +417,7 @@ impl Trees {
             if heads.iter().all(|h| *h == low) {
                 out.push(low);
                 for (c, h) in cursors.iter_mut().zip(heads.iter_mut()) {
-                    match c.next().transpose()? {
+                    match c.next().transpose().map_err(read)? {
                         Some(k) => *h = seq_of(&k),
                         None => break 'merge,
                     }
@@ -422,7 +438,7 @@ impl Trees {
                         *c = self.audit_idx.range(p.clone()..=end).keys().rev();
                     }
                     steps += 1;
-                    match c.next().transpose()? {
+                    match c.next().transpose().map_err(read)? {
                         Some(k) => *h = seq_of(&k),
                         None => break 'merge,
                     }
@@ -433,12 +449,12 @@ impl Trees {
     }
 }
 
-impl Backend for SledBackend {
-    fn commit(&self, batch: Vec<Mutation>) -> anyhow::Result<()> {
+impl Engine for SledEngine {
+    fn commit(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {
         let json = serde_json::to_vec(&batch)?;
         // Outside the journal's lock: a checkpoint on the applier takes it.
         if !self.backlog.reserve(batch.len()) {
-            anyhow::bail!("the store's applier thread has stopped");
+            return Err(StoreError::ApplierStopped);
         }
         let n = batch.len();
         let mut journal = self.journal.lock();
@@ -456,30 +472,31 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    fn call(&self, id: &str) -> anyhow::Result<Option<CallRecord>> {
+    fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError> {
         let Ok(key) = uuid::Uuid::parse_str(id) else {
             return Ok(None);
         };
         self.t
             .calls
-            .get(key.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).context("a stored record is not valid JSON"))
+            .get(key.as_bytes())
+            .map_err(read)?
+            .map(|v| decode_record(&v))
             .transpose()
     }
 
-    fn pending(&self) -> anyhow::Result<Vec<CallRecord>> {
+    fn pending(&self) -> Result<Vec<CallRecord>, StoreError> {
         let mut out = Vec::new();
         for key in self.t.pending.iter().keys() {
-            let key = key?;
-            if let Some(v) = self.t.calls.get(&key)? {
-                out.push(serde_json::from_slice(&v).context("a stored record is not valid JSON")?);
+            let key = key.map_err(read)?;
+            if let Some(v) = self.t.calls.get(&key).map_err(read)? {
+                out.push(decode_record(&v)?);
             }
         }
         Ok(out)
     }
 
-    fn audit_head(&self) -> anyhow::Result<(u64, String)> {
-        match self.t.audit.last()? {
+    fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        match self.t.audit.last().map_err(read)? {
             Some((_, v)) => {
                 let e = self.t.decode(&v)?;
                 Ok((e.seq, e.hash))
@@ -488,7 +505,7 @@ impl Backend for SledBackend {
         }
     }
 
-    fn audit_query(&self, f: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>> {
+    fn audit_query(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let limit = f.limit.unwrap_or(100);
         let since = f.since_ms.unwrap_or(0);
         let mut out = Vec::new();
@@ -506,7 +523,7 @@ impl Backend for SledBackend {
             }
             None => {
                 for item in self.t.audit.iter().values().rev() {
-                    let e = self.t.decode(&item?)?;
+                    let e = self.t.decode(&item.map_err(read)?)?;
                     if e.at_ms < since || out.len() >= limit {
                         break;
                     }
@@ -518,9 +535,9 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
-    fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> anyhow::Result<()> {
+    fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
         for item in self.t.audit.iter().values() {
-            if !visit(self.t.decode(&item?)?) {
+            if !visit(self.t.decode(&item.map_err(read)?)?) {
                 break;
             }
         }
@@ -528,7 +545,7 @@ impl Backend for SledBackend {
     }
 }
 
-impl Drop for SledBackend {
+impl Drop for SledEngine {
     fn drop(&mut self) {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "cannot checkpoint the store on close; the journal is replayed at the next start");
@@ -569,8 +586,8 @@ mod tests {
         b.stop();
         assert_eq!(stuck.recv_timeout(Duration::from_secs(5)), Ok(false));
     }
-    use crate::store::{Recorder, verify};
-    use std::sync::Arc;
+    use crate::chain::verify;
+    use crate::{Backend, Store, Writes};
     use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
 
     fn record(n: u64, outcome: Outcome) -> CallRecord {
@@ -611,32 +628,32 @@ mod tests {
         }
     }
 
-    async fn filled(dir: &Path, n: u64) -> Arc<SledBackend> {
-        let backend = Arc::new(SledBackend::open(dir).expect("open"));
-        let rec = Recorder::start(backend.clone()).expect("recorder");
+    async fn filled(dir: &Path, n: u64) -> Arc<SledEngine> {
+        let backend = Arc::new(SledEngine::open(dir).expect("open"));
+        let store = Store::open(backend.clone()).await.expect("store");
         for i in 0..n {
             let o = if i % 4 == 0 {
                 Outcome::Pending
             } else {
                 Outcome::Allowed
             };
-            rec.record(record(i, o)).await;
+            store.write(Arc::new(record(i, o)), Writes::Both).await;
         }
-        rec.flush().await;
+        store.flush().await;
         // Reads trail commits by the applier; a checkpoint waits for it.
         backend.checkpoint().expect("checkpoint");
         backend
     }
 
-    async fn reopen(dir: &Path) -> SledBackend {
+    async fn reopen(dir: &Path) -> SledEngine {
         // The writer task's handle is dropped asynchronously; sled's lock goes with it.
         for _ in 0..100 {
-            if let Ok(b) = SledBackend::open(dir) {
+            if let Ok(b) = SledEngine::open(dir) {
                 return b;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        SledBackend::open(dir).expect("reopen")
+        SledEngine::open(dir).expect("reopen")
     }
 
     #[tokio::test]
@@ -739,7 +756,7 @@ mod tests {
     async fn a_journal_left_by_a_crash_is_replayed() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let b = SledBackend::open(dir.path()).expect("open");
+            let b = SledEngine::open(dir.path()).expect("open");
             // Commit only to the journal, as if the process died before sled got the group.
             let r = record(1, Outcome::Pending);
             let json = serde_json::to_vec(&vec![Mutation::Call(Arc::new(r))]).expect("json");
@@ -749,7 +766,7 @@ mod tests {
         // sled's lock is held by the forgotten handle's file, so open a copy of the directory.
         let copy = tempfile::tempdir().expect("tempdir");
         copy_dir(dir.path(), copy.path());
-        let b = SledBackend::open(copy.path()).expect("reopen");
+        let b = SledEngine::open(copy.path()).expect("reopen");
         assert_eq!(b.pending().expect("pending").len(), 1);
         assert_eq!(b.journal.lock().len(), 0, "the replayed journal is emptied");
     }

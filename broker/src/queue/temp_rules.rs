@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tollgate_shared::Fingerprint;
 use tollgate_shared::console::{RuleKind, TempRule};
@@ -20,6 +19,61 @@ use tollgate_shared::sync::RwLock;
 pub const MAX_RULE_MS: u64 = 24 * 3_600_000;
 /// Most calls an allow rule may let through.
 pub const MAX_ALLOW_COUNT: u32 = 1_000;
+
+/// Why temporary rules could not be read, saved or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TempRuleError {
+    /// The rules file is there but cannot be read.
+    #[error("cannot read {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// The rules file does not parse.
+    #[error(
+        "{} is not a temporary rules file; move it away to start without temporary rules: {cause}",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        cause: serde_json::Error,
+    },
+    /// A change could not be saved, so it was not made.
+    #[error("cannot save temporary rules to {}: {cause}", path.display())]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// No active rule has that id.
+    #[error("no active temporary rule {0:?} (it may have expired; list them with list_rules)")]
+    NotFound(String),
+    /// An approver revoking a rule outside their servers that someone else made.
+    #[error(
+        "{who} may not revoke rule {id} (made by {by} for server {server}, outside their servers)"
+    )]
+    OutOfScope {
+        /// Who tried.
+        who: String,
+        /// The rule.
+        id: String,
+        /// Who made it.
+        by: String,
+        /// Its server.
+        server: String,
+    },
+    /// Viewers do not change rules.
+    #[error("{who} is a viewer; revoking rules needs the approver or admin role")]
+    Viewer {
+        /// Who tried.
+        who: String,
+    },
+}
 
 #[derive(Serialize, Deserialize, Default)]
 struct File {
@@ -42,20 +96,14 @@ impl TempRules {
     }
 
     /// Load the rules saved in `path` (none if it does not exist), dropping expired ones.
-    pub fn load(path: PathBuf, now_ms: u64) -> anyhow::Result<TempRules> {
+    pub fn load(path: PathBuf, now_ms: u64) -> Result<TempRules, TempRuleError> {
         let mut rules = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<File>(&bytes)
-                    .with_context(|| {
-                        format!(
-                            "{} is not a temporary rules file; move it away to start without temporary rules",
-                            path.display()
-                        )
-                    })?
-                    .rules
-            }
+            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
+                Ok(f) => f.rules,
+                Err(cause) => return Err(TempRuleError::Corrupt { path, cause }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(cause) => return Err(TempRuleError::Read { path, cause }),
         };
         rules.retain(|r| r.until_ms > now_ms);
         Ok(TempRules {
@@ -64,16 +112,19 @@ impl TempRules {
         })
     }
 
-    fn save(&self, rules: &[TempRule]) -> Result<(), String> {
+    fn save(&self, rules: &[TempRule]) -> Result<(), TempRuleError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        // Plain strings and numbers always serialise.
         let text = serde_json::to_vec_pretty(&File {
             rules: rules.to_vec(),
         })
-        .map_err(|e| e.to_string())?;
-        tollgate_shared::fs::write_atomic(path, &text)
-            .map_err(|e| format!("cannot save temporary rules to {}: {e}", path.display()))
+        .unwrap_or_default();
+        tollgate_shared::fs::write_atomic(path, &text).map_err(|cause| TempRuleError::Save {
+            path: path.clone(),
+            cause,
+        })
     }
 
     /// Save `next` without the rules expired by `now_ms`, then make it the rules. Nothing
@@ -83,7 +134,7 @@ impl TempRules {
         rules: &mut Vec<TempRule>,
         mut next: Vec<TempRule>,
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), TempRuleError> {
         next.retain(|r| r.until_ms > now_ms);
         self.save(&next)?;
         *rules = next;
@@ -101,7 +152,7 @@ impl TempRules {
     }
 
     /// Install a rule (saved before it takes effect).
-    pub fn add(&self, rule: TempRule, now_ms: u64) -> Result<(), String> {
+    pub fn add(&self, rule: TempRule, now_ms: u64) -> Result<(), TempRuleError> {
         let mut rules = self.rules.write();
         let mut next = rules.clone();
         next.push(rule);
@@ -113,13 +164,11 @@ impl TempRules {
         &self,
         id: &str,
         now_ms: u64,
-        may: impl FnOnce(&TempRule) -> Result<(), String>,
-    ) -> Result<TempRule, String> {
+        may: impl FnOnce(&TempRule) -> Result<(), TempRuleError>,
+    ) -> Result<TempRule, TempRuleError> {
         let mut rules = self.rules.write();
         let Some(pos) = rules.iter().position(|r| r.id == id && r.until_ms > now_ms) else {
-            return Err(format!(
-                "no active temporary rule {id:?} (it may have expired; list them with list_rules)"
-            ));
+            return Err(TempRuleError::NotFound(id.to_string()));
         };
         may(&rules[pos])?;
         let mut next = rules.clone();
@@ -288,8 +337,13 @@ mod tests {
             .expect("add");
         let again = TempRules::load(path.clone(), 100).expect("reload");
         assert_eq!(again.list(100).len(), 1, "the expired rule is dropped");
-        let refused = again.revoke(&id, 100, |_| Err("not yours".into()));
-        assert_eq!(refused, Err("not yours".into()));
+        let refused = again.revoke(&id, 100, |_| {
+            Err(TempRuleError::Viewer { who: "vic".into() })
+        });
+        assert!(
+            matches!(refused, Err(TempRuleError::Viewer { .. })),
+            "{refused:?}"
+        );
         assert!(again.revoke(&id, 100, |_| Ok(())).is_ok());
         assert!(again.revoke(&id, 100, |_| Ok(())).is_err());
         assert!(

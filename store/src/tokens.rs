@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tollgate_shared::console::Role;
 use tollgate_shared::sync::Mutex;
@@ -38,28 +37,71 @@ struct File {
     tokens: Vec<TokenEntry>,
 }
 
+/// Why the token file could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file is there but is not a token file.
+    #[error("{} is not a valid token file: {cause}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        cause: serde_json::Error,
+    },
+    /// Reading or replacing the file failed.
+    #[error("cannot {what} {}: {cause}", path.display())]
+    Io {
+        /// "read" or "write".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
+    /// A name that would not read well in the audit trail.
+    #[error("identity names must be non-empty, without spaces or control characters")]
+    BadName,
+    /// Names are unique.
+    #[error(
+        "an identity named {0:?} already exists; revoke it first (`tollgate-broker token revoke {0}`) to issue a new token"
+    )]
+    Exists(String),
+}
+
 /// The token file of a data directory.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("tokens.json")
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+fn read(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(serde_json::from_slice::<File>(&bytes)
-            .with_context(|| format!("{} is not a valid token file", path.display()))?
+            .map_err(|cause| TokenError::Corrupt {
+                path: path.to_path_buf(),
+                cause,
+            })?
             .tokens),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(cause) => Err(TokenError::Io {
+            what: "read",
+            path: path.to_path_buf(),
+            cause,
+        }),
     }
 }
 
-fn write(path: &Path, tokens: Vec<TokenEntry>) -> anyhow::Result<()> {
-    tollgate_shared::fs::write_atomic(path, &serde_json::to_vec_pretty(&File { tokens })?)?;
-    Ok(())
+fn write(path: &Path, tokens: Vec<TokenEntry>) -> Result<(), TokenError> {
+    // A list of plain strings and numbers always serialises.
+    let text = serde_json::to_vec_pretty(&File { tokens }).unwrap_or_default();
+    tollgate_shared::fs::write_atomic(path, &text).map_err(|cause| TokenError::Io {
+        what: "write",
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 /// All stored identities.
-pub fn list(data_dir: &Path) -> anyhow::Result<Vec<TokenEntry>> {
+pub fn list(data_dir: &Path) -> Result<Vec<TokenEntry>, TokenError> {
     read(&path(data_dir))
 }
 
@@ -69,16 +111,14 @@ pub fn add(
     name: &str,
     role: Role,
     servers: Option<Vec<String>>,
-) -> anyhow::Result<String> {
+) -> Result<String, TokenError> {
     if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        anyhow::bail!("identity names must be non-empty, without spaces or control characters");
+        return Err(TokenError::BadName);
     }
     let file = path(data_dir);
     let mut tokens = read(&file)?;
     if tokens.iter().any(|t| t.name == name) {
-        anyhow::bail!(
-            "an identity named {name:?} already exists; revoke it first (`tollgate-broker token revoke {name}`) to issue a new token"
-        );
+        return Err(TokenError::Exists(name.to_string()));
     }
     let token = format!(
         "tg_{}{}",
@@ -97,7 +137,7 @@ pub fn add(
 }
 
 /// Remove an identity; false if there was none by that name.
-pub fn revoke(data_dir: &Path, name: &str) -> anyhow::Result<bool> {
+pub fn revoke(data_dir: &Path, name: &str) -> Result<bool, TokenError> {
     let file = path(data_dir);
     let mut tokens = read(&file)?;
     let before = tokens.len();

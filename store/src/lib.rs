@@ -1,0 +1,179 @@
+//! Tollgate's durable store: call records, the pending calls, the audit chain and identities.
+//!
+//! Two seams, one above the other:
+//!
+//! - [`Backend`] is what the rest of the broker talks to. Holding a call, deciding it and
+//!   closing it are *store operations*: [`Backend::decide`] applies a decision to the call as
+//!   stored and answers with a typed result (won, already decided by someone, not allowed), so
+//!   "the first decision wins" is the store's promise, not a lock in the caller. A store shared by
+//!   several brokers (PostgreSQL) implements this trait with one conditional update per decision.
+//! - [`Engine`] is a local storage engine under [`Store`], the [`Backend`] for one machine:
+//!   [`Store`] runs one writer task that takes whatever operations have queued up, applies the
+//!   decisions among them in arrival order, chains their audit entries and hands them to the
+//!   engine as one group, so a burst of thousands of held calls costs one disk sync rather than
+//!   thousands. [`sled_engine`] is the engine in use (a journal in front of sled);
+//!   [`memory`] keeps everything in memory, for tests.
+//!
+//! [`chain`] hashes and verifies the audit chain; [`tokens`] is the file of identities that may
+//! use the console API.
+
+pub mod chain;
+mod error;
+mod journal;
+pub mod memory;
+pub mod sled_engine;
+pub mod tokens;
+mod writer;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tollgate_policy::approval::{Change, Refused};
+use tollgate_policy::identity::Identity;
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::console::Refusal;
+use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
+
+pub use error::StoreError;
+pub use writer::Store;
+
+/// Default page cache of the store. sled's own default (1 GiB) would let a busy broker's memory
+/// grow far beyond what it needs; `docs/performance.md` has the measurements behind this size.
+pub const DEFAULT_CACHE: usize = 16 << 20;
+
+/// A boxed future, so [`Backend`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which parts of a call's current state a write stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// The call record only (a later write of the same id replaces it).
+    Record,
+    /// Only an audit entry for the record's outcome: an allowed call being forwarded, whose
+    /// record is written once when it completes.
+    Audit,
+    /// The record and an audit entry for its outcome.
+    Both,
+}
+
+/// A decision the store applied.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The call as it is now stored.
+    pub record: Arc<CallRecord>,
+    /// Whether it is now final, or an approval was counted toward a quorum.
+    pub change: Change,
+}
+
+/// Why a decision (or a close) did not change a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecideError {
+    /// No call has that id.
+    #[error("no such call")]
+    NotFound,
+    /// The call is closed, or this identity may not decide it.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The store could not save the decision; nothing was applied.
+    #[error("the decision could not be saved, so it was not applied: {0}")]
+    Store(StoreError),
+}
+
+impl DecideError {
+    /// The refusal the console protocol reports for this error.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            DecideError::NotFound => Refusal::NotFound,
+            DecideError::Refused(Refused::Closed(_)) => Refusal::AlreadyClosed,
+            DecideError::Refused(_) => Refusal::NotAllowed,
+            DecideError::Store(_) => Refusal::StoreFailed,
+        }
+    }
+}
+
+/// The store as the broker uses it: writes, the held calls' transitions, and reads.
+///
+/// Every transition of a held call goes through [`hold`](Backend::hold),
+/// [`decide`](Backend::decide) and [`close`](Backend::close), which are atomic against each
+/// other for one call: whatever order they arrive in, exactly one of them ends a call, and the
+/// others are told how it ended.
+pub trait Backend: Send + Sync + 'static {
+    /// Store a call that waits for a decision (record and audit entry), durably, before
+    /// anyone hears of it.
+    fn hold(&self, record: Arc<CallRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Apply `who`'s verdict to the held call `id`, durably. An approval short of its quorum
+    /// is counted and the call stays pending.
+    fn decide(
+        &self,
+        id: Name,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Decided, DecideError>>;
+
+    /// End the held call `id` without a decision (`Expired`, `Cancelled`, `Abandoned`), with
+    /// `why` as its reason when given. The call is closed even when the write fails (it is
+    /// logged): an expiry or a cancellation is not taken back.
+    fn close(
+        &self,
+        id: Name,
+        outcome: Outcome,
+        why: Option<String>,
+    ) -> BoxFuture<'_, Result<Arc<CallRecord>, DecideError>>;
+
+    /// Queue a write of a call that is not held (an allowed, refused or finished call);
+    /// durable with the next group.
+    fn write(&self, record: Arc<CallRecord>, writes: Writes) -> BoxFuture<'_, ()>;
+
+    /// Write a call that is not held, and wait until it is durable.
+    fn write_durably(
+        &self,
+        record: Arc<CallRecord>,
+        writes: Writes,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Wait until everything queued so far is durable.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+
+    /// The calls held now, oldest first (after a restart: those the broker must take back).
+    fn pending(&self) -> Vec<Arc<CallRecord>>;
+
+    /// One call record as stored (reads may trail a write by a moment).
+    fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>>;
+
+    /// Audit entries matching a filter, oldest first (the newest `limit` of them).
+    fn audit_query(
+        &self,
+        filter: AuditFilter,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+}
+
+/// One change to a local engine: what the journal records and the engine applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "m", rename_all = "snake_case")]
+pub enum Mutation {
+    /// Insert or replace a call record (and keep the pending index in step).
+    Call(Arc<CallRecord>),
+    /// Append an audit entry (already chained).
+    Audit(Box<AuditEntry>),
+}
+
+/// A local storage engine: where [`Store`]'s groups of writes become durable, and are read
+/// back. Implementations must make [`commit`](Engine::commit) survive power loss.
+pub trait Engine: Send + Sync + 'static {
+    /// Apply a group of mutations durably, in order, all or nothing.
+    fn commit(&self, batch: Vec<Mutation>) -> Result<(), StoreError>;
+    /// One call record.
+    fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError>;
+    /// Every call still pending, oldest first.
+    fn pending(&self) -> Result<Vec<CallRecord>, StoreError>;
+    /// Sequence number and hash of the last audit entry (0 and the genesis hash when empty).
+    fn audit_head(&self) -> Result<(u64, String), StoreError>;
+    /// Audit entries matching a filter, oldest first (the newest `limit` of them).
+    fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Visit every audit entry in chain order, as stored; stop when `visit` returns false.
+    fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError>;
+}

@@ -1,0 +1,724 @@
+//! [`Store`]: the [`Backend`] of one machine, a group-commit writer over an [`Engine`].
+//!
+//! One task takes every queued operation in arrival order and turns them into one group:
+//! writes of calls that are not held go in as they are; a hold enters the set of held calls; a
+//! decision or a close is applied (by `tollgate_policy::approval`) to the held call as it
+//! stands in that set, so of two decisions on one call the first to arrive wins and the
+//! second is refused with who won. The group's audit entries are chained, the group is
+//! committed to the engine (one sync), and only then is anyone answered. A group that cannot
+//! be committed is taken back: its holds and decisions never happened (its closes stand, as
+//! an expiry or cancellation is not undone by a full disk, and are logged).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tollgate_policy::approval::{self, ClosedCall, Refused};
+use tollgate_policy::identity::Identity;
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::clock::now_ms;
+use tollgate_shared::sync::Mutex;
+use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
+
+use crate::chain::{audit_entry, chain_hash};
+use crate::{Backend, BoxFuture, DecideError, Decided, Engine, Mutation, StoreError, Writes};
+
+/// The most operations one group carries.
+const GROUP_MAX: usize = 16_384;
+
+/// How many recently closed calls are remembered, so a late decision is told who decided and
+/// when without a read of the engine (whose reads trail its commits by a moment). Only what
+/// that answer needs is kept, not the record.
+const CLOSED_KEPT: usize = 65_536;
+
+type Ack<T> = oneshot::Sender<Result<T, StoreError>>;
+type DecideAck<T> = oneshot::Sender<Result<T, DecideError>>;
+
+enum Op {
+    Write {
+        record: Arc<CallRecord>,
+        writes: Writes,
+        ack: Option<Ack<()>>,
+    },
+    Hold {
+        record: Arc<CallRecord>,
+        ack: Ack<()>,
+    },
+    Decide {
+        id: Name,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+        ack: DecideAck<Decided>,
+    },
+    Close {
+        id: Name,
+        outcome: Outcome,
+        why: Option<String>,
+        ack: DecideAck<Arc<CallRecord>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Who to answer once a group is committed, and with what.
+enum Answer {
+    Written(Ack<()>),
+    Decided(DecideAck<Decided>, Decided),
+    Closed(DecideAck<Arc<CallRecord>>, Arc<CallRecord>),
+    Refused(DecideAck<Decided>, DecideError),
+    NotClosed(DecideAck<Arc<CallRecord>>, DecideError),
+}
+
+/// Calls that left the held set recently (see [`CLOSED_KEPT`]).
+#[derive(Default)]
+struct Closed {
+    map: HashMap<Name, ClosedCall>,
+    order: VecDeque<Name>,
+}
+
+impl Closed {
+    fn insert(&mut self, record: &CallRecord) {
+        if self
+            .map
+            .insert(record.id.clone(), ClosedCall::of(record))
+            .is_none()
+        {
+            self.order.push_back(record.id.clone());
+        }
+        while self.order.len() > CLOSED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// The held calls as the store knows them: the state every transition is applied to.
+#[derive(Default)]
+struct Held {
+    pending: HashMap<Name, Arc<CallRecord>>,
+    closed: Closed,
+}
+
+/// A held call's state before a transition in the group, to restore if the group fails.
+struct Undo {
+    id: Name,
+    before: Option<Arc<CallRecord>>,
+    closed: bool,
+}
+
+/// The store of one machine: group commit over a local [`Engine`].
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    engine: Arc<dyn Engine>,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Store {
+    /// Open the store over `engine`: read back the calls still held and the audit chain's
+    /// head, and start the writer task.
+    pub async fn open(engine: Arc<dyn Engine>) -> Result<Arc<Store>, StoreError> {
+        let reader = engine.clone();
+        let (pending, (seq, head)) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((reader.pending()?, reader.audit_head()?))
+        })
+        .await
+        .map_err(|_| StoreError::WriterStopped)??;
+        let held = Held {
+            pending: pending
+                .into_iter()
+                .map(|r| (r.id.clone(), Arc::new(r)))
+                .collect(),
+            closed: Closed::default(),
+        };
+        let held = Arc::new(Mutex::new(held));
+        let (tx, rx) = mpsc::channel::<Op>(GROUP_MAX * 4);
+        let writer = Writer {
+            engine: engine.clone(),
+            held: held.clone(),
+            seq,
+            head,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Arc::new(Store { tx, engine, held }))
+    }
+
+    /// The engine, for reads outside a runtime and for its own maintenance.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    async fn send(&self, op: Op) -> bool {
+        let sent = self.tx.send(op).await.is_ok();
+        if !sent {
+            tracing::error!("the store writer has stopped; a write was not made");
+        }
+        sent
+    }
+
+    async fn ask<T>(&self, op: impl FnOnce(Ack<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(op(tx)).await {
+            return Err(StoreError::WriterStopped);
+        }
+        rx.await.unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    async fn ask_decided<T>(&self, op: impl FnOnce(DecideAck<T>) -> Op) -> Result<T, DecideError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(op(tx)).await {
+            return Err(DecideError::Store(StoreError::WriterStopped));
+        }
+        rx.await
+            .unwrap_or(Err(DecideError::Store(StoreError::WriterStopped)))
+    }
+}
+
+impl Backend for Store {
+    fn hold(&self, record: Arc<CallRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ask(|ack| Op::Hold { record, ack }))
+    }
+
+    fn decide(
+        &self,
+        id: Name,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Decided, DecideError>> {
+        Box::pin(async move {
+            let asked = id.clone();
+            match self
+                .ask_decided(|ack| Op::Decide {
+                    id,
+                    who,
+                    verdict,
+                    reason,
+                    ack,
+                })
+                .await
+            {
+                // Closed too long ago to be remembered: the engine has it, or nobody does.
+                Err(DecideError::NotFound) => match self.engine.call(&asked) {
+                    Ok(Some(rec)) => Err(Refused::Closed(ClosedCall::of(&rec)).into()),
+                    _ => Err(DecideError::NotFound),
+                },
+                other => other,
+            }
+        })
+    }
+
+    fn close(
+        &self,
+        id: Name,
+        outcome: Outcome,
+        why: Option<String>,
+    ) -> BoxFuture<'_, Result<Arc<CallRecord>, DecideError>> {
+        Box::pin(self.ask_decided(move |ack| Op::Close {
+            id,
+            outcome,
+            why,
+            ack,
+        }))
+    }
+
+    fn write(&self, record: Arc<CallRecord>, writes: Writes) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.send(Op::Write {
+                record,
+                writes,
+                ack: None,
+            })
+            .await;
+        })
+    }
+
+    fn write_durably(
+        &self,
+        record: Arc<CallRecord>,
+        writes: Writes,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ask(move |ack| Op::Write {
+            record,
+            writes,
+            ack: Some(ack),
+        }))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.send(Op::Flush(tx)).await {
+                let _ = rx.await;
+            }
+        })
+    }
+
+    fn pending(&self) -> Vec<Arc<CallRecord>> {
+        let mut out: Vec<_> = self.held.lock().pending.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>> {
+        let (engine, id) = (self.engine.clone(), id.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || engine.call(&id))
+                .await
+                .map_err(|_| StoreError::WriterStopped)?
+        })
+    }
+
+    fn audit_query(
+        &self,
+        filter: AuditFilter,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || engine.audit_query(&filter))
+                .await
+                .map_err(|_| StoreError::WriterStopped)?
+        })
+    }
+}
+
+/// The writer task's own state.
+struct Writer {
+    engine: Arc<dyn Engine>,
+    held: Arc<Mutex<Held>>,
+    /// Sequence number and hash of the last audit entry committed.
+    seq: u64,
+    head: String,
+}
+
+/// A group being built.
+#[derive(Default)]
+struct Group {
+    batch: Vec<Mutation>,
+    answers: Vec<Answer>,
+    flushes: Vec<oneshot::Sender<()>>,
+    undo: Vec<Undo>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut ops = Vec::new();
+        while rx.recv_many(&mut ops, GROUP_MAX).await > 0 {
+            let (seq0, head0) = (self.seq, self.head.clone());
+            let group = self.build(&mut ops);
+            let Group {
+                batch,
+                answers,
+                flushes,
+                undo,
+            } = group;
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                let engine = self.engine.clone();
+                tokio::task::spawn_blocking(move || engine.commit(batch))
+                    .await
+                    .unwrap_or(Err(StoreError::WriterStopped))
+            };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "cannot write call records to the store");
+                (self.seq, self.head) = (seq0, head0);
+                let mut held = self.held.lock();
+                for u in undo.into_iter().rev() {
+                    if u.closed {
+                        held.closed.map.remove(&u.id);
+                    }
+                    match u.before {
+                        Some(r) => held.pending.insert(u.id, r),
+                        None => held.pending.remove(&u.id),
+                    };
+                }
+            }
+            for a in answers {
+                answer(a, &result);
+            }
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    /// Apply a run of operations to the held set and turn them into one group of mutations.
+    fn build(&mut self, ops: &mut Vec<Op>) -> Group {
+        let at_ms = now_ms();
+        let mut g = Group {
+            batch: Vec::with_capacity(ops.len() * 2),
+            ..Group::default()
+        };
+        let held = self.held.clone();
+        let mut held = held.lock();
+        for op in ops.drain(..) {
+            match op {
+                Op::Write {
+                    record,
+                    writes,
+                    ack,
+                } => {
+                    self.push(&mut g, record, writes, at_ms);
+                    g.answers.extend(ack.map(Answer::Written));
+                }
+                Op::Hold { record, ack } => {
+                    let before = held.pending.insert(record.id.clone(), record.clone());
+                    g.undo.push(Undo {
+                        id: record.id.clone(),
+                        before,
+                        closed: false,
+                    });
+                    self.push(&mut g, record, Writes::Both, at_ms);
+                    g.answers.push(Answer::Written(ack));
+                }
+                Op::Decide {
+                    id,
+                    who,
+                    verdict,
+                    reason,
+                    ack,
+                } => {
+                    let Some(current) = held.pending.get(&id) else {
+                        let gone = match held.closed.map.get(&id) {
+                            Some(c) => Refused::Closed(c.clone()).into(),
+                            None => DecideError::NotFound,
+                        };
+                        g.answers.push(Answer::Refused(ack, gone));
+                        continue;
+                    };
+                    match approval::decide(current, &who, verdict, reason.as_deref(), at_ms) {
+                        Ok((next, change)) => {
+                            let next = Arc::new(next);
+                            let closes = next.outcome != Outcome::Pending;
+                            let before = if closes {
+                                held.closed.insert(&next);
+                                held.pending.remove(&id)
+                            } else {
+                                held.pending.insert(id.clone(), next.clone())
+                            };
+                            g.undo.push(Undo {
+                                id,
+                                before,
+                                closed: closes,
+                            });
+                            self.push(&mut g, next.clone(), Writes::Both, at_ms);
+                            g.answers.push(Answer::Decided(
+                                ack,
+                                Decided {
+                                    record: next,
+                                    change,
+                                },
+                            ));
+                        }
+                        Err(refused) => g.answers.push(Answer::Refused(ack, refused.into())),
+                    }
+                }
+                Op::Close {
+                    id,
+                    outcome,
+                    why,
+                    ack,
+                } => {
+                    let Some(current) = held.pending.get(&id) else {
+                        let gone = match held.closed.map.get(&id) {
+                            Some(c) => Refused::Closed(c.clone()).into(),
+                            None => DecideError::NotFound,
+                        };
+                        g.answers.push(Answer::NotClosed(ack, gone));
+                        continue;
+                    };
+                    match approval::close(current, outcome, why, at_ms) {
+                        Ok(next) => {
+                            let next = Arc::new(next);
+                            held.closed.insert(&next);
+                            held.pending.remove(&id);
+                            self.push(&mut g, next.clone(), Writes::Both, at_ms);
+                            g.answers.push(Answer::Closed(ack, next));
+                        }
+                        Err(refused) => g.answers.push(Answer::NotClosed(ack, refused.into())),
+                    }
+                }
+                Op::Flush(f) => g.flushes.push(f),
+            }
+        }
+        g
+    }
+
+    /// Add a record's writes to the group, chaining its audit entry.
+    fn push(&mut self, g: &mut Group, record: Arc<CallRecord>, writes: Writes, at_ms: u64) {
+        let entry = matches!(writes, Writes::Audit | Writes::Both).then(|| {
+            let mut e = audit_entry(&record, at_ms);
+            self.seq += 1;
+            e.seq = self.seq;
+            e.prev_hash = std::mem::take(&mut self.head);
+            e.hash = chain_hash(&e);
+            self.head = e.hash.clone();
+            e
+        });
+        if matches!(writes, Writes::Record | Writes::Both) {
+            g.batch.push(Mutation::Call(record));
+        }
+        if let Some(e) = entry {
+            g.batch.push(Mutation::Audit(Box::new(e)));
+        }
+    }
+}
+
+fn answer(a: Answer, result: &Result<(), StoreError>) {
+    match a {
+        Answer::Written(tx) => {
+            let _ = tx.send(result.clone());
+        }
+        Answer::Decided(tx, d) => {
+            let _ = tx.send(match result {
+                Ok(()) => Ok(d),
+                Err(e) => Err(DecideError::Store(e.clone())),
+            });
+        }
+        // A close stands even when its write failed (logged above).
+        Answer::Closed(tx, record) => {
+            let _ = tx.send(Ok(record));
+        }
+        Answer::Refused(tx, e) => {
+            let _ = tx.send(Err(e));
+        }
+        Answer::NotClosed(tx, e) => {
+            let _ = tx.send(Err(e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::verify;
+    use crate::memory::MemoryEngine;
+    use tollgate_policy::approval::Change;
+    use tollgate_shared::console::{Refusal, Role};
+    use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
+
+    fn held(n: u64, quorum: u32) -> Arc<CallRecord> {
+        Arc::new(CallRecord {
+            id: uuid::Uuid::now_v7().to_string().into(),
+            outcome: Outcome::Pending,
+            rule: RuleRef {
+                index: 1,
+                name: "risky".into(),
+            },
+            reason: None,
+            client: "agent".into(),
+            server: "db".into(),
+            tool: "drop".into(),
+            request_id: serde_json::json!(n),
+            session: None,
+            protocol_version: None,
+            arguments: serde_json::json!({"n": n}).into(),
+            timings: Timings::default(),
+            error: None,
+            args_hash: Default::default(),
+            fingerprint: Default::default(),
+            policy_version: Default::default(),
+            hold: Some(Hold {
+                mode: HoldMode::Stream,
+                expires_ms: 0,
+                quorum,
+                approvers: vec![],
+                progress_token: None,
+                meta: None,
+                retried_ms: None,
+                secrets_withheld: false,
+            }),
+            decisions: vec![],
+            findings: Vec::new(),
+            shape: Default::default(),
+            signals: Default::default(),
+        })
+    }
+
+    fn who(name: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            name: name.into(),
+            role: Role::Approver,
+            servers: None,
+        })
+    }
+
+    async fn store() -> (Arc<MemoryEngine>, Arc<Store>) {
+        let engine = Arc::new(MemoryEngine::new());
+        let store = Store::open(engine.clone()).await.expect("open");
+        (engine, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_racing_decisions_and_an_expiry_exactly_one_wins_and_the_rest_hear_who() {
+        let (engine, store) = store().await;
+        for round in 0..50 {
+            let call = held(round, 1);
+            let id = call.id.clone();
+            store.hold(call).await.expect("held");
+            let (a, b, c) = (store.clone(), store.clone(), store.clone());
+            let (ia, ib, ic) = (id.clone(), id.clone(), id.clone());
+            let approve =
+                tokio::spawn(
+                    async move { a.decide(ia, who("alice"), Verdict::Approve, None).await },
+                );
+            let reject = tokio::spawn(async move {
+                b.decide(ib, who("bob"), Verdict::Reject, Some("no".into()))
+                    .await
+            });
+            let expire = tokio::spawn(async move { c.close(ic, Outcome::Expired, None).await });
+            let (approve, reject, expire) = (
+                approve.await.expect("task"),
+                reject.await.expect("task"),
+                expire.await.expect("task"),
+            );
+            let won = [approve.is_ok(), reject.is_ok(), expire.is_ok()];
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}");
+            let stored = engine.call(&id).expect("read").expect("stored");
+            let losers: Vec<DecideError> = [approve.err(), reject.err(), expire.err()]
+                .into_iter()
+                .flatten()
+                .collect();
+            for e in &losers {
+                assert_eq!(e.refusal(), Refusal::AlreadyClosed, "{e}");
+                assert!(
+                    e.to_string()
+                        .starts_with(&format!("already {}", stored.outcome)),
+                    "{e} vs {}",
+                    stored.outcome
+                );
+            }
+            let late = store
+                .decide(id, who("carol"), Verdict::Approve, None)
+                .await
+                .expect_err("closed");
+            assert_eq!(late.refusal(), Refusal::AlreadyClosed);
+        }
+        assert!(store.pending().is_empty());
+        assert_eq!(verify(&*engine, None).expect("chain").entries, 100);
+    }
+
+    #[tokio::test]
+    async fn a_quorum_counts_distinct_approvers_and_refuses_a_second_vote() {
+        let (_, store) = store().await;
+        let call = held(1, 2);
+        let id = call.id.clone();
+        store.hold(call).await.expect("held");
+        let first = store
+            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect("counted");
+        assert_eq!(first.change, Change::Counted);
+        assert_eq!(
+            store.pending()[0].decisions.len(),
+            1,
+            "the store keeps the vote"
+        );
+        let again = store
+            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect_err("twice");
+        assert_eq!(again.refusal(), Refusal::NotAllowed);
+        let own = store
+            .decide(id.clone(), who("agent"), Verdict::Approve, None)
+            .await
+            .expect_err("own call");
+        assert!(
+            own.to_string()
+                .contains("nobody may approve their own call")
+        );
+        let second = store
+            .decide(id, who("bob"), Verdict::Approve, None)
+            .await
+            .expect("final");
+        assert_eq!(
+            (second.change, second.record.outcome),
+            (Change::Final, Outcome::Approved)
+        );
+        assert!(store.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_decision_the_store_cannot_save_is_not_applied() {
+        let (engine, store) = store().await;
+        let call = held(1, 1);
+        let id = call.id.clone();
+        store.hold(call).await.expect("held");
+        engine.fail_commits(true);
+        let failed = store
+            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect_err("disk full");
+        assert_eq!(failed.refusal(), Refusal::StoreFailed);
+        assert!(
+            failed
+                .to_string()
+                .starts_with("the decision could not be saved, so it was not applied"),
+            "{failed}"
+        );
+        assert_eq!(store.pending().len(), 1, "still held");
+        let not_held = held(2, 1);
+        assert!(store.hold(not_held.clone()).await.is_err());
+        assert_eq!(store.pending().len(), 1, "a failed hold is not held");
+        engine.fail_commits(false);
+        store
+            .decide(id.clone(), who("bob"), Verdict::Reject, None)
+            .await
+            .expect("decided once the disk has room");
+        let stored = engine.call(&id).expect("read").expect("stored");
+        assert_eq!(stored.decisions.len(), 1, "only bob's decision was applied");
+        assert_eq!(verify(&*engine, None).expect("chain").entries, 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_are_not_found_and_old_ones_are_read_back_from_the_engine() {
+        let (engine, store) = store().await;
+        let missing = store
+            .decide("nope".into(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect_err("missing");
+        assert_eq!(missing.refusal(), Refusal::NotFound);
+        // Decided by an earlier broker process: only the engine knows it.
+        let mut old = (*held(1, 1)).clone();
+        old.outcome = Outcome::Rejected;
+        old.decisions.push(tollgate_shared::Decision {
+            by: "bob".into(),
+            verdict: Verdict::Reject,
+            reason: None,
+            at_ms: 1_000,
+        });
+        engine
+            .commit(vec![Mutation::Call(Arc::new(old.clone()))])
+            .expect("commit");
+        let late = store
+            .decide(old.id.clone(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect_err("closed");
+        assert_eq!(
+            late.to_string(),
+            "already rejected by bob at 1970-01-01T00:00:01Z"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_held_before_a_restart_are_held_again() {
+        let engine = Arc::new(MemoryEngine::new());
+        let store = Store::open(engine.clone()).await.expect("open");
+        let (a, b) = (held(1, 1), held(2, 1));
+        store.hold(a.clone()).await.expect("held");
+        store.hold(b.clone()).await.expect("held");
+        store
+            .close(a.id.clone(), Outcome::Cancelled, Some("gone".into()))
+            .await
+            .expect("closed");
+        let reopened = Store::open(engine.clone()).await.expect("reopen");
+        let pending = reopened.pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id, b.id);
+        reopened
+            .decide(b.id.clone(), who("alice"), Verdict::Approve, None)
+            .await
+            .expect("decided after the restart");
+    }
+}
