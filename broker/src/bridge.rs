@@ -23,7 +23,6 @@ use tollgate_shared::sync::Mutex;
 
 use crate::jsonrpc::{self, Kind};
 use crate::sse;
-use crate::upstream::http::error_chain;
 
 /// Run the bridge until stdin closes.
 pub fn run(url: &str, token: Option<String>) -> ExitCode {
@@ -226,7 +225,7 @@ impl Bridge {
                 let why = format!(
                     "cannot reach the broker at {}: {}",
                     self.url,
-                    error_chain(&e)
+                    tollgate_shared::report::chain(&e)
                 );
                 eprintln!("tollgate-broker connect: {why}");
                 if kind == Kind::Request {

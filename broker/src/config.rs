@@ -18,6 +18,7 @@ use tollgate_shared::RuleRef;
 use toml::Spanned;
 
 pub use crate::auth::Auth;
+use crate::upstream::{Command, Remote, ServerSpec, Transport};
 use tollgate_policy::identity::Client;
 
 use tollgate_policy::{
@@ -30,7 +31,7 @@ pub struct Config {
     /// `[broker]` settings.
     pub broker: BrokerSettings,
     /// Configured upstreams, in file order.
-    pub servers: Vec<ServerConfig>,
+    pub servers: Vec<ServerSpec>,
     /// Who may call through the gateway.
     pub auth: Auth,
     /// The rules.
@@ -86,38 +87,6 @@ pub struct BrokerSettings {
     /// After a restart, how long a recovered held call waits for its client to resume its
     /// stream before it is abandoned.
     pub resume_grace: Duration,
-}
-
-/// One `[[server]]`: an upstream MCP server.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// The name in `/mcp/<name>` and in rules.
-    pub name: String,
-    /// How to reach it.
-    pub transport: UpstreamSpec,
-    /// Per-server override of `broker.upstream_timeout`.
-    pub timeout: Duration,
-}
-
-/// How to reach an upstream.
-#[derive(Debug, Clone)]
-pub enum UpstreamSpec {
-    /// Launch a child process per client session and speak newline-delimited JSON-RPC on stdio.
-    Command {
-        /// Program and arguments.
-        argv: Vec<String>,
-        /// Extra environment variables.
-        env: BTreeMap<String, String>,
-        /// Working directory.
-        cwd: Option<PathBuf>,
-    },
-    /// A remote Streamable HTTP endpoint.
-    Url {
-        /// The MCP endpoint URL.
-        url: String,
-        /// Extra headers sent upstream (e.g. its own credentials), with `${VAR}` expanded.
-        headers: BTreeMap<String, String>,
-    },
 }
 
 /// One problem found in a config file.
@@ -641,7 +610,7 @@ impl Validator<'_> {
         &mut self,
         raw: Vec<Spanned<RawServer>>,
         default_timeout: Duration,
-    ) -> Vec<ServerConfig> {
+    ) -> Vec<ServerSpec> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in raw {
@@ -682,11 +651,11 @@ impl Validator<'_> {
                             None,
                         );
                     }
-                    UpstreamSpec::Command {
+                    Transport::Command(Command {
                         argv: cmd.into_inner(),
                         env: s.env,
                         cwd: s.cwd.map(PathBuf::from),
-                    }
+                    })
                 }
                 (None, Some(url)) => {
                     let u = url.get_ref();
@@ -720,10 +689,10 @@ impl Validator<'_> {
                             ),
                         }
                     }
-                    UpstreamSpec::Url {
+                    Transport::Url(Remote {
                         url: url.into_inner(),
                         headers,
-                    }
+                    })
                 }
                 (Some(_), Some(_)) | (None, None) => {
                     self.problem(
@@ -731,14 +700,14 @@ impl Validator<'_> {
                         format!("server {name:?} needs exactly one of command or url"),
                         Some("command = [...] launches a stdio server; url = \"...\" reaches a Streamable HTTP one"),
                     );
-                    UpstreamSpec::Command {
+                    Transport::Command(Command {
                         argv: vec![],
                         env: BTreeMap::new(),
                         cwd: None,
-                    }
+                    })
                 }
             };
-            out.push(ServerConfig {
+            out.push(ServerSpec {
                 name,
                 transport,
                 timeout,
@@ -838,7 +807,7 @@ impl Validator<'_> {
         &mut self,
         raw: RawPolicy,
         rules: Vec<Spanned<RawRule>>,
-        servers: &[ServerConfig],
+        servers: &[ServerSpec],
     ) -> Policy {
         let default = match raw.default {
             None => Action::Approve,

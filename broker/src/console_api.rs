@@ -21,8 +21,8 @@ use tollgate_shared::PROTOCOL_VERSION;
 use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target};
 
 use crate::auth;
-use crate::frontend::status_error;
 use crate::queue::{Follow, Queue};
+use crate::reply;
 use tollgate_policy::identity::Identity;
 use tollgate_store::tokens::Registry;
 
@@ -40,10 +40,11 @@ pub fn router(api: Arc<ConsoleApi>) -> Router {
         .route("/v1/console", get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
-            status_error(
+            reply::status_error(
                 StatusCode::NOT_FOUND,
                 "no such endpoint: consoles connect with a WebSocket to /v1/console",
             )
+            .into_response()
         })
         .with_state(api)
 }
@@ -65,17 +66,18 @@ async fn upgrade(
         );
     };
     let Ok(ws) = ws else {
-        return status_error(
+        return reply::status_error(
             StatusCode::BAD_REQUEST,
             "this endpoint speaks WebSocket only: send an Upgrade: websocket request",
-        );
+        )
+        .into_response();
     };
     ws.max_message_size(1 << 20)
         .on_upgrade(move |socket| connection(api, who, socket))
 }
 
 fn unauthorized(message: &str) -> Response<Body> {
-    let mut r = status_error(StatusCode::UNAUTHORIZED, message);
+    let mut r = reply::status_error(StatusCode::UNAUTHORIZED, message).into_response();
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r

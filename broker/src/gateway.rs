@@ -80,6 +80,8 @@ pub struct CallContext {
     pub session: Option<Name>,
     /// Declared protocol revision, when known.
     pub protocol_version: Option<Name>,
+    /// The client asked to wait for this call by polling an MCP task.
+    pub polls_task: bool,
 }
 
 impl CallContext {
@@ -105,8 +107,6 @@ pub enum Intercept {
 pub struct Held {
     /// The queue's handle (with the record as stored).
     pub waiting: Waiting,
-    /// Set when the client waits by polling a task.
-    pub task: Option<crate::tasks::Flavor>,
     /// DLP rewrote the request's arguments: re-serialise it before forwarding.
     pub rewritten: bool,
 }
@@ -535,8 +535,7 @@ impl Gateway {
         let id = record.request_id.clone();
         let call = format!("{}/{}", record.server, record.tool);
         let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
-        let task = crate::tasks::requested(request, ctx.modern());
-        let mode = if task.is_some() {
+        let mode = if ctx.polls_task {
             HoldMode::Task
         } else if verdict.hold.retry {
             HoldMode::Retry
@@ -628,11 +627,7 @@ impl Gateway {
             );
             return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
         }
-        Intercept::Hold(Box::new(Held {
-            waiting,
-            task,
-            rewritten,
-        }))
+        Intercept::Hold(Box::new(Held { waiting, rewritten }))
     }
 }
 

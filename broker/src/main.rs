@@ -12,15 +12,15 @@ mod console_api;
 mod frontend;
 mod gateway;
 mod guardcost;
-mod hold;
 mod jsonrpc;
 mod queue;
+mod reply;
 mod serve;
 mod sse;
-mod tasks;
 #[allow(unsafe_code)]
 mod trim;
 mod upstream;
+mod waiting;
 
 use std::io::Read;
 use std::path::PathBuf;

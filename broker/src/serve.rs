@@ -9,14 +9,13 @@ use std::future::IntoFuture;
 
 use anyhow::Context;
 
-use crate::config::{self, UpstreamSpec};
+use crate::config;
 use crate::console_api::{self, ConsoleApi};
-use crate::frontend::{self, Frontend, Upstream};
+use crate::frontend::{self, Frontend};
 use crate::gateway::{Annotations, Gateway};
-use crate::hold::{self, Feeds};
 use crate::queue::Queue;
-use crate::upstream::http::HttpUpstream;
-use crate::upstream::stdio::StdioUpstream;
+use crate::upstream::Upstream;
+use crate::waiting::{self, Feeds};
 use tollgate_shared::{HoldMode, Outcome};
 use tollgate_store::sled_engine::SledEngine;
 use tollgate_store::tokens::Registry;
@@ -97,18 +96,12 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let mut upstreams = HashMap::new();
     let mut stdio = Vec::new();
     for s in &config.servers {
-        let u = match &s.transport {
-            UpstreamSpec::Command { .. } => {
-                let u = StdioUpstream::new(s, annotations.clone());
-                tokio::spawn(u.clone().reap(config.broker.session_idle));
-                stdio.push(u.clone());
-                Upstream::Stdio(u)
-            }
-            UpstreamSpec::Url { .. } => Upstream::Http(
-                HttpUpstream::new(s, annotations.clone())
-                    .with_context(|| format!("server {:?}", s.name))?,
-            ),
-        };
+        let u = Upstream::start(s, annotations.clone())
+            .with_context(|| format!("server {:?}", s.name))?;
+        if let Upstream::Stdio(stdio_upstream) = &u {
+            tokio::spawn(stdio_upstream.clone().reap(config.broker.session_idle));
+            stdio.push(stdio_upstream.clone());
+        }
         upstreams.insert(s.name.clone(), u);
     }
     recover(&config, &queue, &feeds, &upstreams).await;
@@ -137,13 +130,17 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             action: config.dlp.action,
         }),
     };
-    let fe = Arc::new(Frontend::new(
-        &config,
+    let fe = Arc::new(Frontend {
         gateway,
         upstreams,
-        registry.clone(),
+        auth: config.auth.clone(),
+        max_body: config.broker.max_body,
+        allowed_origins: config.broker.allowed_origins.clone(),
+        registry: registry.clone(),
         feeds,
-    ));
+        keepalive: config.broker.keepalive,
+        task_sessions: Default::default(),
+    });
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
         .await
         .with_context(|| {
@@ -263,11 +260,11 @@ async fn recover(
             }
             (mode, Some(upstream)) => {
                 // A task's client comes back by polling its id, so it gets no grace deadline.
-                let task = (mode == HoldMode::Task).then(|| crate::tasks::flavor_of(&record));
-                hold::start(hold::Drive {
+                let task = (mode == HoldMode::Task).then(|| waiting::tasks::flavor_of(&record));
+                waiting::start(waiting::Drive {
                     queue: queue.clone(),
                     feeds: feeds.clone(),
-                    inbound: hold::rebuild(&record),
+                    inbound: waiting::rebuild(&record),
                     waiting,
                     upstream,
                     keepalive: config.broker.keepalive,

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clock;
 pub mod console;
 pub mod fs;
+pub mod report;
 pub mod sync;
 
 use serde::{Deserialize, Serialize};

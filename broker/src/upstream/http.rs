@@ -14,16 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 
-use super::Inbound;
-use crate::config::{ServerConfig, UpstreamSpec};
+use super::{Inbound, Remote, UpstreamError};
 use crate::gateway::{Annotations, Ticket};
-use crate::{frontend, jsonrpc, sse};
+use crate::reply::Reply;
+use crate::{jsonrpc, sse};
 
 /// Largest `tools/list` answer read for annotations; larger ones pass through unread.
 const TAP_LIMIT: usize = 32 << 20;
@@ -74,23 +73,23 @@ const DROP_RESPONSE: &[&str] = &[
 impl HttpUpstream {
     /// Prepare a client for the upstream.
     pub fn new(
-        cfg: &ServerConfig,
+        name: &str,
+        remote: &Remote,
+        timeout: Duration,
         annotations: Arc<Annotations>,
-    ) -> anyhow::Result<Arc<HttpUpstream>> {
-        let UpstreamSpec::Url { url, headers } = &cfg.transport else {
-            anyhow::bail!("HttpUpstream::new called for a command upstream");
-        };
+    ) -> Result<Arc<HttpUpstream>, SetupError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .build()
+            .map_err(|e| SetupError::Client(tollgate_shared::report::chain(&e)))?;
         Ok(Arc::new(HttpUpstream {
-            name: cfg.name.clone(),
-            url: reqwest::Url::parse(url)?,
-            headers: header_map(headers)?,
+            name: name.to_string(),
+            url: reqwest::Url::parse(&remote.url).map_err(|e| SetupError::Url(e.to_string()))?,
+            headers: header_map(&remote.headers)?,
             client,
-            timeout: cfg.timeout,
+            timeout,
             annotations,
         }))
     }
@@ -110,39 +109,31 @@ impl HttpUpstream {
             .headers(headers)
     }
 
-    fn unreachable(&self, id: Value, e: &reqwest::Error) -> Response<Body> {
-        let (status, what) = if e.is_timeout() {
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "did not answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-            )
+    fn unreachable(&self, e: &reqwest::Error) -> UpstreamError {
+        let e = if e.is_timeout() {
+            self.timed_out()
         } else {
-            (
-                StatusCode::BAD_GATEWAY,
-                format!("is unreachable ({})", error_chain(e)),
-            )
+            UpstreamError::Unreachable {
+                server: self.name.clone(),
+                why: tollgate_shared::report::chain(e),
+            }
         };
-        tracing::warn!(server = %self.name, "upstream {what}");
-        frontend::json_response(
-            status,
-            &jsonrpc::error(
-                id,
-                jsonrpc::UPSTREAM_ERROR,
-                format!("upstream \"{}\" {what}", self.name),
-            ),
-            None,
-        )
+        tracing::warn!(server = %self.name, "{e}");
+        e
+    }
+
+    fn timed_out(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            server: self.name.clone(),
+            timeout: self.timeout,
+        }
     }
 
     /// Relay a POSTed message.
-    pub async fn post(&self, inbound: Inbound) -> Response<Body> {
+    pub async fn post(&self, inbound: Inbound) -> Result<Reply, UpstreamError> {
         let method = jsonrpc::method(&inbound.value)
             .unwrap_or_default()
             .to_string();
-        let id = jsonrpc::id(&inbound.value);
         let req = self
             .request(Method::POST, &inbound.headers)
             .body(inbound.raw);
@@ -150,53 +141,41 @@ impl HttpUpstream {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 if let Some(t) = inbound.ticket {
-                    t.complete(Some(format!("upstream unreachable: {}", error_chain(&e))));
+                    t.complete(Some(format!(
+                        "upstream unreachable: {}",
+                        tollgate_shared::report::chain(&e)
+                    )));
                 }
-                return self.unreachable(id, &e);
+                return Err(self.unreachable(&e));
             }
             Err(_) => {
                 if let Some(t) = inbound.ticket {
                     t.complete(Some("upstream timed out before answering".into()));
                 }
                 tracing::warn!(server = %self.name, "upstream did not answer in time");
-                return frontend::json_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &jsonrpc::error(
-                        id,
-                        jsonrpc::UPSTREAM_ERROR,
-                        format!(
-                            "upstream \"{}\" did not answer within {}",
-                            self.name,
-                            humantime::format_duration(self.timeout)
-                        ),
-                    ),
-                    None,
-                );
+                return Err(self.timed_out());
             }
         };
         let tap = method == "tools/list";
         let idle = (method != "subscriptions/listen").then_some(self.timeout);
-        self.relay(resp, inbound.ticket, tap, idle)
+        Ok(self.relay(resp, inbound.ticket, tap, idle))
     }
 
     /// Relay a GET (the session's server-initiated stream, or a resumption).
-    pub async fn get(&self, headers: &HeaderMap) -> Response<Body> {
+    pub async fn get(&self, headers: &HeaderMap) -> Result<Reply, UpstreamError> {
         match self.request(Method::GET, headers).send().await {
-            Ok(r) => self.relay(r, None, false, None),
-            Err(e) => self.unreachable(Value::Null, &e),
+            Ok(r) => Ok(self.relay(r, None, false, None)),
+            Err(e) => Err(self.unreachable(&e)),
         }
     }
 
     /// Relay a DELETE (session termination).
-    pub async fn delete(&self, headers: &HeaderMap) -> Response<Body> {
+    pub async fn delete(&self, headers: &HeaderMap) -> Result<Reply, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.request(Method::DELETE, headers).send()).await
         {
-            Ok(Ok(r)) => self.relay(r, None, false, None),
-            Ok(Err(e)) => self.unreachable(Value::Null, &e),
-            Err(_) => frontend::status_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream did not answer the DELETE in time",
-            ),
+            Ok(Ok(r)) => Ok(self.relay(r, None, false, None)),
+            Ok(Err(e)) => Err(self.unreachable(&e)),
+            Err(_) => Err(UpstreamError::DeleteTimeout),
         }
     }
 
@@ -206,27 +185,24 @@ impl HttpUpstream {
         ticket: Option<Ticket>,
         tap: bool,
         idle: Option<Duration>,
-    ) -> Response<Body> {
-        let status = resp.status();
-        let mut builder = Response::builder().status(status.as_u16());
-        let mut is_sse = false;
+    ) -> Reply {
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
         for (k, v) in resp.headers() {
-            if DROP_RESPONSE.contains(&k.as_str()) {
-                continue;
+            if !DROP_RESPONSE.contains(&k.as_str()) {
+                headers.append(k.clone(), v.clone());
             }
-            if k == header::CONTENT_TYPE && v.as_bytes().starts_with(b"text/event-stream") {
-                is_sse = true;
-            }
-            builder = builder.header(k, v);
         }
+        let is_sse = crate::reply::is_event_stream(&headers);
         if is_sse {
-            builder = builder.header("x-accel-buffering", "no");
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         }
         let failed = (!status.is_success()).then(|| format!("upstream answered HTTP {status}"));
         let state = Relay {
             body: resp
                 .bytes_stream()
-                .map(|r| r.map_err(|e| error_chain(&e)))
+                .map(|r| r.map_err(|e| tollgate_shared::report::chain(&e)))
                 .boxed(),
             ticket,
             failed,
@@ -274,7 +250,11 @@ impl HttpUpstream {
                 }
             }
         });
-        builder.body(Body::from_stream(body)).unwrap_or_default()
+        Reply::Streamed {
+            status,
+            headers,
+            body: body.boxed(),
+        }
     }
 }
 
@@ -309,28 +289,28 @@ impl Relay {
     }
 }
 
-fn header_map(headers: &BTreeMap<String, String>) -> anyhow::Result<HeaderMap> {
+/// Why an HTTP upstream could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL does not parse.
+    #[error("bad url: {0}")]
+    Url(String),
+    /// A configured header is not a valid HTTP header.
+    #[error("header {0:?} is not a valid HTTP header")]
+    Header(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, SetupError> {
     let mut out = HeaderMap::new();
     for (k, v) in headers {
+        let bad = || SetupError::Header(k.clone());
         out.insert(
-            HeaderName::from_bytes(k.as_bytes())?,
-            HeaderValue::from_str(v)?,
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?,
+            HeaderValue::from_str(v).map_err(|_| bad())?,
         );
     }
     Ok(out)
-}
-
-/// An error and its causes on one line ("error sending request: connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
 }

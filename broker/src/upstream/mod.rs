@@ -3,17 +3,225 @@
 //! [`stdio`] runs a child process per MCP session and is itself a Streamable HTTP server toward
 //! clients (sessions, streams, resumption). [`http`] relays to a remote Streamable HTTP server,
 //! which keeps all of that state itself. Both take an [`Inbound`] message that the frontend has
-//! already authenticated, validated and, for `tools/call`, passed through policy.
+//! already authenticated, validated and, for `tools/call`, passed through policy, and answer
+//! with a [`Reply`] or an [`UpstreamError`], which the edge renders.
 
 pub mod http;
 pub mod stdio;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
+use self::http::HttpUpstream;
+use self::stdio::StdioUpstream;
 use crate::gateway::Ticket;
-use crate::jsonrpc::Kind;
+use crate::jsonrpc::{self, Kind};
+use crate::reply::Reply;
+
+/// One configured upstream server (`[[server]]`).
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The name in `/mcp/<name>` and in rules.
+    pub name: String,
+    /// How to reach it.
+    pub transport: Transport,
+    /// How long it may stay silent on a request before the client gets an error.
+    pub timeout: Duration,
+}
+
+/// How to reach an upstream.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Launch a child process per client session and speak newline-delimited JSON-RPC on stdio.
+    Command(Command),
+    /// A remote Streamable HTTP endpoint.
+    Url(Remote),
+}
+
+/// A stdio server's command line.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// A remote Streamable HTTP server.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The MCP endpoint URL.
+    pub url: String,
+    /// Extra headers sent upstream (e.g. its own credentials), with `${VAR}` expanded.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Why an upstream could not take or answer a message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The child process could not be started.
+    #[error("upstream \"{server}\" failed: {why}")]
+    Start {
+        /// The server.
+        server: String,
+        /// What the operating system said.
+        why: String,
+    },
+    /// No answer within the server's timeout.
+    #[error("upstream \"{server}\" did not answer within {}", humantime::format_duration(*.timeout))]
+    Timeout {
+        /// The server.
+        server: String,
+        /// Its timeout.
+        timeout: Duration,
+    },
+    /// The remote server cannot be reached.
+    #[error("upstream \"{server}\" is unreachable ({why})")]
+    Unreachable {
+        /// The server.
+        server: String,
+        /// What failed, with its causes.
+        why: String,
+    },
+    /// The child went away before it answered.
+    #[error("the upstream went away before answering")]
+    WentAway,
+    /// A DELETE got no answer in time.
+    #[error("upstream did not answer the DELETE in time")]
+    DeleteTimeout,
+    /// The session the client names is not (or no longer) there.
+    #[error("MCP session not found: it ended or the broker restarted; send initialize again")]
+    SessionNotFound,
+    /// A GET without a session.
+    #[error(
+        "GET needs an Mcp-Session-Id: the stream for server-initiated messages belongs to a session (2026-07-28 clients use subscriptions/listen instead)"
+    )]
+    GetWithoutSession,
+    /// A DELETE without a session.
+    #[error("DELETE needs an Mcp-Session-Id")]
+    DeleteWithoutSession,
+    /// Request ids are unique among a session's requests in flight.
+    #[error("a request with this id is already in flight in this session")]
+    DuplicateId,
+    /// A `Last-Event-ID` this broker did not issue.
+    #[error("Last-Event-ID is not an event id this broker issued")]
+    BadEventId,
+    /// A stream past its retention.
+    #[error("that stream is no longer available for resumption")]
+    StreamGone,
+}
+
+impl UpstreamError {
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Start { .. }
+            | UpstreamError::Unreachable { .. }
+            | UpstreamError::WentAway => StatusCode::BAD_GATEWAY,
+            UpstreamError::Timeout { .. } | UpstreamError::DeleteTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            UpstreamError::SessionNotFound | UpstreamError::StreamGone => StatusCode::NOT_FOUND,
+            UpstreamError::GetWithoutSession | UpstreamError::DeleteWithoutSession => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            UpstreamError::DuplicateId | UpstreamError::BadEventId => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The JSON-RPC error code the client gets.
+    pub fn code(&self) -> i64 {
+        if self.status().is_server_error() {
+            jsonrpc::UPSTREAM_ERROR
+        } else {
+            jsonrpc::INVALID_REQUEST
+        }
+    }
+
+    /// The JSON-RPC error message for request `id`.
+    pub fn message(&self, id: Value) -> Value {
+        jsonrpc::error(id, self.code(), self.to_string())
+    }
+}
+
+/// Where a server's traffic goes.
+#[derive(Clone)]
+pub enum Upstream {
+    /// A child process per session.
+    Stdio(Arc<StdioUpstream>),
+    /// A remote Streamable HTTP server.
+    Http(Arc<HttpUpstream>),
+}
+
+impl Upstream {
+    /// Prepare the upstream a server spec describes (a stdio server's children start with its
+    /// sessions).
+    pub fn start(
+        spec: &ServerSpec,
+        annotations: Arc<crate::gateway::Annotations>,
+    ) -> Result<Upstream, http::SetupError> {
+        Ok(match &spec.transport {
+            Transport::Command(c) => {
+                Upstream::Stdio(StdioUpstream::new(&spec.name, c, spec.timeout, annotations))
+            }
+            Transport::Url(r) => {
+                Upstream::Http(HttpUpstream::new(&spec.name, r, spec.timeout, annotations)?)
+            }
+        })
+    }
+
+    /// Send a client message on to the upstream; the answer to relay.
+    pub async fn post(&self, inbound: Inbound) -> Result<Reply, UpstreamError> {
+        match self {
+            Upstream::Stdio(u) => u.post(inbound).await,
+            Upstream::Http(u) => u.post(inbound).await,
+        }
+    }
+
+    /// A GET: the session's stream of server-initiated messages, or a resumption after
+    /// `Last-Event-ID`.
+    pub async fn get(
+        &self,
+        headers: &HeaderMap,
+        session: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<Reply, UpstreamError> {
+        match self {
+            Upstream::Stdio(u) => u.get(session, last_event_id),
+            Upstream::Http(u) => u.get(headers).await,
+        }
+    }
+
+    /// A DELETE: end the session.
+    pub async fn delete(
+        &self,
+        headers: &HeaderMap,
+        session: Option<&str>,
+    ) -> Result<Reply, UpstreamError> {
+        match self {
+            Upstream::Stdio(u) => u.delete(session),
+            Upstream::Http(u) => u.delete(headers).await,
+        }
+    }
+
+    /// Whether a client request header is passed on to this upstream (what a held call
+    /// keeps of its headers while it waits).
+    pub fn forwards_header(&self, name: &HeaderName) -> bool {
+        match self {
+            // A child process sees no headers; the revision serves to restore its session.
+            Upstream::Stdio(_) => name == "mcp-protocol-version",
+            Upstream::Http(_) => http::forwards(name),
+        }
+    }
+}
 
 /// One client message on its way upstream.
 pub struct Inbound {

@@ -17,18 +17,10 @@ use serde_json::{Value, json};
 use tollgate_shared::clock::rfc3339_millis;
 use tollgate_shared::{CallRecord, Outcome};
 
-use crate::hold::{Feed, Feeds};
+pub use super::feed::Flavor;
+use super::feed::{Feed, Feeds};
 use crate::jsonrpc;
 use crate::queue::{Queue, Resolution};
-
-/// Which tasks protocol a client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// 2025-11-25: `params.task`, `tasks/get` + `tasks/result`.
-    Legacy,
-    /// 2026-07-28 tasks extension: `resultType: "task"`, results in `tasks/get`.
-    Extension,
-}
 
 /// The extension identifier of 2026-07-28 tasks.
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
