@@ -1,0 +1,488 @@
+//! The interception point: what happens to one `tools/call` before it may reach an upstream.
+//!
+//! The frontend hands every `tools/call` request here. [`Gateway::intercept`] reads the tool
+//! name and arguments, builds the call's record, and puts it through the guards and the policy
+//! in a fixed order ([`Gateway::screen`]):
+//!
+//! 1. a temporary rule blocking the pattern refuses it at once;
+//! 2. an exhausted rate limit refuses it;
+//! 3. a runaway loop is flagged, held for a person, or refused (`[loops] action`);
+//! 4. secrets in the arguments refuse it, hold it, or are redacted (the `dlp` action);
+//! 5. the policy's verdict: allow (within the client's budgets), deny, or hold for approval,
+//!    where an approved retry or a temporary allow rule may still let it through at once.
+//!
+//! The answer is a [`Ticket`] (forward, and complete the ticket once the upstream's answer is
+//! relayed), a JSON-RPC response to send instead (a [`Refusal`], worded in [`refusal`]), or a
+//! [`Held`] call committed to the approval queue for the frontend to wait on. How the client
+//! waits (its request, a task, a retry) is the frontend's business; the gateway only records
+//! it.
+
+mod annotations;
+mod refusal;
+#[cfg(test)]
+mod tests;
+mod throttle;
+mod ticket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate_policy::guards::DlpAction;
+use tollgate_policy::guards::loops::{LoopAction, Seen};
+use tollgate_policy::{Action, CallView, Policy, Verdict, fingerprint};
+use tollgate_shared::clock::now_ms;
+use tollgate_shared::{
+    CallRecord, Hold, HoldMode, JsonText, Name, Outcome, Signals, Timings, intern,
+};
+use tollgate_store::{Backend, Writes};
+use tracing::Instrument;
+
+use crate::jsonrpc;
+use crate::queue::{HoldError, Queue, Waiting};
+pub use annotations::Annotations;
+pub use refusal::Refusal;
+pub use throttle::Throttle;
+pub use ticket::Ticket;
+
+/// Who is calling, through which server, on which protocol revision.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Authenticated client identity.
+    pub client: Name,
+    /// Configured upstream server name.
+    pub server: Name,
+    /// MCP session id, when the revision has sessions.
+    pub session: Option<Name>,
+    /// Declared protocol revision, when known.
+    pub protocol_version: Option<Name>,
+    /// The client asked to wait for this call by polling an MCP task.
+    pub polls_task: bool,
+}
+
+impl CallContext {
+    /// True for 2026-07-28 and later, whose results must carry `resultType`.
+    pub fn modern(&self) -> bool {
+        self.protocol_version
+            .as_deref()
+            .is_some_and(jsonrpc::is_modern)
+    }
+}
+
+/// What to do with an intercepted call.
+pub enum Intercept {
+    /// Forward it; complete the ticket once the upstream's answer is relayed.
+    Forward(Ticket),
+    /// Answer the client with this JSON-RPC message instead of forwarding.
+    Respond(Value),
+    /// The call is held (durably) for approval; wait on it.
+    Hold(Box<Held>),
+}
+
+/// A call waiting in the approval queue.
+pub struct Held {
+    /// The queue's handle (with the record as stored).
+    pub waiting: Waiting,
+    /// DLP rewrote the request's arguments: re-serialise it before forwarding.
+    pub rewritten: bool,
+}
+
+/// Policy, guards, annotations, the store and the queue: everything interception needs.
+pub struct Gateway {
+    /// The rules.
+    pub policy: Policy,
+    /// Annotations learned from upstreams.
+    pub annotations: Arc<Annotations>,
+    /// Where records go.
+    pub store: Arc<dyn Backend>,
+    /// Where held calls wait.
+    pub queue: Arc<Queue>,
+    /// Expiry of held calls whose rule sets none.
+    pub default_expiry: Duration,
+    /// How long an approved retry-mode call may be repeated to run.
+    pub retry_ttl: Duration,
+    /// The DLP guard, unless `[dlp] enabled = false`.
+    pub dlp: Option<tollgate_policy::guards::Dlp>,
+    /// Rate limits.
+    pub limiter: tollgate_policy::guards::limits::Limiter,
+    /// Loop detection.
+    pub loops: tollgate_policy::guards::loops::Loops,
+    /// Recent refusals by rate limits and budgets, per client, for approvers' flags.
+    pub throttle: Throttle,
+}
+
+/// A call that passed the guards, with the verdict they left.
+struct Screened {
+    verdict: Verdict,
+    /// Its arguments held secrets the store never keeps (a person must see it).
+    withheld: bool,
+    /// DLP replaced secrets in the request's arguments.
+    rewritten: bool,
+}
+
+/// The tool name and arguments of a `tools/call`, or why the request is malformed.
+fn call_parts(request: &Value) -> Result<(&str, Option<&Value>), &'static str> {
+    let params = request.get("params");
+    let tool = params
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .ok_or("tools/call needs params.name, a string")?;
+    match params.and_then(|p| p.get("arguments")) {
+        None | Some(Value::Null) => Ok((tool, None)),
+        Some(a @ Value::Object(_)) => Ok((tool, Some(a))),
+        Some(_) => Err("tools/call params.arguments must be an object"),
+    }
+}
+
+impl Gateway {
+    /// Decide one `tools/call` request.
+    /// DLP may rewrite `request` (`redact`): the caller forwards what it holds afterwards.
+    pub async fn intercept(
+        &self,
+        ctx: &CallContext,
+        request: &mut Value,
+        received_ms: u64,
+    ) -> Intercept {
+        let id = jsonrpc::id(request);
+        let (tool, arguments) = match call_parts(request) {
+            Ok(parts) => parts,
+            Err(why) => {
+                return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why));
+            }
+        };
+        let empty = json!({});
+        let arguments = arguments.unwrap_or(&empty);
+        let now = now_ms();
+        let annotations = self.annotations.get(&ctx.server, tool);
+        let verdict = self.policy.evaluate(&CallView {
+            server: &ctx.server,
+            tool,
+            arguments,
+            annotations: annotations.as_ref(),
+        });
+        // DLP: the stored, audited and displayed arguments never hold the secrets found.
+        let mut findings = Vec::new();
+        let mut stored_args = arguments.clone();
+        let mut dlp_action = None;
+        if let Some(dlp) = &self.dlp {
+            findings = dlp.scanner.scan(arguments);
+            if !findings.is_empty() {
+                dlp.scanner.redact(&mut stored_args);
+                dlp_action = Some(verdict.dlp.unwrap_or(dlp.action));
+            }
+        }
+        let tool = intern(tool);
+        let args_hash = fingerprint::args_hash(&stored_args);
+        let shape = fingerprint::shape_fingerprint(&ctx.server, &tool, &stored_args);
+        let seen = self.loops.observe(&shape, now);
+        let record = CallRecord {
+            id: uuid::Uuid::now_v7().to_string().into(),
+            outcome: Outcome::Allowed,
+            rule: verdict.rule.clone(),
+            reason: verdict.reason.clone(),
+            client: ctx.client.clone(),
+            server: ctx.server.clone(),
+            tool: tool.clone(),
+            request_id: id,
+            session: ctx.session.clone(),
+            protocol_version: ctx.protocol_version.clone(),
+            arguments: stored_args.into(),
+            timings: Timings {
+                received_ms,
+                decided_ms: now,
+                completed_ms: None,
+            },
+            error: None,
+            fingerprint: fingerprint::exact(&ctx.server, &tool, &args_hash).into(),
+            args_hash: args_hash.into(),
+            policy_version: self.policy.version.clone(),
+            hold: None,
+            decisions: Vec::new(),
+            findings,
+            shape: shape.into(),
+            signals: Signals {
+                repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
+                window_ms: if seen.repeats > 1 {
+                    self.loops.config.window_ms
+                } else {
+                    0
+                },
+                looping: seen.looping,
+                throttled: self.throttle.flag(&ctx.client, now),
+            },
+        };
+        let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool = %tool, rule = %verdict.rule.name);
+        // The span is attached to the future, not entered across its awaits: an entered span
+        // left current while the task is parked leaks into other tasks on the thread, and
+        // tracing-subscriber panicked ("tried to clone a span that already closed") under 500
+        // concurrent calls.
+        self.decide(ctx, request, record, verdict, seen, dlp_action)
+            .instrument(span)
+            .await
+    }
+
+    /// The guards and the policy's verdict, in order, then what follows from them.
+    async fn decide(
+        &self,
+        ctx: &CallContext,
+        request: &mut Value,
+        mut record: CallRecord,
+        verdict: Verdict,
+        seen: Seen,
+        dlp: Option<DlpAction>,
+    ) -> Intercept {
+        let screened = match self.screen(ctx, request, &mut record, verdict, seen, dlp) {
+            Ok(s) => s,
+            Err(refusal) => return self.refuse(ctx, record, refusal).await,
+        };
+        let verdict = screened.verdict;
+        match verdict.action {
+            Action::Allow => {
+                if let Err(over) = self.queue.budgets().charge_run(
+                    &ctx.server,
+                    &record.tool,
+                    &ctx.client,
+                    now_ms(),
+                ) {
+                    return self.refuse(ctx, record, Refusal::OverBudget(over)).await;
+                }
+                tracing::info!("allowed");
+                self.forward(record, screened.rewritten).await
+            }
+            Action::Deny => {
+                let refusal = Refusal::Denied {
+                    rule: verdict.rule,
+                    reason: verdict.reason,
+                };
+                self.refuse(ctx, record, refusal).await
+            }
+            // Held, or let through at once (an approved retry, an allow rule): either way
+            // the frontend must forward the redacted request, not the bytes it received.
+            Action::Approve => {
+                self.hold(
+                    ctx,
+                    request,
+                    record,
+                    &verdict,
+                    screened.withheld,
+                    screened.rewritten,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The guards, in the order they apply: a temporary block, the rate limits, loop
+    /// detection, then secrets. Each may refuse the call, or change what the policy decided.
+    fn screen(
+        &self,
+        ctx: &CallContext,
+        request: &mut Value,
+        record: &mut CallRecord,
+        mut verdict: Verdict,
+        seen: Seen,
+        dlp: Option<DlpAction>,
+    ) -> Result<Screened, Refusal> {
+        let now = record.timings.decided_ms;
+        // A pattern someone rejected and blocked: refused before anything else.
+        if let Some(rule) = self
+            .queue
+            .temp
+            .blocking(&record.fingerprint, &record.shape, now)
+        {
+            return Err(Refusal::Blocked(Box::new(rule)));
+        }
+        if !self.limiter.is_empty() {
+            self.limiter
+                .check(&ctx.server, &record.tool, &ctx.client, now)
+                .map_err(Refusal::RateLimited)?;
+        }
+        if seen.looping && verdict.action != Action::Deny {
+            let what = format!(
+                "{} calls of this shape within {}",
+                seen.repeats,
+                humantime::format_duration(Duration::from_millis(self.loops.config.window_ms))
+            );
+            match self.loops.config.action {
+                LoopAction::Flag => {}
+                LoopAction::Deny => return Err(Refusal::Loop { what }),
+                LoopAction::Approve => {
+                    if verdict.hold_for_a_person() {
+                        verdict.reason = Some(format!("possible runaway loop: {what}"));
+                        record.reason = verdict.reason.clone();
+                    }
+                }
+            }
+        }
+        let mut screened = Screened {
+            verdict,
+            withheld: false,
+            rewritten: false,
+        };
+        let Some(action) = dlp.filter(|_| screened.verdict.action != Action::Deny) else {
+            return Ok(screened);
+        };
+        let what = record
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} at {} ({})",
+                    f.detector,
+                    if f.path.is_empty() { "/" } else { &f.path },
+                    f.masked
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        match action {
+            DlpAction::Deny => return Err(Refusal::Secrets { what }),
+            DlpAction::Redact => {
+                if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
+                    params.insert("arguments".into(), record.arguments.value());
+                    screened.rewritten = true;
+                }
+                record.reason = Some(format!("secrets redacted before forwarding: {what}"));
+            }
+            DlpAction::Approve => {
+                screened.withheld = true;
+                screened.verdict.hold_for_a_person();
+                record.reason = Some(format!("secrets in arguments: {what}"));
+            }
+        }
+        Ok(screened)
+    }
+
+    /// Refuse a call at once: record it in the audit trail and answer the client with a tool
+    /// error saying why.
+    async fn refuse(
+        &self,
+        ctx: &CallContext,
+        mut record: CallRecord,
+        refusal: Refusal,
+    ) -> Intercept {
+        refusal.log();
+        if let Some(what) = refusal.throttles() {
+            self.throttle.refused(&ctx.client, &what, now_ms());
+        }
+        refusal.apply(&mut record);
+        let text = refusal.text(&record.server, &record.tool);
+        let id = record.request_id.clone();
+        self.store.write(Arc::new(record), Writes::Both).await;
+        Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
+    }
+
+    /// Forward a call: its audit entry now, its call record when the ticket completes.
+    /// `rewritten` when DLP replaced the arguments the frontend must send.
+    async fn forward(&self, record: CallRecord, rewritten: bool) -> Intercept {
+        self.store
+            .write(Arc::new(record.clone()), Writes::Audit)
+            .await;
+        Intercept::Forward(Ticket {
+            record: Some(Box::new(record)),
+            store: self.store.clone(),
+            rewritten,
+        })
+    }
+
+    /// A call the policy (or a guard) wants a person to see: let an approved retry or an allow
+    /// rule through, else hold it.
+    async fn hold(
+        &self,
+        ctx: &CallContext,
+        request: &Value,
+        mut record: CallRecord,
+        verdict: &Verdict,
+        secrets_withheld: bool,
+        rewritten: bool,
+    ) -> Intercept {
+        let mode = if ctx.polls_task {
+            HoldMode::Task
+        } else if verdict.hold.retry {
+            HoldMode::Retry
+        } else {
+            HoldMode::Stream
+        };
+        if mode == HoldMode::Retry {
+            if let Some(approved) = self.queue.take_grant(&record).await {
+                tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
+                record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
+                return self.forward(record, rewritten).await;
+            }
+            if let Some(waiting) = self.queue.pending_retry(&record) {
+                return self
+                    .refuse(ctx, record, Refusal::StillPending { waiting })
+                    .await;
+            }
+        }
+        if !secrets_withheld
+            && verdict.hold.quorum <= 1
+            && let Some(rule) = self
+                .queue
+                .temp
+                .take_allowance(&record.fingerprint, now_ms(), |r| {
+                    *r.by != *record.client
+                        && (verdict.hold.approvers.is_empty()
+                            || verdict.hold.approvers.contains(&r.by))
+                })
+        {
+            if let Err(over) = self.queue.budgets().charge_run(
+                &record.server,
+                &record.tool,
+                &record.client,
+                now_ms(),
+            ) {
+                return self.refuse(ctx, record, Refusal::OverBudget(over)).await;
+            }
+            tracing::info!(temp_rule = %rule.id, by = %rule.by, "pre-approved by a temporary rule");
+            // Consoles see the allowance count down (and the rule go when it is used up).
+            self.queue.rules_changed();
+            record.reason = Some(format!(
+                "pre-approved by {} with temporary rule {} ({} left)",
+                rule.by,
+                rule.id,
+                rule.remaining.unwrap_or(0)
+            ));
+            record.decisions.push(refusal::rule_decision(
+                &rule,
+                tollgate_shared::Verdict::Approve,
+            ));
+            return self.forward(record, rewritten).await;
+        }
+        let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
+        record.outcome = Outcome::Pending;
+        record.hold = Some(Hold {
+            mode,
+            expires_ms: now_ms() + expiry.as_millis() as u64,
+            quorum: verdict.hold.quorum.max(1),
+            approvers: verdict.hold.approvers.clone(),
+            progress_token: request
+                .pointer("/params/_meta/progressToken")
+                .map(JsonText::new),
+            meta: request.pointer("/params/_meta").map(JsonText::new),
+            retried_ms: None,
+            secrets_withheld,
+        });
+        let waiting = match self.queue.hold(record.clone()).await {
+            Ok(w) => w,
+            Err(HoldError::OverBudget(over)) => {
+                record.hold = None;
+                return self.refuse(ctx, record, Refusal::OverBudget(over)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hold a call: the store failed");
+                let text = refusal::not_queued(&record, &e);
+                return Intercept::Respond(jsonrpc::tool_error(
+                    record.request_id,
+                    &text,
+                    ctx.modern(),
+                ));
+            }
+        };
+        if mode == HoldMode::Retry {
+            let text = refusal::queued_for_retry(&record, self.retry_ttl);
+            return Intercept::Respond(jsonrpc::tool_error(record.request_id, &text, ctx.modern()));
+        }
+        Intercept::Hold(Box::new(Held { waiting, rewritten }))
+    }
+}
