@@ -1,7 +1,9 @@
 //! What the guards cost per call.
 //!
-//! In process: `tollgate-broker guard-cost --json` times each guard step (DLP scan, redaction,
-//! canonical hash, fingerprints, loop counting) on a small call and on 10 KB arguments.
+//! In process (`tollgate_bench::guard_cost`): each guard step (DLP scan, redaction, canonical
+//! hash, fingerprints, loop counting) on a small call and on 10 KB arguments, with the built-in
+//! detectors or, with `TOLLGATE_BENCH_CONFIG=tollgate.toml`, the `[dlp]` detectors of a config,
+//! so an operator sees what a custom detector or a large argument costs before deploying it.
 //! End to end, in one run with the calls interleaved: an auto-allowed `echo` with a small and a
 //! 10 KB message, straight to server-everything (Streamable HTTP), through a broker with the DLP
 //! guard off, and through one with it on, so the DLP guard's share of a call is a difference
@@ -10,12 +12,11 @@
 //! Run: `cargo bench -p tollgate-bench --bench guards`. `TOLLGATE_BENCH_SMOKE=1` runs a few
 //! calls only (CI), without asserting on time.
 
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
-use tollgate_bench::{HttpSession, build_broker, delta_us, percentile, us};
+use anyhow::Result;
+use tollgate_bench::{HttpSession, build_broker, delta_us, guard_cost, percentile, us};
+use tollgate_policy::guards::dlp::{Entropy, Scanner};
 
 /// A log excerpt of about `size` bytes with nothing the DLP guard would flag.
 fn message(size: usize) -> String {
@@ -42,17 +43,15 @@ fn main() -> Result<()> {
     let (warmup, n) = if smoke { (3, 10) } else { (50, 500) };
     let broker_bin = build_broker()?;
 
-    let out = Command::new(&broker_bin)
-        .args(["guard-cost", "--json"])
-        .output()
-        .context("running tollgate-broker guard-cost")?;
-    if !out.status.success() {
-        bail!(
-            "guard-cost failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let steps: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let scanner = match std::env::var_os("TOLLGATE_BENCH_CONFIG") {
+        Some(path) => {
+            let c = tollgate_broker::config::load(std::path::Path::new(&path))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Scanner::new(c.dlp.entropy, &c.dlp.detectors)
+        }
+        None => Scanner::new(Some(Entropy::default()), &[]),
+    };
+    let steps = guard_cost::measure(&scanner, 10_240)?;
 
     let dir = std::env::temp_dir().join(format!("tollgate-bench-guards-{}", std::process::id()));
     let (on_dir, off_dir) = (dir.join("on"), dir.join("off"));
@@ -105,7 +104,7 @@ fn main() -> Result<()> {
 
     println!();
     println!(
-        "guard steps in process, median µs per call (tollgate-broker guard-cost){}",
+        "guard steps in process, median µs per call{}",
         if smoke { " [smoke run]" } else { "" }
     );
     println!("| step | input | bytes | µs |");
@@ -113,10 +112,10 @@ fn main() -> Result<()> {
     for s in &steps {
         println!(
             "| {} | {} | {} | {:.1} |",
-            s["step"].as_str().unwrap_or("?"),
-            s["input"].as_str().unwrap_or("?"),
-            s["bytes"],
-            s["us"].as_f64().unwrap_or(f64::NAN)
+            s.step,
+            s.input,
+            s.bytes,
+            s.time.as_secs_f64() * 1e6
         );
     }
     println!();

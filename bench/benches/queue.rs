@@ -211,25 +211,9 @@ fn main() -> Result<()> {
     let pid = broker.id();
     let syncs = sync_rate(&dir)?;
     // The queue and store alone (no HTTP), measured by the broker's own disk check.
-    let out = Command::new(&bin)
-        .args([
-            "check-disk",
-            "--json",
-            "--records",
-            &holds.to_string(),
-            "--dir",
-        ])
-        .arg(&dir)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "check-disk failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let disk: Value = serde_json::from_slice(&out.stdout)?;
-    let queue_holds = disk["holds_per_s"].as_f64().unwrap_or(0.0);
-    let queue_reject_ms = disk["reject_all_ms"].as_f64().unwrap_or(0.0);
+    let disk = tollgate_broker::diagnostics::check_disk(&dir, holds)?;
+    let queue_holds = disk.holds_per_s;
+    let queue_reject_ms = disk.reject_all.as_secs_f64() * 1e3;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

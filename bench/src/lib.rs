@@ -4,6 +4,8 @@
 //! The benchmarks themselves live in `benches/`; they report every figure next to a baseline
 //! measured in the same run, because absolute numbers on shared machines are noise.
 
+pub mod guard_cost;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

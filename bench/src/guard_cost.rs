@@ -1,17 +1,13 @@
-//! `tollgate-broker guard-cost`: what the guards cost per call on this machine, with this
-//! configuration's detectors, measured in process (no network), so an operator sees what a
-//! custom detector or a large argument adds before deploying it.
-//!
-//! Inputs: a small call (one short string), and about `--size` bytes of arguments as a log
-//! excerpt in one string (timestamps, UUIDs, paths, words), the same with an AWS key at its end,
-//! and an object of many small fields. Each
-//! step runs for about a quarter of a second and reports the median time per call.
+//! What the guards cost per call, measured in process: DLP scan, redaction, the canonical
+//! arguments hash, both fingerprints and loop counting, on a small call and on arguments of
+//! about a given size (a log excerpt in one string, the same with an AWS key at its end, an
+//! object of many small fields). Each step runs for about a quarter of a second and reports the
+//! median time per call. Used by the `guards` benchmark.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
-
 use tollgate_policy::fingerprint;
 use tollgate_policy::guards::dlp::Scanner;
 use tollgate_policy::guards::loops::{LoopConfig, Loops};
@@ -90,21 +86,19 @@ fn median(budget: Duration, mut f: impl FnMut()) -> Duration {
 }
 
 /// One measured step.
-struct Step {
-    step: &'static str,
-    input: &'static str,
-    time: Duration,
+pub struct Step {
+    /// What was timed.
+    pub step: &'static str,
+    /// On which input.
+    pub input: &'static str,
+    /// The input's size as JSON.
+    pub bytes: usize,
+    /// Median time per call.
+    pub time: Duration,
 }
 
-/// Measure and print.
-pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result<()> {
-    let scanner = match config {
-        Some(path) => {
-            let c = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Scanner::new(c.dlp.entropy, &c.dlp.detectors)
-        }
-        None => Scanner::new(Some(tollgate_policy::guards::dlp::Entropy::default()), &[]),
-    };
+/// Time every guard step with `scanner`'s detectors on arguments of about `size` bytes.
+pub fn measure(scanner: &Scanner, size: usize) -> Result<Vec<Step>> {
     let text = json!({ "log": log_text(size) });
     let mut secret_text = text.clone();
     if let Some(s) = secret_text["log"].as_str() {
@@ -113,11 +107,17 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
     let fields = many_fields(size);
     let small = json!({"message": "deploy v2.3.1 to staging"});
     if !scanner.scan(&text).is_empty() || !scanner.scan(&fields).is_empty() {
-        anyhow::bail!("the clean inputs have findings: the measurement would be wrong");
+        bail!("the clean inputs have findings: the measurement would be wrong");
     }
     if scanner.scan(&secret_text).is_empty() {
-        anyhow::bail!("the input with a secret has no finding: the measurement would be wrong");
+        bail!("the input with a secret has no finding: the measurement would be wrong");
     }
+    let bytes = |input: &str| match input {
+        "many fields" => fields.to_string().len(),
+        "one string + secret" => secret_text.to_string().len(),
+        "small" => small.to_string().len(),
+        _ => text.to_string().len(),
+    };
     let budget = Duration::from_millis(250);
     let loops = Loops::new(LoopConfig::default());
     let mut clock = 0u64;
@@ -129,6 +129,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
         ("many fields", &fields),
     ] {
         steps.push(Step {
+            bytes: bytes(input),
             step: "DLP scan",
             input,
             time: median(budget, || {
@@ -137,6 +138,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
         });
         if input == "one string + secret" {
             steps.push(Step {
+                bytes: bytes(input),
                 step: "DLP redact (copy + replace)",
                 input,
                 time: median(budget, || {
@@ -147,6 +149,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
             continue;
         }
         steps.push(Step {
+            bytes: bytes(input),
             step: "args hash (canonical JSON + SHA-256)",
             input,
             time: median(budget, || {
@@ -155,6 +158,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
         });
         let hash = fingerprint::args_hash(args);
         steps.push(Step {
+            bytes: bytes(input),
             step: "exact fingerprint",
             input,
             time: median(budget, || {
@@ -162,6 +166,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
             }),
         });
         steps.push(Step {
+            bytes: bytes(input),
             step: "shape fingerprint",
             input,
             time: median(budget, || {
@@ -170,6 +175,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
         });
         let shape = fingerprint::shape_fingerprint("db", "query", args);
         steps.push(Step {
+            bytes: bytes(input),
             step: "loop count",
             input,
             time: median(budget, || {
@@ -178,6 +184,7 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
             }),
         });
         steps.push(Step {
+            bytes: bytes(input),
             step: "all guards on a clean call",
             input,
             time: median(budget, || {
@@ -190,37 +197,5 @@ pub fn run(config: Option<&Path>, size: usize, json_out: bool) -> anyhow::Result
             }),
         });
     }
-    let bytes = |input: &str| match input {
-        "many fields" => fields.to_string().len(),
-        "one string + secret" => secret_text.to_string().len(),
-        "small" => small.to_string().len(),
-        _ => text.to_string().len(),
-    };
-    if json_out {
-        let rows: Vec<Value> = steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "step": s.step,
-                    "input": s.input,
-                    "bytes": bytes(s.input),
-                    "us": s.time.as_secs_f64() * 1e6,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string(&rows)?);
-    } else {
-        println!("| step | input | bytes | µs per call (median) |");
-        println!("|---|---|---|---|");
-        for s in &steps {
-            println!(
-                "| {} | {} | {} | {:.1} |",
-                s.step,
-                s.input,
-                bytes(s.input),
-                s.time.as_secs_f64() * 1e6
-            );
-        }
-    }
-    Ok(())
+    Ok(steps)
 }

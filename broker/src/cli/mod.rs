@@ -1,0 +1,301 @@
+//! The `tollgate-broker` command line: `serve` runs the gateway, `check` validates a config,
+//! `audit` searches and verifies the audit trail, `token` manages identities, `check-disk` and
+//! `check-audit` measure the machine, `connect` bridges a stdio MCP client to a running broker,
+//! and `hash-token` prints the digest to put in a `[[client]]` table.
+//!
+//! This is the binary's edge: commands report errors with their context (`anyhow`) and exit
+//! codes; everything below returns typed errors.
+
+mod audit;
+mod token;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{bridge, config, diagnostics, serve};
+
+/// Tollgate's broker: a transparent MCP gateway with policy, between MCP clients and servers.
+///
+/// Clients connect to http://<listen>/mcp/<server> (Streamable HTTP) instead of the server
+/// itself. Every tools/call is checked against the [[rule]]s of the config: allowed calls are
+/// forwarded, denied ones get a tool error that names the rule, and calls that need a person
+/// are held until an approver decides on a console (ws://<console_listen>/v1/console). Every
+/// outcome goes into a hash-chained audit trail in the embedded store.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate-broker", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// Log format on stderr. Filter with RUST_LOG (default: info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: serve::LogFormat,
+    },
+    /// Validate a configuration file and report every problem with its line and column.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+    },
+    /// Search the audit trail, or verify its hash chain (`audit verify`).
+    ///
+    /// Reads the store directly, so the broker must be stopped (or point --data-dir at a copy);
+    /// a running broker answers the same queries on the console API (`tollgate audit`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit {
+        #[command(subcommand)]
+        action: Option<AuditCommand>,
+        #[command(flatten)]
+        dir: audit::DataDir,
+        #[command(flatten)]
+        search: audit::Search,
+    },
+    /// Manage the identities that may use the console API (and make calls): add, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Measure how fast the disk of a data directory can hold calls durably (single syncs vs
+    /// group commit through the real queue and store), before you deploy on it.
+    CheckDisk {
+        /// Directory on the disk to test (a scratch directory is made inside and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Calls held at once.
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure audit searches on this disk: fill a scratch store with many entries through the
+    /// real store, then time searches with one and two filters.
+    CheckAudit {
+        /// Directory on the disk to test (a scratch directory is made inside and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Audit entries to write first.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bridge stdio to a running broker, for MCP clients that only launch stdio servers.
+    ///
+    /// Reads JSON-RPC messages from stdin, one per line, sends them to the broker's Streamable
+    /// HTTP endpoint and writes everything the broker sends back to stdout, one per line.
+    Connect {
+        /// The MCP endpoint, e.g. http://127.0.0.1:8080/mcp/fs
+        url: String,
+        /// Bearer token for the broker.
+        #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Read a token on stdin and print the token_sha256 value for a [[client]] table.
+    HashToken,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check that no audit entry was edited, removed or reordered; exits 1 naming the first
+    /// broken entry.
+    ///
+    /// Prints an anchor (SEQ:HASH). Keep it outside the data directory and pass it to a later
+    /// run with --anchor to also detect entries cut from the end of the chain.
+    Verify {
+        /// SEQ:HASH from an earlier verify; that entry must still be in the chain, unchanged.
+        #[arg(long)]
+        anchor: Option<String>,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create an identity and print its token once (only its SHA-256 is stored).
+    Add {
+        /// Unique name, shown as approver or client in the audit trail.
+        #[arg(long)]
+        name: String,
+        /// viewer (sees the queue and audit trail), approver (also decides), admin (everything).
+        #[arg(long, value_parser = |s: &str| s.parse::<tollgate_shared::console::Role>())]
+        role: tollgate_shared::console::Role,
+        /// For approvers: the only servers they may decide for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        servers: Option<Vec<String>>,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+    /// List identities (names, roles, scopes; never tokens).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+    /// Remove an identity; its token stops working at once, also on a running broker.
+    Revoke {
+        /// The identity's name.
+        name: String,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+}
+
+fn report(what: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-broker {what}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Run the command line and return the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, log_format } => serve::run(&config, log_format),
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} server{}, {} rule{}, default action {})",
+                    config.display(),
+                    c.servers.len(),
+                    if c.servers.len() == 1 { "" } else { "s" },
+                    c.policy.rules.len(),
+                    if c.policy.rules.len() == 1 { "" } else { "s" },
+                    c.policy.default.as_str()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Audit {
+            action: Some(AuditCommand::Verify { anchor, dir }),
+            ..
+        } => report("audit verify", audit::verify(&dir, anchor.as_deref())),
+        Command::Audit {
+            action: None,
+            dir,
+            search,
+        } => report("audit", audit::audit(&dir, &search)),
+        Command::Token { action } => match action {
+            TokenCommand::Add {
+                name,
+                role,
+                servers,
+                dir,
+            } => report("token add", token::add(&dir, &name, role, servers)),
+            TokenCommand::List { json, dir } => report("token list", token::list(&dir, json)),
+            TokenCommand::Revoke { name, dir } => {
+                report("token revoke", token::revoke(&dir, &name))
+            }
+        },
+        Command::CheckDisk { dir, records, json } => {
+            report("check-disk", check_disk(&dir, records, json))
+        }
+        Command::CheckAudit { dir, records, json } => {
+            report("check-audit", check_audit(&dir, records, json))
+        }
+        Command::Connect { url, token } => bridge::run(&url, token),
+        Command::HashToken => {
+            let mut token = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+                eprintln!("tollgate-broker hash-token: cannot read stdin: {e}");
+                return ExitCode::from(1);
+            }
+            let token = token.trim_end_matches(['\n', '\r']);
+            if token.is_empty() {
+                eprintln!(
+                    "tollgate-broker hash-token: no token on stdin (try: printf %s \"$TOKEN\" | tollgate-broker hash-token)"
+                );
+                return ExitCode::from(2);
+            }
+            println!(
+                "{}",
+                tollgate_shared::hex(&tollgate_policy::identity::digest(token))
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn check_disk(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
+    let c = diagnostics::check_disk(dir, records)?;
+    let reject_ms = c.reject_all.as_secs_f64() * 1e3;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"fdatasyncs_per_s": c.fdatasyncs_per_s, "holds": c.holds, "holds_per_s": c.holds_per_s, "reject_all_ms": reject_ms})
+        );
+    } else {
+        println!("disk under {}:", dir.display());
+        println!(
+            "  single-record fdatasyncs per second: {:.0}",
+            c.fdatasyncs_per_s
+        );
+        println!(
+            "  durable holds per second ({} at once, group commit): {:.0} ({:.1}x)",
+            c.holds,
+            c.holds_per_s,
+            c.holds_per_s / c.fdatasyncs_per_s
+        );
+        println!(
+            "  one decision rejecting all {}, until every waiter knows: {reject_ms:.1} ms",
+            c.holds
+        );
+    }
+    Ok(())
+}
+
+fn check_audit(dir: &Path, records: usize, json: bool) -> anyhow::Result<()> {
+    let c = diagnostics::check_audit(dir, records)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    if json {
+        let out: Vec<serde_json::Value> = c
+            .searches
+            .iter()
+            .map(|s| serde_json::json!({"query": s.query, "found": s.found, "ms": ms(s.median)}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": c.records,
+                "fill_s": c.fill.as_secs_f64(),
+                "queries": out,
+            })
+        );
+    } else {
+        println!(
+            "{} audit entries written in {:.1} s ({:.0}/s)",
+            c.records,
+            c.fill.as_secs_f64(),
+            c.records as f64 / c.fill.as_secs_f64()
+        );
+        println!("| query | entries returned | median ms |");
+        println!("|---|---|---|");
+        for s in &c.searches {
+            println!("| {} | {} | {:.2} |", s.query, s.found, ms(s.median));
+        }
+    }
+    Ok(())
+}

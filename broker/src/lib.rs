@@ -1,0 +1,35 @@
+//! `tollgate-broker` as a library: a transparent MCP gateway that applies policy to every
+//! `tools/call`. The binary's `main.rs` only calls [`cli::main`].
+//!
+//! The modules form layers; each imports only the layers below it (checked by
+//! `tests/layers.rs`; `docs/architecture.md` has the diagram, the path of a call and where to
+//! add things). Under them are the crates `tollgate-shared` (wire types, clock, locks),
+//! `tollgate-policy` (pure checks) and `tollgate-store` (the store).
+//!
+//! | layer | modules | what it holds |
+//! |---|---|---|
+//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`] | JSON-RPC and SSE framing, rendering answers, memory trimming |
+//! | 2 identity | [`auth`] | who a request comes from |
+//! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
+//! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
+//! | 5 transports and waiting | [`upstream`], [`waiting`] | stdio and HTTP upstreams; how a client waits for a held call |
+//! | 6 edges | [`frontend`], [`console_api`] | the MCP endpoints, the console WebSocket API |
+//! | 7 wiring | [`config`], [`serve`], [`diagnostics`], [`bridge`], [`cli`] | config parsed into each layer's types, the running broker, the commands |
+
+pub(crate) mod auth;
+pub(crate) mod bridge;
+pub mod cli;
+pub mod config;
+pub(crate) mod console_api;
+pub mod diagnostics;
+pub(crate) mod frontend;
+pub(crate) mod gateway;
+pub(crate) mod jsonrpc;
+pub(crate) mod queue;
+pub(crate) mod reply;
+pub(crate) mod serve;
+pub(crate) mod sse;
+#[allow(unsafe_code)]
+pub(crate) mod trim;
+pub(crate) mod upstream;
+pub(crate) mod waiting;
