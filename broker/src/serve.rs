@@ -122,13 +122,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         limiter: tollgate_policy::guards::limits::Limiter::new(config.limits.clone()),
         loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
-        dlp: config.dlp.enabled.then(|| tollgate_policy::guards::Dlp {
-            scanner: tollgate_policy::guards::dlp::Scanner::new(
-                config.dlp.entropy,
-                &config.dlp.detectors,
-            ),
-            action: config.dlp.action,
-        }),
+        dlp: config.dlp.guard(),
     };
     let fe = Arc::new(Frontend {
         gateway,

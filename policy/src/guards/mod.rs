@@ -43,3 +43,26 @@ pub struct Dlp {
     /// What happens unless the matching rule says otherwise.
     pub action: DlpAction,
 }
+
+/// `[dlp]` as written: secret scanning of arguments.
+#[derive(Debug, Clone)]
+pub struct DlpSettings {
+    /// Scan at all (default true).
+    pub enabled: bool,
+    /// Default action on findings.
+    pub action: DlpAction,
+    /// The high-entropy detector, `None` when turned off.
+    pub entropy: Option<dlp::Entropy>,
+    /// Custom detectors: name and regex.
+    pub detectors: Vec<(String, regex::Regex)>,
+}
+
+impl DlpSettings {
+    /// The guard these settings describe (`None` when scanning is off), its detectors compiled.
+    pub fn guard(&self) -> Option<Dlp> {
+        self.enabled.then(|| Dlp {
+            scanner: dlp::Scanner::new(self.entropy, &self.detectors),
+            action: self.action,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! `[broker]`: listeners, storage, timeouts and limits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Validator;
+
+/// `[broker]`: listeners, storage and limits.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Address of the MCP frontends (`/mcp/<server>`).
+    pub listen: SocketAddr,
+    /// Directory of the sled store.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Memory the store may use to cache its pages, in bytes.
+    pub store_cache: usize,
+    /// How long an upstream may stay silent on a request before the client gets an error.
+    pub upstream_timeout: Duration,
+    /// How long an idle MCP session (and its stdio child) is kept.
+    pub session_idle: Duration,
+    /// Browser origins allowed besides loopback ones.
+    pub allowed_origins: Vec<String>,
+    /// Address of the console WebSocket API (`/v1/console`).
+    pub console_listen: SocketAddr,
+    /// How long a held call waits for a decision unless its rule says otherwise.
+    pub default_expiry: Duration,
+    /// Interval of keep-alives (progress notifications, SSE comments) on held calls.
+    pub keepalive: Duration,
+    /// How long an approved retry-mode call may be repeated (once) to run.
+    pub retry_ttl: Duration,
+    /// After a restart, how long a recovered held call waits for its client to resume its
+    /// stream before it is abandoned.
+    pub resume_grace: Duration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBroker {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) data_dir: Option<String>,
+    pub(super) auth: Option<Spanned<String>>,
+    pub(super) max_body: Option<Spanned<toml::Value>>,
+    pub(super) store_cache: Option<Spanned<toml::Value>>,
+    pub(super) upstream_timeout: Option<Spanned<String>>,
+    pub(super) session_idle: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allowed_origins: Vec<String>,
+    pub(super) console_listen: Option<Spanned<String>>,
+    pub(super) default_expiry: Option<Spanned<String>>,
+    pub(super) keepalive: Option<Spanned<String>>,
+    pub(super) retry_ttl: Option<Spanned<String>>,
+    pub(super) resume_grace: Option<Spanned<String>>,
+}
+
+impl Validator<'_> {
+    fn address(&mut self, value: Option<Spanned<String>>, port: u16, what: &str) -> SocketAddr {
+        let default = SocketAddr::from(([127, 0, 0, 1], port));
+        match value {
+            None => default,
+            Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+                self.problem(
+                    l.span(),
+                    format!("{what} address {:?} is not host:port", l.get_ref()),
+                    Some("for example \"127.0.0.1:8080\"; use an IP address, not a host name"),
+                );
+                default
+            }),
+        }
+    }
+
+    pub(super) fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
+        let listen = self.address(raw.listen, 8080, "listen");
+        let console_listen = self.address(raw.console_listen, 8081, "console_listen");
+        let max_body = match raw.max_body {
+            None => 4 << 20,
+            Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    v.span(),
+                    "max_body is not a size".into(),
+                    Some("write a byte count (1048576) or a size like \"4MiB\" or \"512KiB\""),
+                );
+                4 << 20
+            }),
+        };
+        let store_cache = match raw.store_cache {
+            None => tollgate_store::DEFAULT_CACHE,
+            Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
+                self.problem(
+                    v.span(),
+                    "store_cache is not a size".into(),
+                    Some("write a byte count or a size like \"64MiB\""),
+                );
+                tollgate_store::DEFAULT_CACHE
+            }),
+        };
+        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "tollgate-data".into()));
+        BrokerSettings {
+            listen,
+            data_dir,
+            max_body,
+            store_cache,
+            upstream_timeout: self.duration(
+                raw.upstream_timeout,
+                Duration::from_secs(300),
+                "upstream_timeout",
+            ),
+            session_idle: self.duration(
+                raw.session_idle,
+                Duration::from_secs(1800),
+                "session_idle",
+            ),
+            allowed_origins: raw.allowed_origins,
+            console_listen,
+            default_expiry: self.duration(
+                raw.default_expiry,
+                Duration::from_secs(600),
+                "default_expiry",
+            ),
+            keepalive: self.duration(raw.keepalive, Duration::from_secs(15), "keepalive"),
+            retry_ttl: self.duration(raw.retry_ttl, Duration::from_secs(600), "retry_ttl"),
+            resume_grace: self.duration(raw.resume_grace, Duration::from_secs(60), "resume_grace"),
+        }
+    }
+}
+
+/// Parse a byte size: an integer, or a string like `4MiB`, `512KiB`, `1MB`, `100`.
+pub(super) fn parse_size(v: &toml::Value) -> Option<usize> {
+    match v {
+        toml::Value::Integer(i) if *i > 0 => usize::try_from(*i).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: usize = num.parse().ok()?;
+            let mult = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1000,
+                "kib" | "k" => 1 << 10,
+                "mb" => 1_000_000,
+                "mib" | "m" => 1 << 20,
+                "gb" => 1_000_000_000,
+                "gib" | "g" => 1 << 30,
+                _ => return None,
+            };
+            n.checked_mul(mult).filter(|n| *n > 0)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(
+            parse_size(&toml::Value::String("4MiB".into())),
+            Some(4 << 20)
+        );
+        assert_eq!(
+            parse_size(&toml::Value::String("512 KiB".into())),
+            Some(512 << 10)
+        );
+        assert_eq!(parse_size(&toml::Value::Integer(100)), Some(100));
+        assert_eq!(parse_size(&toml::Value::String("lots".into())), None);
+        let err = check("[broker]\nauth=\"none\"\nupstream_timeout = \"soon\"\n[[server]]\nname=\"a\"\ncommand=[\"x\"]\n")
+            .expect_err("bad duration");
+        assert_eq!(err.problems[0].line, 3);
+    }
+}
