@@ -189,9 +189,36 @@ const NAMED: [(&str, KeyCode); 10] = [
     ("end", KeyCode::End),
 ];
 
+/// A `[keys]` table the console cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not a key name.
+    #[error(
+        "unknown key {0:?}: use one character or one of {names}, optionally with ctrl-",
+        names = NAMED.map(|(n, _)| n).join(", ")
+    )]
+    UnknownKey(String),
+    /// Not a command name.
+    #[error(
+        "unknown command {0:?} in [keys] (commands: {names})",
+        names = Command::ALL.map(|(_, n, ..)| n).join(", ")
+    )]
+    UnknownCommand(String),
+    /// The key is another command's default, which is not remapped.
+    #[error("[keys] {command} = {key:?} clashes with the default key of {other}; remap that too")]
+    Clash {
+        /// The command remapped.
+        command: String,
+        /// The key asked for.
+        key: String,
+        /// The command whose default it is.
+        other: &'static str,
+    },
+}
+
 impl Key {
     /// Parse `a`, `ctrl-c`, `enter`, ...
-    pub fn parse(s: &str) -> Result<Key, String> {
+    pub fn parse(s: &str) -> Result<Key, KeyError> {
         let (ctrl, rest) = match s.strip_prefix("ctrl-") {
             Some(r) => (true, r),
             None => (false, s),
@@ -210,10 +237,7 @@ impl Key {
                 code: KeyCodeOrd::Char(c),
                 ctrl,
             }),
-            _ => Err(format!(
-                "unknown key {s:?}: use one character or one of {}, optionally with ctrl-",
-                NAMED.map(|(n, _)| n).join(", ")
-            )),
+            _ => Err(KeyError::UnknownKey(s.to_string())),
         }
     }
 
@@ -285,14 +309,11 @@ impl KeyMap {
     }
 
     /// The defaults with `overrides` (command name → key) applied.
-    pub fn with(overrides: &BTreeMap<String, String>) -> Result<KeyMap, String> {
+    pub fn with(overrides: &BTreeMap<String, String>) -> Result<KeyMap, KeyError> {
         let mut m = KeyMap::default();
         for (name, key) in overrides {
             let Some((c, ..)) = Command::ALL.iter().find(|(_, n, ..)| n == name) else {
-                return Err(format!(
-                    "unknown command {name:?} in [keys] (commands: {})",
-                    Command::ALL.map(|(_, n, ..)| n).join(", ")
-                ));
+                return Err(KeyError::UnknownCommand(name.clone()));
             };
             let key = Key::parse(key)?;
             let other = m.by_key.get(&key).copied();
@@ -304,10 +325,11 @@ impl KeyMap {
                     .find(|(x, ..)| *x == other)
                     .map_or("?", |(_, n, ..)| *n);
                 if !overrides.contains_key(other_name) {
-                    return Err(format!(
-                        "[keys] {name} = {:?} clashes with the default key of {other_name}; remap that too",
-                        key.label()
-                    ));
+                    return Err(KeyError::Clash {
+                        command: name.clone(),
+                        key: key.label(),
+                        other: other_name,
+                    });
                 }
             }
             m.bind(*c, key);
@@ -364,7 +386,12 @@ mod tests {
         assert_eq!(m.command(&ev(KeyCode::Char('a'))), None);
         assert_eq!(m.key_of(Command::Approve), "y");
         o.insert("approve".to_string(), "r".to_string());
-        assert!(KeyMap::with(&o).expect_err("clash").contains("clashes"));
+        assert!(
+            KeyMap::with(&o)
+                .expect_err("clash")
+                .to_string()
+                .contains("clashes")
+        );
         o.insert("reject".to_string(), "z".to_string());
         let swapped = KeyMap::with(&o).expect("remapping the other key resolves the clash");
         assert_eq!(
@@ -379,6 +406,7 @@ mod tests {
         assert!(
             KeyMap::with(&o)
                 .expect_err("unknown")
+                .to_string()
                 .contains("unknown command")
         );
     }

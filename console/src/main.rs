@@ -212,7 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         None => {
-            let keys = keys::KeyMap::with(&file.keys).map_err(|e| anyhow::anyhow!(e))?;
+            let keys = keys::KeyMap::with(&file.keys)?;
             let block_for = match &file.block_for {
                 None => tollgate_console::app::DEFAULT_BLOCK_MS,
                 Some(text) => humantime::parse_duration(text)

@@ -37,16 +37,30 @@ impl Role {
     }
 }
 
+/// A name that is not a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownRole(pub String);
+
+impl std::fmt::Display for UnknownRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown role \"{}\" (roles: viewer, approver, admin)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownRole {}
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
         match s {
             "viewer" => Ok(Role::Viewer),
             "approver" => Ok(Role::Approver),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role \"{other}\" (roles: viewer, approver, admin)"
-            )),
+            other => Err(UnknownRole(other.to_string())),
         }
     }
 }

@@ -60,14 +60,27 @@ impl Outcome {
     }
 }
 
+/// A name that is not an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownOutcome(pub String);
+
+impl std::fmt::Display for UnknownOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown status {:?} (statuses: allowed, blocked, pending, approved, rejected, expired, cancelled, abandoned, rate_limited)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownOutcome {}
+
 impl std::str::FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Outcome, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            format!(
-                "unknown status {s:?} (statuses: allowed, blocked, pending, approved, rejected, expired, cancelled, abandoned, rate_limited)"
-            )
-        })
+    type Err = UnknownOutcome;
+    fn from_str(s: &str) -> Result<Outcome, UnknownOutcome> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| UnknownOutcome(s.to_string()))
     }
 }
 

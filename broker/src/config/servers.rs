@@ -101,7 +101,7 @@ impl Validator<'_> {
                             Ok(v) => {
                                 headers.insert(k, v);
                             }
-                            Err(var) => self.problem(
+                            Err(Unset(var)) => self.problem(
                                 span.clone(),
                                 format!("server {name:?}: header {k:?} uses ${{{var}}}, which is not set in the environment"),
                                 Some("export the variable before starting the broker"),
@@ -144,8 +144,12 @@ impl Validator<'_> {
     }
 }
 
-/// Expand `${VAR}` from the environment; returns the name of the first unset variable.
-fn expand_env(s: &str) -> Result<String, String> {
+/// An environment variable a config value names that is not set.
+#[derive(Debug, PartialEq, Eq)]
+struct Unset(String);
+
+/// Expand `${VAR}` from the environment, or name the first variable that is not set.
+fn expand_env(s: &str) -> Result<String, Unset> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -156,7 +160,7 @@ fn expand_env(s: &str) -> Result<String, String> {
             return Ok(out);
         };
         let var = &after[..end];
-        out.push_str(&std::env::var(var).map_err(|_| var.to_string())?);
+        out.push_str(&std::env::var(var).map_err(|_| Unset(var.to_string()))?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -172,7 +176,7 @@ mod tests {
         assert_eq!(expand_env("plain").as_deref(), Ok("plain"));
         assert_eq!(
             expand_env("Bearer ${TOLLGATE_SURELY_UNSET_VAR}"),
-            Err("TOLLGATE_SURELY_UNSET_VAR".into())
+            Err(Unset("TOLLGATE_SURELY_UNSET_VAR".into()))
         );
     }
 }

@@ -25,36 +25,54 @@ pub fn decode_sentinel(v: &str) -> Option<String> {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, String> {
+/// How a request's mirrored headers disagree with its body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// A header value that is not visible ASCII.
+    #[error("{0} header contains invalid characters")]
+    Invalid(&'static str),
+    /// A header the revision requires.
+    #[error("{0} header is missing")]
+    Missing(&'static str),
+    /// A header that says something else than the body.
+    #[error("{header} header value '{value}' does not match body value '{body}'")]
+    Differs {
+        /// The header, as the specification spells it.
+        header: &'static str,
+        /// Its value.
+        value: String,
+        /// What the body says.
+        body: String,
+    },
+    /// An `Mcp-Name` in the base64 sentinel form that does not decode.
+    #[error("Mcp-Name header has invalid base64")]
+    BadBase64,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, Mismatch> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| format!("{name} header contains invalid characters")),
+        Some(v) => v.to_str().map(Some).map_err(|_| Mismatch::Invalid(name)),
     }
 }
 
 /// Check a stateless-revision request's mirrored headers against its body.
-pub fn check_mirrored(headers: &HeaderMap, msg: &Value) -> Result<(), String> {
+pub fn check_mirrored(headers: &HeaderMap, msg: &Value) -> Result<(), Mismatch> {
+    let differs = |header, value: &str, body: &str| Mismatch::Differs {
+        header,
+        value: value.to_string(),
+        body: body.to_string(),
+    };
     let method = jsonrpc::method(msg).unwrap_or_default();
     let body_version = jsonrpc::meta_protocol_version(msg);
     match (header(headers, "mcp-protocol-version")?, body_version) {
-        (None, _) => return Err("MCP-Protocol-Version header is missing".into()),
-        (Some(h), Some(b)) if h != b => {
-            return Err(format!(
-                "MCP-Protocol-Version header value '{h}' does not match body value '{b}'"
-            ));
-        }
+        (None, _) => return Err(Mismatch::Missing("MCP-Protocol-Version")),
+        (Some(h), Some(b)) if h != b => return Err(differs("MCP-Protocol-Version", h, b)),
         _ => {}
     }
     match header(headers, "mcp-method")? {
-        None => return Err("Mcp-Method header is missing".into()),
-        Some(h) if h != method => {
-            return Err(format!(
-                "Mcp-Method header value '{h}' does not match body value '{method}'"
-            ));
-        }
+        None => return Err(Mismatch::Missing("Mcp-Method")),
+        Some(h) if h != method => return Err(differs("Mcp-Method", h, method)),
         _ => {}
     }
     let name_field = match method {
@@ -67,17 +85,10 @@ pub fn check_mirrored(headers: &HeaderMap, msg: &Value) -> Result<(), String> {
             .pointer(&format!("/params/{field}"))
             .and_then(Value::as_str)
             .unwrap_or_default();
-        match header(headers, "mcp-name")? {
-            None => return Err("Mcp-Name header is missing".into()),
-            Some(h) => {
-                let decoded = decode_sentinel(h)
-                    .ok_or_else(|| "Mcp-Name header has invalid base64".to_string())?;
-                if decoded != body {
-                    return Err(format!(
-                        "Mcp-Name header value '{decoded}' does not match body value '{body}'"
-                    ));
-                }
-            }
+        let h = header(headers, "mcp-name")?.ok_or(Mismatch::Missing("Mcp-Name"))?;
+        let decoded = decode_sentinel(h).ok_or(Mismatch::BadBase64)?;
+        if decoded != body {
+            return Err(differs("Mcp-Name", &decoded, body));
         }
     }
     Ok(())
@@ -121,7 +132,9 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "echo"),
         ]);
-        let err = check_mirrored(&h, &call("delete_everything")).expect_err("mismatch");
+        let err = check_mirrored(&h, &call("delete_everything"))
+            .expect_err("mismatch")
+            .to_string();
         assert!(
             err.contains("'echo' does not match body value 'delete_everything'"),
             "{err}"
@@ -134,6 +147,7 @@ mod tests {
         assert!(
             check_mirrored(&h, &call("echo"))
                 .expect_err("missing")
+                .to_string()
                 .contains("Mcp-Method")
         );
         let h = headers(&[
@@ -150,6 +164,7 @@ mod tests {
         assert!(
             check_mirrored(&h, &call("echo"))
                 .expect_err("version")
+                .to_string()
                 .contains("MCP-Protocol-Version")
         );
     }

@@ -202,7 +202,7 @@ impl HttpUpstream {
         let state = Relay {
             body: resp
                 .bytes_stream()
-                .map(|r| r.map_err(|e| tollgate_shared::report::chain(&e)))
+                .map(|r| r.map_err(BodyError::Broke))
                 .boxed(),
             ticket,
             failed,
@@ -217,12 +217,7 @@ impl HttpUpstream {
             let next = match st.idle {
                 Some(d) => tokio::time::timeout(d, st.body.next())
                     .await
-                    .unwrap_or_else(|_| {
-                        Some(Err(format!(
-                            "the upstream went silent for longer than {}",
-                            humantime::format_duration(d)
-                        )))
-                    }),
+                    .unwrap_or(Some(Err(BodyError::Silent(d)))),
                 None => st.body.next().await,
             };
             match next {
@@ -258,9 +253,20 @@ impl HttpUpstream {
     }
 }
 
+/// Why a relayed body ended before it was complete.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// The connection to the upstream failed.
+    #[error("{}", tollgate_shared::report::chain(.0))]
+    Broke(reqwest::Error),
+    /// Nothing arrived for longer than the server's timeout.
+    #[error("the upstream went silent for longer than {}", humantime::format_duration(*.0))]
+    Silent(Duration),
+}
+
 /// State of one relayed response body.
 struct Relay {
-    body: futures_util::stream::BoxStream<'static, Result<Bytes, String>>,
+    body: futures_util::stream::BoxStream<'static, Result<Bytes, BodyError>>,
     ticket: Option<Ticket>,
     failed: Option<String>,
     tap: Option<Vec<u8>>,
