@@ -1,16 +1,12 @@
 //! Giving freed memory back to the operating system.
 //!
-//! glibc's allocator keeps the memory a burst freed (10 000 held connections closing, 100 000
-//! pending calls decided at once) in its arenas, where fragmentation keeps it from being
-//! returned: the broker's RSS would stay at its high-water mark (365 MiB after the queue
-//! benchmark's 10 000 held streams were answered, against 174 MiB trimmed). `malloc_trim(0)`
-//! walks every arena and hands whole free pages back. On a heap of a few hundred MB it takes
-//! 10 to 100 ms and holds one arena's lock at a time, which can stall a thread allocating in
-//! that arena, so it runs rarely ([`EVERY`]) and on a blocking thread.
-//!
-//! Capping glibc's arenas (`mallopt(M_ARENA_MAX, 2)`) was tried and dropped: with the early trim
-//! below it saved nothing measurable at 100 000 pending calls (375–402 MiB against 397–401), and
-//! `check-disk` held 15–30% fewer calls per second with the allocator's locks contended.
+//! glibc's allocator keeps the memory a burst freed (thousands of held connections closing, a
+//! whole queue decided at once) in its arenas, where fragmentation keeps it from being
+//! returned: the broker's RSS would stay at its high-water mark. `malloc_trim(0)` walks every
+//! arena and hands whole free pages back. It takes a while on a large heap and holds one
+//! arena's lock at a time, which can stall a thread allocating in that arena, so it runs rarely
+//! ([`EVERY`]) and on a blocking thread. `docs/performance.md` has the measurements, and why
+//! capping glibc's arenas instead was tried and dropped.
 
 use std::time::Duration;
 

@@ -265,8 +265,7 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, backlog: &Backlog, rx: &Recei
 
 /// How many keys go into one `sled::Batch`. sled applies a batch under one epoch guard and
 /// copies a node per key, so nothing it replaces can be freed until the batch ends: a group
-/// commit of thousands of calls applied as one batch held gigabytes (measured: 300 000 entries
-/// in groups of 5 000 peaked at 4.3 GB, in groups of 100 at 125 MB, and ran faster).
+/// commit of thousands of calls applied as one batch held gigabytes (`docs/performance.md`).
 const SLED_BATCH_KEYS: usize = 128;
 
 /// A tree's writes from one group, applied in batches of [`SLED_BATCH_KEYS`]. Groups are not

@@ -41,7 +41,7 @@ pub struct Config {
     pub servers: Vec<ServerSpec>,
     /// Who may call through the gateway.
     pub auth: Auth,
-    /// The rules.
+    /// `[policy]` and the `[[rule]]`s.
     pub policy: Policy,
     /// The DLP guard's settings.
     pub dlp: DlpSettings,

@@ -213,7 +213,7 @@ pub(super) async fn post(
                 }
             }
             Intercept::Respond(answer) => return Reply::message(StatusCode::OK, &answer),
-            Intercept::Hold(held) => {
+            Intercept::Held(held) => {
                 if held.rewritten {
                     inbound.raw = bytes::Bytes::from(inbound.value.to_string());
                 }

@@ -76,7 +76,7 @@ pub enum Intercept {
     /// Answer the client with this JSON-RPC message instead of forwarding.
     Respond(Value),
     /// The call is held (durably) for approval; wait on it.
-    Hold(Box<Held>),
+    Held(Box<Held>),
 }
 
 /// A call waiting in the approval queue.
@@ -89,7 +89,6 @@ pub struct Held {
 
 /// Policy, guards, annotations, the store and the queue: everything interception needs.
 pub struct Gateway {
-    /// The rules.
     pub policy: Policy,
     /// Annotations learned from upstreams.
     pub annotations: Arc<Annotations>,
@@ -483,6 +482,6 @@ impl Gateway {
             let text = refusal::queued_for_retry(&record, self.retry_ttl);
             return Intercept::Respond(jsonrpc::tool_error(record.request_id, &text, ctx.modern()));
         }
-        Intercept::Hold(Box::new(Held { waiting, rewritten }))
+        Intercept::Held(Box::new(Held { waiting, rewritten }))
     }
 }

@@ -132,7 +132,7 @@ impl Harness {
                     .to_string();
                 ("respond", text, false, None)
             }
-            Intercept::Hold(h) => ("hold", String::new(), h.rewritten, Some(h.waiting)),
+            Intercept::Held(h) => ("hold", String::new(), h.rewritten, Some(h.waiting)),
         };
         self.gateway.store.flush().await;
         let audit = self

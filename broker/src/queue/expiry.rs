@@ -1,5 +1,6 @@
-//! When held calls expire: one timer task for the whole queue walks a sorted set of deadlines
-//! (a sleeping task per call cost about 4 KiB each).
+//! When held calls expire: one timer task for the whole queue walks a sorted set of deadlines,
+//! since a sleeping task per call made every held call several KiB larger
+//! (`docs/performance.md`).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};

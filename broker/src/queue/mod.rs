@@ -39,13 +39,8 @@ use temp_rules::TempRules;
 pub enum Resolution {
     /// Forward it.
     Approved,
-    /// Refuse it: `by` and their reason.
-    Rejected {
-        /// Who.
-        by: String,
-        /// Why, if they said.
-        reason: Option<String>,
-    },
+    /// Refuse it, telling the client who rejected it and why.
+    Rejected { by: String, reason: Option<String> },
     /// Nobody decided in time.
     Expired,
     /// The client withdrew it.
@@ -83,7 +78,8 @@ impl Done {
     }
 }
 
-/// The queue.
+/// The held calls of this broker: who waits for each, the store they are decided in, the
+/// budgets they count against, and the events consoles follow.
 pub struct Queue {
     entries: Mutex<HashMap<Name, Entry>>,
     expiry: expiry::Expiry,

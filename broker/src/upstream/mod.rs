@@ -248,8 +248,8 @@ pub struct Inbound {
 
 impl Inbound {
     /// Make a request that is about to wait for a person small. The body and header values
-    /// are slices of the connection's read buffer, which they would keep alive whole (about
-    /// 8 KiB per held call, more than everything else a pending call needs), so they are
+    /// are slices of the connection's read buffer, which they would keep alive whole (more than
+    /// everything else a pending call needs), so they are
     /// copied out: the body into its own allocation, the values of the headers the upstream
     /// will be sent (`keep`) into one more, the rest dropped. The parsed message is dropped
     /// too and read again by [`Parked::unpark`].
@@ -278,8 +278,8 @@ impl Inbound {
     }
 }
 
-/// A held request while it waits: what forwarding it needs, and nothing else (a queue of
-/// 100 000 pending calls keeps 100 000 of these).
+/// A held request while it waits: what forwarding it needs, and nothing else (a queue keeps one
+/// per pending call).
 pub struct Parked {
     raw: Bytes,
     headers: Box<[(HeaderName, HeaderValue)]>,

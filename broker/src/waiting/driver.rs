@@ -28,9 +28,9 @@ use crate::upstream::{Inbound, Parked, Upstream, UpstreamError};
 
 /// Everything a driver needs to see one held call through.
 pub struct Drive {
-    /// The queue.
+    /// Where the call waits for its decision.
     pub queue: Arc<Queue>,
-    /// The feeds registry.
+    /// Every held call's feed, where this one's is registered.
     pub feeds: Arc<Feeds>,
     /// The held call's queue handle (and its record).
     pub waiting: Waiting,
@@ -52,7 +52,8 @@ pub struct Drive {
 /// A call whose client waits on its request gets a driver task (keep-alives, a closed stream,
 /// a restart's grace period all need watching). A task-augmented call needs nothing until it
 /// is resolved, so it gets no task while it waits: the queue runs its continuation when it is
-/// decided (a sleeping task per call was most of what 100 000 pending tasks cost).
+/// decided (a sleeping task per call was most of what a pending task cost; see
+/// `docs/performance.md`).
 pub fn start(d: Drive) -> Arc<Feed> {
     let Drive {
         queue,

@@ -176,8 +176,8 @@ pub struct Feeds {
     ending: Mutex<Ending>,
 }
 
-/// Finished feeds waiting out [`RETAIN`], oldest first (one sweeper task for all of them; a
-/// sleeping task per feed cost about 1 KiB each).
+/// Finished feeds waiting out [`RETAIN`], oldest first (one sweeper task for all of them, not a
+/// sleeping task per feed).
 #[derive(Default)]
 struct Ending {
     due: std::collections::VecDeque<(tokio::time::Instant, Name)>,
