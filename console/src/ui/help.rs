@@ -1,0 +1,45 @@
+//! The help view: every key and what it does.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Wrap};
+
+use crate::app::App;
+use crate::keys::Command;
+
+use super::{Look, style};
+
+pub(super) fn help(app: &App, f: &mut Frame, area: Rect) {
+    let mut lines: Vec<Line> = Command::ALL
+        .iter()
+        .map(|(c, _, _, text)| {
+            Line::from(vec![
+                Span::styled(
+                    format!("{:>8}  ", app.keys.key_of(*c)),
+                    style(app, Look::Key),
+                ),
+                Span::raw(*text),
+            ])
+        })
+        .collect();
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "Filter words: free text, or server:NAME tool:NAME client:NAME (audit also approver:, status:).",
+        style(app, Look::Dim),
+    ));
+    lines.push(Line::styled(
+        "Keys are remappable in [keys] of the config file (see docs/console.md).",
+        style(app, Look::Dim),
+    ));
+    lines.push(Line::styled(
+        format!("Broker: {}", app.url),
+        style(app, Look::Dim),
+    ));
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(Span::styled(" Keys ", style(app, Look::Title)))),
+        area,
+    );
+}

@@ -1,0 +1,236 @@
+//! Drawing: a pure function of the [`App`] state onto a ratatui frame. Nothing here changes
+//! state or touches the network, so every view is snapshot-tested with `TestBackend`.//!
+//! One file per view: [`queue`], [`detail`], [`diff`], [`audit`], [`rules`], [`help`], and
+//! the [`prompt`]s drawn over them; the status bar, the footer and shared styles are here.
+
+mod audit;
+mod detail;
+mod diff;
+mod help;
+mod prompt;
+mod queue;
+mod rules;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use crate::app::{App, Grouping, Link, View};
+use crate::fmt::short_duration;
+use crate::keys::Command;
+
+#[derive(Clone, Copy)]
+enum Look {
+    Title,
+    Good,
+    Bad,
+    Warn,
+    Dim,
+    Key,
+    Str,
+    Num,
+    Cursor,
+    Selected,
+}
+
+fn style(app: &App, look: Look) -> Style {
+    let s = Style::new();
+    if app.no_color {
+        return match look {
+            Look::Title | Look::Key | Look::Bad => s.add_modifier(Modifier::BOLD),
+            Look::Cursor => s.add_modifier(Modifier::REVERSED),
+            Look::Selected => s.add_modifier(Modifier::UNDERLINED),
+            Look::Dim => s.add_modifier(Modifier::DIM),
+            _ => s,
+        };
+    }
+    match look {
+        Look::Title => s.add_modifier(Modifier::BOLD),
+        Look::Good => s.fg(Color::Green),
+        Look::Bad => s.fg(Color::Red).add_modifier(Modifier::BOLD),
+        Look::Warn => s.fg(Color::Yellow),
+        Look::Dim => s.add_modifier(Modifier::DIM),
+        Look::Key => s.fg(Color::Cyan),
+        Look::Str => s.fg(Color::Green),
+        Look::Num => s.fg(Color::Magenta),
+        Look::Cursor => s.add_modifier(Modifier::REVERSED),
+        Look::Selected => s.fg(Color::Yellow).add_modifier(Modifier::BOLD),
+    }
+}
+
+const SPINNER: [&str; 4] = ["|", "/", "-", "\\"];
+
+/// Draw the whole screen.
+pub fn render(app: &App, f: &mut Frame) {
+    let [top, main, bottom] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(2),
+    ])
+    .areas(f.area());
+    status_bar(app, f, top);
+    match app.view {
+        View::Queue => queue::queue(app, f, main),
+        View::Detail => detail::detail(app, f, main),
+        View::Diff => diff::diff(app, f, main),
+        View::Audit => audit::audit(app, f, main),
+        View::Rules => rules::rules(app, f, main),
+        View::Help => help::help(app, f, main),
+    }
+    footer(app, f, bottom);
+    if let Some(p) = &app.prompt {
+        prompt::prompt(app, f, main, p);
+    }
+}
+
+fn status_bar(app: &App, f: &mut Frame, area: Rect) {
+    let who = app.me.as_ref().map_or("?".to_string(), |m| {
+        format!("{} ({})", m.identity, m.role.as_str())
+    });
+    let link = match &app.link {
+        Link::Up => Span::styled("● connected", style(app, Look::Good)),
+        Link::Connecting(n) => Span::styled(
+            format!("{} connecting (attempt {n})", SPINNER[app.frame % 4]),
+            style(app, Look::Warn),
+        ),
+        Link::Down(why, wait) => Span::styled(
+            format!(
+                "✗ disconnected, retrying in {}: {}",
+                short_duration(wait.as_millis() as u64),
+                why
+            ),
+            style(app, Look::Bad),
+        ),
+    };
+    let busy = if app.waiting > 0 {
+        format!(" {}", SPINNER[app.frame % 4])
+    } else {
+        String::new()
+    };
+    let line = Line::from(vec![
+        Span::styled("tollgate ", style(app, Look::Title)),
+        Span::raw(format!("{who} · {} pending · ", app.calls.len())),
+        link,
+        Span::raw(busy),
+    ]);
+    f.render_widget(Paragraph::new(line), area);
+}
+
+fn footer(app: &App, f: &mut Frame, area: Rect) {
+    let items: &[(Command, &str)] = match app.view {
+        View::Queue => &[
+            (Command::Approve, "approve"),
+            (Command::Reject, "reject"),
+            (Command::Select, "select"),
+            (Command::RejectSelected, "bulk reject"),
+            (Command::BlockPattern, "block pattern"),
+            (Command::Group, "group"),
+            (Command::Filter, "filter"),
+            (Command::Open, "detail"),
+            (Command::Diff, "diff"),
+            (Command::Audit, "audit"),
+            (Command::Quit, "quit"),
+        ],
+        View::Help => &[],
+        View::Rules => &[
+            (Command::Back, "back"),
+            (Command::Down, "down"),
+            (Command::Up, "up"),
+            (Command::Revoke, "revoke"),
+            (Command::Quit, "back"),
+        ],
+        _ => &[
+            (Command::Back, "back"),
+            (Command::Down, "scroll"),
+            (Command::Approve, "approve"),
+            (Command::Reject, "reject"),
+            (Command::Quit, "back"),
+        ],
+    };
+    // As many hints as fit, always ending with the help key.
+    let help = format!("{} help", app.keys.key_of(Command::Help));
+    let mut hints = String::new();
+    for (c, label) in items {
+        let item = format!("{} {label}  ", app.keys.key_of(*c));
+        if hints.chars().count() + item.chars().count() + help.len() > area.width as usize {
+            break;
+        }
+        hints.push_str(&item);
+    }
+    hints.push_str(if app.view == View::Help {
+        "any key closes the help"
+    } else {
+        &help
+    });
+    let mut state = format!("sort {}", app.sort.label());
+    if app.grouping != Grouping::Flat {
+        state.push_str(&format!(" · {}", app.grouping.label()));
+    }
+    let rules = app.active_rules().count();
+    if rules > 0 {
+        state.push_str(&format!(
+            " · {rules} rule{}",
+            if rules == 1 { "" } else { "s" }
+        ));
+    }
+    if !app.filter.is_empty() {
+        state.push_str(&format!(" · filter \"{}\"", app.filter));
+    }
+    if !app.selected.is_empty() {
+        state.push_str(&format!(" · {} selected", app.selected.len()));
+    }
+    let note = app.notes.back().cloned().unwrap_or_default();
+    let lines = vec![
+        Line::from(vec![
+            Span::styled(format!("[{state}] "), style(app, Look::Dim)),
+            Span::raw(note),
+        ]),
+        Line::styled(hints, style(app, Look::Dim)),
+    ];
+    f.render_widget(Paragraph::new(lines), area);
+}
+
+/// JSON as coloured lines (keys, strings, numbers).
+pub(super) fn json_lines(app: &App, text: &str) -> Vec<Line<'static>> {
+    text.lines()
+        .map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            let t = l.trim_start();
+            let mut spans = vec![Span::raw(" ".repeat(indent))];
+            if let Some(rest) = t.strip_prefix('"')
+                && let Some(end) = rest.find("\": ")
+            {
+                spans.push(Span::styled(
+                    format!("\"{}\"", &rest[..end]),
+                    style(app, Look::Key),
+                ));
+                spans.push(Span::raw(": "));
+                spans.push(value_span(app, &rest[end + 3..]));
+            } else {
+                spans.push(value_span(app, t));
+            }
+            Line::from(spans)
+        })
+        .collect()
+}
+
+fn value_span(app: &App, v: &str) -> Span<'static> {
+    let core = v.trim_end_matches(',');
+    let look = if core.starts_with('"') {
+        Look::Str
+    } else if core.parse::<f64>().is_ok() || matches!(core, "true" | "false" | "null") {
+        Look::Num
+    } else {
+        return Span::raw(v.to_string());
+    };
+    Span::styled(v.to_string(), style(app, look))
+}
+
+pub(super) fn field(app: &App, name: &str, value: String) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(format!("{name:<10}"), style(app, Look::Dim)),
+        Span::raw(value),
+    ])
+}
