@@ -165,8 +165,16 @@ pub fn peers() -> Result<Peers> {
     })
 }
 
-/// Build the release broker and return its path.
+/// Build the release broker and return its path; `TOLLGATE_BENCH_BIN` names a broker binary to
+/// use instead (an older build, to compare two in alternating runs).
 pub fn build_broker() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TOLLGATE_BENCH_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("TOLLGATE_BENCH_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
     // CI's smoke run uses the dev build it already has (`TOLLGATE_BENCH_PROFILE=dev`), which
     // saves a second compile of the workspace; figures only mean something from release.
     let profile = std::env::var("TOLLGATE_BENCH_PROFILE").unwrap_or_else(|_| "release".into());

@@ -25,6 +25,9 @@ pub mod sled_engine;
 pub mod tokens;
 mod writer;
 
+#[cfg(test)]
+mod testing;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -586,46 +586,8 @@ mod tests {
         assert_eq!(stuck.recv_timeout(Duration::from_secs(5)), Ok(false));
     }
     use crate::chain::verify;
+    use crate::testing::record;
     use crate::{Backend, Store, Writes};
-    use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
-
-    fn record(n: u64, outcome: Outcome) -> CallRecord {
-        CallRecord {
-            id: uuid::Uuid::now_v7().to_string().into(),
-            outcome,
-            rule: RuleRef {
-                index: 0,
-                name: "default".into(),
-            },
-            reason: None,
-            client: format!("c{}", n % 3).into(),
-            server: "s".into(),
-            tool: format!("t{}", n % 2).into(),
-            request_id: serde_json::json!(n),
-            session: None,
-            protocol_version: None,
-            arguments: serde_json::json!({}).into(),
-            timings: Timings::default(),
-            error: None,
-            args_hash: Default::default(),
-            fingerprint: Default::default(),
-            policy_version: Default::default(),
-            hold: (outcome == Outcome::Pending).then(|| Hold {
-                mode: HoldMode::Stream,
-                expires_ms: 0,
-                quorum: 1,
-                approvers: vec![],
-                progress_token: None,
-                meta: None,
-                retried_ms: None,
-                secrets_withheld: false,
-            }),
-            decisions: vec![],
-            findings: Vec::new(),
-            shape: Default::default(),
-            signals: Default::default(),
-        }
-    }
 
     async fn filled(dir: &Path, n: u64) -> Arc<SledEngine> {
         let backend = Arc::new(SledEngine::open(dir).expect("open"));

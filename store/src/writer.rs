@@ -100,6 +100,18 @@ struct Held {
     closed: Closed,
 }
 
+impl Held {
+    /// The call as it stands, if it is held; else how it ended (when remembered).
+    fn current(&self, id: &Name) -> Result<&Arc<CallRecord>, DecideError> {
+        self.pending
+            .get(id)
+            .ok_or_else(|| match self.closed.map.get(id) {
+                Some(c) => Refused::Closed(c.clone()).into(),
+                None => DecideError::NotFound,
+            })
+    }
+}
+
 /// A held call's state before a transition in the group, to restore if the group fails.
 struct Undo {
     id: Name,
@@ -379,13 +391,12 @@ impl Writer {
                     reason,
                     ack,
                 } => {
-                    let Some(current) = held.pending.get(&id) else {
-                        let gone = match held.closed.map.get(&id) {
-                            Some(c) => Refused::Closed(c.clone()).into(),
-                            None => DecideError::NotFound,
-                        };
-                        g.answers.push(Answer::Refused(ack, gone));
-                        continue;
+                    let current = match held.current(&id) {
+                        Ok(c) => c,
+                        Err(gone) => {
+                            g.answers.push(Answer::Refused(ack, gone));
+                            continue;
+                        }
                     };
                     match approval::decide(current, &who, verdict, reason.as_deref(), at_ms) {
                         Ok((next, change)) => {
@@ -420,13 +431,12 @@ impl Writer {
                     why,
                     ack,
                 } => {
-                    let Some(current) = held.pending.get(&id) else {
-                        let gone = match held.closed.map.get(&id) {
-                            Some(c) => Refused::Closed(c.clone()).into(),
-                            None => DecideError::NotFound,
-                        };
-                        g.answers.push(Answer::NotClosed(ack, gone));
-                        continue;
+                    let current = match held.current(&id) {
+                        Ok(c) => c,
+                        Err(gone) => {
+                            g.answers.push(Answer::NotClosed(ack, gone));
+                            continue;
+                        }
                     };
                     match approval::close(current, outcome, why, at_ms) {
                         Ok(next) => {
@@ -496,44 +506,16 @@ mod tests {
     use crate::memory::MemoryEngine;
     use tollgate_policy::approval::Change;
     use tollgate_shared::console::{Refusal, Role};
-    use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
 
     fn held(n: u64, quorum: u32) -> Arc<CallRecord> {
-        Arc::new(CallRecord {
-            id: uuid::Uuid::now_v7().to_string().into(),
-            outcome: Outcome::Pending,
-            rule: RuleRef {
-                index: 1,
-                name: "risky".into(),
-            },
-            reason: None,
-            client: "agent".into(),
-            server: "db".into(),
-            tool: "drop".into(),
-            request_id: serde_json::json!(n),
-            session: None,
-            protocol_version: None,
-            arguments: serde_json::json!({"n": n}).into(),
-            timings: Timings::default(),
-            error: None,
-            args_hash: Default::default(),
-            fingerprint: Default::default(),
-            policy_version: Default::default(),
-            hold: Some(Hold {
-                mode: HoldMode::Stream,
-                expires_ms: 0,
-                quorum,
-                approvers: vec![],
-                progress_token: None,
-                meta: None,
-                retried_ms: None,
-                secrets_withheld: false,
-            }),
-            decisions: vec![],
-            findings: Vec::new(),
-            shape: Default::default(),
-            signals: Default::default(),
-        })
+        let mut r = crate::testing::record(n, Outcome::Pending);
+        if let Some(h) = r.hold.as_mut() {
+            h.quorum = quorum;
+        }
+        r.client = "agent".into();
+        r.server = "db".into();
+        r.tool = "drop".into();
+        Arc::new(r)
     }
 
     fn who(name: &str) -> Arc<Identity> {
