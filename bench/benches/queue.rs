@@ -188,15 +188,17 @@ impl Agent {
 fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
-    let (mut holds, rounds, mut tasks) = if smoke {
+    let (mut holds, mut rounds, mut tasks) = if smoke {
         (200, 20, 500)
     } else {
         (10_000, 300, 100_000)
     };
-    // Smaller loads for profiling runs (`TOLLGATE_BENCH_WRAP`).
+    // Smaller loads for profiling runs (`TOLLGATE_BENCH_WRAP`), more decision rounds for a
+    // steadier p99.
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     holds = env("TOLLGATE_BENCH_HOLDS").unwrap_or(holds);
     tasks = env("TOLLGATE_BENCH_TASKS").unwrap_or(tasks);
+    rounds = env("TOLLGATE_BENCH_ROUNDS").unwrap_or(rounds);
     let script = everything()?;
     let bin = build_broker()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));

@@ -24,6 +24,38 @@ const DECIDE_CHUNK: usize = 4096;
 /// system soon after (see [`crate::trim`]).
 const TRIM_AFTER: usize = 1024;
 
+/// What a bulk decision decided, as much as a temporary rule following it needs: not the
+/// records themselves, which a large decision would keep alive until its last call is decided.
+#[derive(Debug)]
+struct Decided {
+    /// Calls decided (an approval counted toward a quorum included).
+    calls: usize,
+    /// The server and tool of the first.
+    first: Option<(Name, Name)>,
+    /// Every one of them is now approved (none waits for more approvals).
+    all_approved: bool,
+}
+
+impl Default for Decided {
+    fn default() -> Decided {
+        Decided {
+            calls: 0,
+            first: None,
+            all_approved: true,
+        }
+    }
+}
+
+impl Decided {
+    fn count(&mut self, record: &CallRecord) {
+        self.calls += 1;
+        if self.first.is_none() {
+            self.first = Some((record.server.clone(), record.tool.clone()));
+        }
+        self.all_approved &= record.outcome == Outcome::Approved;
+    }
+}
+
 /// A temporary rule asked for with a decision.
 #[derive(Debug, Clone, Copy)]
 pub enum Follow {
@@ -123,18 +155,18 @@ impl Queue {
         }
     }
 
-    /// Decide calls; also return the records of the calls decided.
+    /// Decide calls; also say what a temporary rule following the decision needs to know.
     async fn decide_calls(
         &self,
         who: &Identity,
         target: &Target,
         verdict: Verdict,
         reason: Option<&str>,
-    ) -> (Vec<DecideResult>, Vec<Arc<CallRecord>>) {
+    ) -> (Vec<DecideResult>, Decided) {
         let ids = self.ids(target);
         let deciding = Arc::new(who.clone());
         let mut results = Vec::with_capacity(ids.len());
-        let mut decided = Vec::new();
+        let mut decided = Decided::default();
         // Each chunk's clients are woken as soon as its decisions are durable.
         for chunk in ids.chunks(DECIDE_CHUNK) {
             let decisions = chunk.iter().map(|id| {
@@ -163,7 +195,7 @@ impl Queue {
                                 format!("approval {approvals} of {quorum} counted; still pending")
                             }
                         };
-                        decided.push(d.record.clone());
+                        decided.count(&d.record);
                         self.settle(d.record, d.change);
                         DecideResult {
                             id: id.to_string(),
@@ -187,7 +219,7 @@ impl Queue {
                 });
             }
         }
-        if decided.len() >= TRIM_AFTER {
+        if decided.calls >= TRIM_AFTER {
             crate::trim::soon();
         }
         (results, decided)
@@ -240,7 +272,7 @@ impl Queue {
             return Err(BadDecision::Lifetime);
         }
         let (results, decided) = self.decide_calls(who, target, verdict, reason).await;
-        let Some(first) = decided.first() else {
+        let Some((server, tool)) = decided.first else {
             return Ok((
                 results,
                 Err(NoRule::NothingDecided {
@@ -249,7 +281,7 @@ impl Queue {
                 }),
             ));
         };
-        if kind == RuleKind::Allow && decided.iter().any(|c| c.outcome != Outcome::Approved) {
+        if kind == RuleKind::Allow && !decided.all_approved {
             return Ok((results, Err(NoRule::Quorum)));
         }
         let now = now_ms();
@@ -257,8 +289,8 @@ impl Queue {
             id: temp_rules::new_id(),
             kind,
             fingerprint: fingerprint.clone(),
-            server: first.server.to_string(),
-            tool: first.tool.to_string(),
+            server: server.to_string(),
+            tool: tool.to_string(),
             by: who.name.clone(),
             created_ms: now,
             until_ms: now + for_ms,
