@@ -143,6 +143,20 @@ impl RowFlags {
 }
 
 impl Row {
+    /// The row of one call (its pattern counted later).
+    fn of(c: &Arc<CallRecord>) -> Row {
+        Row {
+            call: Arc::clone(c),
+            count: 1,
+            ids: vec![c.id.clone()],
+            first_ms: c.timings.received_ms,
+            last_ms: c.timings.received_ms,
+            expires_ms: min_expiry(None, c),
+            pattern: 0,
+            flags: RowFlags::of(c),
+        }
+    }
+
     /// Calls per minute over the row's lifetime (for groups).
     pub fn rate_per_min(&self) -> f64 {
         let span = self.last_ms.saturating_sub(self.first_ms).max(1000) as f64 / 60_000.0;
@@ -223,34 +237,13 @@ impl App {
                     }
                     None => {
                         at.insert(key, groups.len());
-                        groups.push(Row {
-                            call: Arc::clone(c),
-                            count: 1,
-                            ids: vec![c.id.clone()],
-                            first_ms: c.timings.received_ms,
-                            last_ms: c.timings.received_ms,
-                            expires_ms: min_expiry(None, c),
-                            pattern: 0,
-                            flags: RowFlags::of(c),
-                        });
+                        groups.push(Row::of(c));
                     }
                 }
             }
             groups
         } else {
-            calls
-                .into_iter()
-                .map(|c| Row {
-                    call: Arc::clone(c),
-                    count: 1,
-                    ids: vec![c.id.clone()],
-                    first_ms: c.timings.received_ms,
-                    last_ms: c.timings.received_ms,
-                    expires_ms: min_expiry(None, c),
-                    pattern: 0,
-                    flags: RowFlags::of(c),
-                })
-                .collect()
+            calls.into_iter().map(Row::of).collect()
         };
         let mut sizes: HashMap<&Fingerprint, usize> = HashMap::new();
         for c in self.calls.values() {
