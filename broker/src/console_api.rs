@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,7 +23,7 @@ use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target
 use crate::auth;
 use crate::queue::{Follow, Queue};
 use crate::reply;
-use tollgate_policy::identity::Identity;
+use tollgate_policy::identity::{self, Identity, TokenDigest};
 use tollgate_store::tokens::Registry;
 
 /// What the console API needs.
@@ -54,12 +54,13 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response<Body> {
-    let who = match auth::bearer(&headers) {
-        Ok(token) => api.registry.lookup(token),
+    let digest = match auth::bearer(&headers) {
+        Ok(token) => identity::digest(token),
         Err(e) => {
             return unauthorized(&e.to_string());
         }
     };
+    let who = api.registry.lookup_digest(&digest);
     let Some(who) = who else {
         return unauthorized(
             "invalid bearer token: create one with `tollgate-broker token add --name NAME --role approver`",
@@ -73,7 +74,7 @@ async fn upgrade(
         .into_response();
     };
     ws.max_message_size(1 << 20)
-        .on_upgrade(move |socket| connection(api, who, socket))
+        .on_upgrade(move |socket| connection(api, who, digest, socket))
 }
 
 fn unauthorized(message: &str) -> Response<Body> {
@@ -161,8 +162,34 @@ fn snapshot_parts<T: serde::Serialize>(pending: Vec<T>) -> Vec<Vec<T>> {
     parts
 }
 
-async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) {
+/// Whether the identity a connection authenticated as is still the one its token names: a
+/// revoked token or a changed role or scope ends the connection (the console reconnects and
+/// is told its new role, or that its token is no longer valid).
+fn still(api: &ConsoleApi, who: &Identity, digest: &TokenDigest) -> Result<(), &'static str> {
+    match api.registry.lookup_digest(digest) {
+        None => Err("token revoked: this identity no longer exists"),
+        Some(now) if now != *who => Err("identity changed (role or servers): reconnect"),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn close(socket: &mut WebSocket, who: &Identity, reason: &'static str) {
+    tracing::info!(identity = %who.name, reason, "closing a console connection");
+    let frame = CloseFrame {
+        code: close_code::POLICY,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn connection(
+    api: Arc<ConsoleApi>,
+    who: Identity,
+    digest: TokenDigest,
+    mut socket: WebSocket,
+) {
     tracing::info!(identity = %who.name, role = who.role.as_str(), "console connected");
+    let mut identities = api.registry.changes();
     // Subscribe before the snapshot so nothing falls between them (an event may then appear in
     // both, which consoles handle by call id).
     let mut events = api.queue.subscribe();
@@ -188,7 +215,19 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
                             }
                             continue;
                         }
-                        Ok(msg) => handle(&api, &who, msg).await,
+                        Ok(msg) => {
+                            // Every request acts as the identity the token names now.
+                            if let Err(why) = still(&api, &who, &digest) {
+                                let refused = ServerMsg::Error {
+                                    req: msg.req(),
+                                    message: format!("{}: {why}; nothing was done", who.name),
+                                };
+                                let _ = send(&mut socket, &refused).await;
+                                close(&mut socket, &who, why).await;
+                                break;
+                            }
+                            handle(&api, &who, msg).await
+                        }
                         Err(refusal) => *refusal,
                     },
                     Some(Ok(Message::Binary(_))) => ServerMsg::Error {
@@ -198,6 +237,15 @@ async fn connection(api: Arc<ConsoleApi>, who: Identity, mut socket: WebSocket) 
                     Some(Ok(_)) => continue,
                 };
                 if !send(&mut socket, &reply).await {
+                    break;
+                }
+            }
+            changed = identities.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Err(why) = still(&api, &who, &digest) {
+                    close(&mut socket, &who, why).await;
                     break;
                 }
             }

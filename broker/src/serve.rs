@@ -92,6 +92,9 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let feeds = Arc::new(Feeds::default());
     crate::trim::start(crate::trim::EVERY);
     let registry = Arc::new(Registry::new(&config.broker.data_dir));
+    // Connections opened before a token is revoked (or its role changed) hear of it within
+    // this long, without waiting for their next request.
+    tokio::spawn(registry.clone().watch(std::time::Duration::from_secs(1)));
     let annotations = Arc::new(Annotations::default());
     let mut upstreams = HashMap::new();
     let mut stdio = Vec::new();

@@ -158,7 +158,10 @@ impl Conn {
                         format!("the broker sent a message this console does not understand: {t}")
                     });
                 }
-                Some(Ok(Message::Close(_))) => bail!("the broker closed the connection"),
+                Some(Ok(Message::Close(frame))) => match frame.filter(|f| !f.reason.is_empty()) {
+                    Some(f) => bail!("the broker closed the connection: {}", f.reason),
+                    None => bail!("the broker closed the connection"),
+                },
                 Some(Ok(_)) => {}
             }
         }

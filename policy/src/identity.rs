@@ -26,10 +26,17 @@ pub fn find<'a, T: 'a>(
     known: impl IntoIterator<Item = (&'a TokenDigest, T)>,
     token: &str,
 ) -> Option<T> {
-    let d = digest(token);
+    find_digest(known, &digest(token))
+}
+
+/// [`find`], for a token already digested.
+pub fn find_digest<'a, T: 'a>(
+    known: impl IntoIterator<Item = (&'a TokenDigest, T)>,
+    wanted: &TokenDigest,
+) -> Option<T> {
     let mut found = None;
     for (digest, value) in known {
-        if bool::from(digest.ct_eq(&d)) && found.is_none() {
+        if bool::from(digest.ct_eq(wanted)) && found.is_none() {
             found = Some(value);
         }
     }

@@ -190,6 +190,19 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// The request number the answer echoes.
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Decide { req, .. }
+            | ClientMsg::AuditQuery { req, .. }
+            | ClientMsg::Snapshot { req }
+            | ClientMsg::ListRules { req }
+            | ClientMsg::RevokeRule { req, .. } => *req,
+        }
+    }
+}
+
 /// Why a decision was not taken, for scripts (the message says it for people).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

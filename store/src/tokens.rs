@@ -7,13 +7,14 @@
 //! token stops working at its next use.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tollgate_shared::console::Role;
 use tollgate_shared::sync::Mutex;
 
-use tollgate_policy::identity::{self, Identity};
+use tokio::sync::watch;
+use tollgate_policy::identity::{self, Identity, TokenDigest};
 
 /// One stored identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,12 +151,18 @@ pub fn revoke(data_dir: &Path, name: &str) -> Result<bool, TokenError> {
 }
 
 type Stamp = Option<(SystemTime, u64)>;
-type Digests = Vec<([u8; 32], Identity)>;
+type Digests = Vec<(TokenDigest, Identity)>;
 
 /// The broker's live view of the token file.
+///
+/// Requests look tokens up here (the file is re-read when its modification time or size
+/// changed); [`Registry::watch`] also checks the file on a timer and announces every change on
+/// [`Registry::changes`], so connections opened before a revocation or a change of role hear of
+/// it without waiting for their next request.
 pub struct Registry {
     path: PathBuf,
     cache: Mutex<(Stamp, Digests)>,
+    changed: watch::Sender<u64>,
 }
 
 fn stamp(path: &Path) -> Stamp {
@@ -169,38 +176,75 @@ impl Registry {
         Registry {
             path: path(data_dir),
             cache: Mutex::new((None, Vec::new())),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Re-read the file if it changed since it was last read; announce it when its identities
+    /// did.
+    fn refresh(&self, cache: &mut (Stamp, Digests)) {
+        let now = stamp(&self.path);
+        if now == cache.0 {
+            return;
+        }
+        match read(&self.path) {
+            Ok(entries) => {
+                let parsed: Digests = entries
+                    .into_iter()
+                    .filter_map(|e| {
+                        let d = tollgate_shared::unhex::<32>(&e.sha256)?;
+                        Some((
+                            d,
+                            Identity {
+                                name: e.name,
+                                role: e.role,
+                                servers: e.servers,
+                            },
+                        ))
+                    })
+                    .collect();
+                let differs = parsed != cache.1;
+                *cache = (now, parsed);
+                if differs {
+                    self.changed.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the token file; keeping the previous tokens")
+            }
         }
     }
 
     /// The identity a token belongs to (every stored digest is compared, in constant time).
     pub fn lookup(&self, token: &str) -> Option<Identity> {
+        self.lookup_digest(&identity::digest(token))
+    }
+
+    /// The identity of a token's digest, as the file says now: what a connection that
+    /// authenticated earlier checks before it acts.
+    pub fn lookup_digest(&self, digest: &TokenDigest) -> Option<Identity> {
         let mut cache = self.cache.lock();
-        let now = stamp(&self.path);
-        if now != cache.0 {
-            match read(&self.path) {
-                Ok(entries) => {
-                    let parsed = entries
-                        .into_iter()
-                        .filter_map(|e| {
-                            let d = tollgate_shared::unhex::<32>(&e.sha256)?;
-                            Some((
-                                d,
-                                Identity {
-                                    name: e.name,
-                                    role: e.role,
-                                    servers: e.servers,
-                                },
-                            ))
-                        })
-                        .collect();
-                    *cache = (now, parsed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot reload the token file; keeping the previous tokens")
-                }
-            }
+        self.refresh(&mut cache);
+        identity::find_digest(cache.1.iter().map(|(d, who)| (d, who)), digest).cloned()
+    }
+
+    /// A receiver that sees a new value whenever the file's identities change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Check the file every `period` for changes (runs until the registry is dropped).
+    pub async fn watch(self: std::sync::Arc<Self>, period: Duration) {
+        let registry = std::sync::Arc::downgrade(&self);
+        drop(self);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(r) = registry.upgrade() else { return };
+            let mut cache = r.cache.lock();
+            r.refresh(&mut cache);
         }
-        identity::find(cache.1.iter().map(|(d, who)| (d, who)), token).cloned()
     }
 }
 
@@ -224,5 +268,25 @@ mod tests {
         // The file changed size, so the registry reloads it.
         assert!(reg.lookup(&t).is_none());
         assert!(!revoke(dir.path(), "alice").expect("revoke again"));
+    }
+
+    #[test]
+    fn a_change_of_identities_is_announced_and_a_rewrite_of_the_same_ones_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::new(dir.path());
+        let mut changes = reg.changes();
+        let t = add(dir.path(), "bob", Role::Approver, None).expect("add");
+        let d = identity::digest(&t);
+        assert!(reg.lookup_digest(&d).is_some());
+        assert!(changes.has_changed().expect("open"), "bob appeared");
+        changes.mark_unchanged();
+        // The same identities written again (a new modification time) are no news.
+        let same = list(dir.path()).expect("list");
+        write(&path(dir.path()), same).expect("rewrite");
+        assert!(reg.lookup_digest(&d).is_some());
+        assert!(!changes.has_changed().expect("open"));
+        assert!(revoke(dir.path(), "bob").expect("revoke"));
+        assert!(reg.lookup_digest(&d).is_none());
+        assert!(changes.has_changed().expect("open"), "bob is gone");
     }
 }

@@ -1,0 +1,92 @@
+"""Hardening: what a hostile client, a revoked approver or a crash-happy operator must not be
+able to do. Each test here failed before the fix it names (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx2 as httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from conftest import INIT, broker_cli, everything_stdio_command, post, sdk_call, toml_list
+
+
+def holding(extra: str = "", broker_extra: str = "") -> str:
+    """everything over stdio; echo is held for a person, everything else allowed."""
+    return f"""
+    [broker]
+    keepalive = "300ms"
+    {broker_extra}
+    [policy]
+    default = "allow"
+
+    [[server]]
+    name = "everything"
+    command = {toml_list(everything_stdio_command())}
+
+    [[rule]]
+    name = "echo-needs-a-human"
+    tools = ["everything/echo"]
+    action = "approve"
+    {extra}
+    """
+
+
+def closed_reason(console, timeout: float = 10) -> str:
+    """Wait until the broker closes a console's WebSocket; its close reason."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            console.recv(timeout=max(0.1, deadline - time.monotonic()))
+    except ConnectionClosed as e:
+        return e.rcvd.reason if e.rcvd else ""
+    except TimeoutError:
+        pass
+    raise AssertionError(f"the console was not closed within {timeout}s")
+
+
+# 1. Revoking a token stops an open console.
+
+
+def test_a_revoked_approver_cannot_decide_and_is_disconnected(broker):
+    b = broker(holding())
+    agent = b.token("agent", "viewer")
+    alice = b.connect(b.token("alice", "approver"))
+    bob = b.connect(b.token("bob", "approver"))
+    fut = sdk_call(b.url("everything"), agent, "echo", {"message": "after revocation"})
+    call = bob.pending()
+    alice.pending()
+    out = broker_cli("token", "revoke", "--data-dir", str(b.data_dir), "bob")
+    assert out.returncode == 0, out.stderr
+    # A decision sent at once, on the connection opened before the revocation, is refused.
+    try:
+        answer = bob.request(
+            {"type": "decide", "target": {"by": "ids", "ids": [call["id"]]}, "verdict": "approve"},
+            "decided",
+        )
+        assert answer["type"] == "error" or not answer["results"][0]["ok"], answer
+    except ConnectionClosed:
+        pass
+    # The connection is closed, saying why.
+    reason = closed_reason(bob)
+    assert "revoked" in reason, reason
+    # The call is still pending: alice decides it.
+    [res] = alice.decide(call["id"], "reject", "checked after bob left")
+    assert res["ok"], res
+    assert fut.result(timeout=30).is_error is True
+    trail = b.audit("--call", call["id"])
+    assert [e["outcome"] for e in trail] == ["pending", "rejected"]
+    assert trail[-1]["approvers"] == ["alice"]
+
+
+def test_a_changed_role_reaches_open_consoles(broker):
+    b = broker(holding())
+    b.token("carol", "approver")
+    carol = b.connect(b.token("dave", "approver"))
+    out = broker_cli("token", "revoke", "--data-dir", str(b.data_dir), "dave")
+    assert out.returncode == 0, out.stderr
+    b.token("dave", "viewer")
+    reason = closed_reason(carol)
+    assert "revoked" in reason or "changed" in reason, reason
