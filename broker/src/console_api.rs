@@ -85,7 +85,8 @@ fn unauthorized(message: &str) -> Response<Body> {
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
-    let text = match serde_json::to_string(msg) {
+    // Consoles are never sent session ids (they would let a console act on a client's session).
+    let text = match tollgate_shared::without_sessions(|| serde_json::to_string(msg)) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a console message");
@@ -139,7 +140,7 @@ fn json_len(value: &impl serde::Serialize) -> usize {
         }
     }
     let mut n = Count(0);
-    let _ = serde_json::to_writer(&mut n, value);
+    let _ = tollgate_shared::without_sessions(|| serde_json::to_writer(&mut n, value));
     n.0
 }
 

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::config;
 use crate::console_api::{self, ConsoleApi};
+use crate::frontend::sessions::Owners;
 use crate::frontend::{self, Frontend};
 use crate::gateway::{Annotations, Gateway};
 use crate::queue::Queue;
@@ -107,7 +108,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         }
         upstreams.insert(s.name.clone(), u);
     }
-    recover(&config, &queue, &feeds, &upstreams).await;
+    let sessions = Arc::new(Owners::new(config.broker.session_idle));
+    recover(&config, &queue, &feeds, &upstreams, &sessions).await;
     let grants = queue.restore_grants().await?;
     if grants > 0 {
         tracing::info!(
@@ -137,6 +139,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         feeds,
         keepalive: config.broker.keepalive,
         task_sessions: Default::default(),
+        sessions,
     });
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
         .await
@@ -223,6 +226,7 @@ async fn recover(
     queue: &Arc<Queue>,
     feeds: &Arc<Feeds>,
     upstreams: &HashMap<String, Upstream>,
+    sessions: &Owners,
 ) {
     let pending = queue.store().pending();
     if pending.is_empty() {
@@ -230,6 +234,10 @@ async fn recover(
     }
     tracing::info!(calls = pending.len(), "recovered held calls from the store");
     for record in pending {
+        // The session a held call was made on is still its client's.
+        if let Some(s) = &record.session {
+            sessions.created(s, record.client.clone());
+        }
         let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
         let upstream = upstreams.get(&*record.server).cloned();
         let id = record.id.clone();

@@ -22,7 +22,7 @@ pub use json_text::JsonText;
 pub use names::{Name, intern};
 pub use record::{
     CallRecord, Decision, Finding, Hold, HoldMode, Outcome, RuleRef, Signals, Timings,
-    UnknownOutcome, Verdict,
+    UnknownOutcome, Verdict, without_sessions,
 };
 
 /// Version of the record format and wire protocol in this crate. Bumped on any change that an

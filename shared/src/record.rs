@@ -122,8 +122,10 @@ pub struct CallRecord {
     pub tool: Name,
     /// The JSON-RPC request id, exactly as the client sent it.
     pub request_id: serde_json::Value,
-    /// The MCP session the call belongs to, when the protocol revision has sessions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The MCP session the call belongs to, when the protocol revision has sessions. The store
+    /// keeps it (a held call is answered on its session after a restart); consoles are never
+    /// sent it (see [`without_sessions`]).
+    #[serde(default, skip_serializing_if = "session_hidden")]
     pub session: Option<Name>,
     /// The MCP protocol revision the client declared, when known.
     #[serde(
@@ -172,6 +174,28 @@ pub struct CallRecord {
     /// hit), shown to approvers as flags.
     #[serde(default, skip_serializing_if = "Signals::is_empty")]
     pub signals: Signals,
+}
+
+thread_local! {
+    static HIDE_SESSIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn session_hidden(session: &Option<Name>) -> bool {
+    session.is_none() || HIDE_SESSIONS.with(std::cell::Cell::get)
+}
+
+/// Run `f` (a serialisation) with every [`CallRecord`]'s `session` left out: a session id lets
+/// whoever holds it read and act on the session's streams, and no console needs one, so the
+/// console API serialises its messages inside this.
+pub fn without_sessions<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HIDE_SESSIONS.with(|h| h.set(self.0));
+        }
+    }
+    let _reset = Reset(HIDE_SESSIONS.with(|h| h.replace(true)));
+    f()
 }
 
 /// Patterns the guards noticed around a call.
@@ -365,6 +389,26 @@ mod tests {
         let text = serde_json::to_string(&msg).expect("serialize");
         let back: crate::console::ServerMsg = serde_json::from_str(&text).expect("deserialize");
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn sessions_are_kept_in_the_store_and_left_out_for_consoles() {
+        let mut record: CallRecord = serde_json::from_value(serde_json::json!({
+            "id": "x", "outcome": "pending", "rule": {"index": 1, "name": "r"}, "client": "c",
+            "server": "db", "tool": "t", "request_id": 1, "arguments": {},
+            "timings": {"received_ms": 0, "decided_ms": 0}
+        }))
+        .expect("record");
+        record.session = Some("s-1".into());
+        let stored = serde_json::to_value(&record).expect("json");
+        assert_eq!(stored["session"], "s-1");
+        let shown = without_sessions(|| serde_json::to_value(&record)).expect("json");
+        assert!(shown.get("session").is_none(), "{shown}");
+        assert_eq!(
+            serde_json::to_value(&record).expect("json")["session"],
+            "s-1",
+            "only inside without_sessions"
+        );
     }
 
     #[test]

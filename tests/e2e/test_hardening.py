@@ -90,3 +90,35 @@ def test_a_changed_role_reaches_open_consoles(broker):
     b.token("dave", "viewer")
     reason = closed_reason(carol)
     assert "revoked" in reason or "changed" in reason, reason
+
+
+# 2. An MCP session belongs to the identity that created it.
+
+
+def test_another_identity_cannot_use_read_or_end_someone_elses_session(broker):
+    b = broker(holding())
+    alice_agent = b.token("agent-a", "viewer")
+    mallory = b.token("agent-m", "viewer")
+    viewer = b.connect(b.token("vic", "viewer"))
+    own = {"authorization": f"Bearer {alice_agent}"}
+    init = post(b.url("everything"), INIT, own)
+    assert init.status_code == 200, init.text
+    sid = init.headers["mcp-session-id"]
+    sess = {**own, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    fut = sdk_call(b.url("everything"), alice_agent, "echo", {"message": "mine"})
+    seen = viewer.pending()
+    assert "session" not in seen, "consoles are not shown session ids"
+    theirs = {"authorization": f"Bearer {mallory}", "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    listed = post(b.url("everything"), {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, theirs)
+    assert listed.status_code == 404, listed.text
+    stream = httpx.get(b.url("everything"), headers={**theirs, "accept": "text/event-stream"}, timeout=10)
+    assert stream.status_code == 404, stream.text
+    ended = httpx.delete(b.url("everything"), headers=theirs, timeout=10)
+    assert ended.status_code == 404, ended.text
+    # The owner's session is untouched.
+    mine = post(b.url("everything"), {"jsonrpc": "2.0", "id": 10, "method": "tools/list"}, sess)
+    assert mine.status_code == 200 and "echo" in mine.text, mine.text
+    viewer.close()
+    b.connect(b.token("alice", "approver")).decide(seen["id"], "approve")
+    assert fut.result(timeout=30).content[0].text == "Echo: mine"

@@ -66,7 +66,9 @@ pub fn list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
 /// `token revoke`.
 pub fn revoke(dir: &DataDir, name: &str) -> anyhow::Result<()> {
     if tokens::revoke(&dir.resolve()?, name)? {
-        println!("revoked {name}; its token stops working at once, and its open consoles are closed");
+        println!(
+            "revoked {name}; its token stops working at once, and its open consoles are closed"
+        );
         Ok(())
     } else {
         anyhow::bail!("no identity named {name:?} (see `tollgate-broker token list`)")

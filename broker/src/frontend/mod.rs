@@ -8,6 +8,7 @@
 mod headers;
 mod patch;
 mod post;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Frontend {
     pub keepalive: std::time::Duration,
     /// Sessions whose client declared task support at `initialize` (2025-11-25).
     pub task_sessions: tollgate_shared::sync::Mutex<std::collections::HashSet<String>>,
+    /// Which identity each MCP session belongs to.
+    pub sessions: Arc<sessions::Owners>,
 }
 
 impl Frontend {
@@ -162,6 +165,13 @@ async fn route(
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Someone else's session does not exist, as far as this client can tell.
+    if let Some(s) = &session
+        && fe.sessions.check(s, &client).is_err()
+    {
+        tracing::warn!(%client, "refused a request naming another identity's MCP session");
+        return answered(Err(UpstreamError::SessionNotFound), Value::Null);
+    }
     match method {
         Method::POST => post::post(fe, server, client, upstream, headers, session, body).await,
         Method::GET => {
@@ -175,10 +185,15 @@ async fn route(
                 ),
             }
         }
-        Method::DELETE => answered(
-            upstream.delete(&headers, session.as_deref()).await,
-            Value::Null,
-        ),
+        Method::DELETE => {
+            let ended = upstream.delete(&headers, session.as_deref()).await;
+            if let (Ok(r), Some(s)) = (&ended, &session)
+                && r.status().is_success()
+            {
+                fe.sessions.ended(s);
+            }
+            answered(ended, Value::Null)
+        }
         _ => with_header(
             reply::status_error(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -235,12 +235,15 @@ pub(super) async fn post(
         }
     }
     let answer = answered(upstream.post(inbound).await, id);
+    let started = (method == "initialize").then(|| answer.session()).flatten();
+    if let Some(session) = started {
+        fe.sessions
+            .created(session, tollgate_shared::intern(&client));
+    }
     if !wants_tasks {
         return answer;
     }
-    if method == "initialize"
-        && let Some(session) = answer.session()
-    {
+    if let Some(session) = started {
         fe.task_sessions.lock().insert(session.to_string());
     }
     patch::result(answer, |r| match method.as_str() {
