@@ -17,10 +17,10 @@ use crate::gateway::{Annotations, Gateway};
 use crate::queue::Queue;
 use crate::upstream::Upstream;
 use crate::waiting::{self, Feeds};
-use tollgate_shared::{HoldMode, Outcome};
+use tollgate_shared::{CallRecord, HoldMode, Outcome};
 use tollgate_store::sled_engine::SledEngine;
 use tollgate_store::tokens::Registry;
-use tollgate_store::{Backend, Store};
+use tollgate_store::{Backend, Store, Writes};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -228,6 +228,9 @@ async fn recover(
     upstreams: &HashMap<String, Upstream>,
     sessions: &Owners,
 ) {
+    for record in queue.store().unfinished() {
+        outcome_unknown(queue, feeds, sessions, &record).await;
+    }
     let pending = queue.store().pending();
     if pending.is_empty() {
         return;
@@ -279,6 +282,37 @@ async fn recover(
             }
         }
     }
+}
+
+/// Close an approved call the broker was forwarding when it stopped: it may or may not have run,
+/// and forwarding it again could run it twice, so it is closed as `abandoned` with the reason
+/// "outcome unknown", and its client is told so when it comes back (see
+/// [`waiting::outcome_unknown`]). Until the close is written, the call is reported again at
+/// every start.
+async fn outcome_unknown(
+    queue: &Queue,
+    feeds: &Arc<Feeds>,
+    sessions: &Owners,
+    record: &CallRecord,
+) {
+    if let Some(s) = &record.session {
+        sessions.created(s, record.client.clone());
+    }
+    let mut closed = record.clone();
+    closed.outcome = Outcome::Abandoned;
+    closed.reason = Some(
+        "outcome unknown: approved, but the broker stopped while forwarding it, so it may or may not have run; it was not forwarded again".into(),
+    );
+    tracing::warn!(call = %record.id, server = %record.server, tool = %record.tool, "an approved call was being forwarded when the broker stopped: outcome unknown, not forwarded again");
+    let closed = Arc::new(closed);
+    if let Err(e) = queue
+        .store()
+        .write_durably(closed.clone(), Writes::Both)
+        .await
+    {
+        tracing::error!(call = %record.id, error = %e, "cannot record that the call's outcome is unknown; it is reported again at the next start");
+    }
+    waiting::outcome_unknown(feeds, &closed);
 }
 
 async fn shutdown_signal() {

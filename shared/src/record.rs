@@ -176,6 +176,28 @@ pub struct CallRecord {
     pub signals: Signals,
 }
 
+impl CallRecord {
+    /// Whether the call is still open: held, or approved to be forwarded by a waiting client
+    /// or task but not yet finished. The store keeps open calls indexed, so that after a crash
+    /// a held call is held again and an approved call that may or may not have run is reported
+    /// (`outcome unknown`), never silently dropped and never forwarded twice. A retry-mode
+    /// approval is not open: its client repeats the call, and the grant is restored from the
+    /// audit.
+    pub fn is_open(&self) -> bool {
+        match self.outcome {
+            Outcome::Pending => true,
+            Outcome::Approved => {
+                self.timings.completed_ms.is_none()
+                    && self
+                        .hold
+                        .as_ref()
+                        .is_some_and(|h| h.mode != HoldMode::Retry)
+            }
+            _ => false,
+        }
+    }
+}
+
 thread_local! {
     static HIDE_SESSIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -144,6 +144,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The calls held now, oldest first (after a restart: those the broker must take back).
     fn pending(&self) -> Vec<Arc<CallRecord>>;
 
+    /// Calls that were approved to be forwarded by a waiting client but had not finished when
+    /// the store was opened: the broker stopped while forwarding them (or just before), so
+    /// whether they ran is unknown. The broker closes each as `abandoned` at start; until one
+    /// is closed it is listed here again after every restart.
+    fn unfinished(&self) -> Vec<Arc<CallRecord>>;
+
     /// One call record as stored (reads may trail a write by a moment).
     fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>>;
 
@@ -158,7 +164,7 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "m", rename_all = "snake_case")]
 pub enum Mutation {
-    /// Insert or replace a call record (and keep the pending index in step).
+    /// Insert or replace a call record (and keep the index of open calls in step).
     Call(Arc<CallRecord>),
     /// Append an audit entry (already chained).
     Audit(Box<AuditEntry>),
@@ -171,8 +177,8 @@ pub trait Engine: Send + Sync + 'static {
     fn commit(&self, batch: Vec<Mutation>) -> Result<(), StoreError>;
     /// One call record.
     fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError>;
-    /// Every call still pending, oldest first.
-    fn pending(&self) -> Result<Vec<CallRecord>, StoreError>;
+    /// Every open call (see [`CallRecord::is_open`]), oldest first.
+    fn open(&self) -> Result<Vec<CallRecord>, StoreError>;
     /// Sequence number and hash of the last audit entry (0 and the genesis hash when empty).
     fn audit_head(&self) -> Result<(u64, String), StoreError>;
     /// Audit entries matching a filter, oldest first (the newest `limit` of them).

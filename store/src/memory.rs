@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tollgate_shared::CallRecord;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::sync::Mutex;
-use tollgate_shared::{CallRecord, Outcome};
 
 use crate::chain::GENESIS;
 use crate::{Engine, Mutation, StoreError};
@@ -63,7 +63,7 @@ impl Engine for MemoryEngine {
             match m {
                 Mutation::Call(r) => {
                     let id = r.id.to_string();
-                    if r.outcome == Outcome::Pending {
+                    if r.is_open() {
                         d.pending.insert(id.clone());
                     } else {
                         d.pending.remove(&id);
@@ -80,7 +80,7 @@ impl Engine for MemoryEngine {
         Ok(self.data.lock().calls.get(id).cloned())
     }
 
-    fn pending(&self) -> Result<Vec<CallRecord>, StoreError> {
+    fn open(&self) -> Result<Vec<CallRecord>, StoreError> {
         let d = self.data.lock();
         Ok(d.pending
             .iter()

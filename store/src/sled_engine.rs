@@ -1,7 +1,7 @@
 //! The sled engine: trees for calls, the pending index, the audit chain and its indexes.
 //!
-//! Trees: `calls` (record id → record JSON; UUID v7 keys sort by time), `pending` (id → empty,
-//! the queue to recover after a restart), `audit` (sequence number, big-endian → entry JSON)
+//! Trees: `calls` (record id → record JSON; UUID v7 keys sort by time), `pending` (id → empty:
+//! the open calls, held or approved and not finished, to recover after a restart), `audit` (sequence number, big-endian → entry JSON)
 //! and `audit_idx` (one key per filterable field of an entry: `field byte, value, 0, seq`), so a
 //! filtered search walks only the matching keys and intersects them without decoding entries.
 //! Durability comes from the [`Journal`] in front of sled (see there for why): a commit returns
@@ -17,9 +17,9 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar};
 use std::time::Duration;
 
+use tollgate_shared::CallRecord;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::sync::Mutex;
-use tollgate_shared::{CallRecord, Outcome};
 
 use crate::chain::GENESIS;
 use crate::journal::{Journal, sync_tree};
@@ -326,10 +326,10 @@ impl Trees {
                     let key = uuid::Uuid::parse_str(&r.id)
                         .map_err(|_| StoreError::BadId(r.id.to_string()))?;
                     calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?)?;
-                    if r.outcome == Outcome::Pending {
+                    if r.is_open() {
                         pending.insert(key.as_bytes().as_slice(), Vec::new())?;
                     } else if r.hold.is_some() {
-                        // Only a held call was ever in the pending index.
+                        // Only a held call was ever in the open index.
                         pending.remove(key.as_bytes().as_slice())?;
                     }
                 }
@@ -483,7 +483,7 @@ impl Engine for SledEngine {
             .transpose()
     }
 
-    fn pending(&self) -> Result<Vec<CallRecord>, StoreError> {
+    fn open(&self) -> Result<Vec<CallRecord>, StoreError> {
         let mut out = Vec::new();
         for key in self.t.pending.iter().keys() {
             let key = key.map_err(read)?;
@@ -559,6 +559,7 @@ impl Drop for SledEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_shared::Outcome;
 
     #[test]
     fn commits_wait_while_the_applier_is_a_full_backlog_behind() {
@@ -622,7 +623,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 20).await;
         assert_eq!(verify(&*b, None).expect("verify").entries, 20);
-        assert_eq!(b.pending().expect("pending").len(), 5);
+        assert_eq!(b.open().expect("open").len(), 5);
         drop(b);
         let b = reopen(dir.path()).await;
         assert_eq!(verify(&b, None).expect("verify").entries, 20);
@@ -728,7 +729,7 @@ mod tests {
         let copy = tempfile::tempdir().expect("tempdir");
         copy_dir(dir.path(), copy.path());
         let b = SledEngine::open(copy.path()).expect("reopen");
-        assert_eq!(b.pending().expect("pending").len(), 1);
+        assert_eq!(b.open().expect("open").len(), 1);
         assert_eq!(b.journal.lock().len(), 0, "the replayed journal is emptied");
     }
 

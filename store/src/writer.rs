@@ -124,6 +124,8 @@ pub struct Store {
     tx: mpsc::Sender<Op>,
     engine: Arc<dyn Engine>,
     held: Arc<Mutex<Held>>,
+    /// Approved calls that had not finished when the store was opened.
+    unfinished: Vec<Arc<CallRecord>>,
 }
 
 impl Store {
@@ -131,16 +133,17 @@ impl Store {
     /// head, and start the writer task.
     pub async fn open(engine: Arc<dyn Engine>) -> Result<Arc<Store>, StoreError> {
         let reader = engine.clone();
-        let (pending, (seq, head)) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((reader.pending()?, reader.audit_head()?))
+        let (open, (seq, head)) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((reader.open()?, reader.audit_head()?))
         })
         .await
         .map_err(|_| StoreError::WriterStopped)??;
+        let (pending, unfinished): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .map(Arc::new)
+            .partition(|r| r.outcome == Outcome::Pending);
         let held = Held {
-            pending: pending
-                .into_iter()
-                .map(|r| (r.id.clone(), Arc::new(r)))
-                .collect(),
+            pending: pending.into_iter().map(|r| (r.id.clone(), r)).collect(),
             closed: Closed::default(),
         };
         let held = Arc::new(Mutex::new(held));
@@ -152,7 +155,12 @@ impl Store {
             head,
         };
         tokio::spawn(writer.run(rx));
-        Ok(Arc::new(Store { tx, engine, held }))
+        Ok(Arc::new(Store {
+            tx,
+            engine,
+            held,
+            unfinished,
+        }))
     }
 
     /// The engine, for reads outside a runtime and for its own maintenance.
@@ -270,6 +278,10 @@ impl Backend for Store {
         let mut out: Vec<_> = self.held.lock().pending.values().cloned().collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    fn unfinished(&self) -> Vec<Arc<CallRecord>> {
+        self.unfinished.clone()
     }
 
     fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>> {
@@ -702,5 +714,43 @@ mod tests {
             .decide(b.id.clone(), who("alice"), Verdict::Approve, None)
             .await
             .expect("decided after the restart");
+    }
+
+    #[tokio::test]
+    async fn an_approved_call_that_never_finished_is_reported_after_a_restart() {
+        let engine = Arc::new(MemoryEngine::new());
+        let store = Store::open(engine.clone()).await.expect("open");
+        let (ran, cut) = (held(1, 1), held(2, 1));
+        for c in [&ran, &cut] {
+            store.hold(c.clone()).await.expect("held");
+            store
+                .decide(c.id.clone(), who("alice"), Verdict::Approve, None)
+                .await
+                .expect("approved");
+        }
+        let mut done = store.call(&ran.id).await.expect("read").expect("stored");
+        done.timings.completed_ms = Some(5);
+        store
+            .write_durably(Arc::new(done), Writes::Record)
+            .await
+            .expect("completed");
+        assert!(
+            store.unfinished().is_empty(),
+            "nothing unfinished at the first open"
+        );
+        let reopened = Store::open(engine.clone()).await.expect("reopen");
+        assert!(reopened.pending().is_empty());
+        let unfinished = reopened.unfinished();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].id, cut.id);
+        assert_eq!(unfinished[0].outcome, Outcome::Approved);
+        let mut closed = (*unfinished[0]).clone();
+        closed.outcome = Outcome::Abandoned;
+        reopened
+            .write_durably(Arc::new(closed), Writes::Both)
+            .await
+            .expect("closed");
+        let again = Store::open(engine).await.expect("reopen");
+        assert!(again.unfinished().is_empty(), "closed once, reported once");
     }
 }

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,3 +350,34 @@ def post(url: str, body, headers: dict | None = None, **kw) -> httpx.Response:
     h = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return httpx.post(url, content=data, headers=h, timeout=kw.pop("timeout", 30), **kw)
+
+
+class Stream:
+    """An SSE request read in a thread; collects events (id, data)."""
+
+    def __init__(self, method: str, url: str, headers: dict, body: dict | None = None):
+        self.events: list[tuple[str | None, str]] = []
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.error: Exception | None = None
+        self.t = threading.Thread(target=self._run, args=(method, url, headers, body), daemon=True)
+        self.t.start()
+
+    def _run(self, method, url, headers, body):
+        try:
+            with httpx.stream(method, url, json=body, headers=headers, timeout=60) as r:
+                ev_id = None
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        ev_id = line[4:]
+                    elif line.startswith("data: "):
+                        self.events.append((ev_id, line[6:]))
+                        self.first.set()
+        except Exception as e:  # the broker is killed mid-stream on purpose
+            self.error = e
+        finally:
+            self.first.set()
+            self.done.set()
+
+    def results(self) -> list[dict]:
+        return [json.loads(d) for _, d in self.events if d and '"result"' in d]

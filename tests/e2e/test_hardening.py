@@ -4,13 +4,14 @@ able to do. Each test here failed before the fix it names (issue 17)."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import httpx2 as httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import INIT, broker_cli, everything_stdio_command, post, sdk_call, toml_list
+from conftest import INIT, Stream, broker_cli, everything_stdio_command, free_port, post, sdk_call, toml_list
 
 
 def holding(extra: str = "", broker_extra: str = "") -> str:
@@ -122,3 +123,65 @@ def test_another_identity_cannot_use_read_or_end_someone_elses_session(broker):
     viewer.close()
     b.connect(b.token("alice", "approver")).decide(seen["id"], "approve")
     assert fut.result(timeout=30).content[0].text == "Echo: mine"
+
+
+# 3. An approval acknowledged just before a crash does not vanish.
+
+
+def test_an_approved_call_cut_by_kill_9_is_reported_outcome_unknown_and_never_rerun(broker, everything_http):
+    port = free_port()
+    cfg = f"""
+    [broker]
+    keepalive = "300ms"
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "everything"
+    url = "{everything_http}"
+    [[rule]]
+    name = "slow-needs-a-human"
+    tools = ["everything/trigger-long-running-operation"]
+    action = "approve"
+    """
+    b = broker(cfg, listen=f"127.0.0.1:{port}")
+    auth = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    alice = b.connect(b.token("alice", "approver"))
+    init = post(b.url("everything"), {**INIT, "id": 0}, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25", "accept": "application/json, text/event-stream"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    slow = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "trigger-long-running-operation", "arguments": {"duration": 30, "steps": 30}, "_meta": {"progressToken": "p1"}}}
+    stream = Stream("POST", b.url("everything"), sess, slow)
+    call = alice.pending()
+    [ok] = alice.decide(call["id"], "approve")
+    assert ok["ok"], ok
+
+    def upstream_progress():
+        return [i for i, d in stream.events if '"progress"' in d and "Waiting for approval" not in d]
+
+    deadline = time.monotonic() + 20
+    while not upstream_progress() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream_progress(), f"the upstream never started: {stream.events}"
+    last_id = stream.events[-1][0]
+    b.proc.stop(signal.SIGKILL)
+    stream.done.wait(10)
+
+    b2 = broker(cfg, name="restarted", data_name="broker", listen=f"127.0.0.1:{port}")
+    alice2 = b2.connect(b2.token("alice2", "approver"))
+    assert alice2.snapshot["pending"] == [], "an approved call is not held again"
+    resumed = Stream("GET", b2.url("everything"), {**sess, "last-event-id": last_id})
+    assert resumed.done.wait(20)
+    [answer] = resumed.results()
+    assert answer["id"] == 1 and answer["result"]["isError"] is True, answer
+    assert "Outcome unknown" in answer["result"]["content"][0]["text"], answer
+    trail = b2.audit("--call", call["id"])
+    assert [e["outcome"] for e in trail] == ["pending", "approved", "abandoned"], trail
+    assert "outcome unknown" in (trail[-1].get("reason") or ""), trail[-1]
+
+    # Reported once: another restart leaves the audit as it was, and the chain verifies.
+    b2.proc.stop(signal.SIGKILL)
+    b3 = broker(cfg, name="again", data_name="broker", listen=f"127.0.0.1:{port}")
+    assert [e["outcome"] for e in b3.audit("--call", call["id"])] == ["pending", "approved", "abandoned"]
+    b3.proc.stop()
+    ok = broker_cli("audit", "verify", "--data-dir", str(b3.data_dir))
+    assert ok.returncode == 0, ok.stderr

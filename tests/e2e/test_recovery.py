@@ -4,13 +4,9 @@ rest are closed as abandoned, and the audit chain still verifies."""
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 
-import httpx2 as httpx
-
-from conftest import broker_cli, free_port, post
+from conftest import Stream, broker_cli, free_port, post
 
 
 def config(everything_http: str) -> str:
@@ -33,37 +29,6 @@ def config(everything_http: str) -> str:
     action = "approve"
     hold = "retry"
     """
-
-
-class Stream:
-    """An SSE request read in a thread; collects events (id, data)."""
-
-    def __init__(self, method: str, url: str, headers: dict, body: dict | None = None):
-        self.events: list[tuple[str | None, str]] = []
-        self.first = threading.Event()
-        self.done = threading.Event()
-        self.error: Exception | None = None
-        self.t = threading.Thread(target=self._run, args=(method, url, headers, body), daemon=True)
-        self.t.start()
-
-    def _run(self, method, url, headers, body):
-        try:
-            with httpx.stream(method, url, json=body, headers=headers, timeout=60) as r:
-                ev_id = None
-                for line in r.iter_lines():
-                    if line.startswith("id: "):
-                        ev_id = line[4:]
-                    elif line.startswith("data: "):
-                        self.events.append((ev_id, line[6:]))
-                        self.first.set()
-        except Exception as e:  # the broker is killed mid-stream on purpose
-            self.error = e
-        finally:
-            self.first.set()
-            self.done.set()
-
-    def results(self) -> list[dict]:
-        return [json.loads(d) for _, d in self.events if d and '"result"' in d]
 
 
 def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, everything_http):
@@ -92,7 +57,7 @@ def test_held_calls_survive_kill_9_and_each_ends_answered_or_abandoned(broker, e
     assert alice.decide(early["id"], "approve")[0]["ok"]
     assert resumed.first.wait(10)
     last_id = resumed.events[0][0]
-    assert last_id == f"tg-{first['id']}-1", resumed.events
+    assert last_id.startswith(f"tg-{first['id']}-") and last_id.endswith(".1"), resumed.events
 
     b.proc.stop(signal.SIGKILL)
     resumed.done.wait(10)

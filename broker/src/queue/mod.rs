@@ -47,6 +47,9 @@ pub enum Resolution {
     Cancelled,
     /// The client can no longer be answered (broker restart).
     Abandoned,
+    /// The call was approved and the broker stopped before it finished forwarding it: it may
+    /// or may not have run upstream, and it is never forwarded again.
+    OutcomeUnknown,
 }
 
 /// A pending call. Its record is shared (with the driver that waits on it, its feed and the

@@ -110,8 +110,38 @@ pub fn refusal_text(record: &CallRecord, r: &Resolution) -> String {
         Resolution::Abandoned => format!(
             "The call to {call} was abandoned: the broker restarted while it waited for approval and could not deliver the answer. It was not run."
         ),
+        Resolution::OutcomeUnknown => format!(
+            "Outcome unknown: the call to {call} was approved, but the broker stopped while forwarding it, so it may or may not have run. It was not forwarded again; check {} before retrying.",
+            record.server
+        ),
         Resolution::Approved => String::new(),
     }
+}
+
+/// After a restart: an approved call the broker was forwarding when it stopped may or may not
+/// have run, and is never forwarded again. Its client is told so when it resumes its stream
+/// (`Last-Event-ID`) or polls its task: a tool error, and for a task the SEP-2848 disposition
+/// `outcome-unknown`.
+pub fn outcome_unknown(feeds: &Arc<Feeds>, record: &CallRecord) {
+    let modern = record
+        .protocol_version
+        .as_deref()
+        .is_some_and(jsonrpc::is_modern);
+    let task = record
+        .hold
+        .as_ref()
+        .is_some_and(|h| h.mode == tollgate_shared::HoldMode::Task)
+        .then(|| super::tasks::flavor_of(record));
+    let feed = Feed::new(record, task, modern && task.is_none());
+    feed.resolved(Resolution::OutcomeUnknown);
+    let text = refusal_text(record, &Resolution::OutcomeUnknown);
+    feed.finish_with(&jsonrpc::tool_error(
+        record.request_id.clone(),
+        &text,
+        modern,
+    ));
+    feeds.insert(feed.clone());
+    feeds.remove_later(feed.id.clone());
 }
 
 async fn run(
@@ -216,6 +246,7 @@ impl After {
                 // Cannot happen: the body was parsed when the call arrived.
                 let why = format!("the held request could not be read back: {e}");
                 feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
+                done.timings.completed_ms = Some(now_ms());
                 done.error = Some(why);
                 queue.store().write(Arc::new(done), Writes::Record).await;
                 feeds.remove_later(feed.id.clone());

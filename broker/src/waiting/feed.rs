@@ -250,12 +250,49 @@ impl Feeds {
         v
     }
 
-    /// The feed a `Last-Event-ID` of ours points into, and the position after it.
+    /// The feed a `Last-Event-ID` of ours points into, and the position after it. An id handed
+    /// out before the broker restarted counts positions in a feed that is gone: the client has
+    /// seen nothing of this one, so it gets all of it.
     pub fn for_event_id(&self, last_event_id: &str) -> Option<(Arc<Feed>, usize)> {
-        let (id, n) = last_event_id.strip_prefix("tg-")?.rsplit_once('-')?;
-        let n = n.parse().ok()?;
+        let (id, pos) = last_event_id.strip_prefix("tg-")?.rsplit_once('-')?;
+        let n = match pos.split_once('.') {
+            Some((life, n)) if life == *LIFE => n.parse().ok()?,
+            _ => 0,
+        };
         Some((self.map.lock().get(id)?.clone(), n))
     }
+}
+
+/// This run of the broker, as event ids carry it (`tg-<call>-<life>.<n>`): the start time in
+/// hexadecimal milliseconds.
+static LIFE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:x}", now_ms()));
+
+/// The event id of the `n`th event of a call's feed.
+pub(super) fn event_id(call: &str, n: usize) -> String {
+    format!("tg-{call}-{}.{n}", *LIFE)
+}
+
+#[cfg(test)]
+#[test]
+fn event_ids_from_an_earlier_run_resume_from_the_start() {
+    let feeds = Feeds::default();
+    let rec: CallRecord = serde_json::from_value(serde_json::json!({
+        "id": "0190c1a2-0000-7000-8000-000000000000", "outcome": "pending",
+        "rule": {"index": 1, "name": "r"}, "client": "c", "server": "db", "tool": "drop",
+        "request_id": 1, "arguments": {}, "timings": {"received_ms": 0, "decided_ms": 0}
+    }))
+    .expect("record");
+    feeds.insert(Feed::new(&rec, None, false));
+    let at = |id: &str| feeds.for_event_id(id).map(|(_, n)| n);
+    assert_eq!(at(&event_id(&rec.id, 3)), Some(3));
+    assert_eq!(at(&format!("tg-{}-1.3", rec.id)), Some(0), "another run");
+    assert_eq!(
+        at(&format!("tg-{}-3", rec.id)),
+        Some(0),
+        "ids without a run"
+    );
+    assert_eq!(at(&format!("tg-{}.3", rec.id)), None, "not ours");
+    assert_eq!(at("tg-nope-1.3"), None);
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod recover;
 mod stream;
 pub mod tasks;
 
-pub use driver::{Drive, start};
+pub use driver::{Drive, outcome_unknown, start};
 pub use feed::Feeds;
 pub use recover::rebuild;
 pub use stream::{respond, resume};

@@ -1,5 +1,5 @@
 //! How a client reads a held call's feed: the POST that made the call, or a GET that resumes
-//! it with `Last-Event-ID: tg-<call id>-<n>`.
+//! it with `Last-Event-ID: tg-<call id>-<run>.<n>`.
 //!
 //! On the handshake revisions a client whose stream dropped comes back with that GET and gets
 //! every event after `n`; a dropped stream is not a cancel there. Idle listeners get an SSE
@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::feed::{Feed, Feeds};
+use super::feed::{Feed, Feeds, event_id};
 use crate::reply::Reply;
 use crate::sse;
 
@@ -39,7 +39,7 @@ fn listen(feed: Arc<Feed>, after: usize, keepalive: Duration) -> Reply {
                         let data = st.events[next].clone();
                         next += 1;
                         let last = st.done && next == st.events.len();
-                        let frame = sse::encode(Some(&format!("tg-{}-{next}", feed.id)), &data);
+                        let frame = sse::encode(Some(&event_id(&feed.id, next)), &data);
                         return Some((Ok(frame), (listener, next, last)));
                     }
                     if st.done {

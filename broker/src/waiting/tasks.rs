@@ -98,6 +98,7 @@ fn disposition(end: Option<&Resolution>, result: &Value) -> &'static str {
                 "approved-executed"
             }
         }
+        Some(Resolution::OutcomeUnknown) => "outcome-unknown",
         _ => "denied-not-executed",
     }
 }
@@ -160,6 +161,9 @@ fn view(feed: &Feed, queue: &Queue) -> View {
             let message = match d {
                 "approved-executed" => "Approved and run",
                 "execution-error" => "Approved and run; the tool reported an error",
+                "outcome-unknown" => {
+                    "Approved, but the broker stopped while running it: it may or may not have run"
+                }
                 _ => "Not run: the call was refused",
             };
             View {
