@@ -106,16 +106,25 @@ pub fn measure(scanner: &Scanner, size: usize) -> Result<Vec<Step>> {
     }
     let fields = many_fields(size);
     let small = json!({"message": "deploy v2.3.1 to staging"});
-    if !scanner.scan(&text).is_empty() || !scanner.scan(&fields).is_empty() {
+    let found = |args: &Value| scanner.scan(args).map_or(usize::MAX, |f| f.len());
+    if found(&text) != 0 || found(&fields) != 0 {
         bail!("the clean inputs have findings: the measurement would be wrong");
     }
-    if scanner.scan(&secret_text).is_empty() {
+    if found(&secret_text) == 0 {
         bail!("the input with a secret has no finding: the measurement would be wrong");
+    }
+    // A hostile call: one key repeated through megabytes of arguments (issue 17: this once
+    // cost seconds of CPU per call). The scan stops at the finding limit; redaction is what a
+    // call that stays under it would cost at this size.
+    let flood = json!({ "log": "AKIAIOSFODNN7EXAMPLE ".repeat((4 << 20) / 21) });
+    if scanner.scan(&flood).is_ok() {
+        bail!("the secret flood stays under the finding limit: the measurement would be wrong");
     }
     let bytes = |input: &str| match input {
         "many fields" => fields.to_string().len(),
         "one string + secret" => secret_text.to_string().len(),
         "small" => small.to_string().len(),
+        "4 MiB secret flood" => flood.to_string().len(),
         _ => text.to_string().len(),
     };
     let budget = Duration::from_millis(250);
@@ -127,15 +136,28 @@ pub fn measure(scanner: &Scanner, size: usize) -> Result<Vec<Step>> {
         ("one string", &text),
         ("one string + secret", &secret_text),
         ("many fields", &fields),
+        ("4 MiB secret flood", &flood),
     ] {
         steps.push(Step {
             bytes: bytes(input),
             step: "DLP scan",
             input,
             time: median(budget, || {
-                std::hint::black_box(scanner.scan(args));
+                let _ = std::hint::black_box(scanner.scan(args));
             }),
         });
+        if input == "4 MiB secret flood" {
+            steps.push(Step {
+                bytes: bytes(input),
+                step: "DLP redact (copy + replace)",
+                input,
+                time: median(budget, || {
+                    let mut copy = args.clone();
+                    std::hint::black_box(scanner.redact(&mut copy));
+                }),
+            });
+            continue;
+        }
         if input == "one string + secret" {
             steps.push(Step {
                 bytes: bytes(input),
@@ -193,7 +215,7 @@ pub fn measure(scanner: &Scanner, size: usize) -> Result<Vec<Step>> {
                 let hash = fingerprint::args_hash(args);
                 let exact = fingerprint::exact("db", "query", &hash);
                 let shape = fingerprint::shape_fingerprint("db", "query", args);
-                std::hint::black_box((findings, exact, loops.observe(&shape, clock)));
+                let _ = std::hint::black_box((findings, exact, loops.observe(&shape, clock)));
             }),
         });
     }

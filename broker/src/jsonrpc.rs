@@ -13,6 +13,8 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC: invalid method parameters.
 pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC internal error: the broker failed, not the request.
+pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined: the upstream is unreachable, exited or timed out.
 pub const UPSTREAM_ERROR: i64 = -32010;
 /// Implementation-defined: authentication failed.

@@ -127,7 +127,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         limiter: tollgate_policy::guards::limits::Limiter::new(config.limits.clone()),
         loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
-        dlp: config.dlp.guard(),
+        dlp: config.dlp.guard().map(Arc::new),
     };
     let fe = Arc::new(Frontend {
         gateway,

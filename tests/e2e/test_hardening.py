@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import pytest
@@ -185,3 +186,36 @@ def test_an_approved_call_cut_by_kill_9_is_reported_outcome_unknown_and_never_re
     b3.proc.stop()
     ok = broker_cli("audit", "verify", "--data-dir", str(b3.data_dir))
     assert ok.returncode == 0, ok.stderr
+
+
+# 4. DLP is linear, bounded, and off the async workers.
+
+
+def test_a_flood_of_secrets_is_refused_at_the_limit_and_the_broker_stays_responsive(broker):
+    b = broker(holding("", '[dlp]\naction = "redact"'))
+    agent = b.token("agent", "viewer")
+    auth = {"authorization": f"Bearer {agent}"}
+    init = post(b.url("everything"), INIT, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    # ~3.9 MB: one AWS-key-like token 190 000 times (this once cost 26 s of CPU per call).
+    flood = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get-sum", "arguments": {"a": 1, "b": 2, "note": "AKIAIOSFODNN7EXAMPLE " * 190_000}}}
+    body = json.dumps(flood)
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(post, b.url("everything"), body, {**sess, "content-type": "application/json"}, timeout=120) for _ in range(3)]
+        # Liveness, not speed: while three floods are scanned, the broker still answers at
+        # once (before the fix, /healthz and the consoles froze for 24 s).
+        while not all(c.done() for c in calls):
+            assert httpx.get(f"{b.base}/healthz", timeout=10).status_code == 200
+            time.sleep(0.2)
+        answers = [c.result() for c in calls]
+    for r in answers:
+        text = r.json()["result"]["content"][0]["text"]
+        assert "more than 256 secrets" in text and r.json()["result"]["isError"] is True, text
+    trail = b.audit()
+    blocked = [e for e in trail if e["outcome"] == "blocked"]
+    assert len(blocked) == 3, trail
+    assert all("more than 256 secrets" in e["reason"] for e in blocked)
+    # The store never kept the flood, nor any of its keys.
+    leaked = [p for p in b.data_dir.rglob("*") if p.is_file() and b"AKIAIOSFODNN7EXAMPLE" in p.read_bytes()]
+    assert not leaked, leaked

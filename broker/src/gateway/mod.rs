@@ -28,8 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate_policy::guards::DlpAction;
+use tollgate_policy::guards::dlp::TooManySecrets;
 use tollgate_policy::guards::loops::{LoopAction, Seen};
+use tollgate_policy::guards::{Dlp, DlpAction};
 use tollgate_policy::{Action, CallView, Policy, Verdict, fingerprint};
 use tollgate_shared::clock::now_ms;
 use tollgate_shared::{
@@ -101,7 +102,7 @@ pub struct Gateway {
     /// How long an approved retry-mode call may be repeated to run.
     pub retry_ttl: Duration,
     /// The DLP guard, unless `[dlp] enabled = false`.
-    pub dlp: Option<tollgate_policy::guards::Dlp>,
+    pub dlp: Option<Arc<Dlp>>,
     /// Rate limits.
     pub limiter: tollgate_policy::guards::limits::Limiter,
     /// Loop detection.
@@ -117,6 +118,81 @@ struct Screened {
     withheld: bool,
     /// DLP replaced secrets in the request's arguments.
     rewritten: bool,
+}
+
+/// What the DLP guard found in a call's arguments.
+#[derive(Clone, Copy)]
+enum Secrets {
+    /// Secrets (in the record's findings), and what to do about them.
+    Found(DlpAction),
+    /// More than the scan allows: the call is refused.
+    TooMany,
+}
+
+/// Arguments at least this large are scanned, redacted and hashed on the blocking pool rather
+/// than on an async worker, so a few megabytes of arguments cannot stall the consoles, health
+/// checks and other calls sharing the workers.
+const OFFLOAD_BYTES: usize = 64 << 10;
+
+/// Whether the strings and keys of `v` add up to at least `limit` bytes (stops counting there).
+fn at_least(v: &Value, limit: usize) -> bool {
+    fn count(v: &Value, left: &mut usize) -> bool {
+        let take = |left: &mut usize, n: usize| {
+            *left = left.saturating_sub(n.max(1));
+            *left == 0
+        };
+        match v {
+            Value::String(s) => take(left, s.len()),
+            Value::Array(items) => items.iter().any(|i| take(left, 1) || count(i, left)),
+            Value::Object(map) => map
+                .iter()
+                .any(|(k, i)| take(left, k.len()) || count(i, left)),
+            _ => take(left, 8),
+        }
+    }
+    let mut left = limit;
+    count(v, &mut left)
+}
+
+/// The arguments as the store, the audit and consoles see them, and what identifies them.
+struct Prepared {
+    /// The arguments with any secret found replaced.
+    stored: Value,
+    findings: Vec<tollgate_shared::Finding>,
+    secrets: Option<Result<(), TooManySecrets>>,
+    args_hash: String,
+    shape: String,
+}
+
+/// Scan the arguments for secrets, redact what the stored copy keeps, and fingerprint them.
+fn prepare(dlp: Option<&Dlp>, server: &str, tool: &str, arguments: &Value) -> Prepared {
+    let mut stored = arguments.clone();
+    let (findings, secrets) = match dlp.map(|d| (d, d.scanner.scan(arguments))) {
+        None => (Vec::new(), None),
+        Some((_, Ok(f))) if f.is_empty() => (f, None),
+        Some((d, Ok(f))) => {
+            d.scanner.redact(&mut stored);
+            (f, Some(Ok(())))
+        }
+        Some((_, Err(TooManySecrets))) => {
+            // Not redacted: past the limit the scan stopped, so nothing says where every
+            // secret is. The store keeps no arguments at all.
+            stored = Value::String(format!(
+                "[REDACTED: more than {} secrets; the arguments are not kept]",
+                tollgate_policy::guards::dlp::MAX_FINDINGS
+            ));
+            (Vec::new(), Some(Err(TooManySecrets)))
+        }
+    };
+    let args_hash = fingerprint::args_hash(&stored);
+    let shape = fingerprint::shape_fingerprint(server, tool, &stored);
+    Prepared {
+        stored,
+        findings,
+        secrets,
+        args_hash,
+        shape,
+    }
 }
 
 /// The tool name and arguments of a `tools/call`, or why the request is malformed.
@@ -143,36 +219,76 @@ impl Gateway {
         received_ms: u64,
     ) -> Intercept {
         let id = jsonrpc::id(request);
-        let (tool, arguments) = match call_parts(request) {
-            Ok(parts) => parts,
+        let empty = json!({});
+        let (tool, verdict, large) = match call_parts(request) {
+            Ok((tool, arguments)) => {
+                let arguments = arguments.unwrap_or(&empty);
+                let annotations = self.annotations.get(&ctx.server, tool);
+                let verdict = self.policy.evaluate(&CallView {
+                    server: &ctx.server,
+                    tool,
+                    arguments,
+                    annotations: annotations.as_ref(),
+                });
+                (intern(tool), verdict, at_least(arguments, OFFLOAD_BYTES))
+            }
             Err(why) => {
                 return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why));
             }
         };
-        let empty = json!({});
-        let arguments = arguments.unwrap_or(&empty);
-        let now = now_ms();
-        let annotations = self.annotations.get(&ctx.server, tool);
-        let verdict = self.policy.evaluate(&CallView {
-            server: &ctx.server,
-            tool,
-            arguments,
-            annotations: annotations.as_ref(),
-        });
         // DLP: the stored, audited and displayed arguments never hold the secrets found.
-        let mut findings = Vec::new();
-        let mut stored_args = arguments.clone();
-        let mut dlp_action = None;
-        if let Some(dlp) = &self.dlp {
-            findings = dlp.scanner.scan(arguments);
-            if !findings.is_empty() {
-                dlp.scanner.redact(&mut stored_args);
-                dlp_action = Some(verdict.dlp.unwrap_or(dlp.action));
+        let prepared = if large {
+            // Taken out of the request for the blocking pool (not copied), then put back.
+            let arguments = request
+                .pointer_mut("/params/arguments")
+                .map(Value::take)
+                .unwrap_or_default();
+            let (dlp, server, name) = (self.dlp.clone(), ctx.server.clone(), tool.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let p = prepare(dlp.as_deref(), &server, &name, &arguments);
+                (arguments, p)
+            })
+            .await;
+            match done {
+                Ok((arguments, p)) => {
+                    if let Some(slot) = request.pointer_mut("/params/arguments") {
+                        *slot = arguments;
+                    }
+                    p
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "scanning a call's arguments failed");
+                    return Intercept::Respond(jsonrpc::error(
+                        id,
+                        jsonrpc::INTERNAL_ERROR,
+                        "the broker could not scan this call's arguments",
+                    ));
+                }
             }
-        }
-        let tool = intern(tool);
-        let args_hash = fingerprint::args_hash(&stored_args);
-        let shape = fingerprint::shape_fingerprint(&ctx.server, &tool, &stored_args);
+        } else {
+            let arguments = request
+                .pointer("/params/arguments")
+                .filter(|a| a.is_object())
+                .unwrap_or(&empty);
+            prepare(self.dlp.as_deref(), &ctx.server, &tool, arguments)
+        };
+        let Prepared {
+            stored: stored_args,
+            findings,
+            secrets,
+            args_hash,
+            shape,
+        } = prepared;
+        let secrets = secrets.map(|s| match s {
+            Ok(()) => Secrets::Found(
+                verdict
+                    .dlp
+                    .or(self.dlp.as_ref().map(|d| d.action))
+                    .unwrap_or(DlpAction::Approve),
+            ),
+            Err(TooManySecrets) => Secrets::TooMany,
+        });
+        let now = now_ms();
         let seen = self.loops.observe(&shape, now);
         let record = CallRecord {
             id: uuid::Uuid::now_v7().to_string().into(),
@@ -215,7 +331,7 @@ impl Gateway {
         // left current while the task is parked leaks into other tasks on the thread, and
         // tracing-subscriber panicked ("tried to clone a span that already closed") under 500
         // concurrent calls.
-        self.decide(ctx, request, record, verdict, seen, dlp_action)
+        self.decide(ctx, request, record, verdict, seen, secrets)
             .instrument(span)
             .await
     }
@@ -228,9 +344,9 @@ impl Gateway {
         mut record: CallRecord,
         verdict: Verdict,
         seen: Seen,
-        dlp: Option<DlpAction>,
+        secrets: Option<Secrets>,
     ) -> Intercept {
-        let screened = match self.screen(ctx, request, &mut record, verdict, seen, dlp) {
+        let screened = match self.screen(ctx, request, &mut record, verdict, seen, secrets) {
             Ok(s) => s,
             Err(refusal) => return self.refuse(ctx, record, refusal).await,
         };
@@ -280,7 +396,7 @@ impl Gateway {
         record: &mut CallRecord,
         mut verdict: Verdict,
         seen: Seen,
-        dlp: Option<DlpAction>,
+        secrets: Option<Secrets>,
     ) -> Result<Screened, Refusal> {
         let now = record.timings.decided_ms;
         // A pattern someone rejected and blocked: refused before anything else.
@@ -318,8 +434,10 @@ impl Gateway {
             withheld: false,
             rewritten: false,
         };
-        let Some(action) = dlp.filter(|_| screened.verdict.action != Action::Deny) else {
-            return Ok(screened);
+        let action = match secrets.filter(|_| screened.verdict.action != Action::Deny) {
+            None => return Ok(screened),
+            Some(Secrets::TooMany) => return Err(Refusal::TooManySecrets),
+            Some(Secrets::Found(action)) => action,
         };
         let what = record
             .findings

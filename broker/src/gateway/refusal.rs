@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tollgate_policy::guards::budget::OverBudget;
+use tollgate_policy::guards::dlp::MAX_FINDINGS;
 use tollgate_policy::guards::limits::Limited;
 use tollgate_shared::clock::rfc3339_seconds;
 use tollgate_shared::console::TempRule;
@@ -28,6 +29,9 @@ pub enum Refusal {
         /// The findings, masked.
         what: String,
     },
+    /// The arguments hold more secrets than a call may (`dlp::MAX_FINDINGS`), whatever the
+    /// DLP action.
+    TooManySecrets,
     /// A policy rule denies it.
     Denied {
         /// The rule.
@@ -80,6 +84,9 @@ impl Refusal {
             )),
             Refusal::Loop { what } => Some(format!("runaway loop: {what}")),
             Refusal::Secrets { what } => Some(format!("secrets in arguments: {what}")),
+            Refusal::TooManySecrets => Some(format!(
+                "more than {MAX_FINDINGS} secrets in arguments; arguments not kept"
+            )),
             Refusal::Denied { .. } => None,
             Refusal::OverBudget(o) => Some(format!("budget \"{}\": {}", o.budget, o.why)),
             Refusal::StillPending { waiting } => {
@@ -125,6 +132,7 @@ impl Refusal {
             }
             Refusal::Loop { what } => tracing::info!(%what, "blocked: runaway loop"),
             Refusal::Secrets { .. } => tracing::info!("blocked: secrets in arguments"),
+            Refusal::TooManySecrets => tracing::warn!("blocked: too many secrets in arguments"),
             Refusal::Denied { .. } => tracing::info!("blocked"),
             Refusal::OverBudget(o) => tracing::info!(budget = %o.budget, "over budget"),
             Refusal::StillPending { waiting } => {
@@ -154,6 +162,9 @@ impl Refusal {
             ),
             Refusal::Secrets { what } => format!(
                 "Tollgate blocked this call to {server}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again."
+            ),
+            Refusal::TooManySecrets => format!(
+                "Tollgate blocked this call to {server}/{tool}: its arguments contain more than {MAX_FINDINGS} secrets, more than any call may carry. The call was not run. Remove the secrets and try again."
             ),
             Refusal::Denied { rule, reason } => format!(
                 "Tollgate blocked this call to {server}/{tool} under rule \"{}\" (rule {} of the broker's policy){}. The call was not run.",

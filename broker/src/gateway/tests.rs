@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tollgate_policy::guards::budget::{Budget, Budgets};
-use tollgate_policy::guards::dlp::{Entropy, Scanner};
+use tollgate_policy::guards::dlp::{Entropy, MAX_FINDINGS, Scanner};
 use tollgate_policy::guards::limits::{Limit, Limiter, Scope};
 use tollgate_policy::guards::loops::{LoopAction, LoopConfig, Loops};
 use tollgate_policy::guards::{Dlp, DlpAction};
@@ -80,10 +80,10 @@ impl Setup {
             queue,
             default_expiry: Duration::from_secs(600),
             retry_ttl,
-            dlp: Some(Dlp {
+            dlp: Some(Arc::new(Dlp {
                 scanner: Scanner::new(Some(Entropy::default()), &[]),
                 action: self.dlp.unwrap_or(DlpAction::Approve),
-            }),
+            })),
             limiter: Limiter::new(self.limits),
             loops: Loops::new(self.loops.unwrap_or_default()),
             throttle: Throttle::default(),
@@ -258,6 +258,30 @@ async fn each_guard_and_rule_decides_in_its_turn() {
             text: "",
         },
         Row {
+            case: "more secrets than a call may carry: refused whatever the DLP action",
+            setup: || Setup {
+                default: Some(Action::Allow),
+                dlp: Some(DlpAction::Redact),
+                ..Setup::default()
+            },
+            arguments: json!({"key": format!("{AWS_KEY} ").repeat(MAX_FINDINGS + 1)}),
+            kind: "respond",
+            outcome: Outcome::Blocked,
+            text: "contain more than 256 secrets",
+        },
+        Row {
+            case: "large arguments (scanned off the async workers), DLP redact: forwarded redacted",
+            setup: || Setup {
+                default: Some(Action::Allow),
+                dlp: Some(DlpAction::Redact),
+                ..Setup::default()
+            },
+            arguments: json!({"key": AWS_KEY, "pad": "x".repeat(OFFLOAD_BYTES)}),
+            kind: "forward",
+            outcome: Outcome::Allowed,
+            text: "",
+        },
+        Row {
             case: "a rule that denies beats the DLP action",
             setup: || Setup {
                 rules: vec![rule(1, "nothing", "db/*", Action::Deny)],
@@ -293,6 +317,24 @@ async fn each_guard_and_rule_decides_in_its_turn() {
             assert_eq!(sent, Some("[REDACTED:aws_access_key]"), "{}", row.case);
         }
     }
+}
+
+#[tokio::test]
+async fn large_clean_arguments_are_scanned_aside_and_forwarded_as_they_came() {
+    let h = Setup {
+        default: Some(Action::Allow),
+        ..Setup::default()
+    }
+    .build()
+    .await;
+    let arguments = json!({"pad": "x".repeat(OFFLOAD_BYTES), "n": [1, 2, 3]});
+    assert!(at_least(&arguments, OFFLOAD_BYTES));
+    assert!(!at_least(&json!({"n": [1, 2, 3]}), OFFLOAD_BYTES));
+    let seen = h.call("read_file", arguments.clone()).await;
+    assert_eq!(seen.kind, "forward");
+    assert!(!seen.rewritten);
+    assert_eq!(seen.request["params"]["arguments"], arguments);
+    assert_eq!(seen.audit.args_hash, fingerprint::args_hash(&arguments));
 }
 
 #[tokio::test]

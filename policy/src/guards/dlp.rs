@@ -218,11 +218,23 @@ pub fn mask(secret: &str) -> String {
 }
 
 /// A secret's place in one string.
-struct Hit {
-    detector: String,
+struct Hit<'s> {
+    detector: &'s str,
     start: usize,
     end: usize,
 }
+
+/// The most findings one call's arguments may have. Past this the scan stops and the call is
+/// refused, whatever its rule says: findings are kept in the call's record and shown to
+/// approvers, and no honest call carries hundreds of credentials. (A 4 MB argument repeating
+/// one key 190 000 times once cost seconds of CPU; with this bound, and scanning and
+/// redaction linear in the size, it costs the one regex pass.)
+pub const MAX_FINDINGS: usize = 256;
+
+/// The arguments held more than [`MAX_FINDINGS`] secrets; scanning stopped there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the arguments hold more than {MAX_FINDINGS} secrets")]
+pub struct TooManySecrets;
 
 impl Scanner {
     /// Built-in detectors, the entropy detector (`None` turns it off) and custom `(name, regex)`
@@ -254,8 +266,10 @@ impl Scanner {
         }
     }
 
-    fn hits(&self, s: &str) -> Vec<Hit> {
-        let mut out: Vec<Hit> = Vec::new();
+    /// The secrets in one string, in order, without overlaps. Linear in the string's length and
+    /// its number of hits.
+    fn hits(&self, s: &str) -> Vec<Hit<'_>> {
+        let mut out: Vec<Hit<'_>> = Vec::new();
         let candidates: Vec<usize> = match &self.set {
             Some(set) => set.matches(s).into_iter().collect(),
             None => (0..self.detectors.len()).collect(),
@@ -267,13 +281,28 @@ impl Scanner {
                     continue;
                 }
                 out.push(Hit {
-                    detector: d.name.clone(),
+                    detector: &d.name,
                     start: m.start(),
                     end: m.end(),
                 });
             }
         }
+        out.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
         if let Some(e) = self.entropy {
+            // Whether a token overlaps a detector's hit: the hits starting before the token ends
+            // are a prefix of `out`, and one of them overlaps if the furthest any of them reaches
+            // is past the token's start.
+            let mut reach = Vec::with_capacity(out.len());
+            let mut furthest = 0;
+            for h in &out {
+                furthest = furthest.max(h.end);
+                reach.push(furthest);
+            }
+            let covered = |start: usize, end: usize| {
+                let before = out.partition_point(|h| h.start < end);
+                before > 0 && reach[before - 1] > start
+            };
+            let mut found = Vec::new();
             let b = s.as_bytes();
             let mut i = 0;
             while i < b.len() {
@@ -286,21 +315,21 @@ impl Scanner {
                     i += 1;
                 }
                 let token = &s[start..i];
-                if token.len() >= e.min_length
-                    && shannon(token) >= e.bits
-                    && !out.iter().any(|h| h.start < i && start < h.end)
-                {
-                    out.push(Hit {
-                        detector: "high_entropy".into(),
+                if token.len() >= e.min_length && !covered(start, i) && shannon(token) >= e.bits {
+                    found.push(Hit {
+                        detector: "high_entropy",
                         start,
                         end: i,
                     });
                 }
             }
+            if !found.is_empty() {
+                out.extend(found);
+                out.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+            }
         }
-        out.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
         // Keep the first (longest) hit of overlapping ones.
-        let mut kept: Vec<Hit> = Vec::new();
+        let mut kept: Vec<Hit<'_>> = Vec::with_capacity(out.len());
         for h in out {
             if kept.last().is_none_or(|k| h.start >= k.end) {
                 kept.push(h);
@@ -309,19 +338,36 @@ impl Scanner {
         kept
     }
 
-    /// Every secret in the arguments.
-    pub fn scan(&self, args: &Value) -> Vec<Finding> {
+    /// Every secret in the arguments, or [`TooManySecrets`] once there are more than
+    /// [`MAX_FINDINGS`].
+    pub fn scan(&self, args: &Value) -> Result<Vec<Finding>, TooManySecrets> {
         let mut out = Vec::new();
-        self.walk(args, &mut String::new(), &mut out);
-        out
+        self.walk(args, &mut String::new(), &mut out)?;
+        Ok(out)
     }
 
-    fn walk(&self, v: &Value, path: &mut String, out: &mut Vec<Finding>) {
+    fn walk(
+        &self,
+        v: &Value,
+        path: &mut String,
+        out: &mut Vec<Finding>,
+    ) -> Result<(), TooManySecrets> {
+        let full = |out: &Vec<Finding>| {
+            if out.len() > MAX_FINDINGS {
+                Err(TooManySecrets)
+            } else {
+                Ok(())
+            }
+        };
         match v {
             Value::String(s) => {
-                for h in self.hits(s) {
+                let hits = self.hits(s);
+                if out.len() + hits.len() > MAX_FINDINGS {
+                    return Err(TooManySecrets);
+                }
+                for h in hits {
                     out.push(Finding {
-                        detector: h.detector,
+                        detector: h.detector.to_string(),
                         path: path.clone(),
                         masked: mask(&s[h.start..h.end]),
                     });
@@ -331,7 +377,7 @@ impl Scanner {
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
                     path.push_str(&format!("/{i}"));
-                    self.walk(item, path, out);
+                    self.walk(item, path, out)?;
                     path.truncate(len);
                 }
             }
@@ -354,8 +400,9 @@ impl Scanner {
                             path: path.clone(),
                             masked: mask(s),
                         });
+                        full(out)?;
                     }
-                    self.walk(item, path, out);
+                    self.walk(item, path, out)?;
                     path.truncate(len);
                 }
                 // A secret split over two neighbouring string values of this object.
@@ -374,12 +421,14 @@ impl Scanner {
                                 path: path.clone(),
                                 masked: mask(&joined[h.start..h.end]),
                             });
+                            full(out)?;
                         }
                     }
                 }
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Replace every secret in the arguments with `[REDACTED:<detector>]`; a secret split over
@@ -388,10 +437,24 @@ impl Scanner {
         match args {
             Value::String(s) => {
                 let hits = self.hits(s);
-                for h in hits.iter().rev() {
-                    s.replace_range(h.start..h.end, &format!("[REDACTED:{}]", h.detector));
+                if hits.is_empty() {
+                    return 0;
                 }
-                hits.len()
+                // Built once: replacing in place moved the rest of the string for every hit,
+                // quadratic in the number of hits.
+                let mut out = String::with_capacity(s.len());
+                let mut at = 0;
+                for h in &hits {
+                    out.push_str(&s[at..h.start]);
+                    out.push_str("[REDACTED:");
+                    out.push_str(h.detector);
+                    out.push(']');
+                    at = h.end;
+                }
+                out.push_str(&s[at..]);
+                let n = hits.len();
+                *s = out;
+                n
             }
             Value::Array(items) => items.iter_mut().map(|i| self.redact(i)).sum(),
             Value::Object(map) => {
@@ -410,16 +473,19 @@ impl Scanner {
                         n += self.redact(item);
                     }
                 }
-                let parts: Vec<(String, String)> = map
+                // Each value's ends, around where it meets its neighbours (not the values:
+                // copying them all doubled the memory a large call costs).
+                let parts: Vec<(String, String, String)> = map
                     .iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s)))
                     .filter(|(_, s)| !s.is_empty())
+                    .map(|(k, s)| {
+                        let (h, t) = (head(s, SPLIT_WINDOW), tail(s, SPLIT_WINDOW));
+                        (k.clone(), h.to_string(), t.to_string())
+                    })
                     .collect();
                 for pair in parts.windows(2) {
-                    let (a, b) = (
-                        tail(&pair[0].1, SPLIT_WINDOW),
-                        head(&pair[1].1, SPLIT_WINDOW),
-                    );
+                    let (a, b) = (&pair[0].2, &pair[1].1);
                     let joined = format!("{a}{b}");
                     let cut = a.len();
                     if let Some(h) = self
@@ -427,7 +493,7 @@ impl Scanner {
                         .into_iter()
                         .find(|h| h.start < cut && h.end > cut)
                     {
-                        for (k, _) in pair {
+                        for (k, ..) in pair {
                             map.insert(
                                 k.clone(),
                                 Value::String(format!("[REDACTED:{}]", h.detector)),
@@ -459,7 +525,12 @@ mod tests {
     }
 
     fn detectors(v: Value) -> Vec<String> {
-        scanner().scan(&v).into_iter().map(|f| f.detector).collect()
+        scanner()
+            .scan(&v)
+            .expect("few secrets")
+            .into_iter()
+            .map(|f| f.detector)
+            .collect()
     }
 
     #[test]
@@ -533,18 +604,22 @@ mod tests {
     #[test]
     fn secrets_are_found_deep_in_arrays_by_field_name_and_split_across_keys() {
         let v = json!({"a": [{"b": {"c": ["x", "AKIAIOSFODNN7EXAMPLE"]}}]});
-        let f = scanner().scan(&v);
+        let f = scanner().scan(&v).expect("few secrets");
         assert_eq!(f.len(), 1);
         assert_eq!(
             (f[0].detector.as_str(), f[0].path.as_str()),
             ("aws_access_key", "/a/0/b/c/1")
         );
-        let f = scanner().scan(&json!({"db": {"password": "hunter2"}}));
+        let f = scanner()
+            .scan(&json!({"db": {"password": "hunter2"}}))
+            .expect("few secrets");
         assert_eq!(
             (f[0].detector.as_str(), f[0].path.as_str()),
             ("secret_field", "/db/password")
         );
-        let split = scanner().scan(&json!({"part1": "AKIAIOSF", "part2": "ODNN7EXAMPLE"}));
+        let split = scanner()
+            .scan(&json!({"part1": "AKIAIOSF", "part2": "ODNN7EXAMPLE"}))
+            .expect("few secrets");
         assert!(
             split
                 .iter()
@@ -557,7 +632,7 @@ mod tests {
     fn masks_and_redaction_never_show_the_secret() {
         let secret = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
         let mut v = json!({"note": format!("use {secret} please"), "nested": [{"password": "hunter2"}], "a": "AKIAIOSF", "b": "ODNN7EXAMPLE"});
-        let f = scanner().scan(&v);
+        let f = scanner().scan(&v).expect("few secrets");
         for finding in &f {
             assert!(
                 !finding.masked.contains(secret) && !finding.masked.contains("hunter2"),
@@ -577,8 +652,38 @@ mod tests {
             "{text}"
         );
         assert!(
-            scanner().scan(&v).is_empty(),
+            scanner().scan(&v).expect("few secrets").is_empty(),
             "redacted arguments scan clean: {text}"
+        );
+    }
+
+    #[test]
+    fn redaction_rebuilds_the_string_once_around_every_hit() {
+        let ghp = "ghp_aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6";
+        let mut v = json!({"t": format!("a AKIAIOSFODNN7EXAMPLE b {ghp} c AKIAIOSFODNN7EXAMPLX")});
+        assert_eq!(scanner().redact(&mut v), 3);
+        assert_eq!(
+            v["t"],
+            "a [REDACTED:aws_access_key] b [REDACTED:github_token] c [REDACTED:aws_access_key]"
+        );
+        // A token both a detector and the entropy detector see is one finding, the detector's.
+        let f = scanner().scan(&json!({ "t": ghp })).expect("few secrets");
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].detector, "github_token");
+    }
+
+    #[test]
+    fn past_the_finding_limit_the_scan_stops() {
+        let many = "AKIAIOSFODNN7EXAMPLE ".repeat(MAX_FINDINGS + 1);
+        assert_eq!(scanner().scan(&json!({ "t": many })), Err(TooManySecrets));
+        let spread: Vec<Value> = (0..=MAX_FINDINGS)
+            .map(|_| json!({"password": "x"}))
+            .collect();
+        assert_eq!(scanner().scan(&json!(spread)), Err(TooManySecrets));
+        let enough = "AKIAIOSFODNN7EXAMPLE ".repeat(MAX_FINDINGS);
+        assert_eq!(
+            scanner().scan(&json!({ "t": enough })).map(|f| f.len()),
+            Ok(MAX_FINDINGS)
         );
     }
 }
