@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     let alice_token = token(&bin, &dir.join("data"), "alice", "approver")?;
     let argv = serde_json::to_string(&["node", &script.display().to_string(), "stdio"])?;
     let rest = format!(
-        "keepalive = \"60s\"\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
+        "keepalive = \"60s\"\nmax_connections = 12000\nmax_connections_per_peer = 12000\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
     );
     let (broker, base, console_url) = start_broker(&bin, &dir, &rest)?;
     let pid = broker.id();

@@ -8,7 +8,7 @@
 //!
 //! | layer | modules | what it holds |
 //! |---|---|---|
-//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`] | JSON-RPC and SSE framing, rendering answers, memory trimming |
+//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`listen`] | JSON-RPC and SSE framing, rendering answers, memory trimming, accepting connections under limits |
 //! | 2 identity | [`auth`] | who a request comes from |
 //! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
@@ -25,6 +25,7 @@ pub mod diagnostics;
 pub(crate) mod frontend;
 pub(crate) mod gateway;
 pub(crate) mod jsonrpc;
+pub(crate) mod listen;
 pub(crate) mod queue;
 pub(crate) mod reply;
 pub(crate) mod serve;

@@ -5,8 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
 
 use crate::config;
@@ -14,6 +12,7 @@ use crate::console_api::{self, ConsoleApi};
 use crate::frontend::sessions::Owners;
 use crate::frontend::{self, Frontend};
 use crate::gateway::{Annotations, Gateway};
+use crate::listen;
 use crate::queue::Queue;
 use crate::upstream::Upstream;
 use crate::waiting::{self, Feeds};
@@ -75,6 +74,22 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let fds = listen::raise_fd_limit();
+    let (limits, console_limits) = listen::fit(
+        listen::Limits {
+            total: config.broker.max_connections,
+            per_peer: config.broker.max_connections_per_peer,
+            header_timeout: config.broker.header_timeout,
+        },
+        fds,
+    );
+    tracing::info!(
+        open_file_limit = fds,
+        max_connections = limits.total,
+        max_connections_per_peer = limits.per_peer,
+        console_connections = console_limits.total,
+        "connection limits"
+    );
     let engine = Arc::new(SledEngine::open_with(
         &config.broker.data_dir,
         config.broker.store_cache,
@@ -173,30 +188,27 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let stopping = tokio_util::sync::CancellationToken::new();
-    let stop = stopping.clone();
-    // Small SSE writes must not wait for delayed ACKs (Nagle): every event goes out at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let api = Arc::new(ConsoleApi {
         queue: queue.clone(),
         registry,
     });
-    let console_stop = stopping.clone();
-    let console_server = axum::serve(console_listener, console_api::router(api))
-        .with_graceful_shutdown(async move { console_stop.cancelled().await });
-    tokio::spawn(async move {
-        if let Err(e) = console_server.await {
-            tracing::error!(error = %e, "the console API stopped");
-        }
-    });
-    let server = axum::serve(listener, frontend::router(fe))
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
+    tokio::spawn(listen::serve(
+        console_listener,
+        console_api::router(api),
+        console_limits,
+        stopping.clone(),
+        "console",
+    ));
+    let server = listen::serve(
+        listener,
+        frontend::router(fe),
+        limits,
+        stopping.clone(),
+        "mcp",
+    );
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        r = &mut server => r?,
+        () = &mut server => {},
         _ = shutdown_signal() => {
             tracing::info!("shutting down: stopping upstreams, draining connections, flushing the store");
             // Ending the sessions ends their streams, so graceful shutdown is not held up by

@@ -4,9 +4,12 @@ able to do. Each test here failed before the fix it names (issue 17)."""
 from __future__ import annotations
 
 import json
+import resource
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -219,3 +222,88 @@ def test_a_flood_of_secrets_is_refused_at_the_limit_and_the_broker_stays_respons
     # The store never kept the flood, nor any of its keys.
     leaked = [p for p in b.data_dir.rglob("*") if p.is_file() and b"AKIAIOSFODNN7EXAMPLE" in p.read_bytes()]
     assert not leaked, leaked
+
+
+# 5. Connection caps, header timeouts and the open-file limit.
+
+
+def _addr(b) -> tuple[str, int]:
+    host, port = b.base.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _connect(addr, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.create_connection(addr, timeout=10, source_address=(source, 0))
+    return s
+
+
+def _ended(s: socket.socket, timeout: float) -> bytes:
+    """Read until the broker closes the connection; what it sent."""
+    s.settimeout(timeout)
+    got = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return got
+        got += chunk
+
+
+def test_idle_and_slowloris_connections_are_closed_after_the_header_timeout(broker):
+    b = broker(holding(broker_extra='header_timeout = "1s"'))
+    addr = _addr(b)
+    idle = _connect(addr)
+    slow = _connect(addr)
+    slow.sendall(b"POST /mcp/everything HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    kept = _connect(addr)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    kept.settimeout(10)
+    assert b"200 OK" in kept.recv(4096)
+    # Each is closed by the broker (recv returns end-of-file well before 10 s); a kept-alive
+    # connection idle after its request too.
+    for s in (idle, slow, kept):
+        _ended(s, 10)
+
+
+def test_one_peer_cannot_take_every_connection(broker):
+    b = broker(holding(broker_extra='max_connections = 30\nmax_connections_per_peer = 20\nheader_timeout = "60s"'))
+    addr = _addr(b)
+    hogs = [_connect(addr) for _ in range(20)]
+    over = _connect(addr)
+    answer = _ended(over, 10).decode()
+    assert answer.startswith("HTTP/1.1 503"), answer
+    assert "127.0.0.1 has 20 connections open" in answer and "max_connections_per_peer" in answer, answer
+    # Another address is still served, and fills the rest...
+    other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    assert other.get(f"{b.base}/healthz", timeout=10).status_code == 200
+    more = [_connect(addr, "127.0.0.2") for _ in range(10)]
+    # ...until the broker's own limit, which a third address meets.
+    full = _ended(_connect(addr, "127.0.0.3"), 10).decode()
+    assert full.startswith("HTTP/1.1 503") and "max_connections" in full, full
+    assert "connection refused" in b.log()
+    # Closing connections gives their places back.
+    for s in hogs + more:
+        s.close()
+    other.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r = httpx.get(f"{b.base}/healthz", timeout=5)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the places of closed connections were not given back"
+        time.sleep(0.1)
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_limit(broker):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(1024, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        b = broker(holding())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{b.proc.popen.pid}/limits").read_text()
+    [line] = [l for l in limits.splitlines() if l.startswith("Max open files")]
+    assert line.split()[3:5] == [str(hard), str(hard)], line

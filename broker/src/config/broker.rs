@@ -37,6 +37,18 @@ pub struct BrokerSettings {
     /// After a restart, how long a recovered held call waits for its client to resume its
     /// stream before it is abandoned.
     pub resume_grace: Duration,
+    /// Connections each listener keeps open at once; more get `503` and are closed.
+    pub max_connections: usize,
+    /// Connections one peer address may keep open on each listener at once.
+    pub max_connections_per_peer: usize,
+    /// How long a client has to send a request's headers, counted from the connection's
+    /// start or the end of its previous request: slow or idle connections are closed then.
+    pub header_timeout: Duration,
+    /// MCP sessions (with a stdio child each, on a `command` server) one client identity may
+    /// keep open per server.
+    pub max_sessions_per_client: usize,
+    /// MCP sessions a `command` server may have open (one child process each).
+    pub max_sessions_per_server: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -56,6 +68,23 @@ pub(super) struct RawBroker {
     pub(super) keepalive: Option<Spanned<String>>,
     pub(super) retry_ttl: Option<Spanned<String>>,
     pub(super) resume_grace: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) max_connections_per_peer: Option<Spanned<i64>>,
+    pub(super) header_timeout: Option<Spanned<String>>,
+    pub(super) max_sessions_per_client: Option<Spanned<i64>>,
+    pub(super) max_sessions_per_server: Option<Spanned<i64>>,
+}
+
+/// Defaults of the connection and session limits (`docs/configuration.md` explains them).
+pub mod defaults {
+    /// `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// `max_connections_per_peer`.
+    pub const MAX_CONNECTIONS_PER_PEER: usize = 1024;
+    /// `max_sessions_per_client`.
+    pub const MAX_SESSIONS_PER_CLIENT: usize = 16;
+    /// `max_sessions_per_server`.
+    pub const MAX_SESSIONS_PER_SERVER: usize = 64;
 }
 
 impl Validator<'_> {
@@ -125,6 +154,35 @@ impl Validator<'_> {
             keepalive: self.duration(raw.keepalive, Duration::from_secs(15), "keepalive"),
             retry_ttl: self.duration(raw.retry_ttl, Duration::from_secs(600), "retry_ttl"),
             resume_grace: self.duration(raw.resume_grace, Duration::from_secs(60), "resume_grace"),
+            max_connections: self
+                .count("[broker]", "max_connections", raw.max_connections)
+                .map_or(defaults::MAX_CONNECTIONS, |n| n as usize),
+            max_connections_per_peer: self
+                .count(
+                    "[broker]",
+                    "max_connections_per_peer",
+                    raw.max_connections_per_peer,
+                )
+                .map_or(defaults::MAX_CONNECTIONS_PER_PEER, |n| n as usize),
+            header_timeout: self.duration(
+                raw.header_timeout,
+                Duration::from_secs(10),
+                "header_timeout",
+            ),
+            max_sessions_per_client: self
+                .count(
+                    "[broker]",
+                    "max_sessions_per_client",
+                    raw.max_sessions_per_client,
+                )
+                .map_or(defaults::MAX_SESSIONS_PER_CLIENT, |n| n as usize),
+            max_sessions_per_server: self
+                .count(
+                    "[broker]",
+                    "max_sessions_per_server",
+                    raw.max_sessions_per_server,
+                )
+                .map_or(defaults::MAX_SESSIONS_PER_SERVER, |n| n as usize),
         }
     }
 }
