@@ -307,3 +307,40 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit(broker):
     limits = Path(f"/proc/{b.proc.popen.pid}/limits").read_text()
     [line] = [l for l in limits.splitlines() if l.startswith("Max open files")]
     assert line.split()[3:5] == [str(hard), str(hard)], line
+
+
+# 6. Stdio sessions (a child process each) are limited per client and per server.
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sessions_and_their_children_are_limited_per_client_and_per_server(broker):
+    b = broker(holding(broker_extra="max_sessions_per_client = 3\nmax_sessions_per_server = 5"))
+    agent = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    other = {"authorization": f"Bearer {b.token('other', 'viewer')}"}
+    mine = [post(b.url("everything"), INIT, agent) for _ in range(3)]
+    assert all(r.status_code == 200 for r in mine), [r.text for r in mine]
+    over = post(b.url("everything"), INIT, agent)
+    assert over.status_code == 429, over.text
+    err = over.json()["error"]
+    assert "max_sessions_per_client" in err["message"] and '"agent" has 3 MCP sessions open' in err["message"], err
+    assert all(post(b.url("everything"), INIT, other).status_code == 200 for _ in range(2))
+    full = post(b.url("everything"), INIT, other)
+    assert full.status_code == 503 and "max_sessions_per_server" in full.json()["error"]["message"], full.text
+    # Five children, not the eight initialize requests made.
+    assert len(_children(b.proc.popen.pid)) == 5
+    # Ending a session frees its place.
+    gone = httpx.delete(b.url("everything"), headers={**agent, "mcp-session-id": mine[0].headers["mcp-session-id"]}, timeout=10)
+    assert gone.status_code == 200
+    assert post(b.url("everything"), INIT, agent).status_code == 200
+    assert "session refused" in b.log()

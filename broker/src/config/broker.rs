@@ -139,11 +139,7 @@ impl Validator<'_> {
                 Duration::from_secs(300),
                 "upstream_timeout",
             ),
-            session_idle: self.duration(
-                raw.session_idle,
-                Duration::from_secs(1800),
-                "session_idle",
-            ),
+            session_idle: self.duration(raw.session_idle, Duration::from_secs(600), "session_idle"),
             allowed_origins: raw.allowed_origins,
             console_listen,
             default_expiry: self.duration(

@@ -225,7 +225,14 @@ impl Validator<'_> {
         let base = path.parent().unwrap_or(Path::new("."));
         let mode = self.auth_mode(raw.broker.auth.clone());
         let broker = self.broker(base, raw.broker);
-        let servers = self.servers(raw.server, broker.upstream_timeout);
+        let servers = self.servers(
+            raw.server,
+            broker.upstream_timeout,
+            crate::upstream::SessionLimits {
+                per_client: broker.max_sessions_per_client,
+                total: broker.max_sessions_per_server,
+            },
+        );
         let auth = self.auth(mode, raw.client);
         let policy = self.policy(raw.policy, raw.rule, &servers);
         let dlp = self.dlp(raw.dlp);

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Problem, Validator};
-use crate::upstream::{Command, Remote, ServerSpec, Transport};
+use crate::upstream::{Command, Remote, ServerSpec, SessionLimits, Transport};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,7 @@ impl Validator<'_> {
         &mut self,
         raw: Vec<Spanned<RawServer>>,
         default_timeout: Duration,
+        sessions: SessionLimits,
     ) -> Vec<ServerSpec> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -130,6 +131,7 @@ impl Validator<'_> {
                 name,
                 transport,
                 timeout,
+                sessions,
             });
         }
         if out.is_empty() {

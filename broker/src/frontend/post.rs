@@ -174,6 +174,7 @@ pub(super) async fn post(
         kind,
         headers,
         session,
+        client: tollgate_shared::intern(&client),
         sse,
         modern,
         ticket: None,

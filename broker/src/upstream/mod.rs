@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use tollgate_shared::Name;
 
 use self::http::HttpUpstream;
 use self::stdio::StdioUpstream;
@@ -33,6 +34,17 @@ pub struct ServerSpec {
     pub transport: Transport,
     /// How long it may stay silent on a request before the client gets an error.
     pub timeout: Duration,
+    /// How many sessions (one child process each) a `command` server may have.
+    pub sessions: SessionLimits,
+}
+
+/// How many MCP sessions, each with its own child process, a stdio server keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Open sessions of one client identity.
+    pub per_client: usize,
+    /// Open sessions in all.
+    pub total: usize,
 }
 
 /// How to reach an upstream.
@@ -117,6 +129,28 @@ pub enum UpstreamError {
     /// A stream past its retention.
     #[error("that stream is no longer available for resumption")]
     StreamGone,
+    /// The client has as many sessions open on this server as it may.
+    #[error(
+        "{client:?} has {limit} MCP sessions open on {server:?}, the most one client may ([broker] max_sessions_per_client); end one (DELETE) or reuse it"
+    )]
+    ClientSessions {
+        /// The client identity.
+        client: String,
+        /// The server.
+        server: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server has as many sessions (child processes) as it may.
+    #[error(
+        "{server:?} has {limit} MCP sessions open, each with its own process, the most it may ([broker] max_sessions_per_server); try again when one ends"
+    )]
+    ServerSessions {
+        /// The server.
+        server: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl UpstreamError {
@@ -134,6 +168,8 @@ impl UpstreamError {
                 StatusCode::METHOD_NOT_ALLOWED
             }
             UpstreamError::DuplicateId | UpstreamError::BadEventId => StatusCode::BAD_REQUEST,
+            UpstreamError::ClientSessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            UpstreamError::ServerSessions { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -169,9 +205,13 @@ impl Upstream {
         annotations: Arc<crate::gateway::Annotations>,
     ) -> Result<Upstream, http::SetupError> {
         Ok(match &spec.transport {
-            Transport::Command(c) => {
-                Upstream::Stdio(StdioUpstream::new(&spec.name, c, spec.timeout, annotations))
-            }
+            Transport::Command(c) => Upstream::Stdio(StdioUpstream::new(
+                &spec.name,
+                c,
+                spec.timeout,
+                spec.sessions,
+                annotations,
+            )),
             Transport::Url(r) => {
                 Upstream::Http(HttpUpstream::new(&spec.name, r, spec.timeout, annotations)?)
             }
@@ -235,14 +275,16 @@ pub struct Inbound {
     pub headers: HeaderMap,
     /// The `Mcp-Session-Id` the client sent, if any.
     pub session: Option<String>,
+    /// The authenticated client identity.
+    pub client: Name,
     /// The client accepts `text/event-stream` answers.
     pub sse: bool,
     /// The message uses a stateless (2026-07-28+) revision.
     pub modern: bool,
     /// For an allowed `tools/call`: the record to complete when the answer is relayed.
     pub ticket: Option<Ticket>,
-    /// A held call recovered after a broker restart: a handshake session that died with the
-    /// broker may be restored to carry it.
+    /// An approved held call: a handshake session that ended while it waited (the broker
+    /// restarted, or the session was closed idle) may be restored to carry it.
     pub recovered: bool,
 }
 
@@ -272,8 +314,8 @@ impl Inbound {
             raw: Bytes::copy_from_slice(&self.raw),
             headers: headers.into_boxed_slice(),
             session: self.session,
+            client: self.client,
             modern: self.modern,
-            recovered: self.recovered,
         }
     }
 }
@@ -284,9 +326,9 @@ pub struct Parked {
     raw: Bytes,
     headers: Box<[(HeaderName, HeaderValue)]>,
     session: Option<String>,
+    client: Name,
     /// The message uses a stateless (2026-07-28+) revision.
     pub modern: bool,
-    recovered: bool,
 }
 
 impl Parked {
@@ -299,10 +341,12 @@ impl Parked {
             kind: Kind::Request,
             headers: self.headers.into_vec().into_iter().collect(),
             session: self.session,
+            client: self.client,
             sse: true,
             modern: self.modern,
             ticket: None,
-            recovered: self.recovered,
+            // Approved after waiting: its session may have been closed idle meanwhile.
+            recovered: true,
         })
     }
 }
@@ -348,6 +392,7 @@ mod tests {
             kind: Kind::Request,
             headers,
             session: Some("sess-1".into()),
+            client: "agent".into(),
             sse: false,
             modern: false,
             ticket: None,

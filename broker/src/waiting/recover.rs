@@ -59,6 +59,7 @@ pub fn rebuild(record: &CallRecord) -> Inbound {
         kind: Kind::Request,
         headers,
         session: record.session.as_deref().map(str::to_string),
+        client: record.client.clone(),
         sse: true,
         modern,
         ticket: None,

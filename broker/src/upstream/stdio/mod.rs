@@ -35,17 +35,19 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tollgate_shared::sync::Mutex;
 
-use super::{Command, Inbound, UpstreamError, one_line};
+use super::{Command, Inbound, SessionLimits, UpstreamError, one_line};
 use crate::gateway::Annotations;
 use crate::jsonrpc::{self, Kind};
 use crate::reply::Reply;
 use session::Session;
+use tollgate_shared::Name;
 
 /// A stdio upstream and its sessions.
 pub struct StdioUpstream {
     name: String,
     command: Command,
     timeout: Duration,
+    limits: SessionLimits,
     annotations: Arc<Annotations>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     shared: tokio::sync::Mutex<Option<Arc<Session>>>,
@@ -57,26 +59,30 @@ impl StdioUpstream {
         name: &str,
         command: &Command,
         timeout: Duration,
+        limits: SessionLimits,
         annotations: Arc<Annotations>,
     ) -> Arc<StdioUpstream> {
         Arc::new(StdioUpstream {
             name: name.to_string(),
             command: command.clone(),
             timeout,
+            limits,
             annotations,
             sessions: Mutex::new(HashMap::new()),
             shared: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Close sessions idle for longer than `idle` and forget finished streams; runs forever.
+    /// Close sessions idle for longer than `idle` and forget finished streams; runs forever. A
+    /// session is idle when its client has sent nothing for that long, has no request in
+    /// flight and is not reading its GET stream.
     pub async fn reap(self: Arc<Self>, idle: Duration) {
         let mut tick = tokio::time::interval(Duration::from_secs(15).min(idle));
         loop {
             tick.tick().await;
             let mut dead = Vec::new();
             self.sessions.lock().retain(|id, s| {
-                let keep = !s.is_closed() && s.idle_for() < idle;
+                let keep = !s.is_closed() && (s.idle_for() < idle || s.busy());
                 if !keep {
                     dead.push((id.clone(), s.clone()));
                 }
@@ -110,6 +116,7 @@ impl StdioUpstream {
         &self,
         id: Option<String>,
         mapped: bool,
+        owner: Option<Name>,
     ) -> Result<Arc<Session>, UpstreamError> {
         let child = child::spawn(&self.command).map_err(|e| {
             tracing::error!(server = %self.name, error = %e, command = ?self.command.argv, "cannot start upstream");
@@ -122,7 +129,14 @@ impl StdioUpstream {
             }
         })?;
         let (stdin, rx) = mpsc::channel(1024);
-        let session = Session::new(id, mapped, &self.name, stdin, self.annotations.clone());
+        let session = Session::new(
+            id,
+            mapped,
+            owner,
+            &self.name,
+            stdin,
+            self.annotations.clone(),
+        );
         tokio::spawn(child::supervise(
             session.clone(),
             self.command.clone(),
@@ -147,7 +161,9 @@ impl StdioUpstream {
             .get("mcp-protocol-version")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("2025-11-25");
-        let session = self.start_session(Some(id.to_string()), false)?;
+        // Not counted against the limits: the call it carries was admitted before.
+        let session =
+            self.start_session(Some(id.to_string()), false, Some(inbound.client.clone()))?;
         let init_id = json!("tollgate-restore");
         let init = json!({
             "jsonrpc": "2.0",
@@ -178,11 +194,39 @@ impl StdioUpstream {
         match &*shared {
             Some(s) if !s.is_closed() => Ok(s.clone()),
             _ => {
-                let s = self.start_session(None, true)?;
+                let s = self.start_session(None, true, None)?;
                 *shared = Some(s.clone());
                 Ok(s)
             }
         }
+    }
+
+    /// May `client` start one more session (and child process)? Checked before the child is
+    /// started; two racing `initialize`s may both pass, overshooting by one.
+    fn admit(&self, client: &Name) -> Result<(), UpstreamError> {
+        let sessions = self.sessions.lock();
+        let open = sessions.values().filter(|s| !s.is_closed());
+        let (mut total, mut mine) = (0, 0);
+        for s in open {
+            total += 1;
+            mine += usize::from(s.owner.as_ref() == Some(client));
+        }
+        if mine >= self.limits.per_client {
+            tracing::warn!(server = %self.name, %client, limit = self.limits.per_client, "session refused: client at its limit");
+            return Err(UpstreamError::ClientSessions {
+                client: client.to_string(),
+                server: self.name.clone(),
+                limit: self.limits.per_client,
+            });
+        }
+        if total >= self.limits.total {
+            tracing::warn!(server = %self.name, %client, limit = self.limits.total, "session refused: server at its limit");
+            return Err(UpstreamError::ServerSessions {
+                server: self.name.clone(),
+                limit: self.limits.total,
+            });
+        }
+        Ok(())
     }
 
     fn session(&self, id: &str) -> Option<Arc<Session>> {
@@ -204,9 +248,11 @@ impl StdioUpstream {
             },
             (_, true) if !inbound.modern => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                let s = self.start_session(Some(id.clone()), false)?;
+                self.admit(&inbound.client)?;
+                let s =
+                    self.start_session(Some(id.clone()), false, Some(inbound.client.clone()))?;
                 self.sessions.lock().insert(id.clone(), s.clone());
-                tracing::info!(server = %self.name, session = %id, "new MCP session");
+                tracing::info!(server = %self.name, session = %id, client = %inbound.client, "new MCP session");
                 s
             }
             _ => self.shared_session().await?,
@@ -286,8 +332,17 @@ done
         _dir: tempfile::TempDir,
     }
 
+    const ROOMY: SessionLimits = SessionLimits {
+        per_client: 16,
+        total: 64,
+    };
+
     impl Fake {
         fn new(timeout: Duration) -> Fake {
+            Fake::with_limits(timeout, ROOMY)
+        }
+
+        fn with_limits(timeout: Duration, limits: SessionLimits) -> Fake {
             let dir = tempfile::tempdir().expect("tempdir");
             let log = dir.path().join("lines");
             let command = Command {
@@ -295,8 +350,13 @@ done
                 env: [("TOLLGATE_FAKE_LOG".to_string(), log.display().to_string())].into(),
                 cwd: None,
             };
-            let upstream =
-                StdioUpstream::new("fake", &command, timeout, Arc::new(Annotations::default()));
+            let upstream = StdioUpstream::new(
+                "fake",
+                &command,
+                timeout,
+                limits,
+                Arc::new(Annotations::default()),
+            );
             Fake {
                 upstream,
                 log,
@@ -315,7 +375,18 @@ done
     }
 
     fn inbound(value: Value, session: Option<&str>, sse: bool, modern: bool) -> Inbound {
+        inbound_as("agent", value, session, sse, modern)
+    }
+
+    fn inbound_as(
+        client: &str,
+        value: Value,
+        session: Option<&str>,
+        sse: bool,
+        modern: bool,
+    ) -> Inbound {
         Inbound {
+            client: client.into(),
             raw: Bytes::from(value.to_string()),
             kind: jsonrpc::classify(&value).expect("a JSON-RPC message"),
             value,
@@ -534,6 +605,7 @@ done
                 cwd: None,
             },
             Duration::from_secs(1),
+            ROOMY,
             Arc::new(Annotations::default()),
         );
         let failed = missing
@@ -548,5 +620,42 @@ done
             ),
             "{failed}"
         );
+    }
+
+    #[tokio::test]
+    async fn sessions_are_limited_per_client_and_per_server() {
+        let fake = Fake::with_limits(
+            Duration::from_secs(5),
+            SessionLimits {
+                per_client: 2,
+                total: 3,
+            },
+        );
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let start = |client: &'static str| {
+            let up = fake.upstream.clone();
+            let init = init.clone();
+            async move { up.post(inbound_as(client, init, None, false, false)).await }
+        };
+        let a1 = start("a").await.expect("a's first");
+        start("a").await.expect("a's second");
+        let third = start("a").await.err().expect("a's third is one too many");
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            third.to_string().contains("max_sessions_per_client"),
+            "{third}"
+        );
+        start("b").await.expect("another client");
+        let full = start("c").await.err().expect("the server is full");
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            full.to_string().contains("max_sessions_per_server"),
+            "{full}"
+        );
+        let a1 = a1.session().expect("session id").to_string();
+        fake.upstream.delete(Some(&a1)).expect("ended");
+        start("c").await.expect("an ended session frees its place");
+        fake.upstream.shutdown().await;
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tollgate_shared::Name;
 use tollgate_shared::sync::Mutex;
 
 use super::streams::StreamLog;
@@ -67,6 +68,8 @@ pub(super) struct Session {
     pub(super) id: Option<String>,
     /// Stateless requests share this session: their ids and progress tokens are renumbered.
     pub(super) mapped: bool,
+    /// The client identity whose `initialize` started it (none for the shared session).
+    pub(super) owner: Option<Name>,
     pub(super) server: String,
     stdin: mpsc::Sender<Bytes>,
     pub(super) state: Mutex<State>,
@@ -81,6 +84,7 @@ impl Session {
     pub(super) fn new(
         id: Option<String>,
         mapped: bool,
+        owner: Option<Name>,
         server: &str,
         stdin: mpsc::Sender<Bytes>,
         annotations: Arc<Annotations>,
@@ -88,6 +92,7 @@ impl Session {
         Arc::new(Session {
             id,
             mapped,
+            owner,
             server: server.to_string(),
             stdin,
             state: Mutex::new(State::default()),
@@ -100,6 +105,16 @@ impl Session {
 
     pub(super) fn touch(&self) {
         *self.last_active.lock() = Instant::now();
+    }
+
+    /// Whether the session has requests in flight or a client reading its GET stream.
+    pub(super) fn busy(&self) -> bool {
+        let st = self.state.lock();
+        !st.pending.is_empty()
+            || st
+                .get_stream
+                .and_then(|id| st.streams.get(&id))
+                .is_some_and(|s| s.is_read())
     }
 
     /// How long since the client last used the session.
