@@ -38,7 +38,12 @@ pub struct ConsoleApi {
 pub fn router(api: Arc<ConsoleApi>) -> Router {
     Router::new()
         .route("/v1/console", get(upgrade))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(api): State<Arc<ConsoleApi>>| async move {
+                reply::health(api.queue.store().health().borrow().as_ref())
+            }),
+        )
         .fallback(|| async {
             reply::status_error(
                 StatusCode::NOT_FOUND,
@@ -204,8 +209,22 @@ async fn connection(
     if !send(&mut socket, &hello).await || !send_snapshot(&mut socket, &api.queue, None).await {
         return;
     }
+    let mut store = api.queue.store().health();
+    let failing = store.borrow_and_update().clone();
+    if failing.is_some() && !send(&mut socket, &ServerMsg::Store { failing }).await {
+        return;
+    }
     loop {
         tokio::select! {
+            changed = store.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let failing = store.borrow_and_update().clone();
+                if !send(&mut socket, &ServerMsg::Store { failing }).await {
+                    break;
+                }
+            }
             incoming = socket.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,

@@ -150,6 +150,20 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
+/// The answer to `GET /healthz`: `200 ok`, or `503` saying why the broker is not well (its
+/// store cannot write), so load balancers and monitors take it out of rotation or page.
+pub fn health(failing: Option<&tollgate_shared::console::StoreFailing>) -> Response<Body> {
+    let (status, text) = match failing {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(f) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {f}\n")),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}
+
 /// A JSON-RPC error for request `id` with an HTTP status.
 pub fn error(status: StatusCode, code: i64, id: Value, message: &str) -> Reply {
     Reply::message(status, &jsonrpc::error(id, code, message))

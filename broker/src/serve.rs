@@ -143,6 +143,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
         dlp: config.dlp.guard().map(Arc::new),
+        forward_when_store_fails: config.broker.forward_when_store_fails,
     };
     let fe = Arc::new(Frontend {
         gateway,

@@ -792,3 +792,26 @@ fn a_decision_that_installed_a_rule_says_so() {
         "{note}"
     );
 }
+
+#[test]
+fn a_store_that_cannot_write_shows_in_the_status_bar_until_it_recovers() {
+    let mut app = sample();
+    let failing = tollgate_shared::console::StoreFailing {
+        since_ms: app.now_ms - 90_000,
+        error: "cannot append to the journal: No space left on device".into(),
+        waiting: 3,
+    };
+    let store = |failing| Action::Broker(Event::Message(Box::new(ServerMsg::Store { failing })));
+    update(&mut app, store(Some(failing)));
+    let top = screen(&app, 160, 30);
+    let first = top.lines().next().unwrap_or_default().to_string();
+    assert!(first.contains("STORE CANNOT WRITE for 1m"), "{first}");
+    assert!(
+        app.notes
+            .iter()
+            .any(|n| n.contains("No space left on device"))
+    );
+    update(&mut app, store(None));
+    assert!(!screen(&app, 160, 30).contains("STORE CANNOT WRITE"));
+    assert!(app.notes.iter().any(|n| n.contains("can write again")));
+}

@@ -235,6 +235,31 @@ pub struct DecideResult {
     pub message: String,
 }
 
+/// The broker's store cannot write: since when, why, and what waits to be written. While this
+/// lasts the broker refuses calls it would otherwise forward (unless configured to forward
+/// them anyway), holds nothing new, and keeps the writes it could not make, retrying them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFailing {
+    /// When writing started to fail (ms since the epoch).
+    pub since_ms: u64,
+    /// The last error, e.g. `cannot append to the journal: No space left on device`.
+    pub error: String,
+    /// Writes (audit entries, call records) kept in memory to be retried.
+    pub waiting: usize,
+}
+
+impl std::fmt::Display for StoreFailing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the store cannot write since {} ({}); {} writes wait to be retried",
+            crate::clock::rfc3339_seconds(self.since_ms),
+            self.error,
+            self.waiting
+        )
+    }
+}
+
 /// Messages the broker sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -339,6 +364,13 @@ pub enum ServerMsg {
         req: Option<u64>,
         /// Active temporary rules.
         rules: Vec<TempRule>,
+    },
+    /// Whether the store can write: sent after the snapshot while it cannot, and to every
+    /// console whenever that changes (`failing` absent: it can again).
+    Store {
+        /// Set while the store cannot write.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failing: Option<StoreFailing>,
     },
     /// A request could not be handled; the connection stays open.
     Error {

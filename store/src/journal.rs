@@ -21,6 +21,8 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     len: u64,
+    /// An append failed and its bytes may still be in the file after `len`.
+    torn: bool,
 }
 
 fn checksum(json: &[u8]) -> String {
@@ -43,6 +45,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             len,
+            torn: false,
         })
     }
 
@@ -80,8 +83,14 @@ impl Journal {
         Ok(out)
     }
 
-    /// Append entries and make them durable (one write, one `fdatasync`).
+    /// Append entries and make them durable (one write, one `fdatasync`). On failure (a full
+    /// disk) whatever part of them reached the file is cut off again, so a later append does
+    /// not land behind a torn line (replay stops at the first damaged line) and a failed group
+    /// is never replayed; if even that fails, the journal refuses appends until it succeeds.
     pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        if self.torn {
+            self.cut()?;
+        }
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.len() + 18).sum());
         for e in entries {
             buf.extend_from_slice(checksum(e).as_bytes());
@@ -89,13 +98,30 @@ impl Journal {
             buf.extend_from_slice(e);
             buf.push(b'\n');
         }
-        self.file
+        let written = self
+            .file
             .write_all(&buf)
-            .map_err(|e| StoreError::io("cannot append to the journal", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::io("cannot sync the journal to disk", e))?;
+            .map_err(|e| StoreError::io("cannot append to the journal", e))
+            .and_then(|()| {
+                self.file
+                    .sync_data()
+                    .map_err(|e| StoreError::io("cannot sync the journal to disk", e))
+            });
+        if let Err(e) = written {
+            self.torn = true;
+            let _ = self.cut();
+            return Err(e);
+        }
         self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Cut the file back to its last complete append.
+    fn cut(&mut self) -> Result<(), StoreError> {
+        let failed = |e| StoreError::io("cannot cut a failed append off the journal", e);
+        self.file.set_len(self.len).map_err(failed)?;
+        self.file.sync_data().map_err(failed)?;
+        self.torn = false;
         Ok(())
     }
 
@@ -105,6 +131,7 @@ impl Journal {
         self.file.set_len(0).map_err(failed)?;
         self.file.sync_all().map_err(failed)?;
         self.len = 0;
+        self.torn = false;
         Ok(())
     }
 }

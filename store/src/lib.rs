@@ -36,11 +36,11 @@ use serde::{Deserialize, Serialize};
 use tollgate_policy::approval::{Change, Refused};
 use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
-use tollgate_shared::console::Refusal;
+use tollgate_shared::console::{Refusal, StoreFailing};
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 pub use error::StoreError;
-pub use writer::Store;
+pub use writer::{RETRY_EVERY, RETRY_MAX, Store};
 
 /// Default page cache of the store. sled's own default (1 GiB) would let a busy broker's memory
 /// grow far beyond what it needs; `docs/performance.md` has the measurements behind this size.
@@ -149,6 +149,10 @@ pub trait Backend: Send + Sync + 'static {
     /// whether they ran is unknown. The broker closes each as `abandoned` at start; until one
     /// is closed it is listed here again after every restart.
     fn unfinished(&self) -> Vec<Arc<CallRecord>>;
+
+    /// Whether the store can write: `Some` while it cannot (the broker then refuses calls it
+    /// could not record); watch it for changes.
+    fn health(&self) -> tokio::sync::watch::Receiver<Option<StoreFailing>>;
 
     /// One call record as stored (reads may trail a write by a moment).
     fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>>;

@@ -6,17 +6,22 @@
 //! stands in that set, so of two decisions on one call the first to arrive wins and the
 //! second is refused with who won. The group's audit entries are chained, the group is
 //! committed to the engine (one sync), and only then is anyone answered. A group that cannot
-//! be committed is taken back: its holds and decisions never happened (its closes stand, as
-//! an expiry or cancellation is not undone by a full disk, and are logged).
+//! be committed is taken back: its holds and decisions never happened, and their callers are
+//! told. Its other writes (records and audit entries of calls already forwarded or refused,
+//! closes, which stand, as an expiry or cancellation is not undone by a full disk) are kept and
+//! go first into every later group, retried every [`RETRY_EVERY`] until one commits, so no
+//! audit entry is lost while the broker runs; meanwhile [`Backend::health`] says the store is
+//! failing, and the broker refuses to forward calls it could not record.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_policy::approval::{self, ClosedCall, Refused};
 use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::clock::now_ms;
+use tollgate_shared::console::StoreFailing;
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
@@ -25,6 +30,13 @@ use crate::{Backend, BoxFuture, DecideError, Decided, Engine, Mutation, StoreErr
 
 /// The most operations one group carries.
 const GROUP_MAX: usize = 16_384;
+
+/// While writes fail, how often the writes kept are tried again without new ones arriving.
+pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes kept for retrying past which the broker stops forwarding calls even when configured
+/// to forward them while the store fails (so memory stays bounded and nothing is dropped).
+pub const RETRY_MAX: usize = 50_000;
 
 /// How many recently closed calls are remembered, so a late decision is told who decided and
 /// when without a read of the engine (whose reads trail its commits by a moment). Only what
@@ -124,6 +136,7 @@ pub struct Store {
     tx: mpsc::Sender<Op>,
     engine: Arc<dyn Engine>,
     held: Arc<Mutex<Held>>,
+    health: watch::Receiver<Option<StoreFailing>>,
     /// Approved calls that had not finished when the store was opened.
     unfinished: Vec<Arc<CallRecord>>,
 }
@@ -148,17 +161,21 @@ impl Store {
         };
         let held = Arc::new(Mutex::new(held));
         let (tx, rx) = mpsc::channel::<Op>(GROUP_MAX * 4);
+        let (health_tx, health) = watch::channel(None);
         let writer = Writer {
             engine: engine.clone(),
             held: held.clone(),
             seq,
             head,
+            retry: Vec::new(),
+            health: health_tx,
         };
         tokio::spawn(writer.run(rx));
         Ok(Arc::new(Store {
             tx,
             engine,
             held,
+            health,
             unfinished,
         }))
     }
@@ -284,6 +301,10 @@ impl Backend for Store {
         self.unfinished.clone()
     }
 
+    fn health(&self) -> watch::Receiver<Option<StoreFailing>> {
+        self.health.clone()
+    }
+
     fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>> {
         let (engine, id) = (self.engine.clone(), id.to_string());
         Box::pin(async move {
@@ -313,7 +334,13 @@ struct Writer {
     /// Sequence number and hash of the last audit entry committed.
     seq: u64,
     head: String,
+    /// Writes of groups that could not be committed, oldest first, with when they were made.
+    retry: Vec<Kept>,
+    health: watch::Sender<Option<StoreFailing>>,
 }
+
+/// A write kept for the next group: the record, what to write of it, and when it was made.
+type Kept = (Arc<CallRecord>, Writes, u64);
 
 /// A group being built.
 #[derive(Default)]
@@ -322,47 +349,109 @@ struct Group {
     answers: Vec<Answer>,
     flushes: Vec<oneshot::Sender<()>>,
     undo: Vec<Undo>,
+    /// The writes to keep if the group cannot be committed.
+    keep: Vec<Kept>,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut ops = Vec::new();
-        while rx.recv_many(&mut ops, GROUP_MAX).await > 0 {
-            let (seq0, head0) = (self.seq, self.head.clone());
-            let group = self.build(&mut ops);
-            let Group {
-                batch,
-                answers,
-                flushes,
-                undo,
-            } = group;
-            let result = if batch.is_empty() {
-                Ok(())
-            } else {
-                let engine = self.engine.clone();
-                tokio::task::spawn_blocking(move || engine.commit(batch))
-                    .await
-                    .unwrap_or(Err(StoreError::WriterStopped))
-            };
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "cannot write call records to the store");
-                (self.seq, self.head) = (seq0, head0);
-                let mut held = self.held.lock();
-                for u in undo.into_iter().rev() {
-                    if u.closed {
-                        held.closed.map.remove(&u.id);
-                    }
-                    match u.before {
-                        Some(r) => held.pending.insert(u.id, r),
-                        None => held.pending.remove(&u.id),
-                    };
+        loop {
+            if self.retry.is_empty() {
+                if rx.recv_many(&mut ops, GROUP_MAX).await == 0 {
+                    break;
                 }
+            } else if let Ok(0) =
+                tokio::time::timeout(RETRY_EVERY, rx.recv_many(&mut ops, GROUP_MAX)).await
+            {
+                // Stopping: one last try for what is kept.
+                if self.commit(&mut ops).await {
+                    break;
+                }
+                tracing::error!(
+                    writes = self.retry.len(),
+                    "the store writer stops with writes it could not make; they are lost"
+                );
+                break;
             }
-            for a in answers {
-                answer(a, &result);
+            self.commit(&mut ops).await;
+        }
+    }
+
+    /// Build a group of `ops` (after the writes kept from failed groups), commit it and answer
+    /// everyone; returns whether it was committed.
+    async fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
+        let (seq0, head0) = (self.seq, self.head.clone());
+        let group = self.build(ops);
+        let Group {
+            batch,
+            answers,
+            flushes,
+            undo,
+            keep,
+        } = group;
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || engine.commit(batch))
+                .await
+                .unwrap_or(Err(StoreError::WriterStopped))
+        };
+        self.health_after(&result, keep);
+        if result.is_err() {
+            (self.seq, self.head) = (seq0, head0);
+            let mut held = self.held.lock();
+            for u in undo.into_iter().rev() {
+                if u.closed {
+                    held.closed.map.remove(&u.id);
+                }
+                match u.before {
+                    Some(r) => held.pending.insert(u.id, r),
+                    None => held.pending.remove(&u.id),
+                };
             }
-            for f in flushes {
-                let _ = f.send(());
+        }
+        for a in answers {
+            answer(a, &result);
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+        result.is_ok()
+    }
+
+    /// Keep the writes of a failed group for the next one, and say whether the store fails.
+    fn health_after(&mut self, result: &Result<(), StoreError>, keep: Vec<Kept>) {
+        match result {
+            Ok(()) => {
+                if let Some(was) = self.health.borrow().as_ref() {
+                    tracing::warn!(
+                        since = %tollgate_shared::clock::rfc3339_seconds(was.since_ms),
+                        delayed = was.waiting,
+                        "the store can write again; the writes it kept are written"
+                    );
+                }
+                self.health.send_if_modified(|h| h.take().is_some());
+            }
+            Err(e) => {
+                self.retry = keep;
+                let waiting = self.retry.len();
+                let error = e.to_string();
+                self.health.send_modify(|h| match h {
+                    Some(f) => {
+                        f.error = error;
+                        f.waiting = waiting;
+                    }
+                    None => {
+                        tracing::error!(error = %error, waiting, "the store cannot write: calls it cannot record are refused, and the writes are kept and retried every second");
+                        *h = Some(StoreFailing {
+                            since_ms: now_ms(),
+                            error,
+                            waiting,
+                        });
+                    }
+                });
             }
         }
     }
@@ -374,6 +463,9 @@ impl Writer {
             batch: Vec::with_capacity(ops.len() * 2),
             ..Group::default()
         };
+        for (record, writes, made) in std::mem::take(&mut self.retry) {
+            self.keep(&mut g, record, writes, made);
+        }
         let held = self.held.clone();
         let mut held = held.lock();
         for op in ops.drain(..) {
@@ -383,7 +475,7 @@ impl Writer {
                     writes,
                     ack,
                 } => {
-                    self.push(&mut g, record, writes, at_ms);
+                    self.keep(&mut g, record, writes, at_ms);
                     g.answers.extend(ack.map(Answer::Written));
                 }
                 Op::Hold { record, ack } => {
@@ -455,7 +547,7 @@ impl Writer {
                             let next = Arc::new(next);
                             held.closed.insert(&next);
                             held.pending.remove(&id);
-                            self.push(&mut g, next.clone(), Writes::Both, at_ms);
+                            self.keep(&mut g, next.clone(), Writes::Both, at_ms);
                             g.answers.push(Answer::Closed(ack, next));
                         }
                         Err(refused) => g.answers.push(Answer::NotClosed(ack, refused.into())),
@@ -465,6 +557,13 @@ impl Writer {
             }
         }
         g
+    }
+
+    /// Add a write that stands whether or not this group commits: kept for the next group if
+    /// it does not. Its audit entry says when it was made, not when it was written.
+    fn keep(&mut self, g: &mut Group, record: Arc<CallRecord>, writes: Writes, made: u64) {
+        self.push(g, record.clone(), writes, made);
+        g.keep.push((record, writes, made));
     }
 
     /// Add a record's writes to the group, chaining its audit entry.
@@ -498,7 +597,7 @@ fn answer(a: Answer, result: &Result<(), StoreError>) {
                 Err(e) => Err(DecideError::Store(e.clone())),
             });
         }
-        // A close stands even when its write failed (logged above).
+        // A close stands even when its write failed: the write is kept and retried.
         Answer::Closed(tx, record) => {
             let _ = tx.send(Ok(record));
         }
@@ -752,5 +851,63 @@ mod tests {
             .expect("closed");
         let again = Store::open(engine).await.expect("reopen");
         assert!(again.unfinished().is_empty(), "closed once, reported once");
+    }
+
+    #[tokio::test]
+    async fn writes_that_fail_are_kept_and_retried_and_the_failure_is_visible() {
+        let (engine, store) = store().await;
+        let health = store.health();
+        engine.fail_commits(true);
+        let mut allowed = (*held(1, 1)).clone();
+        allowed.outcome = Outcome::Allowed;
+        allowed.hold = None;
+        store.write(Arc::new(allowed.clone()), Writes::Audit).await;
+        store.flush().await;
+        let failing = health.borrow().clone().expect("failing");
+        assert_eq!(failing.waiting, 1);
+        assert!(
+            failing.to_string().contains("cannot write since"),
+            "{failing}"
+        );
+        // The next group that commits carries the kept write first.
+        let call = held(2, 1);
+        engine.fail_commits(false);
+        store.hold(call.clone()).await.expect("held");
+        assert!(health.borrow().is_none(), "writing again");
+        // A held call closed while the disk is full stays closed; its write waits.
+        engine.fail_commits(true);
+        store
+            .close(call.id.clone(), Outcome::Expired, None)
+            .await
+            .expect("a close stands");
+        store.flush().await;
+        assert_eq!(health.borrow().as_ref().map(|f| f.waiting), Some(1));
+        assert!(store.pending().is_empty());
+        // The disk has room again: the kept writes land on the writer's own retry.
+        engine.fail_commits(false);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut h = store.health();
+            while h.borrow_and_update().is_some() {
+                h.changed().await.expect("writer runs");
+            }
+        })
+        .await
+        .expect("recovered without new writes");
+        let trail = engine.audit_query(&AuditFilter::default()).expect("audit");
+        let outcomes: Vec<_> = trail
+            .iter()
+            .map(|e| (e.call_id.clone(), e.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (allowed.id.to_string(), Outcome::Allowed),
+                (call.id.to_string(), Outcome::Pending),
+                (call.id.to_string(), Outcome::Expired),
+            ]
+        );
+        assert_eq!(verify(&*engine, None).expect("chain").entries, 3);
+        let closed = engine.call(&call.id).expect("read").expect("stored");
+        assert_eq!(closed.outcome, Outcome::Expired);
     }
 }

@@ -4,9 +4,11 @@ able to do. Each test here failed before the fix it names (issue 17)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -344,3 +346,81 @@ def test_sessions_and_their_children_are_limited_per_client_and_per_server(broke
     assert gone.status_code == 200
     assert post(b.url("everything"), INIT, agent).status_code == 200
     assert "session refused" in b.log()
+
+
+# 7. A full disk: calls the broker cannot record are refused, it says so, and nothing is lost.
+
+
+def _mount_tmpfs(path: Path, size: str) -> list[str]:
+    """Mount a small tmpfs at `path`; returns the command that unmounts it."""
+    path.mkdir(parents=True, exist_ok=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    subprocess.run([*sudo, "mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    return [*sudo, "umount", "-l", str(path)]
+
+
+def _fill(path: Path) -> Path:
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (256 << 10))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_on_a_full_disk_calls_are_refused_visibly_and_no_audit_entry_is_lost(broker, tmp_path):
+    unmount = _mount_tmpfs(tmp_path / "broker-data", "24m")
+    try:
+        b = broker(holding())
+        auth = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+        alice = b.connect(b.token("alice", "approver"))
+        init = post(b.url("everything"), INIT, auth)
+        sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+
+        def call(i):
+            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "get-sum", "arguments": {"a": i, "b": 1}}}
+            return post(b.url("everything"), body, sess).text
+
+        assert "isError" not in call(1)
+        filler = _fill(b.data_dir)
+        ran, refused = [], []
+        for i in range(2, 40):
+            text = call(i)
+            if "cannot write its audit trail" in text:
+                refused.append(i)
+                if len(refused) >= 3:
+                    break
+            else:
+                assert str(i + 1) in text, text
+                ran.append(i)
+            time.sleep(0.1)
+        assert len(refused) >= 3, f"calls were still forwarded on a full disk: {ran}"
+        # Visible: health checks, consoles, the log.
+        sick = httpx.get(f"{b.base}/healthz", timeout=10)
+        assert sick.status_code == 503 and "cannot write" in sick.text, sick.text
+        assert httpx.get(b.console.replace("ws://", "http://").replace("/v1/console", "/healthz"), timeout=10).status_code == 503
+        status = alice.next("store", timeout=15)
+        assert status["failing"]["error"], status
+        assert "the store cannot write" in b.log()
+        # Room again: the broker recovers by itself and writes what it kept.
+        filler.unlink()
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{b.base}/healthz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the store did not recover"
+            time.sleep(0.2)
+        assert "failing" not in alice.next("store", timeout=15, where=lambda m: "failing" not in m)
+        assert "isError" not in call(100)
+        trail = b.audit()
+        by_id = {e["request_id"]: e for e in trail}
+        for i in [1, *ran, 100]:
+            assert by_id[i]["outcome"] == "allowed", (i, by_id.get(i))
+        for i in refused:
+            assert by_id[i]["outcome"] == "blocked" and "the store could not write" in by_id[i]["reason"], by_id.get(i)
+        ok = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        subprocess.run(unmount, check=False)

@@ -49,6 +49,9 @@ pub struct BrokerSettings {
     pub max_sessions_per_client: usize,
     /// MCP sessions a `command` server may have open (one child process each).
     pub max_sessions_per_server: usize,
+    /// Forward allowed calls while the store cannot write (`on_store_error = "forward"`);
+    /// by default (`"refuse"`) they are refused, since they could not be recorded.
+    pub forward_when_store_fails: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +76,7 @@ pub(super) struct RawBroker {
     pub(super) header_timeout: Option<Spanned<String>>,
     pub(super) max_sessions_per_client: Option<Spanned<i64>>,
     pub(super) max_sessions_per_server: Option<Spanned<i64>>,
+    pub(super) on_store_error: Option<Spanned<String>>,
 }
 
 /// Defaults of the connection and session limits (`docs/configuration.md` explains them).
@@ -129,6 +133,24 @@ impl Validator<'_> {
             }),
         };
         let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "tollgate-data".into()));
+        let forward_when_store_fails = match raw
+            .on_store_error
+            .as_ref()
+            .map(|v| v.get_ref().as_str())
+        {
+            None | Some("refuse") => false,
+            Some("forward") => true,
+            Some(other) => {
+                if let Some(v) = &raw.on_store_error {
+                    self.problem(
+                        v.span(),
+                        format!("on_store_error {other:?} is neither \"refuse\" nor \"forward\""),
+                        Some("\"refuse\" (the default) refuses calls the broker cannot record; \"forward\" runs them and records them once the store can write"),
+                    );
+                }
+                false
+            }
+        };
         BrokerSettings {
             listen,
             data_dir,
@@ -172,6 +194,7 @@ impl Validator<'_> {
                     raw.max_sessions_per_client,
                 )
                 .map_or(defaults::MAX_SESSIONS_PER_CLIENT, |n| n as usize),
+            forward_when_store_fails,
             max_sessions_per_server: self
                 .count(
                     "[broker]",

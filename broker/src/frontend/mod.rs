@@ -63,7 +63,12 @@ impl Frontend {
 pub fn router(state: Arc<Frontend>) -> Router {
     Router::new()
         .route("/mcp/{server}", any(handle))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(fe): State<Arc<Frontend>>| async move {
+                reply::health(fe.gateway.store.health().borrow().as_ref())
+            }),
+        )
         .fallback(fallback)
         .with_state(state)
 }

@@ -36,7 +36,7 @@ use tollgate_shared::clock::now_ms;
 use tollgate_shared::{
     CallRecord, Hold, HoldMode, JsonText, Name, Outcome, Signals, Timings, intern,
 };
-use tollgate_store::{Backend, Writes};
+use tollgate_store::{Backend, RETRY_MAX, Writes};
 use tracing::Instrument;
 
 use crate::jsonrpc;
@@ -107,6 +107,9 @@ pub struct Gateway {
     pub limiter: tollgate_policy::guards::limits::Limiter,
     /// Loop detection.
     pub loops: tollgate_policy::guards::loops::Loops,
+    /// Forward allowed calls even while the store cannot write them down (`[broker]
+    /// on_store_error = "forward"`); by default they are refused.
+    pub forward_when_store_fails: bool,
     /// Recent refusals by rate limits and budgets, per client, for approvers' flags.
     pub throttle: Throttle,
 }
@@ -362,7 +365,7 @@ impl Gateway {
                     return self.refuse(ctx, record, Refusal::OverBudget(over)).await;
                 }
                 tracing::info!("allowed");
-                self.forward(record, screened.rewritten).await
+                self.forward(ctx, record, screened.rewritten).await
             }
             Action::Deny => {
                 let refusal = Refusal::Denied {
@@ -490,8 +493,30 @@ impl Gateway {
     }
 
     /// Forward a call: its audit entry now, its call record when the ticket completes.
-    /// `rewritten` when DLP replaced the arguments the frontend must send.
-    async fn forward(&self, record: CallRecord, rewritten: bool) -> Intercept {
+    /// `rewritten` when DLP replaced the arguments the frontend must send. While the store
+    /// cannot write, the call is refused instead (unless `[broker] on_store_error = "forward"`
+    /// and fewer than [`RETRY_MAX`] writes wait), and the refusal is recorded once it can
+    /// (so the outage shows in the audit trail) while there is room to keep it.
+    async fn forward(&self, ctx: &CallContext, record: CallRecord, rewritten: bool) -> Intercept {
+        let failing = self.store.health().borrow().clone();
+        if let Some(f) = failing {
+            let full = f.waiting >= RETRY_MAX;
+            if !self.forward_when_store_fails || full {
+                let refusal = Refusal::StoreFailing {
+                    since_ms: f.since_ms,
+                };
+                if !full {
+                    return self.refuse(ctx, record, refusal).await;
+                }
+                refusal.log();
+                let text = refusal.text(&record.server, &record.tool);
+                return Intercept::Respond(jsonrpc::tool_error(
+                    record.request_id,
+                    &text,
+                    ctx.modern(),
+                ));
+            }
+        }
         self.store
             .write(Arc::new(record.clone()), Writes::Audit)
             .await;
@@ -524,7 +549,7 @@ impl Gateway {
             if let Some(approved) = self.queue.take_grant(&record).await {
                 tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
                 record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
-                return self.forward(record, rewritten).await;
+                return self.forward(ctx, record, rewritten).await;
             }
             if let Some(waiting) = self.queue.pending_retry(&record) {
                 return self
@@ -564,7 +589,7 @@ impl Gateway {
                 &rule,
                 tollgate_shared::Verdict::Approve,
             ));
-            return self.forward(record, rewritten).await;
+            return self.forward(ctx, record, rewritten).await;
         }
         let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
         record.outcome = Outcome::Pending;

@@ -32,6 +32,11 @@ pub enum Refusal {
     /// The arguments hold more secrets than a call may (`dlp::MAX_FINDINGS`), whatever the
     /// DLP action.
     TooManySecrets,
+    /// The store cannot write, so the call could not be recorded (`[broker] on_store_error`).
+    StoreFailing {
+        /// Since when (ms since the epoch).
+        since_ms: u64,
+    },
     /// A policy rule denies it.
     Denied {
         /// The rule.
@@ -87,6 +92,10 @@ impl Refusal {
             Refusal::TooManySecrets => Some(format!(
                 "more than {MAX_FINDINGS} secrets in arguments; arguments not kept"
             )),
+            Refusal::StoreFailing { since_ms } => Some(format!(
+                "the store could not write (since {}): calls it could not record were refused",
+                rfc3339_seconds(*since_ms)
+            )),
             Refusal::Denied { .. } => None,
             Refusal::OverBudget(o) => Some(format!("budget \"{}\": {}", o.budget, o.why)),
             Refusal::StillPending { waiting } => {
@@ -133,6 +142,9 @@ impl Refusal {
             Refusal::Loop { what } => tracing::info!(%what, "blocked: runaway loop"),
             Refusal::Secrets { .. } => tracing::info!("blocked: secrets in arguments"),
             Refusal::TooManySecrets => tracing::warn!("blocked: too many secrets in arguments"),
+            Refusal::StoreFailing { .. } => {
+                tracing::warn!("refused: the store cannot write, so the call could not be recorded")
+            }
             Refusal::Denied { .. } => tracing::info!("blocked"),
             Refusal::OverBudget(o) => tracing::info!(budget = %o.budget, "over budget"),
             Refusal::StillPending { waiting } => {
@@ -162,6 +174,9 @@ impl Refusal {
             ),
             Refusal::Secrets { what } => format!(
                 "Tollgate blocked this call to {server}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again."
+            ),
+            Refusal::StoreFailing { .. } => format!(
+                "Tollgate refused this call to {server}/{tool}: the broker cannot write its audit trail at the moment (its disk may be full), and it runs no call it cannot record. The call was not run. Try again later."
             ),
             Refusal::TooManySecrets => format!(
                 "Tollgate blocked this call to {server}/{tool}: its arguments contain more than {MAX_FINDINGS} secrets, more than any call may carry. The call was not run. Remove the secrets and try again."

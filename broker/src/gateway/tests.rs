@@ -87,6 +87,7 @@ impl Setup {
             limiter: Limiter::new(self.limits),
             loops: Loops::new(self.loops.unwrap_or_default()),
             throttle: Throttle::default(),
+            forward_when_store_fails: false,
         };
         Harness { gateway, engine }
     }
@@ -636,5 +637,67 @@ async fn malformed_calls_get_invalid_params_and_nothing_is_recorded() {
             .audit_query(&AuditFilter::default())
             .expect("audit")
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn while_the_store_cannot_write_calls_are_refused_and_the_refusals_recorded_later() {
+    let h = Setup {
+        default: Some(Action::Allow),
+        ..Setup::default()
+    }
+    .build()
+    .await;
+    let forwarded = h.call("read_file", json!({"n": 1})).await;
+    assert_eq!(forwarded.kind, "forward");
+    // The disk fills: the next write fails, and from then on the store says so.
+    h.engine.fail_commits(true);
+    let mut lost: CallRecord = serde_json::from_value(json!({
+        "id": "0190c1a2-0000-7000-8000-0000000000aa", "outcome": "allowed",
+        "rule": {"index": 0, "name": "default"}, "client": "agent", "server": "db",
+        "tool": "read_file", "request_id": 9, "arguments": {},
+        "timings": {"received_ms": 1, "decided_ms": 1}
+    }))
+    .expect("record");
+    lost.timings.completed_ms = Some(2);
+    h.gateway.store.write(Arc::new(lost), Writes::Audit).await;
+    h.gateway.store.flush().await;
+    assert!(h.gateway.store.health().borrow().is_some());
+    let mut request = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"n": 2}}});
+    let Intercept::Respond(answer) = h.gateway.intercept(&ctx(), &mut request, now_ms()).await
+    else {
+        panic!("forwarded a call the store could not record");
+    };
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("cannot write its audit trail"), "{text}");
+    // The disk has room again: both the kept write and the refusal are in the trail.
+    h.engine.fail_commits(false);
+    let mut health = h.gateway.store.health();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while health.borrow_and_update().is_some() {
+            health.changed().await.expect("writer runs");
+        }
+    })
+    .await
+    .expect("the store recovers on its own");
+    let trail = h
+        .engine
+        .audit_query(&AuditFilter::default())
+        .expect("audit");
+    let outcomes: Vec<_> = trail.iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Allowed, Outcome::Allowed, Outcome::Blocked]
+    );
+    assert!(
+        trail[2]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the store could not write")),
+        "{:?}",
+        trail[2].reason
     );
 }

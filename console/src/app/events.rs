@@ -54,6 +54,8 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
         }
         Event::Connected(me, pending) => {
             app.me = Some(me);
+            // A broker whose store fails says so after the snapshot.
+            app.store = None;
             app.link = Link::Up;
             app.waiting = 0;
             app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
@@ -163,6 +165,14 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 }
                 app.rules = rules;
                 app.rule_cursor = app.rule_cursor.min(app.rules.len().saturating_sub(1));
+            }
+            ServerMsg::Store { failing } => {
+                match (&app.store, &failing) {
+                    (None, Some(f)) => app.note(format!("broker: {f}")),
+                    (Some(_), None) => app.note("broker: the store can write again".into()),
+                    _ => {}
+                }
+                app.store = failing;
             }
             ServerMsg::Hello { .. } => {}
         },

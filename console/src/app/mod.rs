@@ -108,6 +108,8 @@ pub struct App {
     pub scroll: u16,
     /// Requests sent and not answered yet (shows a spinner).
     pub waiting: usize,
+    /// Set while the broker's store cannot write (shown in the status bar).
+    pub store: Option<tollgate_shared::console::StoreFailing>,
     /// Next request number.
     pub next_req: u64,
     /// Key bindings.
@@ -145,6 +147,7 @@ impl App {
             url,
             me: None,
             link: Link::Connecting(1),
+            store: None,
             calls: BTreeMap::new(),
             rows: Vec::new(),
             shown: 0,

@@ -109,12 +109,22 @@ fn status_bar(app: &App, f: &mut Frame, area: Rect) {
     } else {
         String::new()
     };
-    let line = Line::from(vec![
+    let mut spans = vec![
         Span::styled("tollgate ", style(app, Look::Title)),
         Span::raw(format!("{who} · {} pending · ", app.calls.len())),
         link,
         Span::raw(busy),
-    ]);
+    ];
+    if let Some(failing) = &app.store {
+        spans.push(Span::styled(
+            format!(
+                " · ✗ STORE CANNOT WRITE for {}: decisions fail, see the broker's log",
+                short_duration(app.now_ms.saturating_sub(failing.since_ms))
+            ),
+            style(app, Look::Bad),
+        ));
+    }
+    let line = Line::from(spans);
     f.render_widget(Paragraph::new(line), area);
 }
 
