@@ -124,7 +124,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         upstreams.insert(s.name.clone(), u);
     }
     let sessions = Arc::new(Owners::new(config.broker.session_idle));
-    recover(&config, &queue, &feeds, &upstreams, &sessions).await;
+    let dlp = config.dlp.guard().map(Arc::new);
+    recover(&config, &queue, &feeds, &upstreams, &sessions, dlp.as_ref()).await;
     let grants = queue.restore_grants().await?;
     if grants > 0 {
         tracing::info!(
@@ -142,7 +143,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         limiter: tollgate_policy::guards::limits::Limiter::new(config.limits.clone()),
         loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
-        dlp: config.dlp.guard().map(Arc::new),
+        dlp,
         forward_when_store_fails: config.broker.forward_when_store_fails,
     };
     let fe = Arc::new(Frontend {
@@ -240,6 +241,7 @@ async fn recover(
     feeds: &Arc<Feeds>,
     upstreams: &HashMap<String, Upstream>,
     sessions: &Owners,
+    dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
 ) {
     for record in queue.store().unfinished() {
         outcome_unknown(queue, feeds, sessions, &record).await;
@@ -291,6 +293,9 @@ async fn recover(
                     keepalive: config.broker.keepalive,
                     grace: task.is_none().then_some(config.broker.resume_grace),
                     task,
+                    // The secrets the call carried were never stored; the detectors still
+                    // keep any out of its recorded error.
+                    scrub: dlp.map(|d| tollgate_policy::guards::Scrub::new(d.clone(), Vec::new())),
                 });
             }
         }

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import INIT, Stream, broker_cli, everything_stdio_command, free_port, post, sdk_call, toml_list
+from conftest import INIT, Stream, broker_cli, everything_stdio_command, free_port, post, py_stdio_command, sdk_call, toml_list
 
 
 def holding(extra: str = "", broker_extra: str = "") -> str:
@@ -424,3 +424,53 @@ def test_on_a_full_disk_calls_are_refused_visibly_and_no_audit_entry_is_lost(bro
         assert ok.returncode == 0, ok.stderr
     finally:
         subprocess.run(unmount, check=False)
+
+
+# 8. A secret DLP found is kept out of everything stored: errors, request ids, `_meta`.
+
+
+def test_secrets_never_reach_the_store_through_errors_ids_or_meta(broker):
+    ghp = "ghp_" + "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6"
+    akia = "AKIA" + "IOSFODNN7EXAMPLE"
+    b = broker(f"""
+    [broker]
+    keepalive = "300ms"
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "py"
+    command = {toml_list(py_stdio_command())}
+    """)
+    auth = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    alice = b.connect(b.token("alice", "approver"))
+    init = post(b.url("py"), INIT, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    post(b.url("py"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    # DLP (action approve) holds the call; once approved, the upstream's error echoes both
+    # secrets back.
+    strict = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "strict", "arguments": {"token": ghp, "note": akia}}}
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, b.url("py"), strict, sess, timeout=60)
+        held = alice.pending()
+        assert alice.decide(held["id"], "approve")[0]["ok"]
+        echoed = answer.result().text
+    assert ghp in echoed, "the client itself gets the upstream's answer unchanged"
+    # A secret in _meta holds the call too, and the console sees it masked.
+    meta = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}, "_meta": {"progressToken": "p2", "auth": ghp}}}
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, b.url("py"), meta, sess, timeout=60)
+        held = alice.pending()
+        assert any(f["path"] == "params._meta/auth" for f in held["findings"]), held["findings"]
+        assert ghp not in json.dumps(held)
+        assert alice.decide(held["id"], "approve")[0]["ok"]
+        assert "Echo: hi" in answer.result().text
+    # A secret as the request id: refused, answered with the client's own id.
+    sneaky = post(b.url("py"), {"jsonrpc": "2.0", "id": akia, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "x"}}}, sess).json()
+    assert sneaky["id"] == akia and sneaky["result"]["isError"] is True
+    assert "request id contains what looks like a secret" in sneaky["result"]["content"][0]["text"]
+    trail = b.audit()
+    files = [p.read_bytes() for p in b.data_dir.rglob("*") if p.is_file()]
+    assert any(b"Input validation error: token '[REDACTED" in f for f in files), "the error is kept, scrubbed"
+    stored = [p for p in b.data_dir.rglob("*") if p.is_file() and (ghp.encode() in p.read_bytes() or akia.encode() in p.read_bytes())]
+    assert not stored, f"a secret reached the store: {stored}"
+    assert ghp not in json.dumps(trail) and akia not in json.dumps(trail)

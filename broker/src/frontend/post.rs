@@ -19,6 +19,7 @@ use crate::queue::Waiting;
 use crate::reply::{self, Reply};
 use crate::upstream::{Inbound, Upstream};
 use crate::waiting::{self, tasks};
+use tollgate_policy::guards::Scrub;
 
 /// Answer a `tools/call` with a task and see the call through in the background.
 fn start_task(
@@ -26,7 +27,7 @@ fn start_task(
     waiting: Waiting,
     inbound: Inbound,
     upstream: Upstream,
-    flavor: tasks::Flavor,
+    (flavor, scrub): (tasks::Flavor, Option<Scrub>),
 ) -> Reply {
     let id = jsonrpc::id(&inbound.value);
     let feed = waiting::start(waiting::Drive {
@@ -38,6 +39,7 @@ fn start_task(
         keepalive: fe.keepalive,
         grace: None,
         task: Some(flavor),
+        scrub,
     });
     Reply::message(
         StatusCode::OK,
@@ -200,13 +202,13 @@ pub(super) async fn post(
                 // A task-augmented call that policy allows still gets its task (2025-11-25
                 // clients were told every tool may run as one); the broker runs it at once.
                 if task == Some(tasks::Flavor::Legacy) {
-                    if let Some(record) = t.disarm() {
+                    if let Some((record, scrub)) = t.disarm() {
                         return start_task(
                             fe,
                             Waiting::approved(record),
                             inbound,
                             upstream,
-                            tasks::Flavor::Legacy,
+                            (tasks::Flavor::Legacy, scrub),
                         );
                     }
                 } else {
@@ -218,8 +220,9 @@ pub(super) async fn post(
                 if held.rewritten {
                     inbound.raw = bytes::Bytes::from(inbound.value.to_string());
                 }
+                let held = *held;
                 if let Some(flavor) = task {
-                    return start_task(fe, held.waiting, inbound, upstream, flavor);
+                    return start_task(fe, held.waiting, inbound, upstream, (flavor, held.scrub));
                 }
                 let feed = waiting::start(waiting::Drive {
                     queue: fe.gateway.queue.clone(),
@@ -230,6 +233,7 @@ pub(super) async fn post(
                     keepalive: fe.keepalive,
                     grace: None,
                     task: None,
+                    scrub: held.scrub,
                 });
                 return waiting::respond(feed, sse, fe.keepalive);
             }

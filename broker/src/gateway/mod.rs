@@ -19,6 +19,7 @@
 
 mod annotations;
 mod refusal;
+mod scan;
 #[cfg(test)]
 mod tests;
 mod throttle;
@@ -27,10 +28,11 @@ mod ticket;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scan::Prepared;
 use serde_json::{Value, json};
 use tollgate_policy::guards::dlp::TooManySecrets;
 use tollgate_policy::guards::loops::{LoopAction, Seen};
-use tollgate_policy::guards::{Dlp, DlpAction};
+use tollgate_policy::guards::{Dlp, DlpAction, Scrub};
 use tollgate_policy::{Action, CallView, Policy, Verdict, fingerprint};
 use tollgate_shared::clock::now_ms;
 use tollgate_shared::{
@@ -86,6 +88,8 @@ pub struct Held {
     pub waiting: Waiting,
     /// DLP rewrote the request's arguments: re-serialise it before forwarding.
     pub rewritten: bool,
+    /// Keeps the call's secrets out of what is recorded of its forwarding (its error).
+    pub scrub: Option<Scrub>,
 }
 
 /// Policy, guards, annotations, the store and the queue: everything interception needs.
@@ -132,70 +136,13 @@ enum Secrets {
     TooMany,
 }
 
-/// Arguments at least this large are scanned, redacted and hashed on the blocking pool rather
-/// than on an async worker, so a few megabytes of arguments cannot stall the consoles, health
-/// checks and other calls sharing the workers.
-const OFFLOAD_BYTES: usize = 64 << 10;
-
-/// Whether the strings and keys of `v` add up to at least `limit` bytes (stops counting there).
-fn at_least(v: &Value, limit: usize) -> bool {
-    fn count(v: &Value, left: &mut usize) -> bool {
-        let take = |left: &mut usize, n: usize| {
-            *left = left.saturating_sub(n.max(1));
-            *left == 0
-        };
-        match v {
-            Value::String(s) => take(left, s.len()),
-            Value::Array(items) => items.iter().any(|i| take(left, 1) || count(i, left)),
-            Value::Object(map) => map
-                .iter()
-                .any(|(k, i)| take(left, k.len()) || count(i, left)),
-            _ => take(left, 8),
-        }
-    }
-    let mut left = limit;
-    count(v, &mut left)
-}
-
-/// The arguments as the store, the audit and consoles see them, and what identifies them.
-struct Prepared {
-    /// The arguments with any secret found replaced.
-    stored: Value,
-    findings: Vec<tollgate_shared::Finding>,
-    secrets: Option<Result<(), TooManySecrets>>,
-    args_hash: String,
-    shape: String,
-}
-
-/// Scan the arguments for secrets, redact what the stored copy keeps, and fingerprint them.
-fn prepare(dlp: Option<&Dlp>, server: &str, tool: &str, arguments: &Value) -> Prepared {
-    let mut stored = arguments.clone();
-    let (findings, secrets) = match dlp.map(|d| (d, d.scanner.scan(arguments))) {
-        None => (Vec::new(), None),
-        Some((_, Ok(f))) if f.is_empty() => (f, None),
-        Some((d, Ok(f))) => {
-            d.scanner.redact(&mut stored);
-            (f, Some(Ok(())))
-        }
-        Some((_, Err(TooManySecrets))) => {
-            // Not redacted: past the limit the scan stopped, so nothing says where every
-            // secret is. The store keeps no arguments at all.
-            stored = Value::String(format!(
-                "[REDACTED: more than {} secrets; the arguments are not kept]",
-                tollgate_policy::guards::dlp::MAX_FINDINGS
-            ));
-            (Vec::new(), Some(Err(TooManySecrets)))
-        }
-    };
-    let args_hash = fingerprint::args_hash(&stored);
-    let shape = fingerprint::shape_fingerprint(server, tool, &stored);
-    Prepared {
-        stored,
-        findings,
-        secrets,
-        args_hash,
-        shape,
-    }
+/// What DLP made of a call, carried through the guards to where the call is held or forwarded.
+struct Scanned {
+    secrets: Option<Secrets>,
+    /// The request's `_meta` as kept (redacted when it held secrets).
+    meta: Option<Value>,
+    /// Keeps the call's secrets out of texts recorded later.
+    scrub: Option<Scrub>,
 }
 
 /// The tool name and arguments of a `tools/call`, or why the request is malformed.
@@ -223,7 +170,7 @@ impl Gateway {
     ) -> Intercept {
         let id = jsonrpc::id(request);
         let empty = json!({});
-        let (tool, verdict, large) = match call_parts(request) {
+        let (tool, verdict) = match call_parts(request) {
             Ok((tool, arguments)) => {
                 let arguments = arguments.unwrap_or(&empty);
                 let annotations = self.annotations.get(&ctx.server, tool);
@@ -233,54 +180,33 @@ impl Gateway {
                     arguments,
                     annotations: annotations.as_ref(),
                 });
-                (intern(tool), verdict, at_least(arguments, OFFLOAD_BYTES))
+                (intern(tool), verdict)
             }
             Err(why) => {
                 return Intercept::Respond(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why));
             }
         };
         // DLP: the stored, audited and displayed arguments never hold the secrets found.
-        let prepared = if large {
-            // Taken out of the request for the blocking pool (not copied), then put back.
-            let arguments = request
-                .pointer_mut("/params/arguments")
-                .map(Value::take)
-                .unwrap_or_default();
-            let (dlp, server, name) = (self.dlp.clone(), ctx.server.clone(), tool.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let p = prepare(dlp.as_deref(), &server, &name, &arguments);
-                (arguments, p)
-            })
-            .await;
-            match done {
-                Ok((arguments, p)) => {
-                    if let Some(slot) = request.pointer_mut("/params/arguments") {
-                        *slot = arguments;
-                    }
-                    p
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "scanning a call's arguments failed");
-                    return Intercept::Respond(jsonrpc::error(
-                        id,
-                        jsonrpc::INTERNAL_ERROR,
-                        "the broker could not scan this call's arguments",
-                    ));
-                }
+        let prepared = match scan::prepare(self.dlp.clone(), &ctx.server, &tool, request).await {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::error!(error = %why, "cannot scan a call");
+                return Intercept::Respond(jsonrpc::error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the broker could not scan this call's arguments",
+                ));
             }
-        } else {
-            let arguments = request
-                .pointer("/params/arguments")
-                .filter(|a| a.is_object())
-                .unwrap_or(&empty);
-            prepare(self.dlp.as_deref(), &ctx.server, &tool, arguments)
         };
         let Prepared {
             stored: stored_args,
             findings,
             secrets,
+            meta,
+            id_secret,
             args_hash,
             shape,
+            scrub,
         } = prepared;
         let secrets = secrets.map(|s| match s {
             Ok(()) => Secrets::Found(
@@ -301,7 +227,7 @@ impl Gateway {
             client: ctx.client.clone(),
             server: ctx.server.clone(),
             tool: tool.clone(),
-            request_id: id,
+            request_id: id_secret.clone().unwrap_or_else(|| id.clone()),
             session: ctx.session.clone(),
             protocol_version: ctx.protocol_version.clone(),
             arguments: stored_args.into(),
@@ -330,11 +256,30 @@ impl Gateway {
             },
         };
         let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool = %tool, rule = %verdict.rule.name);
+        if id_secret.is_some() {
+            // Answered with the id the client sent; the record keeps it redacted.
+            let refused = self
+                .refuse(ctx, record, Refusal::SecretInId)
+                .instrument(span)
+                .await;
+            return match refused {
+                Intercept::Respond(mut answer) => {
+                    answer["id"] = id;
+                    Intercept::Respond(answer)
+                }
+                other => other,
+            };
+        }
+        let scanned = Scanned {
+            secrets,
+            meta,
+            scrub,
+        };
         // The span is attached to the future, not entered across its awaits: an entered span
         // left current while the task is parked leaks into other tasks on the thread, and
         // tracing-subscriber panicked ("tried to clone a span that already closed") under 500
         // concurrent calls.
-        self.decide(ctx, request, record, verdict, seen, secrets)
+        self.decide(ctx, request, record, verdict, seen, scanned)
             .instrument(span)
             .await
     }
@@ -347,9 +292,9 @@ impl Gateway {
         mut record: CallRecord,
         verdict: Verdict,
         seen: Seen,
-        secrets: Option<Secrets>,
+        scanned: Scanned,
     ) -> Intercept {
-        let screened = match self.screen(ctx, request, &mut record, verdict, seen, secrets) {
+        let screened = match self.screen(ctx, request, &mut record, verdict, seen, &scanned) {
             Ok(s) => s,
             Err(refusal) => return self.refuse(ctx, record, refusal).await,
         };
@@ -365,7 +310,8 @@ impl Gateway {
                     return self.refuse(ctx, record, Refusal::OverBudget(over)).await;
                 }
                 tracing::info!("allowed");
-                self.forward(ctx, record, screened.rewritten).await
+                self.forward(ctx, record, screened.rewritten, scanned.scrub)
+                    .await
             }
             Action::Deny => {
                 let refusal = Refusal::Denied {
@@ -377,15 +323,8 @@ impl Gateway {
             // Held, or let through at once (an approved retry, an allow rule): either way
             // the frontend must forward the redacted request, not the bytes it received.
             Action::Approve => {
-                self.hold(
-                    ctx,
-                    request,
-                    record,
-                    &verdict,
-                    screened.withheld,
-                    screened.rewritten,
-                )
-                .await
+                let how = (screened.withheld, screened.rewritten);
+                self.hold(ctx, record, &verdict, how, scanned).await
             }
         }
     }
@@ -399,7 +338,7 @@ impl Gateway {
         record: &mut CallRecord,
         mut verdict: Verdict,
         seen: Seen,
-        secrets: Option<Secrets>,
+        scanned: &Scanned,
     ) -> Result<Screened, Refusal> {
         let now = record.timings.decided_ms;
         // A pattern someone rejected and blocked: refused before anything else.
@@ -437,7 +376,10 @@ impl Gateway {
             withheld: false,
             rewritten: false,
         };
-        let action = match secrets.filter(|_| screened.verdict.action != Action::Deny) {
+        let action = match scanned
+            .secrets
+            .filter(|_| screened.verdict.action != Action::Deny)
+        {
             None => return Ok(screened),
             Some(Secrets::TooMany) => return Err(Refusal::TooManySecrets),
             Some(Secrets::Found(action)) => action,
@@ -460,6 +402,9 @@ impl Gateway {
             DlpAction::Redact => {
                 if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
                     params.insert("arguments".into(), record.arguments.value());
+                    if let Some(meta) = &scanned.meta {
+                        params.insert("_meta".into(), meta.clone());
+                    }
                     screened.rewritten = true;
                 }
                 record.reason = Some(format!("secrets redacted before forwarding: {what}"));
@@ -497,7 +442,13 @@ impl Gateway {
     /// cannot write, the call is refused instead (unless `[broker] on_store_error = "forward"`
     /// and fewer than [`RETRY_MAX`] writes wait), and the refusal is recorded once it can
     /// (so the outage shows in the audit trail) while there is room to keep it.
-    async fn forward(&self, ctx: &CallContext, record: CallRecord, rewritten: bool) -> Intercept {
+    async fn forward(
+        &self,
+        ctx: &CallContext,
+        record: CallRecord,
+        rewritten: bool,
+        scrub: Option<Scrub>,
+    ) -> Intercept {
         let failing = self.store.health().borrow().clone();
         if let Some(f) = failing {
             let full = f.waiting >= RETRY_MAX;
@@ -524,6 +475,7 @@ impl Gateway {
             record: Some(Box::new(record)),
             store: self.store.clone(),
             rewritten,
+            scrub,
         })
     }
 
@@ -532,11 +484,10 @@ impl Gateway {
     async fn hold(
         &self,
         ctx: &CallContext,
-        request: &Value,
         mut record: CallRecord,
         verdict: &Verdict,
-        secrets_withheld: bool,
-        rewritten: bool,
+        (secrets_withheld, rewritten): (bool, bool),
+        scanned: Scanned,
     ) -> Intercept {
         let mode = if ctx.polls_task {
             HoldMode::Task
@@ -549,7 +500,7 @@ impl Gateway {
             if let Some(approved) = self.queue.take_grant(&record).await {
                 tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
                 record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
-                return self.forward(ctx, record, rewritten).await;
+                return self.forward(ctx, record, rewritten, scanned.scrub).await;
             }
             if let Some(waiting) = self.queue.pending_retry(&record) {
                 return self
@@ -589,7 +540,7 @@ impl Gateway {
                 &rule,
                 tollgate_shared::Verdict::Approve,
             ));
-            return self.forward(ctx, record, rewritten).await;
+            return self.forward(ctx, record, rewritten, scanned.scrub).await;
         }
         let expiry = verdict.hold.expiry.unwrap_or(self.default_expiry);
         record.outcome = Outcome::Pending;
@@ -598,10 +549,13 @@ impl Gateway {
             expires_ms: now_ms() + expiry.as_millis() as u64,
             quorum: verdict.hold.quorum.max(1),
             approvers: verdict.hold.approvers.clone(),
-            progress_token: request
-                .pointer("/params/_meta/progressToken")
+            // As kept: redacted when the request's `_meta` held secrets.
+            progress_token: scanned
+                .meta
+                .as_ref()
+                .and_then(|m| m.get("progressToken"))
                 .map(JsonText::new),
-            meta: request.pointer("/params/_meta").map(JsonText::new),
+            meta: scanned.meta.as_ref().map(JsonText::new),
             retried_ms: None,
             secrets_withheld,
         });
@@ -625,6 +579,10 @@ impl Gateway {
             let text = refusal::queued_for_retry(&record, self.retry_ttl);
             return Intercept::Respond(jsonrpc::tool_error(record.request_id, &text, ctx.modern()));
         }
-        Intercept::Held(Box::new(Held { waiting, rewritten }))
+        Intercept::Held(Box::new(Held {
+            waiting,
+            rewritten,
+            scrub: scanned.scrub,
+        }))
     }
 }

@@ -32,6 +32,8 @@ pub enum Refusal {
     /// The arguments hold more secrets than a call may (`dlp::MAX_FINDINGS`), whatever the
     /// DLP action.
     TooManySecrets,
+    /// The request id holds a secret (the record keeps it redacted).
+    SecretInId,
     /// The store cannot write, so the call could not be recorded (`[broker] on_store_error`).
     StoreFailing {
         /// Since when (ms since the epoch).
@@ -92,6 +94,9 @@ impl Refusal {
             Refusal::TooManySecrets => Some(format!(
                 "more than {MAX_FINDINGS} secrets in arguments; arguments not kept"
             )),
+            Refusal::SecretInId => {
+                Some("a secret in the request id; the id is kept redacted".into())
+            }
             Refusal::StoreFailing { since_ms } => Some(format!(
                 "the store could not write (since {}): calls it could not record were refused",
                 rfc3339_seconds(*since_ms)
@@ -142,6 +147,7 @@ impl Refusal {
             Refusal::Loop { what } => tracing::info!(%what, "blocked: runaway loop"),
             Refusal::Secrets { .. } => tracing::info!("blocked: secrets in arguments"),
             Refusal::TooManySecrets => tracing::warn!("blocked: too many secrets in arguments"),
+            Refusal::SecretInId => tracing::warn!("blocked: a secret in the request id"),
             Refusal::StoreFailing { .. } => {
                 tracing::warn!("refused: the store cannot write, so the call could not be recorded")
             }
@@ -174,6 +180,9 @@ impl Refusal {
             ),
             Refusal::Secrets { what } => format!(
                 "Tollgate blocked this call to {server}/{tool}: its arguments contain secrets ({what}). The call was not run. Remove the secrets and try again."
+            ),
+            Refusal::SecretInId => format!(
+                "Tollgate blocked this call to {server}/{tool}: its JSON-RPC request id contains what looks like a secret, and ids are logged and shown to approvers. The call was not run. Use a plain id."
             ),
             Refusal::StoreFailing { .. } => format!(
                 "Tollgate refused this call to {server}/{tool}: the broker cannot write its audit trail at the moment (its disk may be full), and it runs no call it cannot record. The call was not run. Try again later."

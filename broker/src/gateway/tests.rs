@@ -18,6 +18,7 @@ use tollgate_shared::{HoldMode, Outcome, RuleRef, Verdict};
 use tollgate_store::memory::MemoryEngine;
 use tollgate_store::{Engine, Store};
 
+use super::scan::{OFFLOAD_BYTES, at_least};
 use super::*;
 use crate::queue::temp_rules::TempRules;
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tollgate_policy::guards::Scrub;
 use tollgate_shared::CallRecord;
 use tollgate_shared::clock::now_ms;
 use tollgate_store::{Backend, Writes};
@@ -13,12 +14,16 @@ pub struct Ticket {
     pub(super) store: Arc<dyn Backend>,
     /// DLP rewrote the request's arguments: re-serialise it before forwarding.
     pub rewritten: bool,
+    /// Keeps the call's secrets out of its recorded error.
+    pub(super) scrub: Option<Scrub>,
 }
 
 impl Ticket {
-    /// Take the record out without recording a completion (someone else will).
-    pub fn disarm(mut self) -> Option<CallRecord> {
-        self.record.take().map(|r| *r)
+    /// Take the record (and the call's scrub) out without recording a completion (someone
+    /// else will).
+    pub fn disarm(mut self) -> Option<(CallRecord, Option<Scrub>)> {
+        let scrub = self.scrub.take();
+        self.record.take().map(|r| (*r, scrub))
     }
 
     /// Record that the upstream answered (`error` is `Some` when forwarding failed).
@@ -29,7 +34,10 @@ impl Ticket {
     fn finish(&mut self, error: Option<String>) {
         if let Some(mut record) = self.record.take() {
             record.timings.completed_ms = Some(now_ms());
-            record.error = error;
+            record.error = match &self.scrub {
+                Some(s) => error.map(|e| s.text(e)),
+                None => error,
+            };
             let store = self.store.clone();
             tokio::spawn(async move { store.write(Arc::new(*record), Writes::Record).await });
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tollgate_policy::guards::Scrub;
 use tollgate_shared::clock::now_ms;
 use tollgate_shared::{CallRecord, JsonText, Outcome};
 use tollgate_store::Writes;
@@ -45,6 +46,8 @@ pub struct Drive {
     pub grace: Option<Duration>,
     /// The client polls a task instead of waiting on its request.
     pub task: Option<Flavor>,
+    /// Keeps the call's secrets out of its recorded error (`None`: DLP is off).
+    pub scrub: Option<Scrub>,
 }
 
 /// Register a feed for a held call and see it through; returns the feed.
@@ -64,6 +67,7 @@ pub fn start(d: Drive) -> Arc<Feed> {
         keepalive,
         grace,
         task,
+        scrub,
     } = d;
     let inbound = inbound.park(|name| upstream.forwards_header(name));
     let record = &waiting.record;
@@ -77,6 +81,7 @@ pub fn start(d: Drive) -> Arc<Feed> {
         task,
         token: None,
         progress: 0,
+        scrub,
     };
     if task.is_some() && grace.is_none() {
         // Nobody streams a task's feed (its client polls), so it needs no priming event.
@@ -215,6 +220,7 @@ struct After {
     token: Option<Box<Value>>,
     /// Progress notifications sent so far.
     progress: u64,
+    scrub: Option<Scrub>,
 }
 
 impl After {
@@ -228,7 +234,12 @@ impl After {
             task,
             token,
             progress,
+            scrub,
         } = self;
+        let scrub = |e: Option<String>| match &scrub {
+            Some(s) => e.map(|e| s.text(e)),
+            None => e,
+        };
         let id = done.request_id.clone();
         feed.resolved(resolution.clone());
         if resolution != Resolution::Approved {
@@ -247,7 +258,7 @@ impl After {
                 let why = format!("the held request could not be read back: {e}");
                 feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
                 done.timings.completed_ms = Some(now_ms());
-                done.error = Some(why);
+                done.error = scrub(Some(why));
                 queue.store().write(Arc::new(done), Writes::Record).await;
                 feeds.remove_later(feed.id.clone());
                 return;
@@ -277,7 +288,7 @@ impl After {
             forwarded.await
         };
         done.timings.completed_ms = Some(now_ms());
-        done.error = error;
+        done.error = scrub(error);
         queue.store().write(Arc::new(done), Writes::Record).await;
         feeds.remove_later(feed.id.clone());
     }

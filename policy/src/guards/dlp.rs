@@ -434,6 +434,13 @@ impl Scanner {
     /// Replace every secret in the arguments with `[REDACTED:<detector>]`; a secret split over
     /// several values blanks each value it touches. Returns how many were replaced.
     pub fn redact(&self, args: &mut Value) -> usize {
+        self.redact_keeping(args, &mut Vec::new())
+    }
+
+    /// [`redact`](Scanner::redact), and push each text replaced onto `found`: the secrets
+    /// themselves, for a [`super::Scrub`] to keep out of other texts (they are kept in memory
+    /// only, for as long as the call lasts).
+    pub fn redact_keeping(&self, args: &mut Value, found: &mut Vec<String>) -> usize {
         match args {
             Value::String(s) => {
                 let hits = self.hits(s);
@@ -446,6 +453,7 @@ impl Scanner {
                 let mut at = 0;
                 for h in &hits {
                     out.push_str(&s[at..h.start]);
+                    found.push(s[h.start..h.end].to_string());
                     out.push_str("[REDACTED:");
                     out.push_str(h.detector);
                     out.push(']');
@@ -456,7 +464,10 @@ impl Scanner {
                 *s = out;
                 n
             }
-            Value::Array(items) => items.iter_mut().map(|i| self.redact(i)).sum(),
+            Value::Array(items) => items
+                .iter_mut()
+                .map(|i| self.redact_keeping(i, found))
+                .sum(),
             Value::Object(map) => {
                 let mut n = 0;
                 let keys: Vec<String> = map.keys().cloned().collect();
@@ -466,11 +477,15 @@ impl Scanner {
                             && !s.is_empty()
                             && self.secret_field.is_match(k)
                         {
-                            *item = Value::String("[REDACTED:secret_field]".into());
+                            let secret = std::mem::replace(
+                                item,
+                                Value::String("[REDACTED:secret_field]".into()),
+                            );
+                            found.extend(secret.as_str().map(str::to_string));
                             n += 1;
                             continue;
                         }
-                        n += self.redact(item);
+                        n += self.redact_keeping(item, found);
                     }
                 }
                 // Each value's ends, around where it meets its neighbours (not the values:
@@ -493,6 +508,8 @@ impl Scanner {
                         .into_iter()
                         .find(|h| h.start < cut && h.end > cut)
                     {
+                        found.push(joined[h.start..cut].to_string());
+                        found.push(joined[cut..h.end].to_string());
                         for (k, ..) in pair {
                             map.insert(
                                 k.clone(),

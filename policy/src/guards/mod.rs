@@ -44,6 +44,45 @@ pub struct Dlp {
     pub action: DlpAction,
 }
 
+/// Keeps one call's secrets out of the texts the broker stores or shows about it (an
+/// upstream's error that echoes the arguments, say): replaces the secrets DLP found in the call
+/// (known only in memory, while the call lasts), then whatever the detectors find.
+#[derive(Clone)]
+pub struct Scrub {
+    dlp: std::sync::Arc<Dlp>,
+    known: std::sync::Arc<[String]>,
+}
+
+impl Scrub {
+    /// A scrub with the DLP guard's detectors and the secrets found in the call, if any.
+    pub fn new(dlp: std::sync::Arc<Dlp>, mut known: Vec<String>) -> Scrub {
+        known.retain(|k| !k.is_empty());
+        // Longest first, so a secret containing another is replaced whole.
+        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+        known.dedup();
+        Scrub {
+            dlp,
+            known: known.into(),
+        }
+    }
+
+    /// `text` without the call's secrets.
+    pub fn text(&self, text: String) -> String {
+        let mut out = text;
+        for k in self.known.iter() {
+            if out.contains(k.as_str()) {
+                out = out.replace(k.as_str(), "[REDACTED]");
+            }
+        }
+        let mut v = serde_json::Value::String(out);
+        self.dlp.scanner.redact(&mut v);
+        match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }
+    }
+}
+
 /// `[dlp]` as written: secret scanning of arguments.
 #[derive(Debug, Clone)]
 pub struct DlpSettings {
@@ -64,5 +103,33 @@ impl DlpSettings {
             scanner: dlp::Scanner::new(self.entropy, &self.detectors),
             action: self.action,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_scrub_keeps_the_calls_secrets_and_any_detected_one_out_of_a_text() {
+        let dlp = std::sync::Arc::new(Dlp {
+            scanner: dlp::Scanner::new(Some(dlp::Entropy::default()), &[]),
+            action: DlpAction::Approve,
+        });
+        let mut args = json!({"db": {"password": "hunter2"}, "note": "key AKIAIOSFODNN7EXAMPLE"});
+        let mut known = Vec::new();
+        assert_eq!(dlp.scanner.redact_keeping(&mut args, &mut known), 2);
+        assert_eq!(known, ["hunter2", "AKIAIOSFODNN7EXAMPLE"]);
+        let scrub = Scrub::new(dlp.clone(), known);
+        let echoed = r#"Input validation error: {"password":"hunter2","note":"key AKIAIOSFODNN7EXAMPLE"} also ghp_aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6"#;
+        let clean = scrub.text(echoed.into());
+        assert!(!clean.contains("hunter2"), "{clean}");
+        assert!(!clean.contains("AKIAIOSFODNN7EXAMPLE"), "{clean}");
+        assert!(
+            !clean.contains("ghp_aB3d"),
+            "a secret the call did not carry: {clean}"
+        );
+        assert!(clean.starts_with("Input validation error: "), "{clean}");
     }
 }

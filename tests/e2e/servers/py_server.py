@@ -8,6 +8,7 @@ import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp.types import ToolAnnotations
 
 server = MCPServer("tollgate-test-upstream")
@@ -45,6 +46,13 @@ async def sleep(seconds: float) -> str:
         print(f"upstream saw cancel of sleep({seconds})", file=sys.stderr, flush=True)
         raise
     return "woke up"
+
+
+@server.tool()
+def strict(token: str, note: str = "") -> str:
+    """Refuse every call with a JSON-RPC error that echoes its arguments, as some servers'
+    input validation does (the broker must not store what it echoes)."""
+    raise MCPError(-32602, f"Input validation error: token {token!r} with note {note!r} is not accepted")
 
 
 if __name__ == "__main__":
