@@ -95,6 +95,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         config.broker.store_cache,
     )?);
     let store: Arc<dyn Backend> = Store::open(engine.clone()).await?;
+    for (path, mode) in tollgate_shared::fs::too_open(&config.broker.data_dir) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "the data directory holds call arguments and token digests, but this is readable by others: chmod -R go-rwx {}",
+            config.broker.data_dir.display()
+        );
+    }
     let temp = crate::queue::temp_rules::TempRules::load(
         config.broker.data_dir.join("temp_rules.json"),
         tollgate_shared::clock::now_ms(),

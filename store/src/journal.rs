@@ -8,7 +8,7 @@
 //! never acknowledged. At a checkpoint sled is flushed and every one of its files `fsync`ed,
 //! and only then is the journal emptied.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -34,12 +34,7 @@ impl Journal {
     /// Open (or create) the journal at `path`.
     pub fn open(path: &Path) -> Result<Journal, StoreError> {
         let failed = |e| StoreError::io(format!("cannot open the journal {}", path.display()), e);
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(failed)?;
+        let file = tollgate_shared::fs::private_file(path, true).map_err(failed)?;
         let len = file.metadata().map_err(failed)?.len();
         Ok(Journal {
             path: path.to_path_buf(),
@@ -159,6 +154,7 @@ pub fn sync_tree(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn entries_survive_reopen_and_a_torn_tail_is_ignored() {

@@ -138,7 +138,9 @@ impl SledEngine {
 
     /// Open (or create) the store in `dir`, caching at most `cache_bytes` of pages in memory.
     pub fn open_with(dir: &Path, cache_bytes: usize) -> Result<SledEngine, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        // sled creates its files with the process's umask; inside a private directory of its
+        // own they are out of others' reach.
+        tollgate_shared::fs::private_dir(&dir.join("sled")).map_err(|e| {
             StoreError::io(format!("cannot create data directory {}", dir.display()), e)
         })?;
         // sled's own periodic flush is off: durability comes from the journal, and checkpoints

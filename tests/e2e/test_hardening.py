@@ -474,3 +474,29 @@ def test_secrets_never_reach_the_store_through_errors_ids_or_meta(broker):
     stored = [p for p in b.data_dir.rglob("*") if p.is_file() and (ghp.encode() in p.read_bytes() or akia.encode() in p.read_bytes())]
     assert not stored, f"a secret reached the store: {stored}"
     assert ghp not in json.dumps(trail) and akia not in json.dumps(trail)
+
+
+# 9. The data directory is its owner's only.
+
+
+def _mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+def test_the_data_directory_and_its_files_are_private_and_wider_ones_are_reported(broker, tmp_path):
+    b = broker(holding())
+    b.token("agent", "viewer")
+    b.proc.stop()
+    assert _mode(b.data_dir) == 0o700
+    for name in ["tokens.json", "journal", "sled"]:
+        assert _mode(b.data_dir / name) in (0o600, 0o700), (name, oct(_mode(b.data_dir / name)))
+    # A directory an older install left open is reported at start, with the fix.
+    old = tmp_path / "old-data"
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)
+    (old / "tokens.json").write_text('{"tokens": []}')
+    (old / "tokens.json").chmod(0o644)
+    b2 = broker(holding(), name="old", data_name="old")
+    log = b2.log()
+    assert "readable by others" in log and "chmod -R go-rwx" in log, log[-2000:]
+    assert str(old) in log
