@@ -21,6 +21,7 @@ use tollgate_shared::PROTOCOL_VERSION;
 use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target};
 
 use crate::auth;
+use crate::browser::Browsers;
 use crate::queue::{Follow, Queue};
 use crate::reply;
 use tollgate_policy::identity::{self, Identity, TokenDigest};
@@ -32,6 +33,8 @@ pub struct ConsoleApi {
     pub queue: Arc<Queue>,
     /// Who may connect.
     pub registry: Arc<Registry>,
+    /// The `Origin` and `Host` browsers may use (a page must not reach the console API).
+    pub browsers: Browsers,
 }
 
 /// The console API's routes.
@@ -59,6 +62,10 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response<Body> {
+    if let Err(refused) = api.browsers.check(&headers) {
+        tracing::warn!("refused a console connection a browser page may have made: {refused}");
+        return reply::status_error(refused.status(), &refused.to_string()).into_response();
+    }
     let digest = match auth::bearer(&headers) {
         Ok(token) => identity::digest(token),
         Err(e) => {

@@ -8,7 +8,7 @@
 //!
 //! | layer | modules | what it holds |
 //! |---|---|---|
-//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`listen`] | JSON-RPC and SSE framing, rendering answers, memory trimming, accepting connections under limits |
+//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`listen`], [`browser`] | JSON-RPC and SSE framing, rendering answers, memory trimming, accepting connections under limits, the `Origin`/`Host` checks |
 //! | 2 identity | [`auth`] | who a request comes from |
 //! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
@@ -18,6 +18,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod bridge;
+pub(crate) mod browser;
 pub mod cli;
 pub mod config;
 pub(crate) mod console_api;

@@ -154,12 +154,14 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         dlp,
         forward_when_store_fails: config.broker.forward_when_store_fails,
     };
+    let browsers =
+        crate::browser::Browsers::new(&config.broker.allowed_origins, &config.broker.allowed_hosts);
     let fe = Arc::new(Frontend {
         gateway,
         upstreams,
         auth: config.auth.clone(),
         max_body: config.broker.max_body,
-        allowed_origins: config.broker.allowed_origins.clone(),
+        browsers: browsers.clone(),
         registry: registry.clone(),
         feeds,
         keepalive: config.broker.keepalive,
@@ -201,6 +203,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let api = Arc::new(ConsoleApi {
         queue: queue.clone(),
         registry,
+        browsers,
     });
     tokio::spawn(listen::serve(
         console_listener,

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, f32)] = &[
     ("sse", 0.0),
     ("trim", 0.0),
     ("listen", 0.0),
+    ("browser", 0.0),
     ("reply", 0.1),
     // 2: who a request comes from
     ("auth", 2.0),

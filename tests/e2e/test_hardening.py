@@ -500,3 +500,31 @@ def test_the_data_directory_and_its_files_are_private_and_wider_ones_are_reporte
     log = b2.log()
     assert "readable by others" in log and "chmod -R go-rwx" in log, log[-2000:]
     assert str(old) in log
+
+
+# 10. Origin and Host: a browser page reaches neither the MCP endpoint nor the console API.
+
+
+def test_browser_pages_are_kept_out_by_origin_and_host(broker):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    b = broker(holding(broker_extra='allowed_hosts = ["tollgate.internal"]'))
+    agent = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    alice = b.token("alice", "approver")
+    # The console API checks Origin like the MCP endpoint, token or not.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(b.console, additional_headers={"Authorization": f"Bearer {alice}", "Origin": "https://evil.example"}, open_timeout=10)
+    assert refused.value.response.status_code == 403
+    assert b"Origin" in refused.value.response.body
+    ok = connect(b.console, additional_headers={"Authorization": f"Bearer {alice}", "Origin": "http://localhost:5173"}, open_timeout=10)
+    ok.close()
+    # A DNS-rebound page's same-origin request carries no Origin, but the attacker's Host.
+    rebound = post(b.url("everything"), INIT, {**agent, "host": "rebind.evil.example:8080"})
+    assert rebound.status_code == 403 and "Host" in rebound.json()["error"]["message"], rebound.text
+    named = post(b.url("everything"), INIT, {**agent, "host": "tollgate.internal:8080"})
+    assert named.status_code == 200, named.text
+    # Look-alike loopback origins are parsed strictly.
+    for origin in ["http://127.0.0.1:80@evil.example", "http://[::1]evil.example"]:
+        r = post(b.url("everything"), INIT, {**agent, "origin": origin})
+        assert r.status_code == 403, (origin, r.text)

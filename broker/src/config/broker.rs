@@ -26,6 +26,8 @@ pub struct BrokerSettings {
     pub session_idle: Duration,
     /// Browser origins allowed besides loopback ones.
     pub allowed_origins: Vec<String>,
+    /// Host names clients may use for the broker besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
     /// Address of the console WebSocket API (`/v1/console`).
     pub console_listen: SocketAddr,
     /// How long a held call waits for a decision unless its rule says otherwise.
@@ -66,6 +68,8 @@ pub(super) struct RawBroker {
     pub(super) session_idle: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<String>,
     pub(super) console_listen: Option<Spanned<String>>,
     pub(super) default_expiry: Option<Spanned<String>>,
     pub(super) keepalive: Option<Spanned<String>>,
@@ -163,6 +167,7 @@ impl Validator<'_> {
             ),
             session_idle: self.duration(raw.session_idle, Duration::from_secs(600), "session_idle"),
             allowed_origins: raw.allowed_origins,
+            allowed_hosts: raw.allowed_hosts,
             console_listen,
             default_expiry: self.duration(
                 raw.default_expiry,

@@ -22,6 +22,7 @@ use serde_json::Value;
 use tollgate_store::tokens::Registry;
 
 use crate::auth::{self, Auth, AuthError};
+use crate::browser::Browsers;
 use crate::gateway::Gateway;
 use crate::reply::{self, Reply};
 use crate::upstream::{Upstream, UpstreamError};
@@ -37,8 +38,8 @@ pub struct Frontend {
     pub auth: Auth,
     /// Largest body accepted.
     pub max_body: usize,
-    /// Browser origins allowed besides loopback.
-    pub allowed_origins: Vec<String>,
+    /// The `Origin` and `Host` browsers may use.
+    pub browsers: Browsers,
     /// Identities from the token file (they may make calls too).
     pub registry: Arc<Registry>,
     /// Event feeds of held calls, for clients that resume.
@@ -89,28 +90,6 @@ fn answered(result: Result<Reply, UpstreamError>, id: Value) -> Reply {
     result.unwrap_or_else(|e| Reply::message(e.status(), &e.message(id)))
 }
 
-/// Loopback origins are always allowed; others only when listed in `allowed_origins`.
-fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    if allowed.iter().any(|a| a == origin) {
-        return true;
-    }
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let host = if let Some(v6) = rest.strip_prefix('[') {
-        v6.split(']')
-            .next()
-            .map(|h| format!("[{h}]"))
-            .unwrap_or_default()
-    } else {
-        rest.split(':').next().unwrap_or_default().to_string()
-    };
-    matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
-}
-
 async fn handle(
     State(fe): State<Arc<Frontend>>,
     Path(server): Path<String>,
@@ -130,17 +109,9 @@ async fn route(
     headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| origin_allowed(o, &fe.allowed_origins));
-        if !ok {
-            tracing::warn!(origin = ?origin, "refused a request from a disallowed Origin");
-            return reply::status_error(
-                StatusCode::FORBIDDEN,
-                "Origin not allowed: add it to allowed_origins in [broker] if this browser app should reach the broker",
-            );
-        }
+    if let Err(refused) = fe.browsers.check(&headers) {
+        tracing::warn!("refused a request a browser page may have made: {refused}");
+        return reply::status_error(refused.status(), &refused.to_string());
     }
     let client = match auth::authenticate(&fe.auth, Some(&fe.registry), &headers) {
         Ok(c) => c,
@@ -223,24 +194,5 @@ fn with_header(r: Reply, name: header::HeaderName, value: &'static str) -> Reply
         status,
         headers,
         body: r.into_frames(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_origins_pass_and_others_need_listing() {
-        assert!(origin_allowed("http://localhost:6274", &[]));
-        assert!(origin_allowed("http://127.0.0.1", &[]));
-        assert!(origin_allowed("http://[::1]:80", &[]));
-        assert!(!origin_allowed("https://evil.example", &[]));
-        assert!(!origin_allowed("http://localhost.evil.example", &[]));
-        assert!(origin_allowed(
-            "https://app.example",
-            &["https://app.example".into()]
-        ));
-        assert!(!origin_allowed("null", &[]));
     }
 }
