@@ -528,3 +528,21 @@ def test_browser_pages_are_kept_out_by_origin_and_host(broker):
     for origin in ["http://127.0.0.1:80@evil.example", "http://[::1]evil.example"]:
         r = post(b.url("everything"), INIT, {**agent, "origin": origin})
         assert r.status_code == 403, (origin, r.text)
+
+
+# 11. A tools/call sent as a notification is refused, not forwarded unseen.
+
+
+def test_a_tools_call_notification_is_refused(broker):
+    b = broker(holding())
+    auth = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    init = post(b.url("everything"), INIT, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    sneaky = post(b.url("everything"), {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "unseen"}}}, sess)
+    assert sneaky.status_code == 400, sneaky.text
+    assert "must be a request with an id" in sneaky.json()["error"]["message"]
+    assert "refused a tools/call sent as a notification" in b.log()
+    # Other notifications still pass.
+    assert post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, sess).status_code == 202
+    assert b.audit() == []

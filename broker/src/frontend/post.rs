@@ -156,6 +156,17 @@ pub(super) async fn post(
         return Reply::message(StatusCode::OK, &reply);
     }
     let method = jsonrpc::method(&value).unwrap_or_default().to_string();
+    if kind == Kind::Notification && method == "tools/call" {
+        // Without an id there is nobody to answer: it would run unseen by policy and the audit
+        // trail, so it does not run at all.
+        tracing::warn!(%client, server, "refused a tools/call sent as a notification");
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::INVALID_REQUEST,
+            Value::Null,
+            "tools/call must be a request with an id: sent as a notification it could not be checked, recorded or answered, so it was not forwarded",
+        );
+    }
     let id = jsonrpc::id(&value);
     // How the client wants to wait for a held call: by polling a task, if it asked for one.
     let task = (kind == Kind::Request && method == "tools/call")
