@@ -546,3 +546,26 @@ def test_a_tools_call_notification_is_refused(broker):
     # Other notifications still pass.
     assert post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, sess).status_code == 202
     assert b.audit() == []
+
+
+# 12. Small leaks: the 404 names no servers; handshake requests need their session.
+
+
+def test_no_server_list_for_strangers_and_no_sessionless_handshake_requests(broker):
+    b = broker(holding())
+    nope = httpx.get(f"{b.base}/nope", timeout=10)
+    assert nope.status_code == 404 and "everything" not in nope.text, nope.text
+    auth = {"authorization": f"Bearer {b.token('agent', 'viewer')}"}
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+    bare = post(b.url("everything"), listing, {**auth, "mcp-protocol-version": "2025-11-25"})
+    assert bare.status_code == 400 and "needs an Mcp-Session-Id" in bare.text, bare.text
+    odd = post(b.url("everything"), listing, {**auth, "mcp-protocol-version": "2025-11-25", "mcp-session-id": "s\xe9ssion".encode("latin-1")})
+    assert odd.status_code == 400 and "visible ASCII" in odd.text, odd.text
+    # An authenticated client naming a server that does not exist learns which do.
+    unknown = post(b.url("missing"), INIT, auth)
+    assert unknown.status_code == 404 and "everything" in unknown.text
+    # The real session still works.
+    init = post(b.url("everything"), INIT, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    post(b.url("everything"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    assert "tools" in post(b.url("everything"), listing, sess).text

@@ -74,13 +74,12 @@ pub fn router(state: Arc<Frontend>) -> Router {
         .with_state(state)
 }
 
-async fn fallback(State(fe): State<Arc<Frontend>>) -> Response<Body> {
+async fn fallback() -> Response<Body> {
+    // Which servers exist is not told to whoever asks: an authenticated client learns it when
+    // it names one that does not exist.
     reply::status_error(
         StatusCode::NOT_FOUND,
-        &format!(
-            "no MCP endpoint here: use /mcp/<server> (configured servers: {})",
-            fe.known_servers()
-        ),
+        "no MCP endpoint here: use /mcp/<server>",
     )
     .into_response()
 }
@@ -137,10 +136,20 @@ async fn route(
             ),
         );
     };
-    let session = headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = match headers.get("mcp-session-id").map(|v| v.as_bytes()) {
+        None => None,
+        // Session ids are visible ASCII (MCP's transport spec); anything else is not one of
+        // ours, and must not be taken for "no session".
+        Some(v) if !v.is_empty() && v.iter().all(|b| (0x21..=0x7e).contains(b)) => {
+            Some(String::from_utf8_lossy(v).into_owned())
+        }
+        Some(_) => {
+            return reply::status_error(
+                StatusCode::BAD_REQUEST,
+                "Mcp-Session-Id must be visible ASCII characters (0x21 to 0x7E): send the id the broker returned from initialize",
+            );
+        }
+    };
     // Someone else's session does not exist, as far as this client can tell.
     if let Some(s) = &session
         && fe.sessions.check(s, &client).is_err()

@@ -120,6 +120,11 @@ pub enum UpstreamError {
     /// A DELETE without a session.
     #[error("DELETE needs an Mcp-Session-Id")]
     DeleteWithoutSession,
+    /// A handshake-revision message other than `initialize` without a session.
+    #[error(
+        "this message needs an Mcp-Session-Id: send initialize first and use the session id it returns (or send MCP-Protocol-Version: 2026-07-28 for stateless requests)"
+    )]
+    SessionRequired,
     /// Request ids are unique among a session's requests in flight.
     #[error("a request with this id is already in flight in this session")]
     DuplicateId,
@@ -167,7 +172,9 @@ impl UpstreamError {
             UpstreamError::GetWithoutSession | UpstreamError::DeleteWithoutSession => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            UpstreamError::DuplicateId | UpstreamError::BadEventId => StatusCode::BAD_REQUEST,
+            UpstreamError::DuplicateId
+            | UpstreamError::BadEventId
+            | UpstreamError::SessionRequired => StatusCode::BAD_REQUEST,
             UpstreamError::ClientSessions { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamError::ServerSessions { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -246,6 +246,9 @@ impl StdioUpstream {
                 None if inbound.recovered => self.restore_session(id, &inbound).await?,
                 None => return Err(UpstreamError::SessionNotFound),
             },
+            // A handshake-revision message outside a session: only `initialize` starts one (the
+            // shared child is for stateless requests, which carry their revision).
+            (None, false) if !inbound.modern => return Err(UpstreamError::SessionRequired),
             (_, true) if !inbound.modern => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 self.admit(&inbound.client)?;
