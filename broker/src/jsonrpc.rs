@@ -19,8 +19,23 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const UPSTREAM_ERROR: i64 = -32010;
 /// Implementation-defined: authentication failed.
 pub const UNAUTHORIZED: i64 = -32011;
-/// MCP 2026-07-28: HTTP headers do not match the body.
+/// MCP 2026-07-28: HTTP headers do not match the body (or are missing or malformed).
 pub const HEADER_MISMATCH: i64 = -32020;
+/// MCP 2026-07-28: the request needs a client capability it did not declare (was `-32003` in
+/// drafts).
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
+/// MCP 2026-07-28: the request's protocol version is not supported (was `-32004` in drafts).
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+/// The protocol revisions the broker understands, newest first. A request in any other is
+/// refused (`-32022`): the broker cannot apply policy to messages whose shape it does not know.
+pub const KNOWN_VERSIONS: [&str; 5] = [
+    "2026-07-28",
+    "2025-11-25",
+    "2025-06-18",
+    "2025-03-26",
+    "2024-11-05",
+];
 
 /// The `_meta` key that carries the protocol version on 2026-07-28 and later.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -92,6 +107,28 @@ pub fn is_modern(version: &str) -> bool {
 /// A JSON-RPC error response.
 pub fn error(id: Value, code: i64, message: impl Into<String>) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
+}
+
+/// The `UnsupportedProtocolVersionError` for request `id`, listing what the broker supports.
+pub fn unsupported_version(id: Value, requested: &str) -> Value {
+    let mut e = error(
+        id,
+        UNSUPPORTED_PROTOCOL_VERSION,
+        format!(
+            "Unsupported protocol version {requested:?}: the broker understands {}",
+            KNOWN_VERSIONS.join(", ")
+        ),
+    );
+    e["error"]["data"] = json!({"supported": KNOWN_VERSIONS, "requested": requested});
+    e
+}
+
+/// The `MissingRequiredClientCapabilityError` for request `id`: `required` lists what the
+/// request needed (e.g. `{"extensions": {"io.modelcontextprotocol/tasks": {}}}`).
+pub fn missing_capability(id: Value, message: &str, required: Value) -> Value {
+    let mut e = error(id, MISSING_REQUIRED_CLIENT_CAPABILITY, message);
+    e["error"]["data"] = json!({ "requiredCapabilities": required });
+    e
 }
 
 /// A successful `tools/call` result that reports a tool-level failure (`isError: true`), which

@@ -203,3 +203,29 @@ def test_pending_tasks_survive_kill_9_and_end_with_their_decisions(broker):
         by_call.setdefault(e["call_id"], []).append(e["outcome"])
     assert by_call[ok_id] == ["pending", "approved"]
     assert by_call[no_id] == ["pending", "rejected"]
+
+
+def test_the_2026_07_28_error_codes(broker):
+    """The spec's own codes, as renumbered in the released 2026-07-28 schema: -32020 header
+    mismatch, -32021 missing client capability, -32022 unsupported protocol version; each with
+    HTTP 400 and the data the schema defines."""
+    b = broker(config("py", py_stdio_command()))
+    agent = b.token("agent", "viewer")
+    url = b.url("py")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {**meta(), "io.modelcontextprotocol/protocolVersion": "1900-01-01"}}}
+    h = {**modern_headers(agent, "tools/list"), "mcp-protocol-version": "1900-01-01"}
+    r = httpx.post(url, json=body, headers=h, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == -32022 and err["data"]["requested"] == "1900-01-01"
+    assert "2026-07-28" in err["data"]["supported"] and "2025-11-25" in err["data"]["supported"]
+
+    mismatch = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": meta()}}, headers=modern_headers(agent, "tools/call"), timeout=30)
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020, mismatch.text
+
+    created = rpc(url, agent, 3, "tools/call", {"name": "echo", "arguments": {"message": "m"}}, "echo")["result"]
+    bare = {"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": created["taskId"], "_meta": meta(with_tasks=False)}}
+    r = httpx.post(url, json=bare, headers=modern_headers(agent, "tasks/get"), timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == -32021 and err["data"] == {"requiredCapabilities": {"extensions": {TASKS_EXT: {}}}}, err

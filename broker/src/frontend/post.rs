@@ -103,6 +103,14 @@ pub(super) async fn post(
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok());
     let meta_version = jsonrpc::meta_protocol_version(&value);
+    if let Some(v) = meta_version.or(header_version)
+        && !jsonrpc::KNOWN_VERSIONS.contains(&v)
+    {
+        return Reply::message(
+            StatusCode::BAD_REQUEST,
+            &jsonrpc::unsupported_version(jsonrpc::id(&value), v),
+        );
+    }
     let modern = meta_version
         .or(header_version)
         .is_some_and(jsonrpc::is_modern);
@@ -153,7 +161,14 @@ pub(super) async fn post(
                 tasks::result_answer(&feed, &fe.gateway.queue, jsonrpc::id(&value))
             }
         };
-        return Reply::message(StatusCode::OK, &reply);
+        // The spec's protocol errors go with 400; results and other errors with 200.
+        let code = reply.pointer("/error/code").and_then(Value::as_i64);
+        let status = if code == Some(jsonrpc::MISSING_REQUIRED_CLIENT_CAPABILITY) {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        return Reply::message(status, &reply);
     }
     let method = jsonrpc::method(&value).unwrap_or_default().to_string();
     if kind == Kind::Notification && method == "tools/call" {

@@ -267,6 +267,20 @@ pub async fn handle(feeds: &Feeds, queue: &Queue, client: &str, request: &Value)
         )));
     }
     let flavor = feed.task.unwrap_or(Flavor::Legacy);
+    // A 2026-07-28 request declares its capabilities each time: polling a task needs the tasks
+    // extension among them.
+    if flavor == Flavor::Extension
+        && jsonrpc::meta_protocol_version(request).is_some()
+        && requested(request, true).is_none()
+    {
+        return Some(Answer::Now(jsonrpc::missing_capability(
+            id,
+            &format!(
+                "{method} needs the {EXTENSION} extension in the request's client capabilities"
+            ),
+            json!({"extensions": {EXTENSION: {}}}),
+        )));
+    }
     match method {
         "tasks/get" => Some(Answer::Now(
             json!({"jsonrpc": "2.0", "id": id, "result": get_result(&feed, queue, flavor)}),
