@@ -294,6 +294,12 @@ async fn connection(
     tracing::info!(identity = %who.name, "console disconnected");
 }
 
+/// [`parse`], for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_parse(text: &str) -> Result<ClientMsg, Box<ServerMsg>> {
+    parse(text)
+}
+
 /// A console's message, or the error to answer it with.
 fn parse(text: &str) -> Result<ClientMsg, Box<ServerMsg>> {
     serde_json::from_str(text).map_err(|e| {

@@ -24,6 +24,8 @@ pub mod config;
 pub(crate) mod console_api;
 pub mod diagnostics;
 pub(crate) mod frontend;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod jsonrpc;
 pub(crate) mod listen;

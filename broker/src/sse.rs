@@ -16,8 +16,9 @@ pub struct Event {
     pub data: String,
 }
 
-/// Encode one event. `data` must not contain a newline (JSON-RPC messages serialized
-/// compactly never do); any that slip in become separate `data:` lines, which is lossless.
+/// Encode one event. `data` should not contain a line break (JSON-RPC messages serialized
+/// compactly never do); any that slip in (`\n`, `\r\n` or a lone `\r`, all line ends to SSE)
+/// start another `data:` line, so a reader gets the data back with `\n` for each.
 pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 32);
     if let Some(id) = id {
@@ -25,9 +26,11 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
         out.put_slice(id.as_bytes());
         out.put_u8(b'\n');
     }
-    for line in data.split(|b| *b == b'\n') {
+    let text = String::from_utf8_lossy(data);
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    for line in text.split('\n') {
         out.put_slice(b"data: ");
-        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.put_slice(line.as_bytes());
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
@@ -38,27 +41,44 @@ pub fn encode(id: Option<&str>, data: &[u8]) -> Bytes {
 #[derive(Debug, Default)]
 pub struct Parser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already known to hold no newline: a long line fed in small chunks is
+    /// scanned once, not once per chunk (which was quadratic).
+    scanned: usize,
     current: Event,
     has_data: bool,
 }
 
 impl Parser {
-    /// Feed a chunk; returns the events it completed.
+    /// Feed a chunk; returns the events it completed. Lines end with `\n`, `\r\n` or a lone
+    /// `\r`, as the SSE specification says.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Event> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
-            let end = start + pos;
-            let mut line = &self.buf[start..end];
-            if let Some(l) = line.strip_suffix(b"\r") {
-                line = l;
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
+        let mut from = self.scanned;
+        // How far the buffer is known to hold no line end (but for a trailing `\r`).
+        let mut clean = self.buf.len();
+        while let Some(pos) = self.buf[from..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+        {
+            let end = from + pos;
+            let next = match (self.buf[end], self.buf.get(end + 1)) {
+                (b'\r', Some(b'\n')) => end + 2,
+                // A `\r` that ends the buffer may be half of a `\r\n`: wait for the next byte.
+                (b'\r', None) => {
+                    clean = end;
+                    break;
+                }
+                _ => end + 1,
+            };
+            let line = String::from_utf8_lossy(&self.buf[start..end]).into_owned();
+            start = next;
+            from = start;
             self.line(&line, &mut out);
         }
         self.buf.drain(..start);
+        self.scanned = clean - start;
         out
     }
 
@@ -123,5 +143,26 @@ mod tests {
                 data: "{\"jsonrpc\":\"2.0\"}".into()
             }]
         );
+    }
+
+    #[test]
+    fn lines_end_with_lf_crlf_or_a_lone_cr_even_across_chunks() {
+        let stream = b"data: a\rdata: b\r\n\rid: 7\ndata: c\r";
+        let mut p = Parser::default();
+        let mut got = Vec::new();
+        for b in stream.iter() {
+            got.extend(p.feed(&[*b]));
+        }
+        got.extend(p.feed(b"\n"));
+        got.extend(p.feed(b"\n"));
+        let whole = Parser::default().feed(&[&stream[..], b"\n\n"].concat());
+        assert_eq!(got, whole);
+        assert_eq!(
+            got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["a\nb", "c"]
+        );
+        assert_eq!(got[1].id.as_deref(), Some("7"));
+        let framed = encode(None, b"x\ry\r\nz");
+        assert_eq!(&framed[..], b"data: x\ndata: y\ndata: z\n\n");
     }
 }

@@ -35,6 +35,8 @@ const LAYERS: &[(&str, f32)] = &[
     ("diagnostics", 7.1),
     ("bridge", 7.1),
     ("cli", 7.2),
+    // the fuzz targets' entry points (feature `fuzzing`)
+    ("fuzzing", 7.3),
 ];
 
 /// Crates some modules must not use: (crate, the modules, why).

@@ -19,6 +19,8 @@
 
 pub mod chain;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod journal;
 pub mod memory;
 pub mod sled_engine;

@@ -60,6 +60,15 @@ impl Frontend {
     }
 }
 
+/// [`headers::check_mirrored`], for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_check_mirrored(
+    headers: &HeaderMap,
+    msg: &Value,
+) -> Result<(), impl std::fmt::Display + use<>> {
+    headers::check_mirrored(headers, msg)
+}
+
 /// The HTTP routes.
 pub fn router(state: Arc<Frontend>) -> Router {
     Router::new()

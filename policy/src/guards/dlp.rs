@@ -475,6 +475,7 @@ impl Scanner {
                     if let Some(item) = map.get_mut(k) {
                         if let Value::String(s) = item
                             && !s.is_empty()
+                            && !s.starts_with("[REDACTED:")
                             && self.secret_field.is_match(k)
                         {
                             let secret = std::mem::replace(
