@@ -4,6 +4,7 @@ end-to-end tests because it speaks the stateless 2026-07-28 revision as well as 
 Usage: py_server.py stdio | py_server.py http PORT
 """
 
+import os
 import sys
 
 import anyio
@@ -46,6 +47,19 @@ async def sleep(seconds: float) -> str:
         print(f"upstream saw cancel of sleep({seconds})", file=sys.stderr, flush=True)
         raise
     return "woke up"
+
+
+@server.tool()
+async def mark(key: str, hold: bool = False) -> str:
+    """Pause briefly, then append `key` to $TOLLGATE_MARK_FILE: one line per time the call
+    ran, so the kill -9 harness can tell which calls ran, and how often (`hold` is for the
+    broker's policy)."""
+    await anyio.sleep(0.2)
+    path = os.environ.get("TOLLGATE_MARK_FILE")
+    if path:
+        with open(path, "a") as f:
+            f.write(key + "\n")
+    return f"marked {key}"
 
 
 @server.tool()
