@@ -25,7 +25,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::sse;
 
 /// Run the bridge until stdin closes.
-pub fn run(url: &str, token: Option<String>) -> ExitCode {
+pub fn run(url: &str, token: Option<String>, tls: tollgate_shared::tls::ClientTls) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -37,7 +37,7 @@ pub fn run(url: &str, token: Option<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(bridge(url, token)) {
+    match runtime.block_on(bridge(url, token, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate-broker connect: {e:#}");
@@ -78,9 +78,19 @@ fn header_value(v: &str) -> String {
     }
 }
 
-async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
+async fn bridge(
+    url: &str,
+    token: Option<String>,
+    tls: tollgate_shared::tls::ClientTls,
+) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("{url:?} is not a URL: {e}"))?;
+    let mut http = reqwest::Client::builder();
+    if url.scheme() == "https" {
+        http = http.tls_backend_preconfigured(tls.config().map_err(|e| anyhow::anyhow!(e))?);
+    } else if tls != Default::default() {
+        anyhow::bail!("--ca, --cert and --key are for https:// URLs; {url} is plain HTTP");
+    }
     let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -96,7 +106,7 @@ async fn bridge(url: &str, token: Option<String>) -> anyhow::Result<()> {
     let b = Bridge {
         url,
         token,
-        http: reqwest::Client::builder().build()?,
+        http: http.build()?,
         shared: Arc::default(),
         out,
     };
@@ -225,7 +235,8 @@ impl Bridge {
                 let why = format!(
                     "cannot reach the broker at {}: {}",
                     self.url,
-                    tollgate_shared::report::chain(&e)
+                    tollgate_shared::tls::describe(&e)
+                        .unwrap_or_else(|| tollgate_shared::report::chain(&e))
                 );
                 eprintln!("tollgate-broker connect: {why}");
                 if kind == Kind::Request {

@@ -8,7 +8,7 @@
 //!
 //! | layer | modules | what it holds |
 //! |---|---|---|
-//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`listen`], [`browser`] | JSON-RPC and SSE framing, rendering answers, memory trimming, accepting connections under limits, the `Origin`/`Host` checks |
+//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`tls`], [`listen`], [`browser`] | JSON-RPC and SSE framing, rendering answers, memory trimming, the listeners' certificates, accepting connections under limits, the `Origin`/`Host` checks |
 //! | 2 identity | [`auth`] | who a request comes from |
 //! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
@@ -33,6 +33,7 @@ pub(crate) mod queue;
 pub(crate) mod reply;
 pub(crate) mod serve;
 pub(crate) mod sse;
+pub(crate) mod tls;
 #[allow(unsafe_code)]
 pub(crate) mod trim;
 pub(crate) mod upstream;

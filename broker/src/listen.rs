@@ -20,9 +20,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_shared::sync::Mutex;
+
+use crate::tls::{Side, Tls};
 
 /// Descriptors kept free for everything that is not a client connection: the store's files,
 /// the stdio children's pipes, upstream connections (a quarter of the limit when that is less).
@@ -185,13 +188,15 @@ const ANSWERING: usize = 64;
 
 /// Serve `router` on `listener` until `stop`, then let open connections finish (each is told
 /// to close after its current request); returns once every connection has closed. `what`
-/// names the listener in logs.
+/// names the listener in logs. With `tls`, each connection first completes a TLS handshake
+/// (within `header_timeout`) with the certificate in use when it arrived.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     stop: CancellationToken,
     what: &'static str,
+    tls: Option<(Arc<Tls>, Side)>,
 ) {
     let gate = Arc::new(Gate {
         limits,
@@ -225,14 +230,19 @@ pub async fn serve(
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                connections.spawn(connection(
-                    tcp,
+                let serve = Serve {
                     peer,
                     permit,
-                    router.clone(),
-                    limits.header_timeout,
-                    stop.clone(),
-                ));
+                    router: router.clone(),
+                    header_timeout: limits.header_timeout,
+                    stop: stop.clone(),
+                };
+                match &tls {
+                    None => connections.spawn(serve.run(tcp)),
+                    Some((tls, side)) => {
+                        connections.spawn(serve.handshake(tcp, tls.acceptor(*side), what))
+                    }
+                };
             }
             Err(full) => {
                 tracing::warn!(listener = what, %peer, "connection refused: {full}");
@@ -249,34 +259,56 @@ pub async fn serve(
     connections.wait().await;
 }
 
-async fn connection(
-    tcp: TcpStream,
+/// One admitted connection and what it needs to be served.
+struct Serve {
     peer: SocketAddr,
     permit: Permit,
     router: Router,
     header_timeout: Duration,
     stop: CancellationToken,
-) {
-    let service = TowerToHyperService::new(router);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder
-        .serve_connection(TokioIo::new(tcp), service)
-        .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+}
+
+impl Serve {
+    /// Complete the TLS handshake within the header timeout, then serve.
+    async fn handshake(self, tcp: TcpStream, acceptor: TlsAcceptor, what: &'static str) {
+        match tokio::time::timeout(self.header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => self.run(stream).await,
+            Ok(Err(e)) => {
+                // A client refusing our certificate, or one without the client certificate
+                // mutual TLS asks for: worth an operator's eye, but not a warning per scanner.
+                tracing::info!(listener = what, peer = %self.peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                tracing::debug!(listener = what, peer = %self.peer, "no TLS handshake within header_timeout");
+            }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended");
     }
-    drop(permit);
+
+    async fn run<S>(self, io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.router);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended");
+        }
+        drop(self.permit);
+    }
 }
 
 /// Answer a connection over the limits with `503` and close it, without waiting long for a

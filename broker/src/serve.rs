@@ -186,16 +186,30 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let tls = match config.broker.tls.clone() {
+        None => None,
+        Some(settings) => {
+            let tls = crate::tls::Tls::load(settings)
+                .map_err(|e| anyhow::anyhow!("[broker.tls]: {e}"))?;
+            tokio::spawn(tls.clone().watch(std::time::Duration::from_secs(5)));
+            Some(tls)
+        }
+    };
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     tracing::info!(%addr, servers = config.servers.len(), rules = config.policy.rules.len(), "broker ready");
     // Plain lines on stdout so scripts (and tests using port 0) learn the address. A reader
     // that closed stdout must not take the broker down, so write errors are ignored.
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "tollgate-broker listening on http://{addr}");
-        let _ = writeln!(out, "  consoles -> ws://{console_addr}/v1/console");
+        let _ = writeln!(out, "tollgate-broker listening on {http}://{addr}");
+        let _ = writeln!(out, "  consoles -> {ws}://{console_addr}/v1/console");
         for s in &config.servers {
-            let _ = writeln!(out, "  {} -> http://{addr}/mcp/{}", s.name, s.name);
+            let _ = writeln!(out, "  {} -> {http}://{addr}/mcp/{}", s.name, s.name);
         }
         let _ = out.flush();
     }
@@ -211,6 +225,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         console_limits,
         stopping.clone(),
         "console",
+        tls.clone().map(|t| (t, crate::tls::Side::Console)),
     ));
     let server = listen::serve(
         listener,
@@ -218,6 +233,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         limits,
         stopping.clone(),
         "mcp",
+        tls.map(|t| (t, crate::tls::Side::Mcp)),
     );
     let mut server = std::pin::pin!(server);
     tokio::select! {

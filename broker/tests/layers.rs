@@ -14,7 +14,8 @@ const LAYERS: &[(&str, f32)] = &[
     ("jsonrpc", 0.0),
     ("sse", 0.0),
     ("trim", 0.0),
-    ("listen", 0.0),
+    ("tls", 0.0),
+    ("listen", 0.1),
     ("browser", 0.0),
     ("reply", 0.1),
     // 2: who a request comes from

@@ -27,6 +27,8 @@ pub struct Settings {
     pub url: String,
     /// Bearer token from `tollgate-broker token add`.
     pub token: String,
+    /// For a `wss://` URL: the CAs to trust and an optional client certificate.
+    pub tls: tollgate_shared::tls::ClientTls,
 }
 
 /// Who the broker says we are.
@@ -55,6 +57,9 @@ pub struct Conn {
 /// Why connecting failed, worded for the person at the terminal.
 fn explain(url: &str, e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
     use tokio_tungstenite::tungstenite::Error as E;
+    if let Some(why) = tollgate_shared::tls::describe(&e) {
+        return anyhow::anyhow!("cannot connect to {url}: {why}");
+    }
     match e {
         E::Http(resp) if resp.status() == 401 => anyhow::anyhow!(
             "the broker at {url} refused the token (HTTP 401): check --token / TOLLGATE_TOKEN (tokens come from `tollgate-broker token add`)"
@@ -82,9 +87,20 @@ impl Conn {
             .parse()
             .context("the token contains characters that cannot go in a header")?;
         req.headers_mut().insert("authorization", bearer);
+        let connector = if s.url.starts_with("wss://") {
+            let config = s.tls.config().map_err(|e| anyhow::anyhow!(e))?;
+            Some(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+        } else if s.tls != Default::default() {
+            bail!(
+                "{} is a plain ws:// URL, but a CA or client certificate is set (--ca/--cert/--key or console.toml): use the broker's wss:// URL",
+                s.url
+            );
+        } else {
+            None
+        };
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(req),
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {} within 10 s", s.url))?

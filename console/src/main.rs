@@ -40,6 +40,16 @@ struct Cli {
     /// Your token (from `tollgate-broker token add`).
     #[arg(long, global = true, env = "TOLLGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For a wss:// broker: the CA certificate (PEM) that signed its certificate, trusted
+    /// instead of the system's CAs.
+    #[arg(long, global = true, env = "TOLLGATE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A client certificate (PEM), for a broker that requires one (mutual TLS).
+    #[arg(long, global = true, env = "TOLLGATE_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "TOLLGATE_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Config file (default: $XDG_CONFIG_HOME/tollgate/console.toml).
     #[arg(long, global = true, env = "TOLLGATE_CONSOLE_CONFIG")]
     config: Option<PathBuf>,
@@ -164,6 +174,11 @@ enum RulesCmd {
 struct FileConfig {
     url: Option<String>,
     token: Option<String>,
+    /// CA certificate file for a wss:// broker (relative to the config file).
+    ca: Option<PathBuf>,
+    /// Client certificate and key files, for mutual TLS.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
     /// How long `x` blocks a pattern ("15m").
     block_for: Option<String>,
     #[serde(default)]
@@ -205,7 +220,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let token = cli.token.or(file.token).context(
         "no token: pass --token, set TOLLGATE_TOKEN, or put token = \"...\" in the config file (tokens come from `tollgate-broker token add`)",
     )?;
-    let s = Settings { url, token };
+    let near = |p: PathBuf| match path.as_ref().and_then(|c| c.parent()) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    };
+    let tls = tollgate_shared::tls::ClientTls {
+        ca: cli.ca.or(file.ca.map(near)),
+        cert: cli.cert.or(file.cert.map(near)),
+        key: cli.key.or(file.key.map(near)),
+    };
+    let s = Settings { url, token, tls };
     let target = |ids: Vec<String>, fingerprint: Option<String>| match fingerprint {
         Some(fingerprint) => Target::Fingerprint { fingerprint },
         None => Target::Ids { ids },

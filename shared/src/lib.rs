@@ -16,6 +16,8 @@ mod names;
 mod record;
 pub mod report;
 pub mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use digest::{ArgsHash, Digest, Fingerprint, hex, unhex};
 pub use json_text::JsonText;

@@ -253,8 +253,8 @@ def broker(procs, tmp_path):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             out = proc.stdout()
-            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", out)
-            c = re.search(r"consoles -> (ws://\S+)", out)
+            m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", out)
+            c = re.search(r"consoles -> (wss?://\S+)", out)
             if m and c:
                 b = Broker(m.group(1), c.group(1), proc, path, data)
                 started.append(b)

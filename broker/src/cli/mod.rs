@@ -102,6 +102,16 @@ enum Command {
         /// Bearer token for the broker.
         #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// For an https:// broker: the CA certificate (PEM) that signed its certificate,
+        /// trusted instead of the system's CAs.
+        #[arg(long, env = "TOLLGATE_CA", value_name = "FILE")]
+        ca: Option<std::path::PathBuf>,
+        /// A client certificate (PEM) for a broker that requires one (mutual TLS).
+        #[arg(long, env = "TOLLGATE_CERT", value_name = "FILE", requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, env = "TOLLGATE_KEY", value_name = "FILE", requires = "cert")]
+        key: Option<std::path::PathBuf>,
     },
     /// Read a token on stdin and print the token_sha256 value for a [[client]] table.
     HashToken,
@@ -216,7 +226,17 @@ pub fn main() -> ExitCode {
         Command::CheckAudit { dir, records, json } => {
             report("check-audit", check_audit(&dir, records, json))
         }
-        Command::Connect { url, token } => bridge::run(&url, token),
+        Command::Connect {
+            url,
+            token,
+            ca,
+            cert,
+            key,
+        } => bridge::run(
+            &url,
+            token,
+            tollgate_shared::tls::ClientTls { ca, cert, key },
+        ),
         Command::HashToken => {
             let mut token = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut token) {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::Validator;
+use crate::tls::{ClientAuth, TlsSettings};
 
 /// `[broker]`: listeners, storage and limits.
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct BrokerSettings {
     /// Forward allowed calls while the store cannot write (`on_store_error = "forward"`);
     /// by default (`"refuse"`) they are refused, since they could not be recorded.
     pub forward_when_store_fails: bool,
+    /// `[broker.tls]`: both listeners speak TLS.
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -81,6 +84,17 @@ pub(super) struct RawBroker {
     pub(super) max_sessions_per_client: Option<Spanned<i64>>,
     pub(super) max_sessions_per_server: Option<Spanned<i64>>,
     pub(super) on_store_error: Option<Spanned<String>>,
+    pub(super) allow_plaintext: Option<bool>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    client_auth: Option<Spanned<String>>,
 }
 
 /// Defaults of the connection and session limits (`docs/configuration.md` explains them).
@@ -112,6 +126,10 @@ impl Validator<'_> {
     }
 
     pub(super) fn broker(&mut self, base: &Path, raw: RawBroker) -> BrokerSettings {
+        let spans = [
+            raw.listen.as_ref().map_or(0..0, |l| l.span()),
+            raw.console_listen.as_ref().map_or(0..0, |l| l.span()),
+        ];
         let listen = self.address(raw.listen, 8080, "listen");
         let console_listen = self.address(raw.console_listen, 8081, "console_listen");
         let max_body = match raw.max_body {
@@ -155,7 +173,23 @@ impl Validator<'_> {
                 false
             }
         };
+        let tls = raw.tls.and_then(|t| self.tls(base, t));
+        if tls.is_none() && raw.allow_plaintext != Some(true) {
+            for ((addr, key), span) in [(listen, "listen"), (console_listen, "console_listen")]
+                .into_iter()
+                .zip(spans)
+            {
+                if !addr.ip().is_loopback() {
+                    self.problem(
+                        span,
+                        format!("[broker] {key} = \"{addr}\" is reachable from other machines, but [broker.tls] is not set: tokens and call arguments would cross the network in plain text"),
+                        Some("add [broker.tls] with cert and key (docs/configuration.md shows how to make them), or write allow_plaintext = true under [broker] when a TLS-terminating proxy or a private network carries the traffic"),
+                    );
+                }
+            }
+        }
         BrokerSettings {
+            tls,
             listen,
             data_dir,
             max_body,
@@ -207,6 +241,53 @@ impl Validator<'_> {
                     raw.max_sessions_per_server,
                 )
                 .map_or(defaults::MAX_SESSIONS_PER_SERVER, |n| n as usize),
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// `[broker.tls]`: the files must exist and load (so `check` reports a bad certificate).
+    fn tls(&mut self, base: &Path, raw: Spanned<RawTls>) -> Option<TlsSettings> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let client_auth = match raw.client_auth.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("both") => ClientAuth::Both,
+            Some("console") => ClientAuth::Console,
+            Some("mcp") => ClientAuth::Mcp,
+            Some(other) => {
+                if let Some(v) = &raw.client_auth {
+                    self.problem(
+                        v.span(),
+                        format!("client_auth {other:?} is not \"console\", \"mcp\" or \"both\""),
+                        Some("which listeners require a client certificate signed by client_ca"),
+                    );
+                }
+                ClientAuth::Both
+            }
+        };
+        if raw.client_auth.is_some() && raw.client_ca.is_none() {
+            self.problem(
+                span.clone(),
+                "[broker.tls] client_auth needs client_ca, the CA that signs the client certificates".into(),
+                None,
+            );
+        }
+        let settings = TlsSettings {
+            cert: base.join(raw.cert.get_ref()),
+            key: base.join(raw.key.get_ref()),
+            client_ca: raw.client_ca.as_ref().map(|c| base.join(c.get_ref())),
+            client_auth,
+        };
+        match crate::tls::Tls::load(settings.clone()) {
+            Ok(_) => Some(settings),
+            Err(e) => {
+                self.problem(
+                    span,
+                    format!("[broker.tls]: {e}"),
+                    Some("cert and key are PEM files (relative paths are from the config file's directory); docs/configuration.md shows how to make them with openssl"),
+                );
+                None
+            }
         }
     }
 }
