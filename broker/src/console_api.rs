@@ -35,6 +35,8 @@ pub struct ConsoleApi {
     pub registry: Arc<Registry>,
     /// The `Origin` and `Host` browsers may use (a page must not reach the console API).
     pub browsers: Browsers,
+    /// How notifications are doing (dropped ones, failing sinks).
+    pub notify: tokio::sync::watch::Receiver<tollgate_shared::console::NotifyHealth>,
 }
 
 /// The console API's routes.
@@ -221,8 +223,24 @@ async fn connection(
     if failing.is_some() && !send(&mut socket, &ServerMsg::Store { failing }).await {
         return;
     }
+    let mut notify = api.notify.clone();
+    let health = notify.borrow_and_update().clone();
+    if !health.is_ok() && !send(&mut socket, &ServerMsg::Notify { health }).await {
+        return;
+    }
     loop {
         tokio::select! {
+            changed = notify.changed() => {
+                if changed.is_err() {
+                    // No notifier: nothing more to say about it.
+                    notify = tokio::sync::watch::channel(Default::default()).1;
+                    continue;
+                }
+                let health = notify.borrow_and_update().clone();
+                if !send(&mut socket, &ServerMsg::Notify { health }).await {
+                    break;
+                }
+            }
             changed = store.changed() => {
                 if changed.is_err() {
                     break;

@@ -11,6 +11,7 @@
 //! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`tls`], [`listen`], [`browser`] | JSON-RPC and SSE framing, rendering answers, memory trimming, the listeners' certificates, accepting connections under limits, the `Origin`/`Host` checks |
 //! | 2 identity | [`auth`] | who a request comes from |
 //! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
+//! | 3.5 notifications | [`notify`] | telling people of held, escalated, expiring and decided calls |
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
 //! | 5 transports and waiting | [`upstream`], [`waiting`] | stdio and HTTP upstreams; how a client waits for a held call |
 //! | 6 edges | [`frontend`], [`console_api`] | the MCP endpoints, the console WebSocket API |
@@ -29,6 +30,7 @@ pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod jsonrpc;
 pub(crate) mod listen;
+pub(crate) mod notify;
 pub(crate) mod queue;
 pub(crate) mod reply;
 pub(crate) mod serve;

@@ -53,6 +53,14 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
         }
     };
     init_logging(log_format);
+    for w in &config.warnings {
+        tracing::warn!(
+            line = w.line,
+            hint = w.hint.as_deref().unwrap_or(""),
+            "{}",
+            w.message
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,6 +176,12 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         task_sessions: Default::default(),
         sessions,
     });
+    let notify = crate::notify::start(
+        queue.clone(),
+        config.notify.clone(),
+        config.escalations(),
+        config.dlp.guard().map(Arc::new),
+    );
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
         .await
         .with_context(|| {
@@ -218,6 +232,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         queue: queue.clone(),
         registry,
         browsers,
+        notify,
     });
     tokio::spawn(listen::serve(
         console_listener,

@@ -22,6 +22,8 @@ const LAYERS: &[(&str, f32)] = &[
     ("auth", 2.0),
     // 3: held calls and decisions
     ("queue", 3.0),
+    // notifications follow the queue's events
+    ("notify", 3.5),
     // 4: the decision for one call
     ("gateway", 4.0),
     // 5: transports, then waiting (which forwards through them)

@@ -44,7 +44,11 @@ pub fn table(calls: &[Arc<CallRecord>]) -> String {
     );
     for c in calls {
         let expires = c.hold.as_ref().map_or("-".into(), |h| {
-            short_duration(h.expires_ms.saturating_sub(now))
+            if h.expires_ms == u64::MAX {
+                "never".into()
+            } else {
+                short_duration(h.expires_ms.saturating_sub(now))
+            }
         });
         s.push_str(&format!(
             "{:<36}  {:>6}  {:>7}  {:<28}  {:<12}  {}\n",
@@ -152,7 +156,11 @@ pub fn detail(c: &CallRecord) -> String {
         rfc3339_seconds(c.timings.received_ms)
     ));
     if let Some(h) = &c.hold {
-        s.push_str(&format!("expires  {}\n", rfc3339_seconds(h.expires_ms)));
+        if h.expires_ms == u64::MAX {
+            s.push_str("expires  never\n");
+        } else {
+            s.push_str(&format!("expires  {}\n", rfc3339_seconds(h.expires_ms)));
+        }
         s.push_str(&format!("waits as {:?}, quorum {}\n", h.mode, h.quorum).to_lowercase());
         if !h.approvers.is_empty() {
             s.push_str(&format!("deciders {}\n", h.approvers.join(", ")));

@@ -23,5 +23,5 @@ pub mod rules;
 
 pub use glob::ToolPattern;
 pub use rules::{
-    Action, CallView, Cmp, Condition, HoldTerms, Policy, Rule, Subject, Test, Verdict,
+    Action, CallView, Cmp, Condition, HoldTerms, NEVER, Policy, Rule, Subject, Test, Verdict,
 };

@@ -112,11 +112,19 @@ pub struct Rule {
     pub dlp: Option<DlpAction>,
 }
 
+/// `expiry = "never"`: the call waits until someone decides it.
+pub const NEVER: std::time::Duration = std::time::Duration::MAX;
+
 /// How a call held by a rule waits, and who may decide it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HoldTerms {
-    /// Expiry; `None` means the broker's `default_expiry`.
+    /// Expiry; `None` means the broker's `default_expiry`, [`NEVER`] that the call waits until
+    /// someone decides.
     pub expiry: Option<std::time::Duration>,
+    /// After how long undecided the call is escalated (`escalate_after`).
+    pub escalate_after: Option<std::time::Duration>,
+    /// The notification sinks told of an escalation (`escalate_to`).
+    pub escalate_to: Vec<String>,
     /// `hold = "retry"`: answer at once, let the identical call through once after approval.
     pub retry: bool,
     /// Distinct approvals needed (at least 1).

@@ -235,6 +235,42 @@ pub struct DecideResult {
     pub message: String,
 }
 
+/// How the broker's notifications are doing: events dropped (a sink's queue was full, or it
+/// failed every retry) and the sinks failing now. Sent to consoles while anything is wrong, so
+/// a lost notification is never silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyHealth {
+    /// Notifications given up since the broker started.
+    pub dropped: u64,
+    /// Sinks whose last delivery failed, with the error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<(String, String)>,
+}
+
+impl NotifyHealth {
+    /// Whether anything is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.dropped == 0 && self.failing.is_empty()
+    }
+}
+
+impl std::fmt::Display for NotifyHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.dropped > 0 {
+            parts.push(format!("{} notifications dropped", self.dropped));
+        }
+        for (sink, error) in &self.failing {
+            parts.push(format!("sink {sink} failing: {error}"));
+        }
+        if parts.is_empty() {
+            f.write_str("notifications delivered")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 /// The broker's store cannot write: since when, why, and what waits to be written. While this
 /// lasts the broker refuses calls it would otherwise forward (unless configured to forward
 /// them anyway), holds nothing new, and keeps the writes it could not make, retrying them.
@@ -371,6 +407,12 @@ pub enum ServerMsg {
         /// Set while the store cannot write.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failing: Option<StoreFailing>,
+    },
+    /// How notifications are doing: sent after the snapshot while something is wrong, and
+    /// whenever that changes.
+    Notify {
+        /// Dropped notifications and failing sinks.
+        health: NotifyHealth,
     },
     /// A request could not be handled; the connection stays open.
     Error {

@@ -28,6 +28,9 @@ pub enum Outcome {
     Abandoned,
     /// A rate limit or budget refused the call.
     RateLimited,
+    /// A held call waited past its rule's `escalate_after` and its `escalate_to` sinks were
+    /// told; it is still pending. Only ever an audit entry, never a call's outcome.
+    Escalated,
 }
 
 impl Outcome {
@@ -43,6 +46,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Abandoned => "abandoned",
             Outcome::RateLimited => "rate_limited",
+            Outcome::Escalated => "escalated",
         }
     }
 }
@@ -445,6 +449,7 @@ mod tests {
             Outcome::Cancelled,
             Outcome::Abandoned,
             Outcome::RateLimited,
+            Outcome::Escalated,
         ] {
             let json = serde_json::to_value(o).expect("serialize");
             assert_eq!(json, serde_json::Value::String(o.as_str().to_string()));

@@ -115,6 +115,25 @@ enum Command {
     },
     /// Read a token on stdin and print the token_sha256 value for a [[client]] table.
     HashToken,
+    /// Notification sinks ([[notify]]).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum NotifyCommand {
+    /// Send a sample "held" event to every sink (or one) and print what each answered.
+    ///
+    /// Exits 1 when any sink failed. Nothing is retried, coalesced or rate-limited, and no
+    /// broker needs to run.
+    Test {
+        /// The broker's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +185,55 @@ enum TokenCommand {
     },
 }
 
+fn notify_test(path: &Path, sink: Option<String>) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.notify.is_empty() {
+        eprintln!(
+            "tollgate-broker notify test: {} has no [[notify]] sinks",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(name) = &sink
+        && !config.notify.iter().any(|s| &s.name == name)
+    {
+        let known: Vec<&str> = config.notify.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "tollgate-broker notify test: no sink {name:?} (known: {})",
+            known.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-broker notify test: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let answers = runtime.block_on(crate::notify::test(&config.notify, sink.as_deref()));
+    let mut ok = true;
+    for (name, a) in answers {
+        println!("{name}: {} {}", if a.ok { "ok" } else { "FAILED" }, a.said);
+        ok &= a.ok;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn report(what: &str, r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,8 +249,21 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
+        Command::Notify(NotifyCommand::Test { config, sink }) => notify_test(&config, sink),
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!(
+                        "  {}:{}:{}: warning: {}",
+                        config.display(),
+                        w.line,
+                        w.column,
+                        w.message
+                    );
+                    if let Some(h) = &w.hint {
+                        eprintln!("    hint: {h}");
+                    }
+                }
                 println!(
                     "{}: OK ({} server{}, {} rule{}, default action {})",
                     config.display(),

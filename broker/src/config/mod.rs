@@ -13,6 +13,7 @@
 mod broker;
 mod clients;
 mod guards;
+mod notify;
 mod rules;
 mod servers;
 
@@ -51,6 +52,31 @@ pub struct Config {
     pub budgets: Vec<Budget>,
     /// Loop detection (`[loops]`).
     pub loops: LoopConfig,
+    /// Notification sinks (`[[notify]]`).
+    pub notify: Vec<crate::notify::SinkSpec>,
+    /// Things that work but are likely not what was meant (`check` prints them, `serve` logs
+    /// them).
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// The rules' escalations, by rule index, for the notifier.
+    pub fn escalations(&self) -> std::collections::HashMap<usize, crate::notify::Escalation> {
+        self.policy
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let after = r.hold.escalate_after?;
+                Some((
+                    r.id.index,
+                    crate::notify::Escalation {
+                        after,
+                        to: r.hold.escalate_to.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// One problem found in a config file.
@@ -129,6 +155,8 @@ struct RawConfig {
     budget: Vec<Spanned<guards::RawBudget>>,
     #[serde(default)]
     loops: guards::RawLoops,
+    #[serde(default)]
+    notify: Vec<Spanned<notify::RawNotify>>,
 }
 
 /// Read and validate a config file.
@@ -163,8 +191,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut v = Validator {
         text,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut config = v.config(path, raw);
+    config.warnings = std::mem::take(&mut v.warnings);
     config.policy.version = tollgate_policy::fingerprint::sha256_hex(text.as_bytes())[..12].into();
     if v.problems.is_empty() {
         Ok(config)
@@ -184,9 +214,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct Validator<'a> {
     text: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Validator<'_> {
+    pub(super) fn warning(&mut self, span: Range<usize>, message: String, hint: Option<&str>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.warnings.push(Problem {
+            line,
+            column,
+            message,
+            hint: hint.map(str::to_string),
+        });
+    }
+
     pub(super) fn problem(&mut self, span: Range<usize>, message: String, hint: Option<&str>) {
         let (line, column) = line_col(self.text, span.start);
         self.problems.push(Problem {
@@ -234,7 +275,9 @@ impl Validator<'_> {
             },
         );
         let auth = self.auth(mode, raw.client);
-        let policy = self.policy(raw.policy, raw.rule, &servers);
+        let notify = self.notify(raw.notify);
+        let sinks: Vec<&str> = notify.iter().map(|s| s.name.as_str()).collect();
+        let policy = self.policy(raw.policy, raw.rule, &servers, &sinks);
         let dlp = self.dlp(raw.dlp);
         let limits = self.limits(raw.limit);
         let budgets = self.budgets(raw.budget);
@@ -248,6 +291,8 @@ impl Validator<'_> {
             limits,
             budgets,
             loops,
+            notify,
+            warnings: Vec::new(),
         }
     }
 

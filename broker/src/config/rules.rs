@@ -35,6 +35,9 @@ pub(super) struct RawRule {
     #[serde(default)]
     pub(super) approvers: Vec<String>,
     pub(super) dlp: Option<Spanned<String>>,
+    pub(super) escalate_after: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) escalate_to: Vec<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -43,6 +46,7 @@ impl Validator<'_> {
         raw: RawPolicy,
         rules: Vec<Spanned<RawRule>>,
         servers: &[ServerSpec],
+        sinks: &[&str],
     ) -> Policy {
         let default = match raw.default {
             None => Action::Approve,
@@ -115,7 +119,15 @@ impl Validator<'_> {
                 None => Vec::new(),
                 Some(w) => self.conditions(index, w),
             };
-            let hold = self.hold_terms(index, action, r.expiry, r.hold, r.quorum, r.approvers);
+            let mut hold = self.hold_terms(index, action, r.expiry, r.hold, r.quorum, r.approvers);
+            self.escalation(
+                index,
+                action,
+                r.escalate_after,
+                r.escalate_to,
+                sinks,
+                &mut hold,
+            );
             let dlp = r
                 .dlp
                 .and_then(|d| self.dlp_action(d, &format!("rule {index}")));
@@ -137,6 +149,55 @@ impl Validator<'_> {
             default,
             version: Default::default(),
         }
+    }
+
+    fn escalation(
+        &mut self,
+        index: usize,
+        action: Action,
+        after: Option<Spanned<String>>,
+        to: Vec<Spanned<String>>,
+        sinks: &[&str],
+        hold: &mut HoldTerms,
+    ) {
+        if action != Action::Approve
+            && let Some(span) = after
+                .as_ref()
+                .map(|a| a.span())
+                .or(to.first().map(|t| t.span()))
+        {
+            self.problem(
+                span,
+                format!("rule {index}: escalate_after and escalate_to only apply to action = \"approve\""),
+                None,
+            );
+            return;
+        }
+        match (&after, to.is_empty()) {
+            (Some(a), true) => self.problem(
+                a.span(),
+                format!("rule {index}: escalate_after needs escalate_to, the [[notify]] sinks to tell"),
+                Some("for example escalate_to = [\"oncall-pager\"]"),
+            ),
+            (None, false) => self.problem(
+                to[0].span(),
+                format!("rule {index}: escalate_to needs escalate_after, how long a call waits before it is escalated"),
+                Some("for example escalate_after = \"5m\""),
+            ),
+            _ => {}
+        }
+        for t in &to {
+            if !sinks.contains(&t.get_ref().as_str()) {
+                self.problem(
+                    t.span(),
+                    format!("rule {index}: escalate_to names {:?}, which is not a [[notify]] sink (known: {})", t.get_ref(), if sinks.is_empty() { "none".to_string() } else { sinks.join(", ") }),
+                    None,
+                );
+            }
+        }
+        hold.escalate_after =
+            after.map(|a| self.duration(Some(a), Duration::from_secs(300), "escalate_after"));
+        hold.escalate_to = to.into_iter().map(|t| t.into_inner()).collect();
     }
 
     fn hold_terms(
@@ -162,7 +223,13 @@ impl Validator<'_> {
                 );
             }
         }
-        let expiry = expiry.map(|e| self.duration(Some(e), Duration::from_secs(600), "expiry"));
+        let never = expiry.as_ref().is_some_and(|e| e.get_ref() == "never");
+        let never_span = expiry.as_ref().map(|e| e.span());
+        let expiry = if never {
+            Some(tollgate_policy::NEVER)
+        } else {
+            expiry.map(|e| self.duration(Some(e), Duration::from_secs(600), "expiry"))
+        };
         let retry = match hold {
             None => false,
             Some(h) => match h.get_ref().as_str() {
@@ -192,11 +259,22 @@ impl Validator<'_> {
                 }
             },
         };
+        if never
+            && !retry
+            && let Some(span) = never_span
+        {
+            self.warning(
+                span,
+                format!("rule {index}: expiry = \"never\" with hold = \"stream\": a client waiting on its stream waits until someone decides, but most clients give up within minutes"),
+                Some("clients that support tasks wait without a deadline; for the others use hold = \"retry\", or a finite expiry with escalate_after"),
+            );
+        }
         HoldTerms {
             expiry,
             retry,
             quorum,
             approvers,
+            ..HoldTerms::default()
         }
     }
 

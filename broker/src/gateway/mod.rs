@@ -546,7 +546,9 @@ impl Gateway {
         record.outcome = Outcome::Pending;
         record.hold = Some(Hold {
             mode,
-            expires_ms: now_ms() + expiry.as_millis() as u64,
+            // `expiry = "never"` (and anything past the end of time) is u64::MAX.
+            expires_ms: u64::try_from(expiry.as_millis())
+                .map_or(u64::MAX, |ms| now_ms().saturating_add(ms)),
             quorum: verdict.hold.quorum.max(1),
             approvers: verdict.hold.approvers.clone(),
             // As kept: redacted when the request's `_meta` held secrets.

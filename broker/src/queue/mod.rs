@@ -230,7 +230,8 @@ impl Queue {
         self.publish(ServerMsg::CallPending {
             call: record.clone(),
         });
-        if let Some(at) = expires {
+        // `expiry = "never"` is u64::MAX: such a call waits for a decision.
+        if let Some(at) = expires.filter(|at| *at != u64::MAX) {
             self.expire_at(at, id);
         }
         Waiting { record, done: rx }

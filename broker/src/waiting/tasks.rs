@@ -73,7 +73,13 @@ fn waiting_message(record: &CallRecord) -> String {
     let expires = record
         .hold
         .as_ref()
-        .map(|h| format!("; expires {}", rfc3339_millis(h.expires_ms)))
+        .map(|h| {
+            if h.expires_ms == u64::MAX {
+                "; it does not expire".to_string()
+            } else {
+                format!("; expires {}", rfc3339_millis(h.expires_ms))
+            }
+        })
         .unwrap_or_default();
     format!(
         "Waiting for approval by {who}{how_many}: rule \"{}\" holds {}/{}{expires}",
@@ -177,8 +183,14 @@ fn view(feed: &Feed, queue: &Queue) -> View {
     }
 }
 
-fn ttl_ms(feed: &Feed) -> u64 {
-    feed.expires_ms.saturating_sub(feed.received_ms) + 300_000
+/// How long the task is kept: until its call's expiry and five minutes more; `None` (`null`
+/// on the wire: unlimited) for a call that never expires.
+fn ttl_ms(feed: &Feed) -> Option<u64> {
+    (feed.expires_ms != u64::MAX).then(|| {
+        feed.expires_ms
+            .saturating_sub(feed.received_ms)
+            .saturating_add(300_000)
+    })
 }
 
 fn task_object(feed: &Feed, v: &View, flavor: Flavor) -> Value {

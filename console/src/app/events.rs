@@ -56,6 +56,7 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.me = Some(me);
             // A broker whose store fails says so after the snapshot.
             app.store = None;
+            app.notify = Default::default();
             app.link = Link::Up;
             app.waiting = 0;
             app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
@@ -173,6 +174,12 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                     _ => {}
                 }
                 app.store = failing;
+            }
+            ServerMsg::Notify { health } => {
+                if health.dropped > app.notify.dropped || health.failing != app.notify.failing {
+                    app.note(format!("broker: {health}"));
+                }
+                app.notify = health;
             }
             ServerMsg::Hello { .. } => {}
         },

@@ -110,6 +110,9 @@ pub struct App {
     pub waiting: usize,
     /// Set while the broker's store cannot write (shown in the status bar).
     pub store: Option<tollgate_shared::console::StoreFailing>,
+    /// Dropped notifications and failing sinks, as the broker last said (shown in the status
+    /// bar while anything is wrong).
+    pub notify: tollgate_shared::console::NotifyHealth,
     /// Next request number.
     pub next_req: u64,
     /// Key bindings.
@@ -148,6 +151,7 @@ impl App {
             me: None,
             link: Link::Connecting(1),
             store: None,
+            notify: Default::default(),
             calls: BTreeMap::new(),
             rows: Vec::new(),
             shown: 0,

@@ -45,11 +45,15 @@ pub(super) fn detail(app: &App, f: &mut Frame, area: Rect) {
         lines.push(field(
             app,
             "expires",
-            format!(
-                "{} (in {})",
-                rfc3339_seconds(h.expires_ms),
-                short_duration(h.expires_ms.saturating_sub(app.now_ms))
-            ),
+            if h.expires_ms == u64::MAX {
+                "never: waits until someone decides".to_string()
+            } else {
+                format!(
+                    "{} (in {})",
+                    rfc3339_seconds(h.expires_ms),
+                    short_duration(h.expires_ms.saturating_sub(app.now_ms))
+                )
+            },
         ));
         let who = if h.approvers.is_empty() {
             "any approver".to_string()

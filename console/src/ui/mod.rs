@@ -124,6 +124,20 @@ fn status_bar(app: &App, f: &mut Frame, area: Rect) {
             style(app, Look::Bad),
         ));
     }
+    if !app.notify.is_ok() {
+        let mut text = Vec::new();
+        if app.notify.dropped > 0 {
+            text.push(format!("{} dropped", app.notify.dropped));
+        }
+        if !app.notify.failing.is_empty() {
+            let sinks: Vec<&str> = app.notify.failing.iter().map(|(s, _)| s.as_str()).collect();
+            text.push(format!("failing: {}", sinks.join(", ")));
+        }
+        spans.push(Span::styled(
+            format!(" · ✗ notifications {}", text.join(", ")),
+            style(app, Look::Bad),
+        ));
+    }
     let line = Line::from(spans);
     f.render_widget(Paragraph::new(line), area);
 }

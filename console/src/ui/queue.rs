@@ -89,6 +89,7 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
             let age = short_duration(app.now_ms.saturating_sub(r.first_ms));
             let exp = match r.expires_ms {
                 None => "-".into(),
+                Some(u64::MAX) => "never".into(),
                 Some(at) if at <= app.now_ms => "now".into(),
                 Some(at) => short_duration(at - app.now_ms),
             };
