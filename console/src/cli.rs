@@ -382,8 +382,44 @@ pub fn event_line(m: &ServerMsg) -> Option<String> {
     ))
 }
 
-/// `watch`: stream events until interrupted.
-pub async fn watch(s: &Settings, json: bool) -> Result<ExitCode> {
+/// Run `--exec`'s command for a new pending call: the message on stdin, the call's names in
+/// the environment. Not waited for: a slow command never holds up the watch.
+fn exec_for(cmd: &str, m: &ServerMsg) {
+    let ServerMsg::CallPending { call } = m else {
+        return;
+    };
+    let json = serde_json::to_string(m).unwrap_or_default();
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("TOLLGATE_CALL_ID", call.id.as_ref())
+        .env("TOLLGATE_SERVER", call.server.as_ref())
+        .env("TOLLGATE_TOOL", call.tool.as_ref())
+        .env("TOLLGATE_CLIENT", call.client.as_ref())
+        .stdin(std::process::Stdio::piped())
+        .spawn();
+    match child {
+        Err(e) => eprintln!("tollgate watch: cannot run --exec command: {e}"),
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(json.as_bytes()).await;
+                }
+                match child.wait().await {
+                    Ok(status) if !status.success() => {
+                        eprintln!("tollgate watch: --exec command {status}")
+                    }
+                    Err(e) => eprintln!("tollgate watch: --exec command: {e}"),
+                    _ => {}
+                }
+            });
+        }
+    }
+}
+
+/// `watch`: stream events until interrupted; with `exec`, run it for every new pending call.
+pub async fn watch(s: &Settings, json: bool, exec: Option<&str>) -> Result<ExitCode> {
     let mut conn = Conn::connect(s).await?;
     if !json {
         eprintln!(
@@ -395,6 +431,9 @@ pub async fn watch(s: &Settings, json: bool) -> Result<ExitCode> {
     }
     loop {
         let m = conn.next().await?;
+        if let Some(cmd) = exec {
+            exec_for(cmd, &m);
+        }
         let mut out = std::io::stdout().lock();
         if json {
             if !matches!(

@@ -3,8 +3,10 @@
 //!
 //! [`client`] talks to the broker's console API; [`cli`] is the scriptable commands; the TUI is
 //! [`app`] (state and `update`), [`ui`] (pure rendering) and [`tui`] (the terminal loop), with
-//! [`keys`] for bindings and [`fmt`] for text helpers.
+//! [`keys`] for bindings, [`alert`] for the bell and desktop notifications, and [`fmt`] for
+//! text helpers.
 
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod client;

@@ -50,6 +50,11 @@ struct Cli {
     /// The client certificate's private key (PEM).
     #[arg(long, global = true, env = "TOLLGATE_KEY", value_name = "FILE")]
     key: Option<PathBuf>,
+    /// How the TUI tells you calls arrived while you were away: bell, osc (a desktop
+    /// notification through the terminal), command (notify_command in console.toml) or off.
+    /// A non-empty TOLLGATE_NO_NOTIFY turns it off.
+    #[arg(long, global = true, value_name = "HOW")]
+    notify: Option<String>,
     /// Config file (default: $XDG_CONFIG_HOME/tollgate/console.toml).
     #[arg(long, global = true, env = "TOLLGATE_CONSOLE_CONFIG")]
     config: Option<PathBuf>,
@@ -128,6 +133,11 @@ enum Cmd {
         /// One JSON message per line.
         #[arg(long)]
         json: bool,
+        /// Run this shell command for every new pending call, with its call_pending message as
+        /// JSON on stdin and TOLLGATE_CALL_ID, TOLLGATE_SERVER, TOLLGATE_TOOL and
+        /// TOLLGATE_CLIENT set (e.g. --exec 'notify-send "Tollgate" "$TOLLGATE_TOOL"').
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
     },
     /// Search the audit trail of the running broker.
     Audit {
@@ -179,6 +189,12 @@ struct FileConfig {
     /// Client certificate and key files, for mutual TLS.
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    /// bell, osc, command or off.
+    notify: Option<String>,
+    /// The program notify = "command" runs.
+    notify_command: Option<Vec<String>>,
+    /// How long without a key before the console counts as away ("30s").
+    notify_idle: Option<String>,
     /// How long `x` blocks a pattern ("15m").
     block_for: Option<String>,
     #[serde(default)]
@@ -247,7 +263,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     })?
                     .as_millis() as u64,
             };
-            tui::run(s, keys, block_for).await?;
+            let off = std::env::var_os("TOLLGATE_NO_NOTIFY").is_some_and(|v| !v.is_empty());
+            let how = cli.notify.or(file.notify).unwrap_or_else(|| "bell".into());
+            let mode = if off {
+                tollgate_console::alert::Mode::Off
+            } else {
+                tollgate_console::alert::Mode::parse(&how, file.notify_command)
+                    .map_err(|e| anyhow::anyhow!(e))?
+            };
+            let idle = match &file.notify_idle {
+                None => tollgate_console::alert::IDLE_AFTER,
+                Some(text) => humantime::parse_duration(text).with_context(|| {
+                    format!("notify_idle = {text:?} in the console config: write a duration like \"30s\"")
+                })?,
+            };
+            let alerter = tollgate_console::alert::Alerter::new(mode, idle, now_ms());
+            tui::run(s, keys, block_for, alerter).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::List { json }) => cli::list(&s, json).await,
@@ -288,7 +319,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             None => cli::rules(&s, None, json).await,
             Some(RulesCmd::Revoke { id }) => cli::rules(&s, Some(id), json).await,
         },
-        Some(Cmd::Watch { json }) => cli::watch(&s, json).await,
+        Some(Cmd::Watch { json, exec }) => cli::watch(&s, json, exec.as_deref()).await,
         Some(Cmd::Audit {
             status,
             server,

@@ -8,15 +8,18 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
+use ratatui::crossterm::event::{
+    self, DisableFocusChange, EnableFocusChange, Event as TermEvent, KeyEvent, KeyEventKind,
+};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use tokio::sync::mpsc;
 
+use crate::alert::Alerter;
 use crate::app::{Action, App, update_batch};
-use crate::client::{self, Settings};
+use crate::client::{self, Event, Settings};
 use crate::keys::KeyMap;
 use crate::ui;
 use tollgate_shared::clock::now_ms;
@@ -27,12 +30,24 @@ struct Restore;
 impl Drop for Restore {
     fn drop(&mut self) {
         let _ = disable_raw_mode();
-        let _ = execute!(std::io::stdout(), LeaveAlternateScreen);
+        let _ = execute!(std::io::stdout(), DisableFocusChange, LeaveAlternateScreen);
     }
 }
 
+/// What the terminal reader thread reports.
+enum Input {
+    Key(KeyEvent),
+    Resize,
+    Focus(bool),
+}
+
 /// Run the TUI until the user quits.
-pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<()> {
+pub async fn run(
+    settings: Settings,
+    keys: KeyMap,
+    block_for_ms: u64,
+    mut alerter: Alerter,
+) -> Result<()> {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let mut app = App::new(settings.url.clone(), keys, no_color, now_ms());
     app.block_for_ms = block_for_ms;
@@ -46,12 +61,18 @@ pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<
             match event::poll(Duration::from_millis(200)) {
                 Ok(true) => match event::read() {
                     Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
-                        if key_tx.blocking_send(Some(k)).is_err() {
+                        if key_tx.blocking_send(Input::Key(k)).is_err() {
                             return;
                         }
                     }
                     Ok(TermEvent::Resize(..)) => {
-                        if key_tx.blocking_send(None).is_err() {
+                        if key_tx.blocking_send(Input::Resize).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(e @ (TermEvent::FocusGained | TermEvent::FocusLost)) => {
+                        let focused = matches!(e, TermEvent::FocusGained);
+                        if key_tx.blocking_send(Input::Focus(focused)).is_err() {
                             return;
                         }
                     }
@@ -70,7 +91,7 @@ pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<
 
     enable_raw_mode().context("cannot put the terminal in raw mode (is this a terminal?)")?;
     let _restore = Restore;
-    execute!(std::io::stdout(), EnterAlternateScreen)?;
+    execute!(std::io::stdout(), EnterAlternateScreen, EnableFocusChange)?;
     let mut term: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     term.clear()?;
@@ -79,8 +100,15 @@ pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<
         term.draw(|f| ui::render(&app, f))?;
         let action = tokio::select! {
             k = key_rx.recv() => match k {
-                Some(Some(k)) => Action::Key(k),
-                Some(None) => continue,
+                Some(Input::Key(k)) => {
+                    alerter.key(now_ms());
+                    Action::Key(k)
+                }
+                Some(Input::Resize) => continue,
+                Some(Input::Focus(focused)) => {
+                    alerter.focus(focused, now_ms());
+                    continue;
+                }
                 None => break,
             },
             e = ev_rx.recv() => match e {
@@ -96,6 +124,27 @@ pub async fn run(settings: Settings, keys: KeyMap, block_for_ms: u64) -> Result<
             match ev_rx.try_recv() {
                 Ok(e) => actions.push(Action::Broker(e)),
                 Err(_) => break,
+            }
+        }
+        let arrived: Vec<&tollgate_shared::CallRecord> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Broker(Event::Message(m)) => match &**m {
+                    tollgate_shared::console::ServerMsg::CallPending { call }
+                        if !app.calls.contains_key(&call.id) =>
+                    {
+                        Some(&**call)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = arrived.first() {
+            let summary = format!("{}/{} from {}", first.server, first.tool, first.client);
+            if let Some(alert) = alerter.arrived(arrived.len(), &summary, now_ms()) {
+                let json = serde_json::to_string(&arrived).unwrap_or_default();
+                alert.give(&mut std::io::stdout(), &json);
             }
         }
         for msg in update_batch(&mut app, actions) {
