@@ -239,7 +239,11 @@ pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Broker, Strin
             bail!("broker exited before announcing its addresses");
         }
         if base.is_none() {
-            base = line.split("http://").nth(1).map(|s| s.trim().to_string());
+            // "listening on http://..." (or https:// with [broker.tls]).
+            base = line
+                .split("listening on ")
+                .nth(1)
+                .map(|s| s.trim().to_string());
         } else {
             console = line.split("-> ").nth(1).map(|s| s.trim().to_string());
         }
@@ -251,7 +255,7 @@ pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Broker, Strin
         child,
         wrapped: !wrap.trim().is_empty(),
     };
-    Ok((broker, format!("http://{base}"), console))
+    Ok((broker, base, console))
 }
 
 /// Resident memory of a process in MiB, from /proc (Linux).
