@@ -142,7 +142,7 @@ enum Cmd {
     /// Search the audit trail of the running broker.
     Audit {
         /// Only this status (allowed, blocked, pending, approved, rejected, expired, cancelled,
-        /// abandoned, rate_limited).
+        /// abandoned, rate_limited, escalated).
         #[arg(long, value_parser = |s: &str| s.parse::<Outcome>())]
         status: Option<Outcome>,
         /// Only this server.

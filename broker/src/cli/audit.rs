@@ -51,7 +51,7 @@ pub enum Format {
 #[derive(clap::Args, Debug)]
 pub struct Search {
     /// Only this status: allowed, blocked, pending, approved, rejected, expired, cancelled,
-    /// abandoned, rate_limited.
+    /// abandoned, rate_limited, escalated.
     #[arg(long, value_parser = |s: &str| s.parse::<Outcome>())]
     status: Option<Outcome>,
     /// Only calls to this server.
