@@ -296,6 +296,9 @@ def test_a_dead_or_hanging_sink_never_holds_up_a_hold_and_consoles_are_told(brok
         assert time.monotonic() < deadline, health
         health = c.next("notify", timeout=30)["health"]
     assert "notification dropped" in b.log()
+    # A sink's URL can be its secret (Slack's is): errors shown and logged never carry it.
+    assert all("/nobody" not in err for _, err in health["failing"]), health
+    assert "/nobody" not in b.log()
     c.decide(sorted(seen), "approve")
     for f in futs:
         assert not f.result(30).is_error

@@ -185,9 +185,11 @@ async fn post(req: reqwest::RequestBuilder, timeout: Duration) -> Answer {
             ok: false,
             said: format!("no answer within {}", humantime::format_duration(timeout)),
         },
+        // Without the URL: a Slack webhook's URL is its secret, and this text reaches logs and
+        // every console.
         Ok(Err(e)) => Answer {
             ok: false,
-            said: tollgate_shared::report::chain(&e),
+            said: tollgate_shared::report::chain(&e.without_url()),
         },
         Ok(Ok((status, body))) => {
             let body: String = body.chars().take(300).collect();
