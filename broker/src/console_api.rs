@@ -204,6 +204,7 @@ async fn connection(
     mut socket: WebSocket,
 ) {
     tracing::info!(identity = %who.name, role = who.role.as_str(), "console connected");
+    let _counted = crate::metrics::global().console();
     let mut identities = api.registry.changes();
     // Subscribe before the snapshot so nothing falls between them (an event may then appear in
     // both, which consoles handle by call id).

@@ -8,15 +8,16 @@
 //!
 //! | layer | modules | what it holds |
 //! |---|---|---|
-//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`tls`], [`listen`], [`browser`] | JSON-RPC and SSE framing, rendering answers, memory trimming, the listeners' certificates, accepting connections under limits, the `Origin`/`Host` checks |
+//! | 0 leaves | [`jsonrpc`], [`sse`], [`reply`], [`trim`], [`tls`], [`listen`], [`browser`], [`metrics`] | JSON-RPC and SSE framing, rendering answers, memory trimming, the listeners' certificates, accepting connections under limits, the `Origin`/`Host` checks, the Prometheus registry |
 //! | 2 identity | [`auth`] | who a request comes from |
 //! | 3 queue | [`queue`] | held calls, decisions, expiry, grants, temporary rules |
 //! | 3.5 notifications | [`notify`] | telling people of held, escalated, expiring and decided calls |
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
 //! | 5 transports and waiting | [`upstream`], [`waiting`] | stdio and HTTP upstreams; how a client waits for a held call |
-//! | 6 edges | [`frontend`], [`console_api`] | the MCP endpoints, the console WebSocket API |
+//! | 6 edges | [`frontend`], [`console_api`], [`admin`] | the MCP endpoints, the console WebSocket API, metrics and health |
 //! | 7 wiring | [`config`], [`serve`], [`diagnostics`], [`bridge`], [`cli`] | config parsed into each layer's types, the running broker, the commands |
 
+pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod bridge;
 pub(crate) mod browser;
@@ -30,6 +31,7 @@ pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod jsonrpc;
 pub(crate) mod listen;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod queue;
 pub(crate) mod reply;

@@ -102,7 +102,8 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         &config.broker.data_dir,
         config.broker.store_cache,
     )?);
-    let store: Arc<dyn Backend> = Store::open(engine.clone()).await?;
+    let store: Arc<dyn Backend> =
+        Store::open_observed(engine.clone(), Some(crate::metrics::observer())).await?;
     for (path, mode) in tollgate_shared::fs::too_open(&config.broker.data_dir) {
         tracing::warn!(
             path = %path.display(),
@@ -200,6 +201,16 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let admin_listener = match config.broker.admin_listen {
+        None => None,
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen on {a} for metrics and health (set [broker] admin_listen to a free address, or \"off\")")
+        })?),
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let tls = match config.broker.tls.clone() {
         None => None,
         Some(settings) => {
@@ -222,17 +233,40 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "tollgate-broker listening on {http}://{addr}");
         let _ = writeln!(out, "  consoles -> {ws}://{console_addr}/v1/console");
+        if let Some(a) = admin_addr {
+            let _ = writeln!(out, "  metrics -> {http}://{a}/metrics");
+        }
         for s in &config.servers {
             let _ = writeln!(out, "  {} -> {http}://{addr}/mcp/{}", s.name, s.name);
         }
         let _ = out.flush();
     }
     let stopping = tokio_util::sync::CancellationToken::new();
+    if let Some(admin_listener) = admin_listener {
+        let admin = Arc::new(crate::admin::Admin {
+            queue: queue.clone(),
+            servers: config.servers.clone(),
+            journal_bytes: Box::new({
+                let engine = engine.clone();
+                move || engine.journal_bytes()
+            }),
+            notify: notify.clone(),
+            browsers: browsers.clone(),
+        });
+        tokio::spawn(listen::serve(
+            admin_listener,
+            crate::admin::router(admin),
+            console_limits,
+            stopping.clone(),
+            "admin",
+            tls.clone().map(|t| (t, crate::tls::Side::Admin)),
+        ));
+    }
     let api = Arc::new(ConsoleApi {
         queue: queue.clone(),
         registry,
         browsers,
-        notify,
+        notify: notify.subscribe(),
     });
     tokio::spawn(listen::serve(
         console_listener,

@@ -47,11 +47,14 @@ pub enum Side {
     Mcp,
     /// The console listener (`console_listen`).
     Console,
+    /// The admin listener (`admin_listen`): never asks for client certificates.
+    Admin,
 }
 
 struct Configs {
     mcp: Arc<ServerConfig>,
     console: Arc<ServerConfig>,
+    admin: Arc<ServerConfig>,
 }
 
 /// The TLS configuration of both listeners, reloaded when its files change.
@@ -80,6 +83,7 @@ impl Tls {
         TlsAcceptor::from(match side {
             Side::Mcp => c.mcp.clone(),
             Side::Console => c.console.clone(),
+            Side::Admin => c.admin.clone(),
         })
     }
 
@@ -192,5 +196,6 @@ fn build(s: &TlsSettings) -> Result<Configs, String> {
     Ok(Configs {
         mcp: make(Side::Mcp)?,
         console: make(Side::Console)?,
+        admin: make(Side::Admin)?,
     })
 }

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, f32)] = &[
     ("tls", 0.0),
     ("listen", 0.1),
     ("browser", 0.0),
+    ("metrics", 0.0),
     ("reply", 0.1),
     // 2: who a request comes from
     ("auth", 2.0),
@@ -32,6 +33,7 @@ const LAYERS: &[(&str, f32)] = &[
     // 6: edges, which must not know each other
     ("frontend", 6.0),
     ("console_api", 6.0),
+    ("admin", 6.0),
     // 7: wiring and commands
     ("config", 7.0),
     ("serve", 7.1),

@@ -166,6 +166,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
 }
 
+/// Told of what the store committed, after each group is durable: for metrics. Called on the
+/// writer's task, so it must be quick (counters, histograms) and never block.
+pub trait Observer: Send + Sync + 'static {
+    /// A group of `writes` mutations was committed in `took`.
+    fn committed(&self, writes: usize, took: std::time::Duration);
+    /// A record's write was committed; `audited` is the outcome of its audit entry if it had
+    /// one, made at `at_ms`. Every audit entry is reported exactly once.
+    fn written(&self, record: &CallRecord, audited: Option<Outcome>, at_ms: u64);
+}
+
 /// One change to a local engine: what the journal records and the engine applies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "m", rename_all = "snake_case")]

@@ -218,6 +218,11 @@ impl SledEngine {
         }
     }
 
+    /// Bytes in the journal now (emptied at each checkpoint).
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.lock().len()
+    }
+
     /// Apply everything committed so far, make sled's own files durable and empty the journal.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let (tx, rx) = sync_channel(1);

@@ -145,6 +145,14 @@ impl Store {
     /// Open the store over `engine`: read back the calls still held and the audit chain's
     /// head, and start the writer task.
     pub async fn open(engine: Arc<dyn Engine>) -> Result<Arc<Store>, StoreError> {
+        Store::open_observed(engine, None).await
+    }
+
+    /// [`Store::open`], telling `observer` of every committed group and write.
+    pub async fn open_observed(
+        engine: Arc<dyn Engine>,
+        observer: Option<Arc<dyn crate::Observer>>,
+    ) -> Result<Arc<Store>, StoreError> {
         let reader = engine.clone();
         let (open, (seq, head)) = tokio::task::spawn_blocking(move || {
             Ok::<_, StoreError>((reader.open()?, reader.audit_head()?))
@@ -169,6 +177,7 @@ impl Store {
             head,
             retry: Vec::new(),
             health: health_tx,
+            observer,
         };
         tokio::spawn(writer.run(rx));
         Ok(Arc::new(Store {
@@ -337,6 +346,7 @@ struct Writer {
     /// Writes of groups that could not be committed, oldest first, with when they were made.
     retry: Vec<Kept>,
     health: watch::Sender<Option<StoreFailing>>,
+    observer: Option<Arc<dyn crate::Observer>>,
 }
 
 /// A write kept for the next group: the record, what to write of it, and when it was made.
@@ -351,6 +361,9 @@ struct Group {
     undo: Vec<Undo>,
     /// The writes to keep if the group cannot be committed.
     keep: Vec<Kept>,
+    /// What to tell the observer once the group is committed: each record written, with its
+    /// audit entry's outcome and time.
+    seen: Vec<(Arc<CallRecord>, Option<Outcome>, u64)>,
 }
 
 impl Writer {
@@ -389,7 +402,10 @@ impl Writer {
             flushes,
             undo,
             keep,
+            seen,
         } = group;
+        let writes = batch.len();
+        let started = std::time::Instant::now();
         let result = if batch.is_empty() {
             Ok(())
         } else {
@@ -398,6 +414,14 @@ impl Writer {
                 .await
                 .unwrap_or(Err(StoreError::WriterStopped))
         };
+        if let (Ok(()), Some(o)) = (&result, &self.observer)
+            && writes > 0
+        {
+            o.committed(writes, started.elapsed());
+            for (record, audited, at_ms) in &seen {
+                o.written(record, *audited, *at_ms);
+            }
+        }
         self.health_after(&result, keep);
         if result.is_err() {
             (self.seq, self.head) = (seq0, head0);
@@ -577,6 +601,10 @@ impl Writer {
             self.head = e.hash.clone();
             e
         });
+        if self.observer.is_some() {
+            g.seen
+                .push((record.clone(), entry.as_ref().map(|e| e.outcome), at_ms));
+        }
         if matches!(writes, Writes::Record | Writes::Both) {
             g.batch.push(Mutation::Call(record));
         }

@@ -149,6 +149,7 @@ class Broker:
     proc: Proc
     config_path: Path
     data_dir: Path
+    admin: str = ""
 
     def url(self, server: str) -> str:
         return f"{self.base}/mcp/{server}"
@@ -243,8 +244,9 @@ def broker(procs, tmp_path):
 
     def start(config: str, name: str = "broker", env: dict | None = None, listen: str = "127.0.0.1:0", data_name: str | None = None) -> Broker:
         data = tmp_path / f"{data_name or name}-data"
-        head = f'[broker]\nlisten = "{listen}"\nconsole_listen = "127.0.0.1:0"\ndata_dir = "{data}"\n'
         body = textwrap.dedent(config)
+        admin = "" if "admin_listen" in body else 'admin_listen = "127.0.0.1:0"\n'
+        head = f'[broker]\nlisten = "{listen}"\nconsole_listen = "127.0.0.1:0"\n{admin}data_dir = "{data}"\n'
         if "[broker]" in body:
             body = body.replace("[broker]\n", "", 1)
         path = tmp_path / f"{name}.toml"
@@ -255,8 +257,9 @@ def broker(procs, tmp_path):
             out = proc.stdout()
             m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", out)
             c = re.search(r"consoles -> (wss?://\S+)", out)
-            if m and c:
-                b = Broker(m.group(1), c.group(1), proc, path, data)
+            a = re.search(r"metrics -> (https?://\S+)/metrics", out)
+            if m and c and (a or "admin_listen" in body):
+                b = Broker(m.group(1), c.group(1), proc, path, data, a.group(1) if a else "")
                 started.append(b)
                 return b
             if proc.popen.poll() is not None:

@@ -48,6 +48,20 @@ enum Command {
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
         config: PathBuf,
     },
+    /// Ask a running broker whether it is ready: its store commits and every configured
+    /// upstream can be reached or started. Prints each check; exits 0 when all pass, 1 when
+    /// any fails or the broker does not answer.
+    Status {
+        /// The TOML configuration file (its [broker] admin_listen locates the broker).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The admin listener's base URL instead, e.g. https://tollgate.internal:8082
+        #[arg(long)]
+        url: Option<String>,
+        /// For an https:// admin listener: the CA certificate (PEM) that signed its certificate.
+        #[arg(long, env = "TOLLGATE_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
     /// Search the audit trail, or verify its hash chain (`audit verify`).
     ///
     /// Reads the store directly, so the broker must be stopped (or point --data-dir at a copy);
@@ -185,6 +199,95 @@ enum TokenCommand {
     },
 }
 
+fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
+    let url = match url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let config = match config::load(path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match config.broker.admin_listen {
+                Some(a) if a.port() != 0 => {
+                    // A listener on every address is asked on loopback.
+                    let host = if a.ip().is_unspecified() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        a.ip().to_string()
+                    };
+                    let scheme = if config.broker.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{host}:{}", a.port())
+                }
+                _ => {
+                    eprintln!(
+                        "tollgate-broker status: {} has no fixed admin_listen address; set one, or pass --url",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if url.starts_with("https://") {
+        let tls = tollgate_shared::tls::ClientTls {
+            ca,
+            cert: None,
+            key: None,
+        };
+        match tls.config() {
+            Ok(c) => http = http.tls_backend_preconfigured(c),
+            Err(e) => {
+                eprintln!("tollgate-broker status: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-broker status: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let resp = http.build()?.get(format!("{url}/readyz")).send().await?;
+        let ok = resp.status().is_success();
+        Ok::<_, reqwest::Error>((ok, resp.text().await?))
+    });
+    match result {
+        Ok((ok, body)) => {
+            print!("{body}");
+            if ok {
+                println!("ready");
+                ExitCode::SUCCESS
+            } else {
+                println!("not ready");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            let why = tollgate_shared::tls::describe(&e)
+                .unwrap_or_else(|| tollgate_shared::report::chain(&e));
+            eprintln!(
+                "tollgate-broker status: no answer from {url}/readyz: {why} (is the broker running, and is this its admin_listen?)"
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn notify_test(path: &Path, sink: Option<String>) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
@@ -250,6 +353,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
         Command::Notify(NotifyCommand::Test { config, sink }) => notify_test(&config, sink),
+        Command::Status { config, url, ca } => status(&config, url, ca),
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 for w in &c.warnings {

@@ -57,6 +57,8 @@ pub struct BrokerSettings {
     pub forward_when_store_fails: bool,
     /// `[broker.tls]`: both listeners speak TLS.
     pub tls: Option<TlsSettings>,
+    /// Address of `/metrics`, `/livez` and `/readyz`; `None` when `admin_listen = "off"`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -85,6 +87,7 @@ pub(super) struct RawBroker {
     pub(super) max_sessions_per_server: Option<Spanned<i64>>,
     pub(super) on_store_error: Option<Spanned<String>>,
     pub(super) allow_plaintext: Option<bool>,
+    pub(super) admin_listen: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<RawTls>>,
 }
 
@@ -129,9 +132,14 @@ impl Validator<'_> {
         let spans = [
             raw.listen.as_ref().map_or(0..0, |l| l.span()),
             raw.console_listen.as_ref().map_or(0..0, |l| l.span()),
+            raw.admin_listen.as_ref().map_or(0..0, |l| l.span()),
         ];
         let listen = self.address(raw.listen, 8080, "listen");
         let console_listen = self.address(raw.console_listen, 8081, "console_listen");
+        let admin_listen = match raw.admin_listen {
+            Some(a) if a.get_ref() == "off" => None,
+            other => Some(self.address(other, 8082, "admin_listen")),
+        };
         let max_body = match raw.max_body {
             None => 4 << 20,
             Some(v) => parse_size(v.get_ref()).unwrap_or_else(|| {
@@ -175,10 +183,11 @@ impl Validator<'_> {
         };
         let tls = raw.tls.and_then(|t| self.tls(base, t));
         if tls.is_none() && raw.allow_plaintext != Some(true) {
-            for ((addr, key), span) in [(listen, "listen"), (console_listen, "console_listen")]
-                .into_iter()
-                .zip(spans)
-            {
+            let mut listeners = vec![(listen, "listen"), (console_listen, "console_listen")];
+            if let Some(a) = admin_listen {
+                listeners.push((a, "admin_listen"));
+            }
+            for ((addr, key), span) in listeners.into_iter().zip(spans) {
                 if !addr.ip().is_loopback() {
                     self.problem(
                         span,
@@ -190,6 +199,7 @@ impl Validator<'_> {
         }
         BrokerSettings {
             tls,
+            admin_listen,
             listen,
             data_dir,
             max_body,

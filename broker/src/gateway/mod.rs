@@ -427,6 +427,7 @@ impl Gateway {
         refusal: Refusal,
     ) -> Intercept {
         refusal.log();
+        crate::metrics::global().refused(refusal.kind());
         if let Some(what) = refusal.throttles() {
             self.throttle.refused(&ctx.client, &what, now_ms());
         }

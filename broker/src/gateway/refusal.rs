@@ -73,6 +73,20 @@ impl Refusal {
         }
     }
 
+    /// The kind of guard, for `tollgate_guard_refusals_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Blocked(_) => "blocked",
+            Refusal::RateLimited(_) => "rate",
+            Refusal::Loop { .. } => "loop",
+            Refusal::Secrets { .. } | Refusal::TooManySecrets | Refusal::SecretInId => "dlp",
+            Refusal::StoreFailing { .. } => "store",
+            Refusal::Denied { .. } => "policy",
+            Refusal::OverBudget(_) => "budget",
+            Refusal::StillPending { .. } => "still_pending",
+        }
+    }
+
     /// The reason the audit trail records (`None`: the rule's own reason stays).
     pub fn reason(&self) -> Option<String> {
         match self {

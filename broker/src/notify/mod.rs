@@ -247,8 +247,8 @@ pub const IDS_SHOWN: usize = 20;
 /// Characters of arguments shown.
 pub const SUMMARY_CHARS: usize = 400;
 
-/// Counts for the console's status bar and the logs.
-pub(crate) struct Health {
+/// How notifications are doing: what consoles are shown, and the counts the metrics report.
+pub struct Health {
     state: tollgate_shared::sync::Mutex<NotifyHealth>,
     tx: watch::Sender<NotifyHealth>,
     /// Notifications delivered.
@@ -267,6 +267,21 @@ impl Health {
         })
     }
 
+    /// Follow the health consoles are shown.
+    pub fn subscribe(&self) -> watch::Receiver<NotifyHealth> {
+        self.tx.subscribe()
+    }
+
+    /// Notifications sent, attempts failed, notifications dropped, since start.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.sent.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.state.lock().dropped,
+        )
+    }
+
     fn update(&self, f: impl FnOnce(&mut NotifyHealth)) {
         let mut s = self.state.lock();
         let before = s.clone();
@@ -276,11 +291,11 @@ impl Health {
         }
     }
 
-    pub(crate) fn dropped(&self, n: u64) {
+    fn dropped(&self, n: u64) {
         self.update(|s| s.dropped += n);
     }
 
-    pub(crate) fn failing(&self, sink: &str, error: &str) {
+    fn failing(&self, sink: &str, error: &str) {
         self.failed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.update(|s| match s.failing.iter_mut().find(|(n, _)| n == sink) {
@@ -289,7 +304,7 @@ impl Health {
         });
     }
 
-    pub(crate) fn delivered(&self, sink: &str) {
+    fn delivered(&self, sink: &str) {
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.update(|s| s.failing.retain(|(n, _)| n != sink));
     }
@@ -341,19 +356,18 @@ struct Dispatcher {
     groups: Vec<HashMap<GroupKey, Group>>,
 }
 
-/// Start the notifier: sinks' workers and the dispatcher following `queue`. Returns the
-/// health consoles are shown. Calls already pending (recovered at start) get their timers
-/// but no new `held` notification.
+/// Start the notifier: sinks' workers and the dispatcher following `queue`. Returns its
+/// health (what consoles are shown, and the counts). Calls already pending (recovered at
+/// start) get their timers but no new `held` notification.
 pub fn start(
     queue: Arc<Queue>,
     specs: Vec<SinkSpec>,
     escalations: HashMap<usize, Escalation>,
     dlp: Option<Arc<Dlp>>,
-) -> watch::Receiver<NotifyHealth> {
+) -> Arc<Health> {
     let health = Health::new();
-    let rx = health.tx.subscribe();
     if specs.is_empty() {
-        return rx;
+        return health;
     }
     let http = deliver::http_client();
     let sinks: Vec<Sink> = specs
@@ -377,6 +391,7 @@ pub fn start(
         .collect();
     let groups = sinks.iter().map(|_| HashMap::new()).collect();
     let events = queue.subscribe();
+    let health_out = health.clone();
     let mut d = Dispatcher {
         sinks,
         escalations,
@@ -392,7 +407,7 @@ pub fn start(
         d.held(call, false);
     }
     tokio::spawn(d.run(events));
-    rx
+    health_out
 }
 
 impl Dispatcher {

@@ -38,6 +38,60 @@ pub struct ServerSpec {
     pub sessions: SessionLimits,
 }
 
+impl ServerSpec {
+    /// Whether the server could be used now: a `command` server's program can be found and
+    /// run, a `url` server accepts a TCP connection within 2 s. `Err` says what is wrong.
+    pub async fn ready(&self) -> Result<(), String> {
+        match &self.transport {
+            Transport::Command(c) => {
+                let program = c.argv.first().ok_or("empty command")?;
+                let path = std::path::Path::new(program);
+                let found = if program.contains('/') {
+                    let p = match (&c.cwd, path.is_relative()) {
+                        (Some(dir), true) => dir.join(path),
+                        _ => path.to_path_buf(),
+                    };
+                    executable(&p).then_some(p)
+                } else {
+                    let search = c
+                        .env
+                        .get("PATH")
+                        .cloned()
+                        .or_else(|| std::env::var("PATH").ok())
+                        .unwrap_or_default();
+                    std::env::split_paths(&search)
+                        .map(|d| d.join(program))
+                        .find(|p| executable(p))
+                };
+                match found {
+                    Some(_) => Ok(()),
+                    None => Err(format!("cannot find an executable {program:?} to start")),
+                }
+            }
+            Transport::Url(r) => {
+                let url = reqwest::Url::parse(&r.url).map_err(|e| format!("bad url: {e}"))?;
+                let host = url.host_str().ok_or("the url has no host")?.to_string();
+                let port = url.port_or_known_default().ok_or("the url has no port")?;
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect((host.as_str(), port)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+                    Err(_) => Err(format!("no connection to {host}:{port} within 2s")),
+                }
+            }
+        }
+    }
+}
+
+fn executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// How many MCP sessions, each with its own child process, a stdio server keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {

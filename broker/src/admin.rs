@@ -1,0 +1,114 @@
+//! The admin listener (`[broker] admin_listen`): `/metrics` for Prometheus, `/livez` and
+//! `/readyz` for orchestrators and `tollgate-broker status`.
+//!
+//! `/readyz` answers 200 only when the store commits and every configured upstream could be
+//! used (a `command` server's program is found, a `url` server accepts a connection), and says
+//! in its body what passed and what failed, one line each. The same `Origin` and `Host` checks
+//! as the other listeners keep browser pages out.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::browser::Browsers;
+use crate::metrics;
+use crate::notify::Health;
+use crate::queue::Queue;
+use crate::upstream::ServerSpec;
+
+/// What the admin listener reads.
+pub struct Admin {
+    /// Pending calls.
+    pub queue: Arc<Queue>,
+    /// The configured servers, for readiness.
+    pub servers: Vec<ServerSpec>,
+    /// Bytes in the store's journal now.
+    pub journal_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Notification counts.
+    pub notify: Arc<Health>,
+    /// The `Origin` and `Host` browsers may use.
+    pub browsers: Browsers,
+}
+
+/// The admin routes.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/livez", get(|| async { "ok: the broker serves\n" }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(admin.clone(), guard))
+        .with_state(admin)
+}
+
+async fn guard(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    if let Err(refused) = admin.browsers.check(req.headers()) {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
+    next.run(req).await
+}
+
+async fn scrape(State(admin): State<Arc<Admin>>) -> Response {
+    let m = metrics::global();
+    m.pending.clear();
+    for call in admin.queue.snapshot() {
+        m.pending
+            .get_or_create(&[("server", call.server.to_string())])
+            .inc();
+    }
+    m.journal_bytes
+        .set(i64::try_from((admin.journal_bytes)()).unwrap_or(i64::MAX));
+    let (sent, failed, dropped) = admin.notify.counts();
+    for (result, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
+        m.notifications
+            .get_or_create(&[("result", result)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    m.store_failing
+        .set(i64::from(admin.queue.store().health().borrow().is_some()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// Each readiness check: what was checked, and what is wrong with it.
+pub async fn checks(queue: &Queue, servers: &[ServerSpec]) -> Vec<(String, Result<(), String>)> {
+    let mut out = Vec::new();
+    let store = match queue.store().health().borrow().as_ref() {
+        None => Ok(()),
+        Some(f) => Err(f.to_string()),
+    };
+    out.push(("store".to_string(), store));
+    let results = futures_util::future::join_all(servers.iter().map(|s| s.ready())).await;
+    for (s, r) in servers.iter().zip(results) {
+        out.push((format!("server {}", s.name), r));
+    }
+    out
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let checks = checks(&admin.queue, &admin.servers).await;
+    let ok = checks.iter().all(|(_, r)| r.is_ok());
+    let mut body = String::new();
+    for (what, r) in &checks {
+        match r {
+            Ok(()) => body.push_str(&format!("ok   {what}\n")),
+            Err(e) => body.push_str(&format!("FAIL {what}: {e}\n")),
+        }
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}

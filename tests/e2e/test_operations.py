@@ -1,0 +1,153 @@
+"""Running the broker as a service: Prometheus metrics scraped and parsed with the Prometheus
+project's own OpenMetrics parser after a scripted run (counts checked against the audit trail),
+/livez and /readyz, and `tollgate-broker status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import httpx2 as httpx
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from conftest import BROKER_BIN, free_port, py_stdio_command, sdk_call, toml_list
+from conftest import console_cli as console
+
+
+def scrape(b) -> dict:
+    """name -> list of (labels, value) for every sample; the text must parse as OpenMetrics."""
+    r = httpx.get(f"{b.admin}/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text")
+    out: dict = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items()))
+
+
+def config(extra: str = "") -> str:
+    return f"""
+    [policy]
+    default = "allow"
+    [dlp]
+    action = "deny"
+    [[server]]
+    name = "py"
+    command = {toml_list(py_stdio_command())}
+    [[rule]]
+    name = "no-buckets"
+    tools = ["py/delete_bucket"]
+    action = "deny"
+    reason = "not here"
+    [[rule]]
+    name = "echo-needs-a-human"
+    tools = ["py/echo"]
+    when = {{ arg = "/message", matches = "^hold" }}
+    action = "approve"
+    [[limit]]
+    name = "slow-sleeps"
+    tools = ["py/sleep"]
+    per_client = "1/min"
+    {extra}
+    """
+
+
+def test_metrics_count_what_the_audit_trail_records(broker):
+    b = broker(config())
+    assert b.admin.startswith("http://127.0.0.1:")
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    before = scrape(b)
+    assert value(before, "tollgate_build_info", version="0.1.0") == 1
+    assert value(before, "tollgate_calls_total") == 0
+
+    for i in range(3):
+        assert not sdk_call(b.url("py"), agent, "echo", {"message": f"plain {i}"}).result(30).is_error
+    assert sdk_call(b.url("py"), agent, "delete_bucket", {"bucket": "x"}).result(30).is_error
+    assert sdk_call(b.url("py"), agent, "echo", {"message": "key AKIAIOSFODNN7EXAMPLE"}).result(30).is_error
+    assert not sdk_call(b.url("py"), agent, "sleep", {"seconds": 0}).result(30).is_error
+    assert sdk_call(b.url("py"), agent, "sleep", {"seconds": 0}).result(30).is_error  # rate limited
+    held = sdk_call(b.url("py"), agent, "echo", {"message": "hold me"})
+    c = b.connect(alice)
+    call = c.pending()
+    mid = scrape(b)
+    assert value(mid, "tollgate_pending_calls", server="py") == 1
+    assert value(mid, "tollgate_consoles_connected") == 1
+    c.decide(call["id"], "approve")
+    assert not held.result(30).is_error
+    rejected = sdk_call(b.url("py"), agent, "echo", {"message": "hold this one too"})
+    c.decide(c.pending()["id"], "reject", "no")
+    assert rejected.result(30).is_error
+    c.close()
+
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(b)
+        # Every entry written: 5 allowed, 1 blocked (policy) + 1 blocked (dlp), 1 rate limited,
+        # 2 pending, 1 approved, 1 rejected.
+        if value(after, "tollgate_calls_total") >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert value(after, "tollgate_pending_calls") == 0
+    assert value(after, "tollgate_consoles_connected") == 0
+    assert value(after, "tollgate_guard_refusals_total", kind="policy") == 1
+    assert value(after, "tollgate_guard_refusals_total", kind="dlp") == 1
+    assert value(after, "tollgate_guard_refusals_total", kind="rate") == 1
+    assert value(after, "tollgate_hold_duration_seconds_count", outcome="approved") == 1
+    assert value(after, "tollgate_hold_duration_seconds_count", outcome="rejected") == 1
+    assert value(after, "tollgate_decision_latency_seconds_count") == 1
+    assert value(after, "tollgate_upstream_duration_seconds_count", server="py") == 5
+    assert value(after, "tollgate_store_commit_duration_seconds_count") >= 1
+    assert value(after, "tollgate_journal_bytes") > 0
+    counted = {
+        (l["outcome"], l["tool"]): v for l, v in after["tollgate_calls_total"] if v > 0
+    }
+
+    audit = b.audit()
+    from collections import Counter
+
+    expected = Counter((e["outcome"], e["tool"]) for e in audit)
+    assert counted == {k: float(v) for k, v in expected.items()}, (counted, expected)
+
+
+def test_readiness_names_what_failed_and_status_says_the_same(broker, tmp_path):
+    port = free_port()
+    dead = free_port()
+    b = broker(
+        (config()
+        + f"""
+        [[server]]
+        name = "remote"
+        url = "http://127.0.0.1:{dead}/mcp"
+        [[server]]
+        name = "missing"
+        command = ["/nonexistent/mcp-server"]
+        """)
+        .replace("[policy]", f'[broker]\nadmin_listen = "127.0.0.1:{port}"\n[policy]', 1)
+    )
+    live = httpx.get(f"{b.admin}/livez", timeout=10)
+    assert live.status_code == 200
+    ready = httpx.get(f"{b.admin}/readyz", timeout=10)
+    assert ready.status_code == 503
+    lines = ready.text.splitlines()
+    assert "ok   store" in lines and "ok   server py" in lines
+    assert any(l.startswith("FAIL server remote: cannot connect to 127.0.0.1:") for l in lines), lines
+    assert 'FAIL server missing: cannot find an executable "/nonexistent/mcp-server" to start' in lines
+    # A page from another origin cannot read it.
+    assert httpx.get(f"{b.admin}/metrics", headers={"origin": "https://evil.example"}, timeout=10).status_code == 403
+
+    r = subprocess.run([str(BROKER_BIN), "status", "--config", str(b.config_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "FAIL server remote" in r.stdout and r.stdout.strip().endswith("not ready"), r.stdout
+    b.proc.stop()
+    r = subprocess.run([str(BROKER_BIN), "status", "--config", str(b.config_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "no answer from" in r.stderr, r.stderr
+
+    # A broker whose upstreams are all there is ready.
+    ok = broker(config().replace("[policy]", f'[broker]\nadmin_listen = "127.0.0.1:{free_port()}"\n[policy]', 1), name="ok")
+    r = subprocess.run([str(BROKER_BIN), "status", "--config", str(ok.config_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ready"), r.stdout + r.stderr
