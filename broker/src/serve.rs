@@ -22,7 +22,7 @@ use tollgate_store::tokens::Registry;
 use tollgate_store::{Backend, Store, Writes};
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -44,7 +44,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Run the broker until SIGINT/SIGTERM.
-pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
+pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     let config = match config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -52,7 +52,11 @@ pub fn run(config_path: &Path, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(log_format);
+    init_logging(log_format.unwrap_or(if config.broker.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    }));
     for w in &config.warnings {
         tracing::warn!(
             line = w.line,

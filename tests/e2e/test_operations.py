@@ -151,3 +151,28 @@ def test_readiness_names_what_failed_and_status_says_the_same(broker, tmp_path):
     ok = broker(config().replace("[policy]", f'[broker]\nadmin_listen = "127.0.0.1:{free_port()}"\n[policy]', 1), name="ok")
     r = subprocess.run([str(BROKER_BIN), "status", "--config", str(ok.config_path)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip().endswith("ready"), r.stdout + r.stderr
+
+
+def test_json_logs_tie_every_line_of_a_call_to_it_and_never_hold_secrets(broker):
+    b = broker(config().replace("[policy]", '[broker]\nlog_format = "json"\n[policy]', 1), env={"RUST_LOG": "debug"})
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    secret = "AKIA" + "IOSFODNN7EXAMPLE"
+    assert sdk_call(b.url("py"), agent, "echo", {"message": f"key {secret}"}).result(30).is_error
+    assert sdk_call(b.url("py"), agent, "delete_bucket", {"bucket": "x"}).result(30).is_error
+    held = sdk_call(b.url("py"), agent, "echo", {"message": "hold on"})
+    c = b.connect(alice)
+    call = c.pending()
+    c.decide(call["id"], "approve")
+    assert not held.result(30).is_error
+    b.proc.stop()
+    log = b.log()
+    assert secret not in log
+    lines = [json.loads(l) for l in log.splitlines() if l.strip()]
+    assert lines and all("level" in l and "fields" in l for l in lines)
+    about = [l for l in lines if l.get("span", {}).get("name") == "call"]
+    held_line = next(l for l in about if l["fields"].get("message") == "held for approval")
+    assert held_line["span"]["call"] == call["id"]
+    assert (held_line["span"]["client"], held_line["span"]["server"], held_line["span"]["tool"]) == ("agent", "py", "echo")
+    refused = [l for l in about if l["span"]["tool"] == "delete_bucket"]
+    assert refused and all(l["span"]["call"] and l["span"]["client"] == "agent" for l in refused)

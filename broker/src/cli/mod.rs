@@ -38,9 +38,11 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
         config: PathBuf,
-        /// Log format on stderr. Filter with RUST_LOG (default: info).
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: serve::LogFormat,
+        /// Log format on stderr (default: [broker] log_format, else text). Filter with
+        /// RUST_LOG (default: info). Every line about a call carries its call id, client,
+        /// server, tool and rule.
+        #[arg(long, value_enum)]
+        log_format: Option<serve::LogFormat>,
     },
     /// Validate a configuration file and report every problem with its line and column.
     Check {

@@ -59,6 +59,8 @@ pub struct BrokerSettings {
     pub tls: Option<TlsSettings>,
     /// Address of `/metrics`, `/livez` and `/readyz`; `None` when `admin_listen = "off"`.
     pub admin_listen: Option<SocketAddr>,
+    /// `log_format = "json"` (`--log-format` overrides it).
+    pub log_json: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,6 +90,7 @@ pub(super) struct RawBroker {
     pub(super) on_store_error: Option<Spanned<String>>,
     pub(super) allow_plaintext: Option<bool>,
     pub(super) admin_listen: Option<Spanned<String>>,
+    pub(super) log_format: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<RawTls>>,
 }
 
@@ -197,9 +200,24 @@ impl Validator<'_> {
                 }
             }
         }
+        let log_json = match raw.log_format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                if let Some(f) = &raw.log_format {
+                    self.problem(
+                        f.span(),
+                        format!("log_format {other:?} is neither \"text\" nor \"json\""),
+                        None,
+                    );
+                }
+                false
+            }
+        };
         BrokerSettings {
             tls,
             admin_listen,
+            log_json,
             listen,
             data_dir,
             max_body,

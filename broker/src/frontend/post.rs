@@ -265,7 +265,14 @@ pub(super) async fn post(
             }
         }
     }
-    let answer = answered(upstream.post(inbound).await, id);
+    let span = inbound
+        .ticket
+        .as_ref()
+        .map_or_else(tracing::Span::none, |t| t.span());
+    let answer = answered(
+        tracing::Instrument::instrument(upstream.post(inbound), span).await,
+        id,
+    );
     let started = (method == "initialize").then(|| answer.session()).flatten();
     if let Some(session) = started {
         fe.sessions

@@ -159,6 +159,11 @@ fn call_parts(request: &Value) -> Result<(&str, Option<&Value>), &'static str> {
     }
 }
 
+/// The span every log line about a call carries: its id, client, server, tool and rule.
+pub fn call_span(record: &CallRecord) -> tracing::Span {
+    tracing::info_span!("call", call = %record.id, client = %record.client, server = %record.server, tool = %record.tool, rule = %record.rule.name)
+}
+
 impl Gateway {
     /// Decide one `tools/call` request.
     /// DLP may rewrite `request` (`redact`): the caller forwards what it holds afterwards.
@@ -255,7 +260,7 @@ impl Gateway {
                 throttled: self.throttle.flag(&ctx.client, now),
             },
         };
-        let span = tracing::info_span!("call", client = %ctx.client, server = %ctx.server, tool = %tool, rule = %verdict.rule.name);
+        let span = call_span(&record);
         if id_secret.is_some() {
             // Answered with the id the client sent; the record keeps it redacted.
             let refused = self

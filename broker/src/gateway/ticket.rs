@@ -19,6 +19,13 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The call's span, for the log lines of its forwarding.
+    pub fn span(&self) -> tracing::Span {
+        self.record
+            .as_deref()
+            .map_or_else(tracing::Span::none, super::call_span)
+    }
+
     /// Take the record (and the call's scrub) out without recording a completion (someone
     /// else will).
     pub fn disarm(mut self) -> Option<(CallRecord, Option<Scrub>)> {

@@ -10,7 +10,9 @@
 //! there). A call whose client polls a task needs no task while it waits.
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -71,6 +73,7 @@ pub fn start(d: Drive) -> Arc<Feed> {
     } = d;
     let inbound = inbound.park(|name| upstream.forwards_header(name));
     let record = &waiting.record;
+    let span = crate::gateway::call_span(record);
     let feed = Feed::new(record, task, inbound.modern && task.is_none());
     feeds.insert(feed.clone());
     let rest = After {
@@ -87,13 +90,13 @@ pub fn start(d: Drive) -> Arc<Feed> {
         // Nobody streams a task's feed (its client polls), so it needs no priming event.
         let (queue, f) = (rest.queue.clone(), feed.clone());
         queue.then(waiting, move |(resolution, done)| {
-            tokio::spawn(rest.finish(f, resolution, done));
+            tokio::spawn(rest.finish(f, resolution, done).instrument(span));
         });
     } else {
         // A priming event (empty data, with an id) lets a client whose stream drops before
         // anything else arrives resume with Last-Event-ID; SDKs skip empty events.
         feed.push(Bytes::new(), false);
-        tokio::spawn(run(rest, waiting, keepalive, grace, feed.clone()));
+        tokio::spawn(run(rest, waiting, keepalive, grace, feed.clone()).instrument(span));
     }
     feed
 }
