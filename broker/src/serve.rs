@@ -230,6 +230,24 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         ("http", "ws")
     };
     tracing::info!(%addr, servers = config.servers.len(), rules = config.policy.rules.len(), "broker ready");
+    systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "serving {} servers on {addr}",
+            config.servers.len()
+        )),
+    ]);
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        // The runtime answering is what the watchdog proves; a failing store is reported by
+        // /readyz and the logs instead (a restart would not give the disk space back).
+        tokio::spawn(async move {
+            loop {
+                systemd(&[sd_notify::NotifyState::Watchdog]);
+                tokio::time::sleep(every / 2).await;
+            }
+        });
+    }
+    tokio::spawn(reloads(tls.clone()));
     // Plain lines on stdout so scripts (and tests using port 0) learn the address. A reader
     // that closed stdout must not take the broker down, so write errors are ignored.
     {
@@ -292,6 +310,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     tokio::select! {
         () = &mut server => {},
         _ = shutdown_signal() => {
+            systemd(&[sd_notify::NotifyState::Stopping]);
             tracing::info!("shutting down: stopping upstreams, draining connections, flushing the store");
             // Ending the sessions ends their streams, so graceful shutdown is not held up by
             // long-lived GET streams; whatever is still open after a grace period is cut.
@@ -411,6 +430,39 @@ async fn outcome_unknown(
         tracing::error!(call = %record.id, error = %e, "cannot record that the call's outcome is unknown; it is reported again at the next start");
     }
     waiting::outcome_unknown(feeds, &closed);
+}
+
+/// Tell systemd (when it started us with `Type=notify`); a failure is logged, never fatal.
+fn systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
+/// SIGHUP: re-read what can change without a restart, telling systemd `RELOADING=1` first
+/// and `READY=1` after.
+async fn reloads(tls: Option<Arc<crate::tls::Tls>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let mut state = vec![sd_notify::NotifyState::Reloading];
+            if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                state.push(now);
+            }
+            systemd(&state);
+            tracing::info!("SIGHUP: reloading");
+            if let Some(tls) = &tls {
+                tls.reload_logged(true);
+            }
+            systemd(&[sd_notify::NotifyState::Ready]);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,8 @@
 //! present, and optionally a CA whose client certificates consoles and/or MCP clients must show
 //! (mutual TLS).
 //!
-//! The files are re-read when they change (checked every few seconds) and on SIGHUP: new
+//! The files are re-read when they change (checked every few seconds) and on SIGHUP (with the
+//! rest of the configuration, in `serve`): new
 //! connections get the new certificate, open ones keep theirs. A reload that fails (a key that
 //! does not match, a half-written file) is logged and the previous certificate stays in use.
 
@@ -103,37 +104,31 @@ impl Tls {
         Ok(true)
     }
 
-    /// Reload on SIGHUP and whenever the files change (checked every `every`), until the
-    /// process ends.
+    /// Reload whenever the files change (checked every `every`), until the process ends.
+    /// SIGHUP reloads them too (see `serve`).
     pub async fn watch(self: Arc<Self>, every: Duration) {
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
-            #[cfg(unix)]
-            let forced = match hup.as_mut() {
-                Some(h) => tokio::select! {
-                    _ = h.recv() => true,
-                    () = tokio::time::sleep(every) => false,
-                },
-                None => {
-                    tokio::time::sleep(every).await;
-                    false
-                }
-            };
-            #[cfg(not(unix))]
-            let forced = {
-                tokio::time::sleep(every).await;
-                false
-            };
-            match self.reload(forced) {
-                Ok(true) => tracing::info!(
+            tokio::time::sleep(every).await;
+            self.reload_logged(false);
+        }
+    }
+
+    /// [`Tls::reload`], logging what happened; whether the certificate in use is sound.
+    pub fn reload_logged(&self, force: bool) -> bool {
+        match self.reload(force) {
+            Ok(true) => {
+                tracing::info!(
                     cert = %self.settings.cert.display(),
                     "TLS certificate reloaded: new connections use it, open ones keep theirs"
-                ),
-                Ok(false) => {}
-                Err(e) => tracing::error!(
+                );
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                tracing::error!(
                     "cannot reload the TLS certificate, still using the previous one: {e}"
-                ),
+                );
+                false
             }
         }
     }
