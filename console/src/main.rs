@@ -64,6 +64,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: tollgate_shared::cli::Shell,
+    },
+    /// Write man pages (tollgate.1 and one per command) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// List the calls waiting for approval.
     List {
         /// JSON array of call records.
@@ -320,6 +331,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Some(RulesCmd::Revoke { id }) => cli::rules(&s, Some(id), json).await,
         },
         Some(Cmd::Watch { json, exec }) => cli::watch(&s, json, exec.as_deref()).await,
+        // Handled in main, before anything needs a broker.
+        Some(Cmd::Completions { .. } | Cmd::Man { .. }) => Ok(ExitCode::SUCCESS),
         Some(Cmd::Audit {
             status,
             server,
@@ -347,6 +360,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These need no broker, token or config.
+    match &cli.command {
+        Some(Cmd::Completions { shell }) => {
+            use clap::CommandFactory;
+            tollgate_shared::cli::completions(Cli::command(), *shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Man { dir }) => {
+            use clap::CommandFactory;
+            return match tollgate_shared::cli::man_pages(Cli::command(), dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate man: cannot write into {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

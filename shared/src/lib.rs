@@ -7,6 +7,8 @@
 //! [`console`] holds the console WebSocket protocol and [`audit`] the hash-chained audit entry.
 
 pub mod audit;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 pub mod console;
 mod digest;

@@ -226,3 +226,38 @@ def test_the_packaged_unit_passes_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout.strip() == "", r.stdout + r.stderr
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "DynamicUser=yes" in unit
     assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
+
+
+def complete(binary, words: list[str]) -> list[str]:
+    """What bash offers for `words` after sourcing the binary's completion script."""
+    name = binary.name
+    script = f"""
+    source <({binary} completions bash) || exit 3
+    fn=$(complete -p {name} | sed -E 's/.* -F ([^ ]+) .*/\\1/')
+    COMP_WORDS=({' '.join(words)} "")
+    COMP_CWORD={len(words)}
+    COMP_LINE="{' '.join(words)} "
+    COMP_POINT=${{#COMP_LINE}}
+    $fn {name} "" {words[-1]}
+    printf '%s\\n' "${{COMPREPLY[@]}}"
+    """
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_completions_work_in_bash_and_man_pages_render(tmp_path):
+    from conftest import CONSOLE_BIN
+
+    assert {"serve", "check", "status", "audit", "notify", "completions"} <= set(complete(BROKER_BIN, ["tollgate-broker"]))
+    assert {"text", "json"} == set(complete(BROKER_BIN, ["tollgate-broker", "serve", "--log-format"]))
+    assert {"approve", "reject", "watch", "audit", "list"} <= set(complete(CONSOLE_BIN, ["tollgate"]))
+    for binary, first in ((BROKER_BIN, "tollgate-broker.1"), (CONSOLE_BIN, "tollgate.1")):
+        out = subprocess.run([str(binary), "man", "--dir", str(tmp_path / binary.name)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        pages = out.stdout.split()
+        assert pages[0].endswith(first) and len(pages) > 5
+        text = (tmp_path / binary.name / first).read_text()
+        assert text.startswith(".ie") or ".TH" in text
+    serve = (tmp_path / "tollgate-broker" / "tollgate-broker-serve.1").read_text()
+    assert "log\\-format" in serve or "log-format" in serve

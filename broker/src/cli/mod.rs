@@ -134,6 +134,19 @@ enum Command {
     /// Notification sinks ([[notify]]).
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Print a shell completion script: source it, or install it where your shell looks
+    /// (bash: /usr/share/bash-completion/completions/tollgate-broker).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: tollgate_shared::cli::Shell,
+    },
+    /// Write man pages (tollgate-broker.1 and one per command) into a directory, e.g.
+    /// /usr/local/share/man/man1.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -356,6 +369,29 @@ pub fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
         Command::Notify(NotifyCommand::Test { config, sink }) => notify_test(&config, sink),
         Command::Status { config, url, ca } => status(&config, url, ca),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            tollgate_shared::cli::completions(Cli::command(), shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            match tollgate_shared::cli::man_pages(Cli::command(), &dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "tollgate-broker man: cannot write into {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 for w in &c.warnings {
