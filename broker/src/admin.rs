@@ -1,5 +1,6 @@
 //! The admin listener (`[broker] admin_listen`): `/metrics` for Prometheus, `/livez` and
-//! `/readyz` for orchestrators and `tollgate-broker status`.
+//! `/readyz` for orchestrators and `tollgate-broker status`, and `/v1/audit` for following the
+//! audit trail while the broker runs (`tollgate-broker audit --follow`; a token of any role).
 //!
 //! `/readyz` answers 200 only when the store commits and every configured upstream could be
 //! used (a `command` server's program is found, a `url` server accepts a connection), and says
@@ -33,6 +34,8 @@ pub struct Admin {
     pub notify: Arc<Health>,
     /// The `Origin` and `Host` browsers may use.
     pub browsers: Browsers,
+    /// Who may read the audit trail.
+    pub registry: Arc<tollgate_store::tokens::Registry>,
 }
 
 /// The admin routes.
@@ -41,6 +44,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(scrape))
         .route("/livez", get(|| async { "ok: the broker serves\n" }))
         .route("/readyz", get(readyz))
+        .route("/v1/audit", get(audit))
         .layer(middleware::from_fn_with_state(admin.clone(), guard))
         .with_state(admin)
 }
@@ -93,6 +97,85 @@ pub async fn checks(queue: &Queue, servers: &[ServerSpec]) -> Vec<(String, Resul
         out.push((format!("server {}", s.name), r));
     }
     out
+}
+
+/// `GET /v1/audit?after=SEQ&limit=N&wait=SECONDS`: the entries after `after`, oldest first,
+/// one JSON object per line; with none yet, waits up to `wait` seconds (at most 60) for one.
+/// `?tail=N`: the newest N entries.
+async fn audit(
+    State(admin): State<Arc<Admin>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token.and_then(|t| admin.registry.lookup(t)).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "a token from `tollgate-broker token add` is needed to read the audit trail\n",
+        )
+            .into_response();
+    }
+    if let Some(tail) = q.tail {
+        // The newest entries, to start following from.
+        let filter = tollgate_shared::audit::AuditFilter {
+            limit: Some(tail.clamp(1, 10_000)),
+            ..Default::default()
+        };
+        return match admin.queue.store().audit_query(filter).await {
+            Ok(entries) => ndjson(&entries),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the audit trail: {e}\n"),
+            )
+                .into_response(),
+        };
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    loop {
+        match admin
+            .queue
+            .store()
+            .audit_after(q.after.unwrap_or(0), limit)
+            .await
+        {
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the audit trail: {e}\n"),
+                )
+                    .into_response();
+            }
+            Ok(entries) if !entries.is_empty() || tokio::time::Instant::now() >= deadline => {
+                return ndjson(&entries);
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn ndjson(entries: &[tollgate_shared::audit::AuditEntry]) -> Response {
+    let mut body = String::new();
+    for e in entries {
+        if let Ok(line) = serde_json::to_string(e) {
+            body.push_str(&line);
+            body.push('\n');
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// The query of `/v1/audit`.
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    tail: Option<usize>,
+    after: Option<u64>,
+    limit: Option<usize>,
+    wait: Option<u64>,
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {

@@ -274,6 +274,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             }),
             notify: notify.clone(),
             browsers: browsers.clone(),
+            registry: registry.clone(),
         });
         tokio::spawn(listen::serve(
             admin_listener,

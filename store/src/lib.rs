@@ -164,6 +164,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         filter: AuditFilter,
     ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+
+    /// The first `limit` audit entries after sequence number `after`, oldest first: for
+    /// following the trail as it grows.
+    fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
 }
 
 /// Told of what the store committed, after each group is durable: for metrics. Called on the
@@ -199,6 +207,8 @@ pub trait Engine: Send + Sync + 'static {
     fn audit_head(&self) -> Result<(u64, String), StoreError>;
     /// Audit entries matching a filter, oldest first (the newest `limit` of them).
     fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The first `limit` audit entries after sequence number `after`, oldest first.
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Visit every audit entry in chain order, as stored; stop when `visit` returns false.
     fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError>;
 }

@@ -114,6 +114,16 @@ impl Engine for MemoryEngine {
         Ok(out)
     }
 
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let d = self.data.lock();
+        Ok(d.audit
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
         let entries = self.data.lock().audit.clone();
         for e in entries {

@@ -543,6 +543,20 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
+    fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        let Some(from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for item in self.t.audit.range(from.to_be_bytes()..).values() {
+            if out.len() >= limit {
+                break;
+            }
+            out.push(self.t.decode(&item.map_err(read)?)?);
+        }
+        Ok(out)
+    }
+
     fn audit_scan(&self, visit: &mut dyn FnMut(AuditEntry) -> bool) -> Result<(), StoreError> {
         for item in self.t.audit.iter().values() {
             if !visit(self.t.decode(&item.map_err(read)?)?) {

@@ -334,6 +334,19 @@ impl Backend for Store {
                 .map_err(|_| StoreError::WriterStopped)?
         })
     }
+
+    fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || engine.audit_after(after, limit))
+                .await
+                .map_err(|_| StoreError::WriterStopped)?
+        })
+    }
 }
 
 /// The writer task's own state.

@@ -261,3 +261,50 @@ def test_completions_work_in_bash_and_man_pages_render(tmp_path):
         assert text.startswith(".ie") or ".TH" in text
     serve = (tmp_path / "tollgate-broker" / "tollgate-broker-serve.1").read_text()
     assert "log\\-format" in serve or "log-format" in serve
+
+
+def test_audit_follow_streams_new_entries_from_a_running_broker_and_resumes(broker, procs):
+    port = free_port()
+    b = broker(config().replace("[policy]", f'[broker]\nadmin_listen = "127.0.0.1:{port}"\n[policy]', 1))
+    agent = b.token("agent", "viewer")
+    reader = b.token("shipper", "viewer")
+    assert not sdk_call(b.url("py"), agent, "echo", {"message": "before following"}).result(30).is_error
+    f = procs.start(
+        "follow",
+        [str(BROKER_BIN), "audit", "--follow", "--json", "--config", str(b.config_path)],
+        {"TOLLGATE_TOKEN": reader},
+    )
+    time.sleep(1)
+    for i in range(3):
+        assert not sdk_call(b.url("py"), agent, "echo", {"message": f"followed {i}"}).result(30).is_error
+    assert sdk_call(b.url("py"), agent, "delete_bucket", {"bucket": "x"}).result(30).is_error
+
+    def lines(proc, n, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [json.loads(l) for l in proc.stdout().splitlines() if l.strip()]
+            if len(got) >= n:
+                return got
+            time.sleep(0.1)
+        raise TimeoutError(proc.stdout() + proc.stderr())
+
+    got = lines(f, 4)
+    assert [e["outcome"] for e in got] == ["allowed"] * 3 + ["blocked"]
+    seqs = [e["seq"] for e in got]
+    assert seqs == list(range(seqs[0], seqs[0] + 4)) and seqs[0] == 2  # entry 1 came before
+    f.stop()
+    # Resume after the second: the rest again, without gaps or repeats.
+    g = procs.start(
+        "follow2",
+        [str(BROKER_BIN), "audit", "--follow", "--json", "--after", str(seqs[1]), "--config", str(b.config_path)],
+        {"TOLLGATE_TOKEN": reader},
+    )
+    assert [e["seq"] for e in lines(g, 2)] == seqs[2:]
+    g.stop()
+    bad = subprocess.run(
+        [str(BROKER_BIN), "audit", "--follow", "--config", str(b.config_path), "--token", "tg_wrong"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert bad.returncode == 1 and "refused the token (HTTP 401)" in bad.stderr, bad.stderr
+    audit = b.audit()
+    assert [e["seq"] for e in audit][1:5] == seqs

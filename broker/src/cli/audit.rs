@@ -84,6 +84,23 @@ pub struct Search {
     /// Shorthand for --format csv.
     #[arg(long, conflicts_with_all = ["format", "json"])]
     csv: bool,
+    /// Keep printing new entries as the running broker writes them (from its admin
+    /// listener, so the broker keeps running), until interrupted. For log shippers: add
+    /// --json, and --after with the last sequence number seen to resume without gaps.
+    #[arg(long, conflicts_with_all = ["status", "server", "tool", "client", "approver", "call", "since", "csv"])]
+    follow: bool,
+    /// With --follow: start after this sequence number (default: the newest entry).
+    #[arg(long, requires = "follow")]
+    after: Option<u64>,
+    /// With --follow: the admin listener's URL (default: from the config's admin_listen).
+    #[arg(long, requires = "follow")]
+    url: Option<String>,
+    /// With --follow: a token of any role (from `tollgate-broker token add`).
+    #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// With --follow over https://: the CA certificate (PEM) that signed the broker's.
+    #[arg(long, env = "TOLLGATE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 fn open(dir: &Path) -> anyhow::Result<SledEngine> {
@@ -96,8 +113,149 @@ fn open(dir: &Path) -> anyhow::Result<SledEngine> {
     Ok(SledEngine::open(dir)?)
 }
 
+/// `audit --follow`: print entries as the running broker writes them, until interrupted.
+pub fn follow(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
+    let url = match &s.url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let config = crate::config::load(&dir.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            match config.broker.admin_listen {
+                Some(a) if a.port() != 0 => {
+                    let host = if a.ip().is_unspecified() {
+                        "127.0.0.1".to_string()
+                    } else {
+                        a.ip().to_string()
+                    };
+                    let scheme = if config.broker.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{host}:{}", a.port())
+                }
+                _ => anyhow::bail!(
+                    "{} has no fixed admin_listen address to follow; set one, or pass --url",
+                    dir.config.display()
+                ),
+            }
+        }
+    };
+    let token = s.token.clone().ok_or_else(|| {
+        anyhow::anyhow!("--follow needs a token (--token or TOLLGATE_TOKEN; any role), from `tollgate-broker token add`")
+    })?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(90));
+    if url.starts_with("https://") {
+        let tls = tollgate_shared::tls::ClientTls {
+            ca: s.ca.clone(),
+            cert: None,
+            key: None,
+        };
+        http = http.tls_backend_preconfigured(tls.config().map_err(|e| anyhow::anyhow!(e))?);
+    }
+    let http = http.build()?;
+    let format = if s.json { Format::Json } else { s.format };
+    if format == Format::Csv {
+        anyhow::bail!("--follow writes JSON lines (--json) or a table");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let get = |query: String| {
+            http.get(format!("{url}/v1/audit?{query}"))
+                .bearer_auth(&token)
+                .send()
+        };
+        // Without --after: from the newest entry on.
+        let mut after = match s.after {
+            Some(a) => a,
+            None => {
+                let resp = get("tail=1".into()).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot reach the broker's admin listener at {url}: {}",
+                        tollgate_shared::report::chain(&e.without_url())
+                    )
+                })?;
+                if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    anyhow::bail!("the broker refused the token (HTTP 401)");
+                }
+                newest(&resp.text().await?)
+            }
+        };
+        let mut header = format == Format::Table;
+        let mut wait_s = 1;
+        loop {
+            let resp = match get(format!("after={after}&wait=25&limit=1000")).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!(
+                        "tollgate-broker audit: cannot reach {url}: {}; retrying in {wait_s} s",
+                        tollgate_shared::tls::describe(&e)
+                            .unwrap_or_else(|| tollgate_shared::report::chain(&e.without_url()))
+                    );
+                    tokio::time::sleep(Duration::from_secs(wait_s)).await;
+                    wait_s = (wait_s * 2).min(10);
+                    continue;
+                }
+            };
+            wait_s = 1;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                anyhow::bail!("the broker refused the token (HTTP 401)");
+            }
+            if !resp.status().is_success() {
+                eprintln!(
+                    "tollgate-broker audit: {url} answered {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default().trim()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let body = resp.text().await?;
+            let mut batch = Vec::new();
+            for line in body.lines().filter(|l| !l.trim().is_empty()) {
+                let e: AuditEntry = serde_json::from_str(line)?;
+                // Entries come in order without gaps; anything else waits for the next read.
+                if e.seq != after + 1 {
+                    break;
+                }
+                after = e.seq;
+                batch.push(e);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Table => {
+                    let text = tollgate_shared::audit::table(&batch);
+                    let skip = if std::mem::take(&mut header) { 0 } else { 1 };
+                    for line in text.lines().skip(skip) {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                _ => write_entries(&mut out, &batch, Format::Json)?,
+            }
+            out.flush()?;
+        }
+    })
+}
+
+/// The newest sequence number in a `/v1/audit?tail=1` answer (0 when the trail is empty).
+fn newest(body: &str) -> u64 {
+    body.lines()
+        .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
+}
+
 /// `audit`: search the trail.
 pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
+    if s.follow {
+        return follow(dir, s);
+    }
     let backend = open(&dir.resolve()?)?;
     let filter = AuditFilter {
         status: s.status,

@@ -68,6 +68,7 @@ enum Command {
     ///
     /// Reads the store directly, so the broker must be stopped (or point --data-dir at a copy);
     /// a running broker answers the same queries on the console API (`tollgate audit`).
+    /// `--follow` streams new entries from a running broker's admin listener instead.
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
         #[command(subcommand)]
