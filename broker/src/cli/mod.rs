@@ -76,7 +76,7 @@ enum Command {
         #[command(flatten)]
         dir: audit::DataDir,
         #[command(flatten)]
-        search: audit::Search,
+        search: Box<audit::Search>,
     },
     /// Manage the identities that may use the console API (and make calls): add, list, revoke.
     Token {
