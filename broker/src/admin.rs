@@ -34,9 +34,15 @@ pub struct Admin {
     pub notify: Arc<Health>,
     /// The `Origin` and `Host` browsers may use.
     pub browsers: Browsers,
-    /// Who may read the audit trail.
+    /// Who may read the audit trail (any role) and reload the configuration (admins).
     pub registry: Arc<tollgate_store::tokens::Registry>,
+    /// Re-read the configuration: what changed, or why it was refused.
+    pub reload: Reload,
 }
+
+/// The broker's reload, as the admin listener calls it.
+pub type Reload =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
 /// The admin routes.
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -45,6 +51,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/livez", get(|| async { "ok: the broker serves\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/audit", get(audit))
+        .route("/v1/reload", axum::routing::post(reload))
         .layer(middleware::from_fn_with_state(admin.clone(), guard))
         .with_state(admin)
 }
@@ -167,6 +174,41 @@ fn ndjson(entries: &[tollgate_shared::audit::AuditEntry]) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// `POST /v1/reload` (an admin's token): re-read the configuration; 200 with what changed, or
+/// 422 with every problem of a refused one.
+async fn reload(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
+    let who = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| admin.registry.lookup(t));
+    match who {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            "an admin's token from `tollgate-broker token add --role admin` is needed\n",
+        )
+            .into_response(),
+        Some(w) if w.role != tollgate_shared::console::Role::Admin => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is {}; reloading needs an admin\n",
+                w.name,
+                w.role.as_str()
+            ),
+        )
+            .into_response(),
+        Some(w) => {
+            tracing::info!(by = %w.name, "reload asked for on the admin listener");
+            match (admin.reload)().await {
+                Ok(what) => (StatusCode::OK, format!("reloaded: {what}\n")).into_response(),
+                Err(why) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {why}")).into_response()
+                }
+            }
+        }
+    }
 }
 
 /// The query of `/v1/audit`.

@@ -15,7 +15,7 @@
 //! | 4 gateway | [`gateway`] | the decision for one call: guards, policy, allow / refuse / hold |
 //! | 5 transports and waiting | [`upstream`], [`waiting`] | stdio and HTTP upstreams; how a client waits for a held call |
 //! | 6 edges | [`frontend`], [`console_api`], [`admin`] | the MCP endpoints, the console WebSocket API, metrics and health |
-//! | 7 wiring | [`config`], [`serve`], [`diagnostics`], [`bridge`], [`cli`] | config parsed into each layer's types, the running broker, the commands |
+//! | 7 wiring | [`config`], [`reload`], [`serve`], [`diagnostics`], [`bridge`], [`cli`] | config parsed into each layer's types, live reload, the running broker, the commands |
 
 pub(crate) mod admin;
 pub(crate) mod auth;
@@ -34,6 +34,7 @@ pub(crate) mod listen;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod queue;
+pub(crate) mod reload;
 pub(crate) mod reply;
 pub(crate) mod serve;
 pub(crate) mod sse;

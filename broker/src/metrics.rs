@@ -51,6 +51,7 @@ pub struct Metrics {
     pub notifications: Family<Fixed1, Gauge>,
     /// Filled in at each scrape: 1 while the store cannot write.
     pub store_failing: Gauge,
+    reloads: Family<Fixed1, Counter>,
     tools: Mutex<HashSet<(String, String)>>,
 }
 
@@ -143,6 +144,12 @@ impl Metrics {
             "1 while the store cannot write (calls it could not record are refused)",
             store_failing.clone(),
         );
+        let reloads = Family::default();
+        r.register(
+            "config_reloads",
+            "configuration reloads by result: applied, refused",
+            reloads.clone(),
+        );
         r.register(
             "build",
             "the broker's version and console protocol",
@@ -165,6 +172,7 @@ impl Metrics {
             consoles,
             notifications,
             store_failing,
+            reloads,
             tools: Mutex::new(HashSet::new()),
         }
     }
@@ -186,6 +194,12 @@ impl Metrics {
     /// A call refused before any upstream, by the kind of guard.
     pub fn refused(&self, kind: &'static str) {
         self.refusals.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A configuration reload was applied or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
     }
 
     /// A console connected; the gauge goes down when the returned guard drops.

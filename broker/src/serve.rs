@@ -75,7 +75,7 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, config_path.to_path_buf())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate-broker: {e:#}");
@@ -84,7 +84,7 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fds = listen::raise_fd_limit();
     let (limits, console_limits) = listen::fit(
@@ -133,17 +133,13 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     // this long, without waiting for their next request.
     tokio::spawn(registry.clone().watch(std::time::Duration::from_secs(1)));
     let annotations = Arc::new(Annotations::default());
-    let mut upstreams = HashMap::new();
-    let mut stdio = Vec::new();
-    for s in &config.servers {
-        let u = Upstream::start(s, annotations.clone())
-            .with_context(|| format!("server {:?}", s.name))?;
-        if let Upstream::Stdio(stdio_upstream) = &u {
-            tokio::spawn(stdio_upstream.clone().reap(config.broker.session_idle));
-            stdio.push(stdio_upstream.clone());
-        }
-        upstreams.insert(s.name.clone(), u);
-    }
+    let upstreams = crate::reload::upstreams(
+        &config.servers,
+        None,
+        &annotations,
+        config.broker.session_idle,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let sessions = Arc::new(Owners::new(config.broker.session_idle));
     let dlp = config.dlp.guard().map(Arc::new);
     recover(&config, &queue, &feeds, &upstreams, &sessions, dlp.as_ref()).await;
@@ -154,25 +150,23 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             "approved retry-mode calls may still be repeated once"
         );
     }
+    drop(dlp);
     let gateway = Gateway {
-        policy: config.policy.clone(),
-        annotations,
+        guards: tollgate_shared::sync::Live::new(crate::reload::guards(&config, None)),
+        annotations: annotations.clone(),
         store: store.clone(),
         queue: queue.clone(),
         default_expiry: config.broker.default_expiry,
         retry_ttl: config.broker.retry_ttl,
-        limiter: tollgate_policy::guards::limits::Limiter::new(config.limits.clone()),
-        loops: tollgate_policy::guards::loops::Loops::new(config.loops.clone()),
         throttle: Default::default(),
-        dlp,
         forward_when_store_fails: config.broker.forward_when_store_fails,
     };
     let browsers =
         crate::browser::Browsers::new(&config.broker.allowed_origins, &config.broker.allowed_hosts);
     let fe = Arc::new(Frontend {
         gateway,
-        upstreams,
-        auth: config.auth.clone(),
+        upstreams: tollgate_shared::sync::Live::new(upstreams),
+        auth: tollgate_shared::sync::Live::new(config.auth.clone()),
         max_body: config.broker.max_body,
         browsers: browsers.clone(),
         registry: registry.clone(),
@@ -181,12 +175,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         task_sessions: Default::default(),
         sessions,
     });
-    let notify = crate::notify::start(
-        queue.clone(),
-        config.notify.clone(),
-        config.escalations(),
-        config.dlp.guard().map(Arc::new),
-    );
+    let notify = crate::notify::Health::new();
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
         .await
         .with_context(|| {
@@ -247,7 +236,20 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             }
         });
     }
-    tokio::spawn(reloads(tls.clone()));
+    let reload_cell: Arc<std::sync::OnceLock<Arc<crate::reload::Reloader>>> = Arc::default();
+    let reloader = Arc::new(crate::reload::Reloader {
+        path: config_path.clone(),
+        running: tokio::sync::Mutex::new(config.clone()),
+        fe: fe.clone(),
+        queue: queue.clone(),
+        annotations,
+        notifier: Default::default(),
+        health: notify.clone(),
+        tls: tls.clone(),
+    });
+    reloader.start_notifier(&config);
+    let _ = reload_cell.set(reloader.clone());
+    tokio::spawn(reloads(reloader.clone()));
     // Plain lines on stdout so scripts (and tests using port 0) learn the address. A reader
     // that closed stdout must not take the broker down, so write errors are ignored.
     {
@@ -275,6 +277,18 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             notify: notify.clone(),
             browsers: browsers.clone(),
             registry: registry.clone(),
+            reload: {
+                let cell = reload_cell.clone();
+                Arc::new(move || {
+                    let cell = cell.clone();
+                    Box::pin(async move {
+                        match cell.get() {
+                            Some(r) => r.reload().await,
+                            None => Err("the broker is still starting; try again".to_string()),
+                        }
+                    })
+                })
+            },
         });
         tokio::spawn(listen::serve(
             admin_listener,
@@ -301,7 +315,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     ));
     let server = listen::serve(
         listener,
-        frontend::router(fe),
+        frontend::router(fe.clone()),
         limits,
         stopping.clone(),
         "mcp",
@@ -315,8 +329,10 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("shutting down: stopping upstreams, draining connections, flushing the store");
             // Ending the sessions ends their streams, so graceful shutdown is not held up by
             // long-lived GET streams; whatever is still open after a grace period is cut.
-            for u in &stdio {
-                u.shutdown().await;
+            for u in fe.upstreams.load().values() {
+                if let Upstream::Stdio(u) = u {
+                    u.shutdown().await;
+                }
             }
             stopping.cancel();
             if tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await.is_err() {
@@ -440,9 +456,9 @@ fn systemd(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// SIGHUP: re-read what can change without a restart, telling systemd `RELOADING=1` first
-/// and `READY=1` after.
-async fn reloads(tls: Option<Arc<crate::tls::Tls>>) {
+/// SIGHUP: re-read what can change without a restart (see [`crate::reload`]), telling systemd
+/// `RELOADING=1` first and `READY=1` after.
+async fn reloads(reloader: Arc<crate::reload::Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -455,15 +471,13 @@ async fn reloads(tls: Option<Arc<crate::tls::Tls>>) {
                 state.push(now);
             }
             systemd(&state);
-            tracing::info!("SIGHUP: reloading");
-            if let Some(tls) = &tls {
-                tls.reload_logged(true);
-            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = reloader.reload().await;
             systemd(&[sd_notify::NotifyState::Ready]);
         }
     }
     #[cfg(not(unix))]
-    let _ = tls;
+    let _ = reloader;
 }
 
 async fn shutdown_signal() {

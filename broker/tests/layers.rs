@@ -36,6 +36,7 @@ const LAYERS: &[(&str, f32)] = &[
     ("admin", 6.0),
     // 7: wiring and commands
     ("config", 7.0),
+    ("reload", 7.05),
     ("serve", 7.1),
     ("diagnostics", 7.1),
     ("bridge", 7.1),

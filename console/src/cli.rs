@@ -354,6 +354,22 @@ pub async fn decide(
 
 /// One line for an event, for `watch`.
 pub fn event_line(m: &ServerMsg) -> Option<String> {
+    if let ServerMsg::Config {
+        policy, refused, ..
+    } = m
+    {
+        return Some(match refused {
+            None => format!(
+                "{}  config     reloaded: policy {policy}",
+                rfc3339_seconds(now_ms())
+            ),
+            Some(why) => format!(
+                "{}  config     refused, policy {policy} stays: {}",
+                rfc3339_seconds(now_ms()),
+                why.lines().next().unwrap_or_default()
+            ),
+        });
+    }
     let (what, call) = match m {
         ServerMsg::CallPending { call } => ("pending", call),
         ServerMsg::CallApproval { call } => ("approval", call),

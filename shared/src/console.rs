@@ -414,6 +414,18 @@ pub enum ServerMsg {
         /// Dropped notifications and failing sinks.
         health: NotifyHealth,
     },
+    /// The broker re-read its configuration (SIGHUP or `tollgate-broker reload`): applied,
+    /// with the policy version calls are judged under from now on, or refused (the previous
+    /// configuration stays in force).
+    Config {
+        /// The policy version in force.
+        policy: String,
+        /// When (ms since the epoch).
+        at_ms: u64,
+        /// Why the new configuration was refused, with every problem; absent when applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+    },
     /// A request could not be handled; the connection stays open.
     Error {
         /// Echoed request number, when the request had one.

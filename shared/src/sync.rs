@@ -77,3 +77,26 @@ mod tests {
         assert_eq!(*rw.read(), vec![1, 2]);
     }
 }
+
+/// A value replaced whole while readers keep using the one they loaded: the broker's
+/// reloadable configuration. A reader takes an `Arc` and keeps it for as long as it works on
+/// one request; a reload stores a new `Arc` for the requests that start after it.
+#[derive(Debug, Default)]
+pub struct Live<T>(RwLock<std::sync::Arc<T>>);
+
+impl<T> Live<T> {
+    /// A live value, first `value`.
+    pub fn new(value: T) -> Live<T> {
+        Live(RwLock::new(std::sync::Arc::new(value)))
+    }
+
+    /// The value now.
+    pub fn load(&self) -> std::sync::Arc<T> {
+        self.0.read().clone()
+    }
+
+    /// Replace it; readers that loaded the old one keep it.
+    pub fn store(&self, value: std::sync::Arc<T>) {
+        *self.0.write() = value;
+    }
+}

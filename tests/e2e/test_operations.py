@@ -308,3 +308,69 @@ def test_audit_follow_streams_new_entries_from_a_running_broker_and_resumes(brok
     assert bad.returncode == 1 and "refused the token (HTTP 401)" in bad.stderr, bad.stderr
     audit = b.audit()
     assert [e["seq"] for e in audit][1:5] == seqs
+
+
+def test_live_reload_keeps_held_calls_applies_new_rules_and_refuses_a_broken_config(broker):
+    import signal
+
+    port = free_port()
+    base = config().replace("[policy]", f'[broker]\nadmin_listen = "127.0.0.1:{port}"\n[policy]', 1)
+    b = broker(base)
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    root = b.token("root", "admin")
+    c = b.connect(alice)
+    held = sdk_call(b.url("py"), agent, "echo", {"message": "hold across the reload"})
+    call = c.pending()
+    assert not sdk_call(b.url("py"), agent, "echo", {"message": "allowed before"}).result(30).is_error
+
+    def reload(token=root, url=None):
+        args = ["--url", url] if url else []
+        return subprocess.run([str(BROKER_BIN), "reload", "--config", str(b.config_path), "--token", token, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    # A new rule, and a new server.
+    text = b.config_path.read_text()
+    text += '\n[[rule]]\nname = "no-more-echo"\ntools = ["py/echo"]\nwhen = { arg = "/message", matches = "^after" }\naction = "deny"\nreason = "echo is closed now"\n'
+    text += f'\n[[server]]\nname = "py2"\ncommand = {toml_list(py_stdio_command())}\n'
+    b.config_path.write_text(text)
+    r = reload()
+    assert r.returncode == 0, r.stderr
+    assert "reloaded: policy" in r.stdout and "server py2 added" in r.stdout, r.stdout
+    m = c.next("config")
+    assert m.get("refused") is None and m["policy"]
+    denied = sdk_call(b.url("py"), agent, "echo", {"message": "after the reload"}).result(30)
+    assert denied.is_error and "echo is closed now" in denied.content[0].text
+    assert not sdk_call(b.url("py2"), agent, "echo", {"message": "new server"}).result(30).is_error
+    # The held call kept its place and runs once approved.
+    c.decide(call["id"], "approve")
+    assert held.result(30).content[0].text == "Echo: hold across the reload"
+
+    # A broken config is refused with its problems; the running one stays.
+    good = b.config_path.read_text()
+    b.config_path.write_text(good + '\n[[rule]]\ntools = ["nowhere/x"]\naction = "maybe"\n')
+    # The command reads the file first and says so without asking the broker...
+    r = reload()
+    assert r.returncode == 2 and 'unknown action "maybe"' in r.stderr, r.stderr
+    # ...and the broker refuses it too (asked directly), with every problem's line and column.
+    r = reload(url=b.admin)
+    assert r.returncode == 1 and "refused" in r.stderr and 'unknown action "maybe"' in r.stderr, r.stderr
+    assert f"{b.config_path}:43:10" in r.stderr
+    m = c.next("config")
+    assert m["refused"] and "maybe" in m["refused"]
+    still = sdk_call(b.url("py"), agent, "echo", {"message": "after the refusal"}).result(30)
+    assert still.is_error and "echo is closed now" in still.content[0].text
+    # Only an admin may reload; SIGHUP does the same, and a removed server is gone.
+    assert reload(alice, url=b.admin).returncode == 1
+    b.config_path.write_text(good.replace('name = "py2"', 'name = "py3"'))
+    b.proc.popen.send_signal(signal.SIGHUP)
+    m = c.next("config")
+    assert m.get("refused") is None
+    assert sdk_call(b.url("py3"), agent, "echo", {"message": "renamed"}).result(30).content[0].text == "Echo: renamed"
+    r = httpx.post(b.url("py2"), json={}, headers={"authorization": f"Bearer {agent}"}, timeout=10)
+    assert r.status_code == 404
+    samples = scrape(b)
+    assert value(samples, "tollgate_config_reloads_total", result="applied") == 2
+    assert value(samples, "tollgate_config_reloads_total", result="refused") == 1
+    c.close()
+    b.proc.stop()

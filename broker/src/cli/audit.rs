@@ -115,45 +115,12 @@ fn open(dir: &Path) -> anyhow::Result<SledEngine> {
 
 /// `audit --follow`: print entries as the running broker writes them, until interrupted.
 pub fn follow(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
-    let url = match &s.url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let config = crate::config::load(&dir.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            match config.broker.admin_listen {
-                Some(a) if a.port() != 0 => {
-                    let host = if a.ip().is_unspecified() {
-                        "127.0.0.1".to_string()
-                    } else {
-                        a.ip().to_string()
-                    };
-                    let scheme = if config.broker.tls.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    format!("{scheme}://{host}:{}", a.port())
-                }
-                _ => anyhow::bail!(
-                    "{} has no fixed admin_listen address to follow; set one, or pass --url",
-                    dir.config.display()
-                ),
-            }
-        }
-    };
+    let url = super::admin_url(&dir.config, s.url.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let token = s.token.clone().ok_or_else(|| {
         anyhow::anyhow!("--follow needs a token (--token or TOLLGATE_TOKEN; any role), from `tollgate-broker token add`")
     })?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(90));
-    if url.starts_with("https://") {
-        let tls = tollgate_shared::tls::ClientTls {
-            ca: s.ca.clone(),
-            cert: None,
-            key: None,
-        };
-        http = http.tls_backend_preconfigured(tls.config().map_err(|e| anyhow::anyhow!(e))?);
-    }
-    let http = http.build()?;
+    let http = super::admin_client(&url, s.ca.clone(), Duration::from_secs(90))
+        .map_err(|e| anyhow::anyhow!(e))?;
     let format = if s.json { Format::Json } else { s.format };
     if format == Format::Csv {
         anyhow::bail!("--follow writes JSON lines (--json) or a table");

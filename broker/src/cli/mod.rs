@@ -64,6 +64,24 @@ enum Command {
         #[arg(long, env = "TOLLGATE_CA", value_name = "FILE")]
         ca: Option<PathBuf>,
     },
+    /// Make a running broker re-read its configuration, as SIGHUP does: rules, guards,
+    /// clients, servers, notification sinks and certificates change for the calls that arrive
+    /// after it; held calls, sessions and consoles stay. A config with problems is refused with
+    /// every problem, and the running one stays. Needs an admin's token.
+    Reload {
+        /// The TOML configuration file (its [broker] admin_listen locates the broker).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The admin listener's base URL instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin's token.
+        #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// For an https:// admin listener: the CA certificate (PEM).
+        #[arg(long, env = "TOLLGATE_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
     /// Search the audit trail, or verify its hash chain (`audit verify`).
     ///
     /// Reads the store directly, so the broker must be stopped (or point --data-dir at a copy);
@@ -215,58 +233,126 @@ enum TokenCommand {
     },
 }
 
-fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
-    let url = match url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let config = match config::load(path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
+/// The base URL of a running broker's admin listener: `url` if given, else from the config's
+/// `admin_listen` (an address for every interface is asked on loopback).
+pub(crate) fn admin_url(path: &Path, url: Option<&str>) -> Result<String, String> {
+    if let Some(u) = url {
+        return Ok(u.trim_end_matches('/').to_string());
+    }
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    match config.broker.admin_listen {
+        Some(a) if a.port() != 0 => {
+            let host = if a.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                a.ip().to_string()
             };
-            match config.broker.admin_listen {
-                Some(a) if a.port() != 0 => {
-                    // A listener on every address is asked on loopback.
-                    let host = if a.ip().is_unspecified() {
-                        "127.0.0.1".to_string()
-                    } else {
-                        a.ip().to_string()
-                    };
-                    let scheme = if config.broker.tls.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    format!("{scheme}://{host}:{}", a.port())
-                }
-                _ => {
-                    eprintln!(
-                        "tollgate-broker status: {} has no fixed admin_listen address; set one, or pass --url",
-                        path.display()
-                    );
-                    return ExitCode::from(2);
-                }
-            }
+            let scheme = if config.broker.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            Ok(format!("{scheme}://{host}:{}", a.port()))
         }
-    };
+        _ => Err(format!(
+            "{} has no fixed admin_listen address; set one, or pass --url",
+            path.display()
+        )),
+    }
+}
+
+/// An HTTP client for the admin listener at `url`, trusting `ca` for https.
+pub(crate) fn admin_client(
+    url: &str,
+    ca: Option<PathBuf>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    let mut http = reqwest::Client::builder().timeout(timeout);
     if url.starts_with("https://") {
         let tls = tollgate_shared::tls::ClientTls {
             ca,
             cert: None,
             key: None,
         };
-        match tls.config() {
-            Ok(c) => http = http.tls_backend_preconfigured(c),
-            Err(e) => {
-                eprintln!("tollgate-broker status: {e}");
-                return ExitCode::from(2);
-            }
+        http = http.tls_backend_preconfigured(tls.config()?);
+    }
+    http.build().map_err(|e| e.to_string())
+}
+
+fn reload(
+    path: &Path,
+    url: Option<String>,
+    token: Option<String>,
+    ca: Option<PathBuf>,
+) -> ExitCode {
+    let setup = admin_url(path, url.as_deref()).and_then(|url| {
+        let token = token.ok_or("reload needs an admin's token (--token or TOLLGATE_TOKEN)")?;
+        Ok((
+            admin_client(&url, ca, std::time::Duration::from_secs(60))?,
+            url,
+            token,
+        ))
+    });
+    let (http, url, token) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tollgate-broker reload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate-broker reload: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let resp = http
+            .post(format!("{url}/v1/reload"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let ok = resp.status().is_success();
+        Ok::<_, reqwest::Error>((ok, resp.text().await?))
+    });
+    match result {
+        Ok((true, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((false, body)) => {
+            eprint!("tollgate-broker reload: {body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!(
+                "tollgate-broker reload: no answer from {url}: {} (is the broker running, and is this its admin_listen?)",
+                tollgate_shared::report::chain(&e.without_url())
+            );
+            ExitCode::from(1)
         }
     }
+}
+
+fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
+    let setup = admin_url(path, url.as_deref()).and_then(|url| {
+        Ok((
+            admin_client(&url, ca, std::time::Duration::from_secs(10))?,
+            url,
+        ))
+    });
+    let (http, url) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tollgate-broker status: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -278,7 +364,7 @@ fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let resp = http.build()?.get(format!("{url}/readyz")).send().await?;
+        let resp = http.get(format!("{url}/readyz")).send().await?;
         let ok = resp.status().is_success();
         Ok::<_, reqwest::Error>((ok, resp.text().await?))
     });
@@ -370,6 +456,12 @@ pub fn main() -> ExitCode {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
         Command::Notify(NotifyCommand::Test { config, sink }) => notify_test(&config, sink),
         Command::Status { config, url, ca } => status(&config, url, ca),
+        Command::Reload {
+            config,
+            url,
+            token,
+            ca,
+        } => reload(&config, url, token, ca),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             tollgate_shared::cli::completions(Cli::command(), shell, &mut std::io::stdout());

@@ -32,10 +32,10 @@ use crate::waiting::{self, Feeds};
 pub struct Frontend {
     /// Policy and recording.
     pub gateway: Gateway,
-    /// Upstreams by server name.
-    pub upstreams: HashMap<String, Upstream>,
-    /// Who may call.
-    pub auth: Auth,
+    /// Upstreams by server name (replaced whole by a reload).
+    pub upstreams: tollgate_shared::sync::Live<HashMap<String, Upstream>>,
+    /// Who may call (replaced whole by a reload).
+    pub auth: tollgate_shared::sync::Live<Auth>,
     /// Largest body accepted.
     pub max_body: usize,
     /// The `Origin` and `Host` browsers may use.
@@ -54,7 +54,8 @@ pub struct Frontend {
 
 impl Frontend {
     fn known_servers(&self) -> String {
-        let mut names: Vec<_> = self.upstreams.keys().map(String::as_str).collect();
+        let upstreams = self.upstreams.load();
+        let mut names: Vec<_> = upstreams.keys().map(String::as_str).collect();
         names.sort_unstable();
         names.join(", ")
     }
@@ -121,7 +122,7 @@ async fn route(
         tracing::warn!("refused a request a browser page may have made: {refused}");
         return reply::status_error(refused.status(), &refused.to_string());
     }
-    let client = match auth::authenticate(&fe.auth, Some(&fe.registry), &headers) {
+    let client = match auth::authenticate(&fe.auth.load(), Some(&fe.registry), &headers) {
         Ok(c) => c,
         Err(e) => {
             let challenge = if e == AuthError::Invalid {
@@ -136,7 +137,7 @@ async fn route(
             );
         }
     };
-    let Some(upstream) = fe.upstreams.get(server).cloned() else {
+    let Some(upstream) = fe.upstreams.load().get(server).cloned() else {
         return reply::status_error(
             StatusCode::NOT_FOUND,
             &format!(

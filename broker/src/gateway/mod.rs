@@ -92,9 +92,23 @@ pub struct Held {
     pub scrub: Option<Scrub>,
 }
 
+/// The policy and the guards' settings: what a configuration reload replaces. A call is judged
+/// entirely by the one it loaded when it arrived.
+pub struct Guards {
+    /// The rules.
+    pub policy: Policy,
+    /// The DLP guard, unless `[dlp] enabled = false`.
+    pub dlp: Option<Arc<Dlp>>,
+    /// Rate limits (kept across a reload that does not change them, with their buckets).
+    pub limiter: Arc<tollgate_policy::guards::limits::Limiter>,
+    /// Loop detection (kept across a reload that does not change it).
+    pub loops: Arc<tollgate_policy::guards::loops::Loops>,
+}
+
 /// Policy, guards, annotations, the store and the queue: everything interception needs.
 pub struct Gateway {
-    pub policy: Policy,
+    /// The policy and guards in force.
+    pub guards: tollgate_shared::sync::Live<Guards>,
     /// Annotations learned from upstreams.
     pub annotations: Arc<Annotations>,
     /// Where records go.
@@ -105,12 +119,6 @@ pub struct Gateway {
     pub default_expiry: Duration,
     /// How long an approved retry-mode call may be repeated to run.
     pub retry_ttl: Duration,
-    /// The DLP guard, unless `[dlp] enabled = false`.
-    pub dlp: Option<Arc<Dlp>>,
-    /// Rate limits.
-    pub limiter: tollgate_policy::guards::limits::Limiter,
-    /// Loop detection.
-    pub loops: tollgate_policy::guards::loops::Loops,
     /// Forward allowed calls even while the store cannot write them down (`[broker]
     /// on_store_error = "forward"`); by default they are refused.
     pub forward_when_store_fails: bool,
@@ -174,12 +182,13 @@ impl Gateway {
         received_ms: u64,
     ) -> Intercept {
         let id = jsonrpc::id(request);
+        let g = self.guards.load();
         let empty = json!({});
         let (tool, verdict) = match call_parts(request) {
             Ok((tool, arguments)) => {
                 let arguments = arguments.unwrap_or(&empty);
                 let annotations = self.annotations.get(&ctx.server, tool);
-                let verdict = self.policy.evaluate(&CallView {
+                let verdict = g.policy.evaluate(&CallView {
                     server: &ctx.server,
                     tool,
                     arguments,
@@ -192,7 +201,7 @@ impl Gateway {
             }
         };
         // DLP: the stored, audited and displayed arguments never hold the secrets found.
-        let prepared = match scan::prepare(self.dlp.clone(), &ctx.server, &tool, request).await {
+        let prepared = match scan::prepare(g.dlp.clone(), &ctx.server, &tool, request).await {
             Ok(p) => p,
             Err(why) => {
                 tracing::error!(error = %why, "cannot scan a call");
@@ -217,13 +226,13 @@ impl Gateway {
             Ok(()) => Secrets::Found(
                 verdict
                     .dlp
-                    .or(self.dlp.as_ref().map(|d| d.action))
+                    .or(g.dlp.as_ref().map(|d| d.action))
                     .unwrap_or(DlpAction::Approve),
             ),
             Err(TooManySecrets) => Secrets::TooMany,
         });
         let now = now_ms();
-        let seen = self.loops.observe(&shape, now);
+        let seen = g.loops.observe(&shape, now);
         let record = CallRecord {
             id: uuid::Uuid::now_v7().to_string().into(),
             outcome: Outcome::Allowed,
@@ -244,7 +253,7 @@ impl Gateway {
             error: None,
             fingerprint: fingerprint::exact(&ctx.server, &tool, &args_hash).into(),
             args_hash: args_hash.into(),
-            policy_version: self.policy.version.clone(),
+            policy_version: g.policy.version.clone(),
             hold: None,
             decisions: Vec::new(),
             findings,
@@ -252,7 +261,7 @@ impl Gateway {
             signals: Signals {
                 repeats: if seen.repeats > 1 { seen.repeats } else { 0 },
                 window_ms: if seen.repeats > 1 {
-                    self.loops.config.window_ms
+                    g.loops.config.window_ms
                 } else {
                     0
                 },
@@ -284,14 +293,16 @@ impl Gateway {
         // left current while the task is parked leaks into other tasks on the thread, and
         // tracing-subscriber panicked ("tried to clone a span that already closed") under 500
         // concurrent calls.
-        self.decide(ctx, request, record, verdict, seen, scanned)
+        self.decide(&g, ctx, request, record, verdict, seen, scanned)
             .instrument(span)
             .await
     }
 
     /// The guards and the policy's verdict, in order, then what follows from them.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
+        g: &Guards,
         ctx: &CallContext,
         request: &mut Value,
         mut record: CallRecord,
@@ -299,7 +310,7 @@ impl Gateway {
         seen: Seen,
         scanned: Scanned,
     ) -> Intercept {
-        let screened = match self.screen(ctx, request, &mut record, verdict, seen, &scanned) {
+        let screened = match self.screen(g, ctx, request, &mut record, verdict, seen, &scanned) {
             Ok(s) => s,
             Err(refusal) => return self.refuse(ctx, record, refusal).await,
         };
@@ -336,8 +347,10 @@ impl Gateway {
 
     /// The guards, in the order they apply: a temporary block, the rate limits, loop
     /// detection, then secrets. Each may refuse the call, or change what the policy decided.
+    #[allow(clippy::too_many_arguments)]
     fn screen(
         &self,
+        g: &Guards,
         ctx: &CallContext,
         request: &mut Value,
         record: &mut CallRecord,
@@ -354,8 +367,8 @@ impl Gateway {
         {
             return Err(Refusal::Blocked(Box::new(rule)));
         }
-        if !self.limiter.is_empty() {
-            self.limiter
+        if !g.limiter.is_empty() {
+            g.limiter
                 .check(&ctx.server, &record.tool, &ctx.client, now)
                 .map_err(Refusal::RateLimited)?;
         }
@@ -363,9 +376,9 @@ impl Gateway {
             let what = format!(
                 "{} calls of this shape within {}",
                 seen.repeats,
-                humantime::format_duration(Duration::from_millis(self.loops.config.window_ms))
+                humantime::format_duration(Duration::from_millis(g.loops.config.window_ms))
             );
-            match self.loops.config.action {
+            match g.loops.config.action {
                 LoopAction::Flag => {}
                 LoopAction::Deny => return Err(Refusal::Loop { what }),
                 LoopAction::Approve => {

@@ -71,22 +71,24 @@ impl Setup {
             TempRules::in_memory(),
         );
         let gateway = Gateway {
-            policy: Policy {
-                rules: self.rules,
-                default: self.default.unwrap_or(Action::Approve),
-                version: "test".into(),
-            },
+            guards: tollgate_shared::sync::Live::new(Guards {
+                policy: Policy {
+                    rules: self.rules,
+                    default: self.default.unwrap_or(Action::Approve),
+                    version: "test".into(),
+                },
+                dlp: Some(Arc::new(Dlp {
+                    scanner: Scanner::new(Some(Entropy::default()), &[]),
+                    action: self.dlp.unwrap_or(DlpAction::Approve),
+                })),
+                limiter: Arc::new(Limiter::new(self.limits)),
+                loops: Arc::new(Loops::new(self.loops.unwrap_or_default())),
+            }),
             annotations: Arc::default(),
             store,
             queue,
             default_expiry: Duration::from_secs(600),
             retry_ttl,
-            dlp: Some(Arc::new(Dlp {
-                scanner: Scanner::new(Some(Entropy::default()), &[]),
-                action: self.dlp.unwrap_or(DlpAction::Approve),
-            })),
-            limiter: Limiter::new(self.limits),
-            loops: Loops::new(self.loops.unwrap_or_default()),
             throttle: Throttle::default(),
             forward_when_store_fails: false,
         };

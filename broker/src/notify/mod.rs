@@ -258,7 +258,8 @@ pub struct Health {
 }
 
 impl Health {
-    fn new() -> Arc<Health> {
+    /// Nothing sent, failed or dropped yet.
+    pub fn new() -> Arc<Health> {
         Arc::new(Health {
             state: Default::default(),
             tx: watch::channel(NotifyHealth::default()).0,
@@ -356,18 +357,20 @@ struct Dispatcher {
     groups: Vec<HashMap<GroupKey, Group>>,
 }
 
-/// Start the notifier: sinks' workers and the dispatcher following `queue`. Returns its
-/// health (what consoles are shown, and the counts). Calls already pending (recovered at
-/// start) get their timers but no new `held` notification.
+/// Start the notifier: sinks' workers and the dispatcher following `queue`, counting into
+/// `health`, until `stop` (a reload starts a new one; the old one's workers still deliver what
+/// they queued). Calls already pending (recovered at start, or held before a reload) get their
+/// timers but no new `held` notification.
 pub fn start(
     queue: Arc<Queue>,
     specs: Vec<SinkSpec>,
     escalations: HashMap<usize, Escalation>,
     dlp: Option<Arc<Dlp>>,
-) -> Arc<Health> {
-    let health = Health::new();
+    health: Arc<Health>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     if specs.is_empty() {
-        return health;
+        return;
     }
     let http = deliver::http_client();
     let sinks: Vec<Sink> = specs
@@ -391,7 +394,6 @@ pub fn start(
         .collect();
     let groups = sinks.iter().map(|_| HashMap::new()).collect();
     let events = queue.subscribe();
-    let health_out = health.clone();
     let mut d = Dispatcher {
         sinks,
         escalations,
@@ -406,12 +408,15 @@ pub fn start(
     for call in queue.snapshot() {
         d.held(call, false);
     }
-    tokio::spawn(d.run(events));
-    health_out
+    tokio::spawn(d.run(events, stop));
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut events: broadcast::Receiver<Arc<ServerMsg>>) {
+    async fn run(
+        mut self,
+        mut events: broadcast::Receiver<Arc<ServerMsg>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         loop {
             let wake = self.next_wake();
             let sleep = async {
@@ -423,6 +428,7 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
+                () = stop.cancelled() => break,
                 ev = events.recv() => match ev {
                     Ok(msg) => self.event(&msg),
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -172,6 +172,11 @@ impl Queue {
         self.events.subscribe()
     }
 
+    /// Tell every console something that is not about one call (a configuration reload).
+    pub fn announce(&self, msg: ServerMsg) {
+        self.publish(msg);
+    }
+
     fn publish(&self, msg: ServerMsg) {
         let _ = self.events.send(Arc::new(msg));
     }

@@ -181,6 +181,17 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 }
                 app.notify = health;
             }
+            ServerMsg::Config {
+                policy, refused, ..
+            } => match refused {
+                None => app.note(format!(
+                    "broker: configuration reloaded (policy {policy}); held calls keep their place"
+                )),
+                Some(why) => app.note(format!(
+                    "broker: a new configuration was refused, policy {policy} stays: {}",
+                    why.lines().next().unwrap_or_default()
+                )),
+            },
             ServerMsg::Hello { .. } => {}
         },
     }

@@ -95,6 +95,11 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// The limits it enforces.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
     /// A limiter for these limits.
     pub fn new(limits: Vec<Limit>) -> Limiter {
         Limiter {
