@@ -18,7 +18,6 @@ use axum::routing::get;
 
 use crate::browser::Browsers;
 use crate::metrics;
-use crate::notify::Health;
 use crate::queue::Queue;
 use crate::upstream::ServerSpec;
 
@@ -30,8 +29,6 @@ pub struct Admin {
     pub servers: Vec<ServerSpec>,
     /// Bytes in the store's journal now.
     pub journal_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
-    /// Notification counts.
-    pub notify: Arc<Health>,
     /// The `Origin` and `Host` browsers may use.
     pub browsers: Browsers,
     /// Who may read the audit trail (any role) and reload the configuration (admins).
@@ -66,19 +63,19 @@ async fn guard(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
 async fn scrape(State(admin): State<Arc<Admin>>) -> Response {
     let m = metrics::global();
     m.pending.clear();
+    m.oldest.clear();
+    let now = tollgate_shared::clock::now_ms();
     for call in admin.queue.snapshot() {
-        m.pending
-            .get_or_create(&[("server", call.server.to_string())])
-            .inc();
+        let server = [("server", call.server.to_string())];
+        m.pending.get_or_create(&server).inc();
+        let waited = now.saturating_sub(call.timings.received_ms) as f64 / 1000.0;
+        let oldest = m.oldest.get_or_create(&server);
+        if waited > oldest.get() {
+            oldest.set(waited);
+        }
     }
     m.journal_bytes
         .set(i64::try_from((admin.journal_bytes)()).unwrap_or(i64::MAX));
-    let (sent, failed, dropped) = admin.notify.counts();
-    for (result, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
-        m.notifications
-            .get_or_create(&[("result", result)])
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
     m.store_failing
         .set(i64::from(admin.queue.store().health().borrow().is_some()));
     (

@@ -44,11 +44,12 @@ pub struct Metrics {
     group: Histogram,
     /// Filled in at each scrape.
     pub pending: Family<Named1, Gauge>,
+    /// Filled in at each scrape: how long the oldest pending call has waited, by server.
+    pub oldest: Family<Named1, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Filled in at each scrape.
     pub journal_bytes: Gauge,
     consoles: Gauge,
-    /// Filled in at each scrape.
-    pub notifications: Family<Fixed1, Gauge>,
+    notifications: Family<Fixed1, Counter>,
     /// Filled in at each scrape: 1 while the store cannot write.
     pub store_failing: Gauge,
     reloads: Family<Fixed1, Counter>,
@@ -119,6 +120,13 @@ impl Metrics {
             "calls held for a decision now, by server",
             pending.clone(),
         );
+        let oldest = Family::default();
+        r.register_with_unit(
+            "pending_oldest",
+            "how long the oldest call held for a decision has waited, by server",
+            Unit::Seconds,
+            oldest.clone(),
+        );
         let journal_bytes = Gauge::default();
         r.register_with_unit(
             "journal",
@@ -168,6 +176,7 @@ impl Metrics {
             commit,
             group,
             pending,
+            oldest,
             journal_bytes,
             consoles,
             notifications,
@@ -194,6 +203,13 @@ impl Metrics {
     /// A call refused before any upstream, by the kind of guard.
     pub fn refused(&self, kind: &'static str) {
         self.refusals.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A notification was sent, an attempt failed, or one was dropped.
+    pub fn notification(&self, result: &'static str, n: u64) {
+        self.notifications
+            .get_or_create(&[("result", result)])
+            .inc_by(n);
     }
 
     /// A configuration reload was applied or refused.

@@ -274,7 +274,6 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
                 let engine = engine.clone();
                 move || engine.journal_bytes()
             }),
-            notify: notify.clone(),
             browsers: browsers.clone(),
             registry: registry.clone(),
             reload: {

@@ -299,6 +299,11 @@ def test_a_dead_or_hanging_sink_never_holds_up_a_hold_and_consoles_are_told(brok
     # A sink's URL can be its secret (Slack's is): errors shown and logged never carry it.
     assert all("/nobody" not in err for _, err in health["failing"]), health
     assert "/nobody" not in b.log()
+    from test_operations import scrape, value
+
+    samples = scrape(b)
+    assert value(samples, "tollgate_notifications_total", result="dropped") >= health["dropped"] > 0
+    assert value(samples, "tollgate_notifications_total", result="failed") >= 2
     c.decide(sorted(seen), "approve")
     for f in futs:
         assert not f.result(30).is_error

@@ -78,6 +78,7 @@ def test_metrics_count_what_the_audit_trail_records(broker):
     mid = scrape(b)
     assert value(mid, "tollgate_pending_calls", server="py") == 1
     assert value(mid, "tollgate_consoles_connected") == 1
+    assert 0 < value(mid, "tollgate_pending_oldest_seconds", server="py") < 60
     c.decide(call["id"], "approve")
     assert not held.result(30).is_error
     rejected = sdk_call(b.url("py"), agent, "echo", {"message": "hold this one too"})

@@ -247,14 +247,10 @@ pub const IDS_SHOWN: usize = 20;
 /// Characters of arguments shown.
 pub const SUMMARY_CHARS: usize = 400;
 
-/// How notifications are doing: what consoles are shown, and the counts the metrics report.
+/// How notifications are doing: what consoles are shown (the metrics count them too).
 pub struct Health {
     state: tollgate_shared::sync::Mutex<NotifyHealth>,
     tx: watch::Sender<NotifyHealth>,
-    /// Notifications delivered.
-    pub sent: std::sync::atomic::AtomicU64,
-    /// Attempts that failed (each retry counts).
-    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -263,24 +259,12 @@ impl Health {
         Arc::new(Health {
             state: Default::default(),
             tx: watch::channel(NotifyHealth::default()).0,
-            sent: Default::default(),
-            failed: Default::default(),
         })
     }
 
     /// Follow the health consoles are shown.
     pub fn subscribe(&self) -> watch::Receiver<NotifyHealth> {
         self.tx.subscribe()
-    }
-
-    /// Notifications sent, attempts failed, notifications dropped, since start.
-    pub fn counts(&self) -> (u64, u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.sent.load(Relaxed),
-            self.failed.load(Relaxed),
-            self.state.lock().dropped,
-        )
     }
 
     fn update(&self, f: impl FnOnce(&mut NotifyHealth)) {
@@ -293,12 +277,12 @@ impl Health {
     }
 
     fn dropped(&self, n: u64) {
+        crate::metrics::global().notification("dropped", n);
         self.update(|s| s.dropped += n);
     }
 
     fn failing(&self, sink: &str, error: &str) {
-        self.failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::global().notification("failed", 1);
         self.update(|s| match s.failing.iter_mut().find(|(n, _)| n == sink) {
             Some(entry) => entry.1 = error.to_string(),
             None => s.failing.push((sink.to_string(), error.to_string())),
@@ -306,7 +290,7 @@ impl Health {
     }
 
     fn delivered(&self, sink: &str) {
-        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::global().notification("sent", 1);
         self.update(|s| s.failing.retain(|(n, _)| n != sink));
     }
 }
