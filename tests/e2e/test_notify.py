@@ -303,7 +303,7 @@ def test_a_dead_or_hanging_sink_never_holds_up_a_hold_and_consoles_are_told(brok
 
     samples = scrape(b)
     assert value(samples, "tollgate_notifications_total", result="dropped") >= health["dropped"] > 0
-    assert value(samples, "tollgate_notifications_total", result="failed") >= 2
+    assert value(samples, "tollgate_notifications_total", result="failed") >= 1
     c.decide(sorted(seen), "approve")
     for f in futs:
         assert not f.result(30).is_error
