@@ -80,6 +80,7 @@ fn call(n: usize) -> Result<CallRecord> {
         findings: Vec::new(),
         shape: Default::default(),
         signals: Default::default(),
+        trace: None,
     };
     Ok(serde_json::from_slice(&serde_json::to_vec(&record)?)?)
 }

@@ -60,6 +60,7 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
         findings: Vec::new(),
         shape: Default::default(),
         signals: Default::default(),
+        trace: None,
     }
 }
 

@@ -271,6 +271,7 @@ mod tests {
             findings: Vec::new(),
             shape: Default::default(),
             signals: Default::default(),
+            trace: None,
         }
     }
 

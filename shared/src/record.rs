@@ -178,6 +178,10 @@ pub struct CallRecord {
     /// hit), shown to approvers as flags.
     #[serde(default, skip_serializing_if = "Signals::is_empty")]
     pub signals: Signals,
+    /// The W3C `traceparent` the client sent (HTTP header, or `params._meta` on 2026-07-28),
+    /// continued to the upstream, so one trace spans agent, broker, decision and upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl CallRecord {
@@ -396,6 +400,7 @@ mod tests {
                 looping: true,
                 throttled: Some("rate limit \"sums\" refused 3 calls".into()),
             },
+            trace: None,
         };
         let text = serde_json::to_string(&record).expect("serialize");
         assert!(text.contains("\"outcome\":\"blocked\""), "{text}");

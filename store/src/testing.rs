@@ -39,5 +39,6 @@ pub(crate) fn record(n: u64, outcome: Outcome) -> CallRecord {
         findings: Vec::new(),
         shape: Default::default(),
         signals: Default::default(),
+        trace: None,
     }
 }

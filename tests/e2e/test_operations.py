@@ -375,3 +375,40 @@ def test_live_reload_keeps_held_calls_applies_new_rules_and_refuses_a_broken_con
     assert value(samples, "tollgate_config_reloads_total", result="refused") == 1
     c.close()
     b.proc.stop()
+
+
+def test_a_clients_trace_context_reaches_the_record_the_logs_and_a_stdio_upstream(broker):
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    import anyio
+
+    b = broker(config() + '\n[[rule]]\nname = "traced-held"\ntools = ["py/traced"]\naction = "approve"\n')
+    agent = b.token("agent", "viewer")
+    alice = b.token("alice", "approver")
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def run():
+        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {agent}", "traceparent": tp}, timeout=60)
+        async with Client(streamable_http_client(b.url("py"), http_client=http)) as c:
+            return await c.call_tool("traced", {})
+
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    fut = pool.submit(anyio.run, run)
+    c = b.connect(alice)
+    call = c.pending()
+    assert call["trace"] == tp
+    c.decide(call["id"], "approve")
+    # The stdio server saw no HTTP header: the broker put the trace context in _meta.
+    assert fut.result(30).content[0].text == tp
+    c.close()
+    b.proc.stop()
+    log = b.log()
+    decided = next(l for l in log.splitlines() if " decided" in l and call["id"] in l)
+    assert "trace=" + tp in decided.replace('"', ""), decided
+    assert "trace_id=4bf92f3577b34da6a3ce929d0e0e4736" in log
+    # An invalid traceparent is not recorded.
+    ok = broker(config(), name="other")
+    t = ok.token("agent", "viewer")
+    assert not sdk_call(ok.url("py"), t, "echo", {"message": "x"}).result(30).is_error

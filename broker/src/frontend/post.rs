@@ -209,12 +209,14 @@ pub(super) async fn post(
         recovered: false,
     };
     if kind == Kind::Request && jsonrpc::method(&inbound.value) == Some("tools/call") {
+        let trace = continue_trace(&mut inbound, matches!(upstream, Upstream::Stdio(_)));
         let ctx = CallContext {
             client: tollgate_shared::intern(&client),
             server: tollgate_shared::intern(server),
             session: inbound.session.as_deref().map(Name::from),
             protocol_version,
             polls_task: task.is_some(),
+            trace,
         };
         match fe
             .gateway
@@ -290,4 +292,42 @@ pub(super) async fn post(
         _ => tasks::advertise_extensions(r),
     })
     .await
+}
+
+/// The call's W3C trace context: `params._meta.traceparent` (2026-07-28), else the
+/// `traceparent` header, when valid. An HTTP upstream gets the header as the client sent it; a
+/// stdio server sees no headers, so a header's trace context is put into `params._meta` for
+/// it. Invalid values are ignored (and not recorded).
+fn continue_trace(inbound: &mut Inbound, stdio: bool) -> Option<String> {
+    let valid = |t: &&str| crate::gateway::trace_id(t).is_some();
+    let in_meta = inbound
+        .value
+        .pointer("/params/_meta/traceparent")
+        .and_then(Value::as_str)
+        .filter(valid)
+        .map(str::to_string);
+    if in_meta.is_some() {
+        return in_meta;
+    }
+    let header = inbound
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(valid)
+        .map(str::to_string)?;
+    if stdio
+        && let Some(params) = inbound
+            .value
+            .get_mut("params")
+            .and_then(Value::as_object_mut)
+    {
+        let meta = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("traceparent".into(), Value::String(header.clone()));
+            inbound.raw = bytes::Bytes::from(inbound.value.to_string());
+        }
+    }
+    Some(header)
 }

@@ -61,6 +61,8 @@ pub struct CallContext {
     pub protocol_version: Option<Name>,
     /// The client asked to wait for this call by polling an MCP task.
     pub polls_task: bool,
+    /// The W3C `traceparent` the client sent, when valid.
+    pub trace: Option<String>,
 }
 
 impl CallContext {
@@ -169,7 +171,33 @@ fn call_parts(request: &Value) -> Result<(&str, Option<&Value>), &'static str> {
 
 /// The span every log line about a call carries: its id, client, server, tool and rule.
 pub fn call_span(record: &CallRecord) -> tracing::Span {
-    tracing::info_span!("call", call = %record.id, client = %record.client, server = %record.server, tool = %record.tool, rule = %record.rule.name)
+    let span = tracing::info_span!("call", call = %record.id, client = %record.client, server = %record.server, tool = %record.tool, rule = %record.rule.name, trace_id = tracing::field::Empty);
+    if let Some(t) = record.trace.as_deref().and_then(trace_id) {
+        span.record("trace_id", tracing::field::display(t));
+    }
+    span
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`; version `ff`
+/// and all-zero ids are invalid), or `None`.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0')
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
 }
 
 impl Gateway {
@@ -268,6 +296,7 @@ impl Gateway {
                 looping: seen.looping,
                 throttled: self.throttle.flag(&ctx.client, now),
             },
+            trace: ctx.trace.clone(),
         };
         let span = call_span(&record);
         if id_secret.is_some() {

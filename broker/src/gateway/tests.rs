@@ -103,6 +103,7 @@ fn ctx() -> CallContext {
         session: None,
         protocol_version: None,
         polls_task: false,
+        trace: None,
     }
 }
 
@@ -703,4 +704,26 @@ async fn while_the_store_cannot_write_calls_are_refused_and_the_refusals_recorde
         "{:?}",
         trail[2].reason
     );
+}
+
+#[test]
+fn only_valid_traceparents_have_a_trace_id() {
+    let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        super::trace_id(ok),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    for bad in [
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    ] {
+        assert_eq!(super::trace_id(bad), None, "{bad}");
+    }
+    // A later version may add fields.
+    assert!(super::trace_id("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
 }

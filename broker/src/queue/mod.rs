@@ -300,7 +300,14 @@ impl Queue {
                 reason: record.reason.clone(),
             },
         };
-        tracing::info!(call = %record.id, outcome = %record.outcome, "decided");
+        // The decision is part of the call's trace: agent, broker, approver, upstream.
+        let trace = record.trace.as_deref().unwrap_or_default();
+        let by = record
+            .decisions
+            .last()
+            .map(|d| d.by.as_str())
+            .unwrap_or_default();
+        tracing::info!(call = %record.id, server = %record.server, tool = %record.tool, client = %record.client, outcome = %record.outcome, by, trace, "decided");
         if resolution == Resolution::Approved {
             self.grants.approved(&record);
         }

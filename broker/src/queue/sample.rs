@@ -47,5 +47,6 @@ pub fn sample_call(n: usize) -> CallRecord {
         findings: Vec::new(),
         shape: Default::default(),
         signals: Default::default(),
+        trace: None,
     }
 }

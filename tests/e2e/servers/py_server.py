@@ -63,6 +63,18 @@ async def mark(key: str, hold: bool = False) -> str:
 
 
 @server.tool()
+async def traced(ctx: Context) -> str:
+    """The W3C traceparent this request carried in `params._meta`, or "none"."""
+    meta = ctx.request_context.meta
+    found = None
+    if isinstance(meta, dict):
+        found = meta.get("traceparent")
+    elif meta is not None:
+        found = getattr(meta, "traceparent", None) or (getattr(meta, "model_extra", None) or {}).get("traceparent")
+    return found or "none"
+
+
+@server.tool()
 def strict(token: str, note: str = "") -> str:
     """Refuse every call with a JSON-RPC error that echoes its arguments, as some servers'
     input validation does (the broker must not store what it echoes)."""
