@@ -54,9 +54,10 @@ fn main() -> Result<()> {
     let steps = guard_cost::measure(&scanner, 10_240)?;
 
     let dir = std::env::temp_dir().join(format!("tollgate-bench-guards-{}", std::process::id()));
-    let (on_dir, off_dir) = (dir.join("on"), dir.join("off"));
+    let (on_dir, off_dir, bare_dir) = (dir.join("on"), dir.join("off"), dir.join("bare"));
     std::fs::create_dir_all(&on_dir)?;
     std::fs::create_dir_all(&off_dir)?;
+    std::fs::create_dir_all(&bare_dir)?;
     let (_upstream, port) = tollgate_bench::start_everything_http()?;
     let servers = format!("[[server]]\nname = \"http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n");
     let base = "auth = \"none\"\n[policy]\ndefault = \"allow\"\n";
@@ -67,6 +68,12 @@ fn main() -> Result<()> {
         &off_dir,
         &format!("{base}[dlp]\nenabled = false\n{servers}"),
     )?;
+    // DLP on, metrics off: no admin listener, so the store is not observed.
+    let (_bare, bare_url, _) = tollgate_bench::start_broker(
+        &broker_bin,
+        &bare_dir,
+        &format!("admin_listen = \"off\"\n{base}{servers}"),
+    )?;
 
     let sizes = [("small (24 B)", message(24)), ("10 KB", message(10_240))];
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -76,27 +83,30 @@ fn main() -> Result<()> {
         let mut direct = HttpSession::open(&format!("http://127.0.0.1:{port}/mcp")).await?;
         let mut off = HttpSession::open(&format!("{off_url}/mcp/http")).await?;
         let mut on = HttpSession::open(&format!("{on_url}/mcp/http")).await?;
+        let mut bare = HttpSession::open(&format!("{bare_url}/mcp/http")).await?;
         let mut rows = Vec::new();
         for (label, msg) in &sizes {
-            let (mut d, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut d, mut f, mut g, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..warmup + n {
                 // Rotate the order so no path always goes first (or last) after the others.
-                let mut t = [Duration::ZERO; 3];
-                for k in 0..3 {
-                    let path = (i + k) % 3;
+                let mut t = [Duration::ZERO; 4];
+                for k in 0..4 {
+                    let path = (i + k) % 4;
                     t[path] = match path {
                         0 => direct.echo(msg).await?,
                         1 => off.echo(msg).await?,
-                        _ => on.echo(msg).await?,
+                        2 => on.echo(msg).await?,
+                        _ => bare.echo(msg).await?,
                     };
                 }
                 if i >= warmup {
                     d.push(t[0]);
                     f.push(t[1]);
                     g.push(t[2]);
+                    b.push(t[3]);
                 }
             }
-            rows.push((*label, d, f, g));
+            rows.push((*label, d, f, g, b));
         }
         anyhow::Ok(rows)
     })?;
@@ -121,23 +131,27 @@ fn main() -> Result<()> {
     println!();
     println!("auto-allowed echo over Streamable HTTP, {n} calls per path, interleaved (µs, p50)");
     println!(
-        "| message | direct | broker, DLP off | broker, DLP on | broker adds | DLP's share of a call through the broker |"
+        "| message | direct | broker, DLP off | broker, DLP on | broker adds | DLP's share of a call through the broker | DLP on, metrics off | metrics' share |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (label, mut d, mut f, mut g) in rows {
-        let (d50, f50, g50): (Duration, Duration, Duration) = (
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, mut d, mut f, mut g, mut b) in rows {
+        let (d50, f50, g50, b50): (Duration, Duration, Duration, Duration) = (
             percentile(&mut d, 50.0),
             percentile(&mut f, 50.0),
             percentile(&mut g, 50.0),
+            percentile(&mut b, 50.0),
         );
         println!(
-            "| {label} | {} | {} | {} | {} | {} ({:.1}%) |",
+            "| {label} | {} | {} | {} | {} | {} ({:.1}%) | {} | {} ({:.1}%) |",
             us(d50),
             us(f50),
             us(g50),
             delta_us(g50, d50),
             delta_us(g50, f50),
-            (g50.as_secs_f64() - f50.as_secs_f64()) / g50.as_secs_f64() * 100.0
+            (g50.as_secs_f64() - f50.as_secs_f64()) / g50.as_secs_f64() * 100.0,
+            us(b50),
+            delta_us(g50, b50),
+            (g50.as_secs_f64() - b50.as_secs_f64()) / g50.as_secs_f64() * 100.0
         );
     }
     Ok(())

@@ -205,7 +205,13 @@ pub fn start_broker(bin: &Path, dir: &Path, rest: &str) -> Result<(Broker, Strin
     std::fs::write(
         &cfg,
         format!(
-            "[broker]\nlisten = \"127.0.0.1:0\"\nconsole_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}\n{rest}",
+            "[broker]\nlisten = \"127.0.0.1:0\"\nconsole_listen = \"127.0.0.1:0\"\n{}data_dir = \"{}\"\n{}\n{rest}",
+            // The admin listener on a free port, unless the bench sets it.
+            if rest.contains("admin_listen") {
+                ""
+            } else {
+                "admin_listen = \"127.0.0.1:0\"\n"
+            },
             dir.join("data").display(),
             // Extra [broker] settings for experiments, e.g. `store_cache = "8MiB"`.
             std::env::var("TOLLGATE_BENCH_BROKER").unwrap_or_default()

@@ -7,7 +7,7 @@
 //! first [`MAX_TOOLS`] distinct `server/tool` pairs get their own label, later ones are counted
 //! as `other`, so an agent inventing tool names cannot grow the scrape without bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tollgate_shared::sync::Mutex;
-use tollgate_shared::{CallRecord, Outcome, Verdict};
+use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 use tollgate_store::Observer;
 
 /// Distinct `server/tool` pairs with a label of their own.
@@ -54,6 +54,10 @@ pub struct Metrics {
     pub store_failing: Gauge,
     reloads: Family<Fixed1, Counter>,
     tools: Mutex<HashSet<(String, String)>>,
+    /// `tollgate_calls_total`'s counters by outcome, server and tool as the call names them,
+    /// so counting a call allocates nothing once its kind has been seen (bounded like the
+    /// tool labels: past the limit, lookups go through the family).
+    counters: Mutex<HashMap<(Outcome, Name, Name), Counter>>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -183,6 +187,7 @@ impl Metrics {
             store_failing,
             reloads,
             tools: Mutex::new(HashSet::new()),
+            counters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -267,14 +272,28 @@ impl Observer for StoreObserver {
     fn written(&self, r: &CallRecord, audited: Option<Outcome>, at_ms: u64) {
         let m = self.0;
         if let Some(outcome) = audited {
-            let tool = m.tool(&r.server, &r.tool);
-            m.calls
-                .get_or_create(&[
-                    ("outcome", outcome.as_str().to_string()),
-                    ("server", r.server.to_string()),
-                    ("tool", tool),
-                ])
-                .inc();
+            let key = (outcome, r.server.clone(), r.tool.clone());
+            let cached = m.counters.lock().get(&key).cloned();
+            let counter = match cached {
+                Some(c) => c,
+                None => {
+                    let tool = m.tool(&r.server, &r.tool);
+                    let c = m
+                        .calls
+                        .get_or_create(&[
+                            ("outcome", outcome.as_str().to_string()),
+                            ("server", r.server.to_string()),
+                            ("tool", tool),
+                        ])
+                        .clone();
+                    let mut counters = m.counters.lock();
+                    if counters.len() < MAX_TOOLS * 12 {
+                        counters.insert(key, c.clone());
+                    }
+                    c
+                }
+            };
+            counter.inc();
             let ended = matches!(
                 outcome,
                 Outcome::Approved

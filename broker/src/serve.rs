@@ -106,8 +106,13 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         &config.broker.data_dir,
         config.broker.store_cache,
     )?);
-    let store: Arc<dyn Backend> =
-        Store::open_observed(engine.clone(), Some(crate::metrics::observer())).await?;
+    // Without an admin listener nobody reads the metrics: the store is not observed.
+    let observer = config
+        .broker
+        .admin_listen
+        .is_some()
+        .then(crate::metrics::observer);
+    let store: Arc<dyn Backend> = Store::open_observed(engine.clone(), observer).await?;
     for (path, mode) in tollgate_shared::fs::too_open(&config.broker.data_dir) {
         tracing::warn!(
             path = %path.display(),
