@@ -235,36 +235,6 @@ async fn next_of(ws: &mut Ws, kind: &str) -> Result<Value> {
     }
 }
 
-/// Open an MCP session (revision 2025-11-25) as `token`; its id.
-async fn session(http: &reqwest::Client, url: &str, token: &str) -> Result<String> {
-    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .body(init.to_string())
-        .send()
-        .await?;
-    let id = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .context("no session id")?
-        .to_string();
-    resp.text().await?;
-    http.post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("mcp-session-id", &id)
-        .body(json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string())
-        .send()
-        .await?;
-    Ok(id)
-}
-
 /// A held call's latency: the request is sent until the console hears of it; then approved.
 async fn hold_once(
     s: &Setup,
@@ -328,8 +298,8 @@ fn main() -> Result<()> {
         );
         let noisy = broker(&bin, "sinks", &server, &sinks)?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(8).build()?;
-        let sid_plain = session(&http, &format!("{}/mcp/e", plain.base), &plain.agent).await?;
-        let sid_noisy = session(&http, &format!("{}/mcp/e", noisy.base), &noisy.agent).await?;
+        let sid_plain = tollgate_bench::open_session(&http, &format!("{}/mcp/e", plain.base), &plain.agent).await?;
+        let sid_noisy = tollgate_bench::open_session(&http, &format!("{}/mcp/e", noisy.base), &noisy.agent).await?;
         let mut c_plain = ws(&plain.console, &plain.alice).await?;
         let mut c_noisy = ws(&noisy.console, &noisy.alice).await?;
         let (mut without, mut with) = (Vec::new(), Vec::new());
@@ -393,7 +363,7 @@ fn main() -> Result<()> {
             .pool_max_idle_per_host(600)
             .build()?;
         let mcp = secure.base.replace("127.0.0.1", "localhost") + "/mcp/e";
-        let sid = session(&agent_http, &mcp, &secure.agent).await?;
+        let sid = tollgate_bench::open_session(&agent_http, &mcp, &secure.agent).await?;
         let mut calls = Vec::new();
         for i in 0..loop_n {
             let req = agent_http

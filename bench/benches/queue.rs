@@ -130,31 +130,13 @@ impl Agent {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?;
-        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
-        let resp = http
-            .post(url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .body(init.to_string())
-            .send()
-            .await?;
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .context("no session id")?
-            .to_string();
-        resp.text().await?;
-        let a = Agent {
+        let session = tollgate_bench::open_session(&http, url, token).await?;
+        Ok(Agent {
             http,
             url: url.into(),
             session,
             token: token.into(),
-        };
-        a.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
-            .await?;
-        Ok(a)
+        })
     }
 
     async fn post(&self, msg: &Value) -> Result<String> {

@@ -429,6 +429,36 @@ pub async fn start_http_floor() -> Result<u16> {
     Ok(port)
 }
 
+/// Open an MCP session (revision 2025-11-25) as `token`; its id.
+pub async fn open_session(http: &reqwest::Client, url: &str, token: &str) -> Result<String> {
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(init.to_string())
+        .send()
+        .await?;
+    let id = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .context("no session id")?
+        .to_string();
+    resp.text().await?;
+    http.post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", &id)
+        .body(json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string())
+        .send()
+        .await?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

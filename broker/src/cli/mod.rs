@@ -301,26 +301,11 @@ fn reload(
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tollgate-broker reload: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let resp = http
-            .post(format!("{url}/v1/reload"))
-            .bearer_auth(&token)
-            .send()
-            .await?;
-        let ok = resp.status().is_success();
-        Ok::<_, reqwest::Error>((ok, resp.text().await?))
-    });
-    match result {
+    match admin_request(
+        "reload",
+        &url,
+        http.post(format!("{url}/v1/reload")).bearer_auth(&token),
+    ) {
         Ok((true, body)) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -329,14 +314,38 @@ fn reload(
             eprint!("tollgate-broker reload: {body}");
             ExitCode::from(1)
         }
-        Err(e) => {
+        Err(code) => code,
+    }
+}
+
+/// Send one request to a running broker's admin listener: whether it succeeded and the body,
+/// or (having said why on stderr) the exit code.
+fn admin_request(
+    what: &str,
+    url: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<(bool, String), ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("tollgate-broker {what}: {e}");
+            ExitCode::from(1)
+        })?;
+    runtime
+        .block_on(async {
+            let resp = req.send().await?;
+            let ok = resp.status().is_success();
+            Ok::<_, reqwest::Error>((ok, resp.text().await?))
+        })
+        .map_err(|e| {
+            let why = tollgate_shared::tls::describe(&e)
+                .unwrap_or_else(|| tollgate_shared::report::chain(&e.without_url()));
             eprintln!(
-                "tollgate-broker reload: no answer from {url}: {} (is the broker running, and is this its admin_listen?)",
-                tollgate_shared::report::chain(&e.without_url())
+                "tollgate-broker {what}: no answer from {url}: {why} (is the broker running, and is this its admin_listen?)"
             );
             ExitCode::from(1)
-        }
-    }
+        })
 }
 
 fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
@@ -353,22 +362,7 @@ fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tollgate-broker status: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        let resp = http.get(format!("{url}/readyz")).send().await?;
-        let ok = resp.status().is_success();
-        Ok::<_, reqwest::Error>((ok, resp.text().await?))
-    });
-    match result {
+    match admin_request("status", &url, http.get(format!("{url}/readyz"))) {
         Ok((ok, body)) => {
             print!("{body}");
             if ok {
@@ -379,14 +373,7 @@ fn status(path: &Path, url: Option<String>, ca: Option<PathBuf>) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Err(e) => {
-            let why = tollgate_shared::tls::describe(&e)
-                .unwrap_or_else(|| tollgate_shared::report::chain(&e));
-            eprintln!(
-                "tollgate-broker status: no answer from {url}/readyz: {why} (is the broker running, and is this its admin_listen?)"
-            );
-            ExitCode::from(1)
-        }
+        Err(code) => code,
     }
 }
 
