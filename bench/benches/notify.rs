@@ -90,18 +90,6 @@ impl Receiver {
     }
 }
 
-fn token(bin: &Path, data: &Path, name: &str, role: &str) -> Result<String> {
-    let out = Command::new(bin)
-        .args(["token", "add", "--data-dir"])
-        .arg(data)
-        .args(["--name", name, "--role", role])
-        .output()?;
-    if !out.status.success() {
-        bail!("token add failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
 /// A test CA and a certificate for `localhost` signed by it, made with `openssl`.
 fn certificates(dir: &Path) -> Result<()> {
     let run = |args: &[&str]| -> Result<()> {
@@ -187,8 +175,8 @@ fn broker(bin: &Path, name: &str, server: &str, extra: &str) -> Result<Setup> {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("data"))?;
-    let agent = token(bin, &dir.join("data"), "agent", "viewer")?;
-    let alice = token(bin, &dir.join("data"), "alice", "approver")?;
+    let agent = tollgate_bench::add_token(bin, &dir.join("data"), "agent", "viewer")?;
+    let alice = tollgate_bench::add_token(bin, &dir.join("data"), "alice", "approver")?;
     let rest = format!(
         "keepalive = \"60s\"\n{extra}[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {server}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\naction = \"approve\"\n"
     );

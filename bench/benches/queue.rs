@@ -12,7 +12,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -24,18 +23,6 @@ use tollgate_bench::{build_broker, everything, percentile, rss_mib, start_broker
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn token(bin: &Path, data: &Path, name: &str, role: &str) -> Result<String> {
-    let out = Command::new(bin)
-        .args(["token", "add", "--data-dir"])
-        .arg(data)
-        .args(["--name", name, "--role", role])
-        .output()?;
-    if !out.status.success() {
-        bail!("token add failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
 
 /// Single-record appends with `fdatasync` for about a second: the disk's sync rate.
 fn sync_rate(dir: &Path) -> Result<f64> {
@@ -185,8 +172,8 @@ fn main() -> Result<()> {
     let bin = build_broker()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("data"))?;
-    let agent_token = token(&bin, &dir.join("data"), "agent", "viewer")?;
-    let alice_token = token(&bin, &dir.join("data"), "alice", "approver")?;
+    let agent_token = tollgate_bench::add_token(&bin, &dir.join("data"), "agent", "viewer")?;
+    let alice_token = tollgate_bench::add_token(&bin, &dir.join("data"), "alice", "approver")?;
     let argv = serde_json::to_string(&["node", &script.display().to_string(), "stdio"])?;
     let rest = format!(
         "keepalive = \"60s\"\nmax_connections = 12000\nmax_connections_per_peer = 12000\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"

@@ -459,6 +459,19 @@ pub async fn open_session(http: &reqwest::Client, url: &str, token: &str) -> Res
     Ok(id)
 }
 
+/// Create an identity with `tollgate-broker token add` in `data`; its token.
+pub fn add_token(bin: &Path, data: &Path, name: &str, role: &str) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "add", "--data-dir"])
+        .arg(data)
+        .args(["--name", name, "--role", role])
+        .output()?;
+    if !out.status.success() {
+        bail!("token add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
