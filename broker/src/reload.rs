@@ -196,33 +196,31 @@ impl Reloader {
                 ));
             }
         }
-        let restart: Vec<&str> = [
-            (
-                "listen",
-                debug(&running.broker.listen) != debug(&new.broker.listen),
-            ),
-            (
-                "console_listen",
-                debug(&running.broker.console_listen) != debug(&new.broker.console_listen),
-            ),
-            (
-                "admin_listen",
-                debug(&running.broker.admin_listen) != debug(&new.broker.admin_listen),
-            ),
-            ("data_dir", running.broker.data_dir != new.broker.data_dir),
-            ("[[budget]]", debug(&running.budgets) != debug(&new.budgets)),
-            (
-                "default_expiry",
-                running.broker.default_expiry != new.broker.default_expiry,
-            ),
-            (
-                "[broker.tls] on or off",
-                running.broker.tls.is_some() != new.broker.tls.is_some(),
-            ),
-        ]
+        // Every [broker] setting is read once at start: a change needs a restart.
+        macro_rules! differing {
+            ($a:expr, $b:expr; $($key:literal => $field:ident),* $(,)?) => {
+                [$(($key, debug(&$a.$field) != debug(&$b.$field))),*]
+            };
+        }
+        let (a, b) = (&running.broker, &new.broker);
+        let mut restart: Vec<&str> = differing!(a, b;
+            "listen" => listen, "console_listen" => console_listen,
+            "admin_listen" => admin_listen, "data_dir" => data_dir, "max_body" => max_body,
+            "store_cache" => store_cache, "session_idle" => session_idle,
+            "allowed_origins" => allowed_origins, "allowed_hosts" => allowed_hosts,
+            "default_expiry" => default_expiry, "keepalive" => keepalive,
+            "retry_ttl" => retry_ttl, "resume_grace" => resume_grace,
+            "max_connections" => max_connections,
+            "max_connections_per_peer" => max_connections_per_peer,
+            "header_timeout" => header_timeout, "on_store_error" => forward_when_store_fails,
+            "[broker.tls] paths" => tls, "log_format" => log_json,
+        )
         .into_iter()
         .filter_map(|(k, differs)| differs.then_some(k))
         .collect();
+        if debug(&running.budgets) != debug(&new.budgets) {
+            restart.push("[[budget]]");
+        }
         // Apply: guards and policy, clients, upstreams, notifications, certificates.
         let previous = self.fe.gateway.guards.load();
         self.fe

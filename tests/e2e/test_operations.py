@@ -370,8 +370,12 @@ def test_live_reload_keeps_held_calls_applies_new_rules_and_refuses_a_broken_con
     assert sdk_call(b.url("py3"), agent, "echo", {"message": "renamed"}).result(30).content[0].text == "Echo: renamed"
     r = httpx.post(b.url("py2"), json={}, headers={"authorization": f"Bearer {agent}"}, timeout=10)
     assert r.status_code == 404
+    # A setting read only at start is named, and the rest still applies.
+    b.config_path.write_text(b.config_path.read_text().replace(f'admin_listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{port}"\nkeepalive = "7s"', 1))
+    r = reload()
+    assert r.returncode == 0 and "needs a restart to change: keepalive" in r.stdout, r.stdout + r.stderr
     samples = scrape(b)
-    assert value(samples, "tollgate_config_reloads_total", result="applied") == 2
+    assert value(samples, "tollgate_config_reloads_total", result="applied") == 3
     assert value(samples, "tollgate_config_reloads_total", result="refused") == 1
     c.close()
     b.proc.stop()
