@@ -7,8 +7,8 @@
 //! loop windows carry over when their settings did not change. What a call already loaded
 //! stays with it: a held call keeps the upstream it was made to (so a server removed while it
 //! has held calls still runs them once approved) and the policy version it was judged under.
-//! Settings that need a restart (listeners, `data_dir`, the store, connection and session
-//! limits, budgets, expiries) are reported when they differ and otherwise left as they were.
+//! Settings that need a restart (every `[broker]` setting, and the budgets) are named when they
+//! differ and otherwise left as they were.
 //! A new config with any problem is refused whole, with every problem's line and column, and
 //! the running one stays.
 
