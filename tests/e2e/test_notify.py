@@ -356,6 +356,17 @@ def test_escalation_expiry_warnings_and_calls_that_never_expire(broker, receiver
     assert held[0]["event"] == "held"
     listed = console(b, alice, "list")
     assert "never" in listed.stdout, listed.stdout
+    # A reload that changes the sinks starts a new notifier: it must not escalate again.
+    b.config_path.write_text(b.config_path.read_text().replace('coalesce = "100ms"', 'coalesce = "150ms"'))
+    import signal as _signal
+
+    b.proc.popen.send_signal(_signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "configuration reloaded" not in b.log():
+        assert time.monotonic() < deadline, b.log()[-2000:]
+        time.sleep(0.1)
+    time.sleep(1.5)
+    assert len(receiver.bodies("/pager")) == 1
     # A short expiry: warned 2 s before, then expired (fail-closed: the client is refused).
     r = sdk_call(b.url("py"), agent, "echo", {"message": "hurry"}).result(30)
     assert r.is_error and "expired" in r.content[0].text

@@ -251,6 +251,9 @@ pub const SUMMARY_CHARS: usize = 400;
 pub struct Health {
     state: tollgate_shared::sync::Mutex<NotifyHealth>,
     tx: watch::Sender<NotifyHealth>,
+    /// Pending calls already escalated, so a notifier started by a reload does not escalate
+    /// them again (it rebuilds its timers from the queue).
+    escalated: tollgate_shared::sync::Mutex<std::collections::HashSet<Name>>,
 }
 
 impl Health {
@@ -259,6 +262,7 @@ impl Health {
         Arc::new(Health {
             state: Default::default(),
             tx: watch::channel(NotifyHealth::default()).0,
+            escalated: Default::default(),
         })
     }
 
@@ -490,6 +494,7 @@ impl Dispatcher {
         if self.pending.remove(&call.id).is_none() {
             return;
         }
+        self.health.escalated.lock().remove(&call.id);
         let p = pattern(call);
         if let Some(n) = self.open.get_mut(&p) {
             *n -= 1;
@@ -606,6 +611,9 @@ impl Dispatcher {
         let Some((after, to)) = self.escalations.get(&call.rule.index).cloned() else {
             return;
         };
+        if !self.health.escalated.lock().insert(id.clone()) {
+            return;
+        }
         let names: Vec<&str> = to
             .iter()
             .map(|i| self.sinks[*i].spec.name.as_str())
