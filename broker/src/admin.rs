@@ -111,11 +111,7 @@ async fn audit(
     headers: axum::http::HeaderMap,
     axum::extract::Query(q): axum::extract::Query<AuditQuery>,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if token.and_then(|t| admin.registry.lookup(t)).is_none() {
+    if who(&admin, &headers).is_none() {
         return (
             StatusCode::UNAUTHORIZED,
             "a token from `tollgate-broker token add` is needed to read the audit trail\n",
@@ -173,15 +169,20 @@ fn ndjson(entries: &[tollgate_shared::audit::AuditEntry]) -> Response {
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+/// The identity a request's bearer token names, as the other listeners read it.
+fn who(
+    admin: &Admin,
+    headers: &axum::http::HeaderMap,
+) -> Option<tollgate_policy::identity::Identity> {
+    crate::auth::bearer(headers)
+        .ok()
+        .and_then(|t| admin.registry.lookup(t))
+}
+
 /// `POST /v1/reload` (an admin's token): re-read the configuration; 200 with what changed, or
 /// 422 with every problem of a refused one.
 async fn reload(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
-    let who = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| admin.registry.lookup(t));
-    match who {
+    match who(&admin, &headers) {
         None => (
             StatusCode::UNAUTHORIZED,
             "an admin's token from `tollgate-broker token add --role admin` is needed\n",

@@ -128,18 +128,6 @@ pub enum Target {
     },
 }
 
-impl Target {
-    /// The kind's name in the config.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Target::Webhook { .. } => "webhook",
-            Target::Slack { .. } => "slack",
-            Target::PagerDuty { .. } => "pagerduty",
-            Target::Command { .. } => "command",
-        }
-    }
-}
-
 /// Which calls a sink hears of; an empty list matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
