@@ -7,7 +7,7 @@
 //! deciding at once exactly one wins and the other is told who did.
 
 use tollgate_shared::clock::rfc3339_seconds;
-use tollgate_shared::console::Role;
+use tollgate_shared::console::{Barrier, barrier};
 use tollgate_shared::{CallRecord, Decision, Name, Outcome, Verdict};
 
 use crate::identity::Identity;
@@ -116,38 +116,38 @@ pub enum Refused {
     },
 }
 
-fn may_decide(rec: &CallRecord, who: &Identity) -> Result<(), Refused> {
-    if who.role == Role::Viewer {
-        return Err(Refused::Viewer {
-            who: who.name.clone(),
-        });
-    }
-    if who.role == Role::Approver
-        && let Some(servers) = &who.servers
-        && !servers.iter().any(|s| **s == *rec.server)
-    {
-        return Err(Refused::OutOfScope {
-            who: who.name.clone(),
-            servers: servers.clone(),
+fn may_decide(rec: &CallRecord, who: &Identity, verdict: Verdict) -> Result<(), Refused> {
+    let Some(b) = barrier(rec, &who.name, who.role, who.servers.as_deref(), verdict) else {
+        return Ok(());
+    };
+    let who_name = who.name.clone();
+    Err(match b {
+        Barrier::Viewer => Refused::Viewer { who: who_name },
+        Barrier::OutOfScope => Refused::OutOfScope {
+            who: who_name,
+            servers: who.servers.clone().unwrap_or_default(),
             server: rec.server.clone(),
-        });
-    }
-    let named = rec
-        .hold
-        .as_ref()
-        .map(|h| h.approvers.as_slice())
-        .unwrap_or(&[]);
-    if !named.is_empty() {
-        let role = format!("role:{}", who.role.as_str());
-        if !named.iter().any(|a| *a == who.name || *a == role) {
-            return Err(Refused::NotNamed {
-                who: who.name.clone(),
-                rule: rec.rule.name.clone(),
-                named: named.to_vec(),
-            });
-        }
-    }
-    Ok(())
+        },
+        Barrier::NotNamed => Refused::NotNamed {
+            who: who_name,
+            rule: rec.rule.name.clone(),
+            named: rec
+                .hold
+                .as_ref()
+                .map(|h| h.approvers.clone())
+                .unwrap_or_default(),
+        },
+        Barrier::OwnCall => Refused::OwnCall { who: who_name },
+        Barrier::ApprovedTwice => Refused::ApprovedTwice {
+            who: who_name,
+            quorum: rec.hold.as_ref().map_or(1, |h| h.quorum.max(1)) as usize,
+            so_far: rec
+                .decisions
+                .iter()
+                .filter(|d| d.verdict == Verdict::Approve)
+                .count(),
+        },
+    })
 }
 
 /// Apply one decision to a pending call.
@@ -161,7 +161,7 @@ pub fn decide(
     if rec.outcome != Outcome::Pending {
         return Err(Refused::Closed(ClosedCall::of(rec)));
     }
-    may_decide(rec, who)?;
+    may_decide(rec, who, verdict)?;
     let mut next = rec.clone();
     let decision = Decision {
         by: who.name.clone(),
@@ -178,24 +178,12 @@ pub fn decide(
             Ok((next, Change::Final))
         }
         Verdict::Approve => {
-            if *who.name == *rec.client {
-                return Err(Refused::OwnCall {
-                    who: who.name.clone(),
-                });
-            }
             let quorum = rec.hold.as_ref().map_or(1, |h| h.quorum.max(1)) as usize;
             let approvals = || {
                 rec.decisions
                     .iter()
                     .filter(|d| d.verdict == Verdict::Approve)
             };
-            if approvals().any(|d| d.by == who.name) {
-                return Err(Refused::ApprovedTwice {
-                    who: who.name.clone(),
-                    quorum,
-                    so_far: approvals().count(),
-                });
-            }
             let count = approvals().count() + 1;
             if decision.reason.is_some() {
                 next.reason = decision.reason.clone();
@@ -234,6 +222,7 @@ pub fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_shared::console::Role;
     use tollgate_shared::{Hold, HoldMode, RuleRef, Timings};
 
     fn call(client: &str, server: &str, quorum: u32, approvers: &[&str]) -> CallRecord {

@@ -37,6 +37,78 @@ impl Role {
     }
 }
 
+/// What keeps an identity from taking a decision on a pending call: the one rule the broker
+/// enforces and consoles check before offering a bulk approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Barrier {
+    /// Viewers see; they do not decide.
+    Viewer,
+    /// An approver scoped to other servers.
+    OutOfScope,
+    /// The call's rule names who may decide it, and this identity is not among them.
+    NotNamed,
+    /// Nobody approves their own call (they may reject it).
+    OwnCall,
+    /// A quorum counts distinct approvers: this one already approved.
+    ApprovedTwice,
+}
+
+impl Barrier {
+    /// A few words for a count ("2 your own calls").
+    pub fn label(self) -> &'static str {
+        match self {
+            Barrier::Viewer => "you are a viewer",
+            Barrier::OutOfScope => "server outside your scope",
+            Barrier::NotNamed => "rule names other approvers",
+            Barrier::OwnCall => "your own call",
+            Barrier::ApprovedTwice => "you already approved",
+        }
+    }
+}
+
+/// Whether `name` with `role` (scoped to `servers`, for an approver) may take `verdict` on
+/// `rec`; the first barrier found otherwise.
+pub fn barrier(
+    rec: &CallRecord,
+    name: &str,
+    role: Role,
+    servers: Option<&[String]>,
+    verdict: Verdict,
+) -> Option<Barrier> {
+    if role == Role::Viewer {
+        return Some(Barrier::Viewer);
+    }
+    if role == Role::Approver
+        && let Some(servers) = servers
+        && !servers.iter().any(|s| **s == *rec.server)
+    {
+        return Some(Barrier::OutOfScope);
+    }
+    let named = rec
+        .hold
+        .as_ref()
+        .map_or(&[][..], |h| h.approvers.as_slice());
+    if !named.is_empty() {
+        let as_role = format!("role:{}", role.as_str());
+        if !named.iter().any(|a| a == name || *a == as_role) {
+            return Some(Barrier::NotNamed);
+        }
+    }
+    if verdict == Verdict::Approve {
+        if *rec.client == *name {
+            return Some(Barrier::OwnCall);
+        }
+        if rec
+            .decisions
+            .iter()
+            .any(|d| d.verdict == Verdict::Approve && d.by == name)
+        {
+            return Some(Barrier::ApprovedTwice);
+        }
+    }
+    None
+}
+
 /// A name that is not a role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownRole(pub String);
@@ -433,6 +505,10 @@ pub enum ServerMsg {
         req: Option<u64>,
         /// What went wrong and what to do.
         message: String,
+        /// The kind of refusal, for scripts, when the request was refused for who sent it
+        /// (`not_allowed`) or for what it names (`not_found`); absent for a malformed request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refusal: Option<Refusal>,
     },
 }
 
@@ -505,6 +581,7 @@ mod tests {
             ServerMsg::Error {
                 req: Some(4),
                 message: "m".into(),
+                refusal: Some(Refusal::NotAllowed),
             },
             ServerMsg::Decided {
                 req: None,
