@@ -21,7 +21,8 @@ pub enum Command {
     PageUp,
     /// Open the detail of the call under the cursor.
     Open,
-    /// Back to the queue (or close the overlay).
+    /// Back to the queue (or close the overlay); in the queue, clear the filter, then the
+    /// selection.
     Back,
     /// Approve the call (or group) under the cursor.
     Approve,
@@ -41,8 +42,10 @@ pub enum Command {
     Rules,
     /// Revoke the temporary rule under the cursor (rules view).
     Revoke,
-    /// Cycle grouping: identical calls, same shape, none.
+    /// Cycle grouping: identical call, tool, client, server, shape, none.
     Group,
+    /// Cycle grouping the other way.
+    GroupBack,
     /// Edit the filter.
     Filter,
     /// Mark the call under the cursor as the diff reference.
@@ -61,13 +64,18 @@ pub enum Command {
 
 impl Command {
     /// Every command with its config name, default key and help text.
-    pub const ALL: [(Command, &'static str, &'static str, &'static str); 23] = [
+    pub const ALL: [(Command, &'static str, &'static str, &'static str); 24] = [
         (Command::Down, "down", "j", "move down (also ↓)"),
         (Command::Up, "up", "k", "move up (also ↑)"),
         (Command::PageDown, "page_down", "pgdn", "page down"),
         (Command::PageUp, "page_up", "pgup", "page up"),
         (Command::Open, "open", "enter", "open the call's detail"),
-        (Command::Back, "back", "esc", "back to the queue / close"),
+        (
+            Command::Back,
+            "back",
+            "esc",
+            "back to the queue; in it, clear the filter, then the selection",
+        ),
         (
             Command::Approve,
             "approve",
@@ -126,13 +134,19 @@ impl Command {
             Command::Group,
             "group",
             "g",
-            "group rows: identical calls → same shape → none",
+            "group rows: identical call → tool → client → server → shape → none",
+        ),
+        (
+            Command::GroupBack,
+            "group_back",
+            "G",
+            "group rows, cycling the other way (none, shape, server, ...)",
         ),
         (
             Command::Filter,
             "filter",
             "/",
-            "filter by server, tool, client or argument text",
+            "filter: text, tool:a|b, -client:x, arg.path:/etc/*",
         ),
         (
             Command::Mark,
@@ -360,7 +374,8 @@ mod tests {
     fn docs_list_every_key() {
         let doc = include_str!("../../docs/console.md");
         for (_, name, key, text) in Command::ALL {
-            let line = format!("| `{key}` | {text} (`{name}`) |");
+            // A `|` in a table cell is written `\|`.
+            let line = format!("| `{key}` | {} (`{name}`) |", text.replace('|', "\\|"));
             assert!(doc.contains(&line), "docs/console.md lacks: {line}");
         }
     }

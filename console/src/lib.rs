@@ -17,3 +17,5 @@ pub mod ui;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod triage_tests;

@@ -19,9 +19,9 @@ use crate::client::{Event, Me};
 use crate::keys::KeyMap;
 use crate::ui;
 
-const NOW: u64 = 1_764_000_000_000;
+pub(crate) const NOW: u64 = 1_764_000_000_000;
 
-fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallRecord {
+pub(crate) fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallRecord {
     CallRecord {
         id: format!("01a20000-0000-7000-8000-{n:012}").into(),
         outcome: Outcome::Pending,
@@ -64,15 +64,15 @@ fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &str) -> CallR
     }
 }
 
-fn key(c: char) -> Action {
+pub(crate) fn key(c: char) -> Action {
     Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
 }
 
-fn code(k: KeyCode) -> Action {
+pub(crate) fn code(k: KeyCode) -> Action {
     Action::Key(KeyEvent::new(k, KeyModifiers::NONE))
 }
 
-fn typed(app: &mut App, text: &str) {
+pub(crate) fn typed(app: &mut App, text: &str) {
     for c in text.chars() {
         update(app, key(c));
     }
@@ -156,7 +156,7 @@ fn sample() -> App {
     app
 }
 
-fn screen(app: &App, w: u16, h: u16) -> String {
+pub(crate) fn screen(app: &App, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
     t.draw(|f| ui::render(app, f)).expect("draw");
     let buf = t.backend().buffer().clone();
@@ -172,7 +172,7 @@ fn screen(app: &App, w: u16, h: u16) -> String {
     out
 }
 
-fn snap(name: &str, app: &App) {
+pub(crate) fn snap(name: &str, app: &App) {
     insta::assert_snapshot!(format!("{name}_80x24"), screen(app, 80, 24));
     insta::assert_snapshot!(format!("{name}_160x48"), screen(app, 160, 48));
 }
@@ -180,9 +180,7 @@ fn snap(name: &str, app: &App) {
 #[test]
 fn view_queue_ungrouped() {
     let mut app = sample();
-    update(&mut app, key('g'));
-    assert_eq!(app.grouping, Grouping::Shape);
-    update(&mut app, key('g'));
+    update(&mut app, key('G'));
     assert_eq!(app.grouping, Grouping::Flat);
     snap("queue", &app);
 }
@@ -222,7 +220,7 @@ fn view_bulk_confirm() {
     let at = app
         .rows()
         .iter()
-        .position(|r| r.count == 500)
+        .position(|r| r.count() == 500)
         .expect("group");
     for _ in 0..at {
         update(&mut app, key('j'));
@@ -349,7 +347,7 @@ fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
     let at = app
         .rows()
         .iter()
-        .position(|r| r.count == 500)
+        .position(|r| r.count() == 500)
         .expect("group");
     for _ in 0..at {
         update(&mut app, key('j'));
@@ -407,7 +405,8 @@ fn bulk_selection_by_filter_decides_after_confirmation() {
 #[test]
 fn space_toggles_and_moves_and_nothing_selected_says_so() {
     let mut app = sample();
-    update(&mut app, key('g'));
+    update(&mut app, key('G'));
+    update(&mut app, key('G'));
     update(&mut app, key('R'));
     assert!(
         app.notes
@@ -425,7 +424,8 @@ fn space_toggles_and_moves_and_nothing_selected_says_so() {
 #[test]
 fn new_arrivals_do_not_steal_the_cursor() {
     let mut app = sample();
-    update(&mut app, key('g'));
+    update(&mut app, key('G'));
+    update(&mut app, key('G'));
     update(&mut app, key('s'));
     update(&mut app, key('s')); // sort by tool
     update(&mut app, key('j'));
@@ -622,7 +622,7 @@ fn loop_row(app: &mut App) {
     let at = app
         .rows()
         .iter()
-        .position(|r| &*r.call.tool == "delete_row" && r.count > 1)
+        .position(|r| &*r.call.tool == "delete_row" && r.count() > 1)
         .expect("the loop's row");
     for _ in 0..at {
         update(app, key('j'));
@@ -676,22 +676,32 @@ fn blocking_a_pattern_rejects_it_by_fingerprint_with_a_block_time() {
 fn grouping_by_shape_merges_calls_that_differ_in_volatile_values() {
     let mut app = sample();
     assert_eq!(app.rows().len(), 6, "3 singles, the loop and two other ids");
-    update(&mut app, key('g'));
+    // G cycles back: none, then shape.
+    update(&mut app, key('G'));
+    update(&mut app, key('G'));
     assert_eq!(app.grouping, Grouping::Shape);
     // Calls without a shape fall back to their exact fingerprint.
     assert_eq!(app.rows().len(), 4);
     loop_row(&mut app);
     let row = app.current().expect("row").clone();
-    assert_eq!(row.count, 502);
+    assert_eq!(row.count(), 502);
     snap("queue_by_shape", &app);
-    // Approving a shape would approve arguments nobody looked at: refused with a note.
+    // Approving a shape approves exactly the calls the row holds now, by id, after a
+    // confirmation that says they differ (a new call of the shape is not included).
     assert!(update(&mut app, key('a')).is_none());
-    assert!(app.prompt.is_none());
-    assert!(
-        app.notes
-            .back()
-            .is_some_and(|n| n.contains("different numbers and ids"))
-    );
+    match &app.prompt {
+        Some(Prompt::Confirm {
+            count: 502,
+            summary,
+            target: Target::Ids { ids },
+            ..
+        }) => {
+            assert_eq!(ids.len(), 502);
+            assert!(summary.contains("different arguments"), "{summary}");
+        }
+        other => panic!("expected a confirmation by ids, got {other:?}"),
+    }
+    update(&mut app, code(KeyCode::Esc));
     update(&mut app, key('x'));
     update(&mut app, key('y'));
     typed(&mut app, "loop");

@@ -12,7 +12,7 @@ impl App {
             limit: Some(500),
             ..AuditFilter::default()
         };
-        for word in self.filter.split_whitespace() {
+        for word in self.filter_text.split_whitespace() {
             match word.split_once(':') {
                 Some(("server", v)) => filter.server = Some(v.into()),
                 Some(("tool", v)) => filter.tool = Some(v.into()),

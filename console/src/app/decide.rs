@@ -1,7 +1,7 @@
 //! Deciding from the queue: the row under the cursor (one call at once, a group after
 //! confirmation, a rejection after its reason) or the selected calls.
 
-use tollgate_shared::console::{ClientMsg, Target};
+use tollgate_shared::console::{ClientMsg, Target, barrier};
 use tollgate_shared::{Name, Verdict};
 
 use super::{App, Grouping, Prompt};
@@ -27,12 +27,59 @@ impl App {
             .join(", ")
     }
 
+    /// Why this console's identity may not approve some of `ids`, if it may not: "you may not
+    /// approve 2 of these 40 calls (your own call ×2)".
+    fn approval_barriers<'a>(&self, ids: impl Iterator<Item = &'a Name>) -> Option<String> {
+        let me = self.me.as_ref()?;
+        let mut total = 0;
+        let mut why: Vec<(&'static str, usize)> = Vec::new();
+        for c in ids.filter_map(|id| self.calls.get(id)) {
+            total += 1;
+            if let Some(b) = barrier(
+                c,
+                &me.identity,
+                me.role,
+                me.servers.as_deref(),
+                Verdict::Approve,
+            ) {
+                match why.iter_mut().find(|(l, _)| *l == b.label()) {
+                    Some((_, n)) => *n += 1,
+                    None => why.push((b.label(), 1)),
+                }
+            }
+        }
+        let n: usize = why.iter().map(|(_, n)| n).sum();
+        (n > 0).then(|| {
+            let list: Vec<String> = why.iter().map(|(l, n)| format!("{l} ×{n}")).collect();
+            format!(
+                "you may not approve {n} of these {total} calls ({}): reject them, or select the others ({})",
+                list.join(", "),
+                self.keys.key_of(Command::Select)
+            )
+        })
+    }
+
     /// Decide the row under the cursor: a single call at once (approve) or after a reason
-    /// (reject); a group after confirmation.
+    /// (reject); a group after confirmation. A group of identical calls is decided by its
+    /// fingerprint (identical calls arriving meanwhile are included), a group by tool, client
+    /// or server by the ids it shows, a shape by ids to approve and by shape to reject.
     pub(super) fn decide_current(&mut self, verdict: Verdict, block: bool) -> Option<ClientMsg> {
         let row = self.current()?.clone();
-        // A pattern (a group row, or a block) is decided by fingerprint; one call by id.
-        let target = if row.count > 1 || block {
+        let group = row.count() > 1;
+        if block && group && !self.grouping.by_pattern() {
+            self.note(format!(
+                "{} blocks one pattern, and this row is every call {}: group by identical call or shape ({}) to block one, or {} rejects these calls",
+                self.keys.key_of(Command::BlockPattern),
+                self.grouping.label(),
+                self.keys.key_of(Command::Group),
+                self.keys.key_of(Command::Reject),
+            ));
+            return None;
+        }
+        let by_pattern = block
+            || (group && self.grouping == Grouping::Exact)
+            || (group && self.grouping == Grouping::Shape && verdict == Verdict::Reject);
+        let target = if by_pattern {
             Target::Fingerprint {
                 fingerprint: self.pattern_of(&row),
             }
@@ -42,20 +89,25 @@ impl App {
             }
         };
         let block_for_ms = block.then_some(self.block_for_ms);
-        if verdict == Verdict::Approve && self.grouping == Grouping::Shape && row.count > 1 {
-            self.note(format!(
-                "a shape groups calls with different numbers and ids: approve them by identical group ({} cycles the grouping) or select them",
-                self.keys.key_of(Command::Group)
-            ));
-            return None;
-        }
-        if row.count > 1 {
+        if group {
+            if verdict == Verdict::Approve
+                && let Some(why) = self.approval_barriers(row.ids.iter())
+            {
+                self.note(why);
+                return None;
+            }
+            let ids: Vec<Name> = row.ids.iter().cloned().collect();
+            let mut summary = self.summary(&ids);
+            if self.grouping != Grouping::Exact {
+                summary.push_str(" (different arguments)");
+            }
             self.prompt = Some(Prompt::Confirm {
                 verdict,
                 target,
-                count: row.count,
+                count: row.count(),
+                hidden: 0,
                 block_for_ms,
-                summary: self.summary(&row.ids),
+                summary,
             });
             return None;
         }
@@ -93,9 +145,14 @@ impl App {
     ) -> Option<ClientMsg> {
         if let Target::Ids { ids } = &target {
             for id in ids {
-                self.selected.remove(id.as_str());
+                self.unselect(id);
             }
         }
+        self.leaving = self.current().map(|r| r.key.clone());
+        // The filter that led here clears itself once it matches nothing pending.
+        self.clear_filter_when_done = !self.filter_text.is_empty();
+        self.asked
+            .insert(self.next_req + 1, (verdict, reason.clone()));
         self.request(|req| ClientMsg::Decide {
             req,
             target,
@@ -121,9 +178,20 @@ impl App {
             ));
             return None;
         }
+        if verdict == Verdict::Approve
+            && let Some(why) = self.approval_barriers(ids.iter())
+        {
+            self.note(why);
+            return None;
+        }
+        let hidden = ids
+            .iter()
+            .filter(|id| self.calls.get(*id).is_some_and(|c| !self.matches(c)))
+            .count();
         self.prompt = Some(Prompt::Confirm {
             verdict,
             count: ids.len(),
+            hidden,
             block_for_ms: None,
             summary: self.summary(&ids),
             target: Target::Ids {

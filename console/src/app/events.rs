@@ -3,23 +3,106 @@
 
 use std::sync::Arc;
 
-use tollgate_shared::console::{ClientMsg, ServerMsg};
+use tollgate_shared::console::{ClientMsg, DecideResult, ServerMsg};
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
 use super::{App, HISTORY, Link};
 use crate::client::Event;
 
 fn leave(app: &mut App, c: Arc<CallRecord>, how: String) {
-    let was_mine = app.calls.remove(&c.id).is_some();
-    app.selected.remove(&c.id);
+    let was_here = app.depart(&c.id).is_some();
+    // Our own decisions are summed up by their answer ("40 calls approved"), not call by call.
+    let by_me = app
+        .me
+        .as_ref()
+        .is_some_and(|me| c.decisions.iter().any(|d| d.by == me.identity));
     app.history.push_back(c);
     while app.history.len() > HISTORY {
         app.history.pop_front();
     }
-    if was_mine {
+    if was_here && !by_me {
         app.note(how);
     }
-    app.settle_cursor();
+}
+
+/// "40 calls approved", "db/echo rejected: use staging", "2 approvals counted, 1 refused: …".
+fn decided_summary(
+    app: &mut App,
+    asked: Option<(Verdict, Option<String>)>,
+    results: &[DecideResult],
+) -> String {
+    let (verdict, reason) = asked.unzip();
+    let reason = reason.flatten();
+    let n = |o: Outcome| {
+        results
+            .iter()
+            .filter(|r| r.ok && r.outcome == Some(o))
+            .count()
+    };
+    let (approved, rejected) = (n(Outcome::Approved), n(Outcome::Rejected));
+    let counted = results.iter().filter(|r| r.ok).count() - approved - rejected;
+    app.tally.0 += approved;
+    app.tally.1 += rejected;
+    let mut parts = Vec::new();
+    let calls = |k: usize| if k == 1 { "call" } else { "calls" };
+    if approved + rejected == 1 && counted == 0 && results.len() == 1 {
+        // One call: name it, as the other consoles' notes do.
+        let id = results[0].id.as_str();
+        let c = app
+            .calls
+            .get(id)
+            .or_else(|| app.history.iter().rev().find(|c| &*c.id == id));
+        let what = c.map_or_else(|| id.to_string(), |c| format!("{}/{}", c.server, c.tool));
+        let by = app.me.as_ref().map_or("you", |m| m.identity.as_str());
+        return if approved == 1 {
+            format!("{what} approved by {by}")
+        } else {
+            let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+            format!("{what} rejected by {by}{why}")
+        };
+    }
+    if approved > 0 {
+        parts.push(format!("{approved} {} approved", calls(approved)));
+    }
+    if rejected > 0 {
+        parts.push(format!("{rejected} {} rejected", calls(rejected)));
+    }
+    if counted > 0 {
+        parts.push(format!(
+            "{counted} {} counted towards a quorum (still pending)",
+            if counted == 1 {
+                "approval"
+            } else {
+                "approvals"
+            }
+        ));
+    }
+    let refused: Vec<&DecideResult> = results.iter().filter(|r| !r.ok).collect();
+    match refused.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("refused: {}", one.message)),
+        [first, ..] => parts.push(format!(
+            "{} refused, the first: {}",
+            refused.len(),
+            first.message
+        )),
+    }
+    if parts.is_empty() {
+        let what = match verdict {
+            Some(Verdict::Approve) => "approved",
+            Some(Verdict::Reject) => "rejected",
+            None => "decided",
+        };
+        return format!("nothing {what}: no pending call matched");
+    }
+    let mut note = parts.join(", ");
+    let (a, r) = app.tally;
+    if (a, r) != (approved, rejected) && a + r > 0 {
+        note.push_str(&format!(
+            " · from this console so far: {a} approved, {r} rejected"
+        ));
+    }
+    note
 }
 
 fn decided_note(c: &CallRecord) -> String {
@@ -60,6 +143,7 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
             app.link = Link::Up;
             app.waiting = 0;
             app.calls = pending.into_iter().map(|c| (c.id.clone(), c)).collect();
+            app.selection_changed();
             app.settle_cursor();
         }
         Event::Disconnected(why, wait) => {
@@ -78,6 +162,7 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 if !more {
                     app.selected.retain(|id| app.calls.contains_key(id));
                 }
+                app.selection_changed();
                 app.settle_cursor();
             }
             ServerMsg::SnapshotPart { pending, more, .. } => {
@@ -86,11 +171,11 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 if !more {
                     app.selected.retain(|id| app.calls.contains_key(id));
                 }
+                app.selection_changed();
                 app.settle_cursor();
             }
             ServerMsg::CallPending { call } | ServerMsg::CallApproval { call } => {
-                app.calls.insert(call.id.clone(), call);
-                app.settle_cursor();
+                app.arrive(call);
             }
             ServerMsg::CallDecided { call } => {
                 let note = decided_note(&call);
@@ -112,15 +197,22 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 format!("{}/{} abandoned after a restart", call.server, call.tool),
             ),
             ServerMsg::Decided {
+                req,
                 results,
                 rule,
                 rule_refused,
-                ..
             } => {
                 app.waiting = app.waiting.saturating_sub(1);
+                let asked = req.and_then(|r| app.asked.remove(&r));
+                let summary = decided_summary(app, asked, &results);
+                let summary = if results.is_empty() {
+                    String::new()
+                } else {
+                    format!("{summary}; ")
+                };
                 if let Some(r) = rule {
                     app.note(format!(
-                        "{} blocks {}/{} until {} (t shows rules)",
+                        "{summary}{} blocks {}/{} until {} (t shows rules)",
                         r.id,
                         r.server,
                         r.tool,
@@ -129,28 +221,10 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                     return None;
                 }
                 if let Some(why) = rule_refused {
-                    app.note(why);
+                    app.note(format!("{summary}{why}"));
                     return None;
                 }
-                let ok = results.iter().filter(|r| r.ok).count();
-                let refused: Vec<_> = results.iter().filter(|r| !r.ok).collect();
-                if refused.is_empty() {
-                    if ok > 1 {
-                        app.note(format!("{ok} calls decided"));
-                    } else if let Some(r) = results.first()
-                        && r.message.contains("still pending")
-                    {
-                        app.note(r.message.clone());
-                    }
-                } else {
-                    let first = &refused[0].message;
-                    let more = if refused.len() > 1 {
-                        format!(" (and {} more refused)", refused.len() - 1)
-                    } else {
-                        String::new()
-                    };
-                    app.note(format!("refused: {first}{more}"));
-                }
+                app.note(summary.trim_end_matches("; ").to_string());
             }
             ServerMsg::AuditResult { entries, .. } => {
                 app.waiting = app.waiting.saturating_sub(1);

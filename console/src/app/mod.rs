@@ -11,22 +11,24 @@ mod audit;
 mod decide;
 mod diff;
 mod events;
+mod filter;
 mod prompts;
 mod rows;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyEvent, KeyModifiers};
 use tollgate_shared::audit::AuditEntry;
 use tollgate_shared::console::{ClientMsg, TempRule};
-use tollgate_shared::{CallRecord, Fingerprint, Name, Verdict};
+use tollgate_shared::{CallRecord, Name, Verdict};
 
 use crate::client::{Event, Me};
 use crate::keys::{Command, KeyMap};
+pub use filter::Filter;
 pub use prompts::Prompt;
-pub use rows::{Grouping, Row, RowFlags, Sort};
+pub use rows::{Grouping, Row, RowFlags, RowKey, Sort};
 
 /// The state of the connection, as shown in the status bar.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,29 +67,42 @@ pub struct App {
     pub me: Option<Me>,
     /// Connection state.
     pub link: Link,
-    /// Pending calls by id, so in arrival order (ids are UUID v7): rows are built from them
-    /// without sorting.
+    /// Pending calls by id, so in arrival order (ids are UUID v7). Changed only through
+    /// `arrive`, `depart` and snapshots, which keep the rows up to date.
     pub calls: BTreeMap<Name, Arc<CallRecord>>,
-    /// The rows on screen, rebuilt only when something they depend on changed.
-    rows: Vec<Row>,
-    /// Calls in `rows` (a row may group many), counted when they are rebuilt.
-    shown: usize,
-    /// Set when `rows` must be rebuilt.
+    /// The rows, updated call by call.
+    rows: rows::Rows,
+    /// Set when the rows must be rebuilt (new filter, grouping, sort or snapshot).
     dirty: bool,
     /// Calls that left the queue, newest last (for diffs and "decided by" notes).
     pub history: VecDeque<Arc<CallRecord>>,
     /// Cursor position in the visible rows.
     pub cursor: usize,
-    /// Id (or fingerprint, when grouped) under the cursor, so arrivals do not move it.
-    pub cursor_key: Option<String>,
-    /// Selected call ids.
+    /// The row under the cursor, so arrivals do not move it.
+    pub cursor_key: Option<RowKey>,
+    /// The row we just decided: the cursor does not follow it while it drains.
+    leaving: Option<RowKey>,
+    /// Selected call ids (changed through `select`/`unselect`, which keep the hidden count).
     pub selected: BTreeSet<Name>,
+    /// Selected calls the filter hides (shown in the status line and the confirmation).
+    pub hidden_selected: usize,
+    /// Set when `hidden_selected` must be counted again.
+    hidden_dirty: bool,
+    /// Set by a decision taken under a filter: the filter clears itself once it matches
+    /// nothing pending.
+    clear_filter_when_done: bool,
+    /// Decisions sent and not answered yet, by request number (for the summary note).
+    asked: HashMap<u64, (Verdict, Option<String>)>,
+    /// Calls decided from this console: approved, rejected.
+    pub tally: (usize, usize),
     /// The main view.
     pub view: View,
     /// How rows group calls (by default identical calls: a runaway loop is one line).
     pub grouping: Grouping,
-    /// Filter text (case-insensitive substring of server/tool, client, arguments).
-    pub filter: String,
+    /// The filter as typed (see [`filter`] for the syntax).
+    pub filter_text: String,
+    /// The filter, compiled.
+    filter: Filter,
     /// Sort order.
     pub sort: Sort,
     /// A modal question, if one is open.
@@ -153,16 +168,22 @@ impl App {
             store: None,
             notify: Default::default(),
             calls: BTreeMap::new(),
-            rows: Vec::new(),
-            shown: 0,
+            rows: Default::default(),
             dirty: false,
             history: VecDeque::new(),
             cursor: 0,
             cursor_key: None,
+            leaving: None,
             selected: BTreeSet::new(),
+            hidden_selected: 0,
+            hidden_dirty: false,
+            clear_filter_when_done: false,
+            asked: HashMap::new(),
+            tally: (0, 0),
             view: View::Queue,
             grouping: Grouping::Exact,
-            filter: String::new(),
+            filter_text: String::new(),
+            filter: Filter::default(),
             sort: Sort::Age,
             prompt: None,
             marked: None,
@@ -192,6 +213,38 @@ impl App {
     /// Temporary rules that have not expired yet (the broker does not announce expiry).
     pub fn active_rules(&self) -> impl Iterator<Item = &TempRule> {
         self.rules.iter().filter(|r| r.until_ms > self.now_ms)
+    }
+
+    /// Set the filter; the rows are rebuilt, the cursor goes to the top.
+    pub(super) fn set_filter(&mut self, text: String) {
+        self.filter = Filter::new(&text);
+        self.filter_text = text;
+        self.clear_filter_when_done = false;
+        self.cursor = 0;
+        self.cursor_key = None;
+        self.hidden_dirty = true;
+        self.settle_cursor();
+        if !self.filter.unknown.is_empty() {
+            self.note(format!(
+                "not a field: {}; searched as text (fields: server, tool, client, arg, arg.NAME)",
+                self.filter.unknown.join(", ")
+            ));
+        }
+    }
+
+    fn select(&mut self, id: Name) {
+        self.selected.insert(id);
+        self.hidden_dirty = true;
+    }
+
+    fn unselect(&mut self, id: &str) {
+        if self.selected.remove(id) {
+            self.hidden_dirty = true;
+        }
+    }
+
+    fn selection_changed(&mut self) {
+        self.hidden_dirty = true;
     }
 
     fn request(&mut self, make: impl FnOnce(Option<u64>) -> ClientMsg) -> Option<ClientMsg> {
@@ -286,6 +339,18 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                     None
                 }
                 Command::Back => {
+                    // In the queue, esc undoes what narrows it: the filter first, then the
+                    // selection.
+                    if app.view == View::Queue && app.prompt.is_none() {
+                        if !app.filter_text.is_empty() {
+                            app.note(format!("filter \"{}\" cleared", app.filter_text));
+                            app.set_filter(String::new());
+                        } else if !app.selected.is_empty() {
+                            app.note(format!("{} calls unselected", app.selected.len()));
+                            app.selected.clear();
+                            app.selection_changed();
+                        }
+                    }
                     app.view = View::Queue;
                     None
                 }
@@ -314,9 +379,9 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                         let all_in = ids.iter().all(|id| app.selected.contains(id));
                         for id in ids {
                             if all_in {
-                                app.selected.remove(&id);
+                                app.unselect(&id);
                             } else {
-                                app.selected.insert(id);
+                                app.select(id);
                             }
                         }
                         app.move_cursor(1);
@@ -325,30 +390,27 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                 }
                 Command::SelectAll => {
                     let ids: Vec<Name> = app
-                        .rows
-                        .iter()
+                        .rows_from(0)
                         .flat_map(|r| r.ids.iter().cloned())
                         .collect();
                     let n = ids.len();
-                    app.selected.extend(ids);
+                    for id in ids {
+                        app.select(id);
+                    }
                     app.note(format!("{n} calls selected"));
                     None
                 }
                 Command::ApproveSelected => app.decide_selected(Verdict::Approve),
                 Command::RejectSelected => app.decide_selected(Verdict::Reject),
-                Command::Group => {
-                    app.grouping = app.grouping.next();
-                    app.cursor_key = app.current().map(|r| {
-                        app.grouping
-                            .key(&r.call)
-                            .map_or_else(|| r.call.id.to_string(), Fingerprint::to_string)
-                    });
-                    app.note(format!("rows: {}", app.grouping.label()));
+                Command::Group | Command::GroupBack => {
+                    app.grouping = app.grouping.next(cmd == Command::Group);
+                    app.cursor_key = app.current().map(|r| app.grouping.key(&r.call));
+                    app.note(format!("rows {}", app.grouping.label()));
                     app.settle_cursor();
                     None
                 }
                 Command::Filter => {
-                    app.prompt = Some(Prompt::Filter(app.filter.clone()));
+                    app.prompt = Some(Prompt::Filter(app.filter_text.clone()));
                     None
                 }
                 Command::Mark => {
@@ -374,6 +436,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                 }
                 Command::Sort => {
                     app.sort = app.sort.next();
+                    app.cursor_key = app.current().map(|r| r.key.clone());
                     app.settle_cursor();
                     None
                 }

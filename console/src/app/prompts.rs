@@ -33,6 +33,8 @@ pub enum Prompt {
         target: Target,
         /// How many calls.
         count: usize,
+        /// How many of them the filter hides (a selection made under another filter).
+        hidden: usize,
         /// Also block the pattern for this long (ms).
         block_for_ms: Option<u64>,
         /// "db/execute_sql ×498, fs/write ×2".
@@ -66,10 +68,7 @@ pub(super) fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
         Prompt::Filter(mut text) => {
             match text_input(&mut text, key) {
                 Some(true) => {
-                    app.filter = text.trim().to_string();
-                    app.cursor = 0;
-                    app.cursor_key = None;
-                    app.settle_cursor();
+                    app.set_filter(text.trim().to_string());
                     if app.view == View::Audit {
                         return app.audit_query();
                     }
@@ -109,13 +108,14 @@ pub(super) fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
             verdict,
             target,
             count,
+            hidden,
             block_for_ms,
             summary,
         } => match key.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 if let Target::Ids { ids } = &target {
                     for id in ids {
-                        app.selected.remove(id.as_str());
+                        app.unselect(id);
                     }
                 }
                 app.ask_or_send(verdict, target, count, block_for_ms)
@@ -129,6 +129,7 @@ pub(super) fn prompt_key(app: &mut App, key: &KeyEvent) -> Option<ClientMsg> {
                     verdict,
                     target,
                     count,
+                    hidden,
                     block_for_ms,
                     summary,
                 });

@@ -15,10 +15,10 @@ pub(super) fn audit(app: &App, f: &mut Frame, area: Rect) {
     let title = format!(
         " Audit trail · {} entries{} ",
         app.audit.len(),
-        if app.filter.is_empty() {
+        if app.filter_text.is_empty() {
             String::new()
         } else {
-            format!(" · {}", app.filter)
+            format!(" · {}", app.filter_text)
         }
     );
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));

@@ -119,11 +119,11 @@ pub(super) fn detail(app: &App, f: &mut Frame, area: Rect) {
             .to_lowercase(),
         ));
     }
-    if row.count > 1 {
+    if row.count() > 1 {
         lines.push(Line::styled(
             format!(
                 "pattern   {} {} calls, {:.1}/min, first seen {} ago, last {} ago (deciding this row decides all)",
-                row.count,
+                row.count(),
                 if app.grouping == Grouping::Shape {
                     "same-shape"
                 } else {

@@ -24,10 +24,15 @@ pub(super) fn help(app: &App, f: &mut Frame, area: Rect) {
         })
         .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::styled(
-        "Filter words: free text, or server:NAME tool:NAME client:NAME (audit also approver:, status:).",
-        style(app, Look::Dim),
-    ));
+    for example in [
+        "Filter: words are ANDed; FIELD:VALUE with server, tool, client, arg (any argument), arg.PATH:",
+        "  tool:write_file|delete_file   one tool or the other (| within a field)",
+        "  -tool:read_*                  not these (- negates; * and ? are globs over the whole value)",
+        "  arg.path:/etc/*  client:bot   an argument's value, and a client (a value without * matches anywhere)",
+        "  The audit view (u) also takes approver:NAME and status:STATUS.",
+    ] {
+        lines.push(Line::styled(example, style(app, Look::Dim)));
+    }
     lines.push(Line::styled(
         "Keys are remappable in [keys] of the config file (see docs/console.md).",
         style(app, Look::Dim),

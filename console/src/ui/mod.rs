@@ -17,7 +17,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
-use crate::app::{App, Grouping, Link, View};
+use crate::app::{App, Link, View};
 use crate::fmt::short_duration;
 use crate::keys::Command;
 
@@ -143,43 +143,72 @@ fn status_bar(app: &App, f: &mut Frame, area: Rect) {
 }
 
 fn footer(app: &App, f: &mut Frame, area: Rect) {
-    let items: &[(Command, &str)] = match app.view {
-        View::Queue => &[
-            (Command::Approve, "approve"),
-            (Command::Reject, "reject"),
-            (Command::Select, "select"),
-            (Command::RejectSelected, "bulk reject"),
-            (Command::BlockPattern, "block pattern"),
-            (Command::Group, "group"),
-            (Command::Filter, "filter"),
-            (Command::Open, "detail"),
-            (Command::Diff, "diff"),
-            (Command::Audit, "audit"),
-            (Command::Quit, "quit"),
-        ],
-        View::Help => &[],
-        View::Rules => &[
-            (Command::Back, "back"),
-            (Command::Down, "down"),
-            (Command::Up, "up"),
-            (Command::Revoke, "revoke"),
-            (Command::Quit, "back"),
-        ],
-        _ => &[
-            (Command::Back, "back"),
-            (Command::Down, "scroll"),
-            (Command::Approve, "approve"),
-            (Command::Reject, "reject"),
-            (Command::Quit, "back"),
-        ],
+    let k = |c: Command| app.keys.key_of(c);
+    let mut items: Vec<(String, String)> = Vec::new();
+    let mut add = |key: String, label: String| {
+        if !items.iter().any(|(have, _)| *have == key) {
+            items.push((key, label));
+        }
     };
-    // As many hints as fit, always ending with the help key.
-    let help = format!("{} help", app.keys.key_of(Command::Help));
+    match app.view {
+        View::Queue => {
+            // With a selection or a filter, the bulk keys come first.
+            let selected = app.selected.len();
+            if selected > 0 {
+                add(k(Command::ApproveSelected), format!("approve {selected}"));
+                add(k(Command::RejectSelected), format!("reject {selected}"));
+            }
+            if !app.filter_text.is_empty() {
+                add(k(Command::SelectAll), format!("select all {}", app.shown()));
+                add(k(Command::Back), "clear filter".into());
+            } else if selected > 0 {
+                add(k(Command::Back), "unselect".into());
+            }
+            add(k(Command::Approve), "approve".into());
+            add(k(Command::Reject), "reject".into());
+            add(k(Command::Select), "select".into());
+            add(k(Command::SelectAll), "all".into());
+            if selected == 0 {
+                add(
+                    format!(
+                        "{}/{}",
+                        k(Command::ApproveSelected),
+                        k(Command::RejectSelected)
+                    ),
+                    "decide selected".into(),
+                );
+            }
+            add(k(Command::Group), "group".into());
+            add(k(Command::Filter), "filter".into());
+            add(k(Command::BlockPattern), "block pattern".into());
+            add(k(Command::Open), "detail".into());
+            add(k(Command::Diff), "diff".into());
+            add(k(Command::Audit), "audit".into());
+            add(k(Command::Quit), "quit".into());
+        }
+        View::Help => {}
+        View::Rules => {
+            add(k(Command::Back), "back".into());
+            add(k(Command::Down), "down".into());
+            add(k(Command::Up), "up".into());
+            add(k(Command::Revoke), "revoke".into());
+            add(k(Command::Quit), "back".into());
+        }
+        _ => {
+            add(k(Command::Back), "back".into());
+            add(k(Command::Down), "scroll".into());
+            add(k(Command::Approve), "approve".into());
+            add(k(Command::Reject), "reject".into());
+            add(k(Command::Quit), "back".into());
+        }
+    }
+    // As many hints as fit the width, most useful first, always ending with the help key.
+    let help = format!("{} help", k(Command::Help));
     let mut hints = String::new();
-    for (c, label) in items {
-        let item = format!("{} {label}  ", app.keys.key_of(*c));
+    for (key, label) in &items {
+        let item = format!("{key} {label}  ");
         if hints.chars().count() + item.chars().count() + help.len() > area.width as usize {
-            break;
+            continue;
         }
         hints.push_str(&item);
     }
@@ -188,10 +217,7 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
     } else {
         &help
     });
-    let mut state = format!("sort {}", app.sort.label());
-    if app.grouping != Grouping::Flat {
-        state.push_str(&format!(" · {}", app.grouping.label()));
-    }
+    let mut state = format!("sort {} · {}", app.sort.label(), app.grouping.label());
     let rules = app.active_rules().count();
     if rules > 0 {
         state.push_str(&format!(
@@ -199,11 +225,14 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
             if rules == 1 { "" } else { "s" }
         ));
     }
-    if !app.filter.is_empty() {
-        state.push_str(&format!(" · filter \"{}\"", app.filter));
+    if !app.filter_text.is_empty() {
+        state.push_str(&format!(" · filter \"{}\"", app.filter_text));
     }
     if !app.selected.is_empty() {
         state.push_str(&format!(" · {} selected", app.selected.len()));
+        if app.hidden_selected > 0 {
+            state.push_str(&format!(" ({} hidden by the filter)", app.hidden_selected));
+        }
     }
     let note = app.notes.back().cloned().unwrap_or_default();
     let lines = vec![

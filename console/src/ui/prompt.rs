@@ -62,6 +62,7 @@ pub(super) fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
         Prompt::Confirm {
             verdict,
             count,
+            hidden,
             summary,
             block_for_ms,
             ..
@@ -73,6 +74,16 @@ pub(super) fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
                 ),
                 Line::raw(cut(summary, 60)),
             ];
+            if *hidden > 0 {
+                lines.push(Line::styled(
+                    format!(
+                        "{hidden} of them {} not shown: the filter hides {}",
+                        if *hidden == 1 { "is" } else { "are" },
+                        if *hidden == 1 { "it" } else { "them" }
+                    ),
+                    style(app, Look::Warn),
+                ));
+            }
             if let Some(ms) = block_for_ms {
                 lines.push(Line::styled(
                     format!(

@@ -5,13 +5,15 @@ use ratatui::layout::{Constraint, Rect};
 use ratatui::text::Span;
 use ratatui::widgets::{Block, Cell, Paragraph, Row as TableRow, Table};
 
+use tollgate_shared::CallRecord;
+
 use crate::app::{App, Grouping};
 use crate::fmt::{args_summary, short_duration};
 
 use super::{Look, style};
 
 pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
-    let rows = app.rows();
+    let n_rows = app.row_count();
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let shown = app.shown();
@@ -22,31 +24,22 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
     };
     let title = if app.grouping != Grouping::Flat {
         format!(
-            " Queue · {} in {}{of} ",
+            " Queue · {} in {n_rows} {}{of} ",
             plural(shown, "call", "calls"),
-            plural(
-                rows.len(),
-                if app.grouping == Grouping::Shape {
-                    "pattern"
-                } else {
-                    "group"
-                },
-                if app.grouping == Grouping::Shape {
-                    "patterns"
-                } else {
-                    "groups"
-                }
-            )
+            app.grouping.unit(n_rows),
         )
     } else {
         format!(" Queue · {}{of} ", plural(shown, "call", "calls"))
     };
     let block = Block::bordered().title(Span::styled(title, style(app, Look::Title)));
-    if rows.is_empty() {
+    if n_rows == 0 {
         let text = if app.calls.is_empty() {
             "No calls are waiting for approval.".to_string()
         } else {
-            format!("No pending call matches the filter \"{}\".", app.filter)
+            format!(
+                "No pending call matches the filter \"{}\".",
+                app.filter_text
+            )
         };
         f.render_widget(Paragraph::new(text).block(block), area);
         return;
@@ -71,14 +64,24 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
     } else {
         vec!["", "AGE", "EXP", "SERVER/TOOL", "CLIENT", "×", "ARGUMENTS"]
     };
-    let body: Vec<TableRow> = rows
-        .iter()
-        .enumerate()
-        .skip(first)
+    let by_field = matches!(
+        app.grouping,
+        Grouping::Tool | Grouping::Client | Grouping::Server
+    );
+    let body: Vec<TableRow> = app
+        .rows_from(first)
         .take(inner_h)
+        .enumerate()
         .map(|(i, r)| {
+            let i = i + first;
             let c = &r.call;
-            let sel = r.ids.iter().any(|id| app.selected.contains(id));
+            // Whichever set is smaller is walked: a 100 000-call row with a few selected.
+            let sel = !app.selected.is_empty()
+                && if r.ids.len() <= app.selected.len() {
+                    r.ids.iter().any(|id| app.selected.contains(id))
+                } else {
+                    app.selected.iter().any(|id| r.ids.contains(id))
+                };
             // Visible without colour too: › is the cursor, ● a selected row.
             let mark = match (i == app.cursor, sel) {
                 (true, true) => "◉",
@@ -87,21 +90,55 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
                 (false, false) => " ",
             };
             let age = short_duration(app.now_ms.saturating_sub(r.first_ms));
-            let exp = match r.expires_ms {
+            let exp = match r.expires_ms() {
                 None => "-".into(),
                 Some(u64::MAX) => "never".into(),
                 Some(at) if at <= app.now_ms => "now".into(),
                 Some(at) => short_duration(at - app.now_ms),
             };
-            let count = if r.pattern > 1 {
-                format!("{}", r.pattern)
+            // A row by tool, client or server counts its calls; any other row, the pending
+            // calls of its pattern (a repeated call), shown or not.
+            let pattern = if by_field { 1 } else { app.pattern_size(r) };
+            let count = if by_field && r.count() > 1 {
+                r.count().to_string()
+            } else if pattern > 1 {
+                pattern.to_string()
             } else {
                 String::new()
             };
-            let tool = format!("{}/{}", c.server, c.tool);
+            // A row of several tools or clients says how many, not the newest one's name.
+            // Looked up in the row's first 200 calls, so a frame stays cheap ("3+ tools"
+            // when there may be more).
+            const LOOK: usize = 200;
+            let distinct = |f: &dyn Fn(&CallRecord) -> &str| -> Option<String> {
+                let mut seen: Vec<&str> = Vec::new();
+                for id in r.ids.iter().take(LOOK) {
+                    if let Some(c) = app.calls.get(id)
+                        && !seen.contains(&f(c))
+                    {
+                        seen.push(f(c));
+                    }
+                }
+                let more = if r.ids.len() > LOOK { "+" } else { "" };
+                (seen.len() > 1).then(|| format!("{}{more}", seen.len()))
+            };
+            let tool = match app.grouping {
+                Grouping::Client | Grouping::Server => match distinct(&|c| &c.tool) {
+                    Some(k) => format!("{}/{k} tools", c.server),
+                    None => format!("{}/{}", c.server, c.tool),
+                },
+                _ => format!("{}/{}", c.server, c.tool),
+            };
+            let client = match app.grouping {
+                Grouping::Tool | Grouping::Server => match distinct(&|c| &c.client) {
+                    Some(k) => format!("{k} clients"),
+                    None => c.client.to_string(),
+                },
+                _ => c.client.to_string(),
+            };
             let args = args_summary(&c.arguments.value(), args_w);
             // A group row leads with its rate, so a runaway loop reads as one.
-            let args = if r.count > 1 {
+            let args = if r.count() > 1 {
                 let rate = format!("[{:.0}/min] ", r.rate_per_min());
                 format!(
                     "{rate}{}",
@@ -113,13 +150,14 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
             // Guard flags lead the line, so the approver sees them before opening the call:
             // a secret in the arguments, a probable loop, a client being throttled.
             let mut flags = String::new();
-            if r.flags.secret {
+            let row_flags = r.flags();
+            if row_flags.secret {
                 flags.push_str("[secret] ");
             }
-            if r.flags.looping {
+            if row_flags.looping {
                 flags.push_str("[loop] ");
             }
-            if r.flags.throttled {
+            if row_flags.throttled {
                 flags.push_str("[throttled] ");
             }
             let args = format!("{flags}{args}");
@@ -128,12 +166,12 @@ pub(super) fn queue(app: &App, f: &mut Frame, area: Rect) {
                 age.into(),
                 exp.into(),
                 tool.into(),
-                c.client.to_string().into(),
+                client.into(),
                 count.into(),
                 args.into(),
             ];
             let mut row = TableRow::new(cells);
-            if r.pattern > 1 {
+            if pattern > 1 {
                 row = row.style(style(app, Look::Warn));
             }
             if sel {
