@@ -18,11 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
 use tollgate_shared::PROTOCOL_VERSION;
-use tollgate_shared::console::{ClientMsg, SNAPSHOT_PART_BYTES, ServerMsg, Target};
+use tollgate_shared::console::{ClientMsg, Refusal, SNAPSHOT_PART_BYTES, ServerMsg, Target};
 
 use crate::auth;
 use crate::browser::Browsers;
-use crate::queue::{Follow, Queue};
+use crate::queue::temp_rules::TempRuleError;
+use crate::queue::{BadDecision, Follow, Queue};
 use crate::reply;
 use tollgate_policy::identity::{self, Identity, TokenDigest};
 use tollgate_store::tokens::Registry;
@@ -267,6 +268,7 @@ async fn connection(
                                 let refused = ServerMsg::Error {
                                     req: msg.req(),
                                     message: format!("{}: {why}; nothing was done", who.name),
+                                    refusal: None,
                                 };
                                 let _ = send(&mut socket, &refused).await;
                                 close(&mut socket, &who, why).await;
@@ -279,6 +281,7 @@ async fn connection(
                     Some(Ok(Message::Binary(_))) => ServerMsg::Error {
                         req: None,
                         message: "binary frames are not part of the protocol: send JSON text frames".into(),
+                        refusal: None,
                     },
                     Some(Ok(_)) => continue,
                 };
@@ -330,6 +333,7 @@ fn parse(text: &str) -> Result<ClientMsg, Box<ServerMsg>> {
             message: format!(
                 "not a valid console message ({e}); see docs/protocol.md for the message types"
             ),
+            refusal: None,
         })
     })
 }
@@ -352,6 +356,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 return ServerMsg::Error {
                     req,
                     message: "decide needs at least one call id".into(),
+                    refusal: None,
                 };
             }
             let follow = match (block_for_ms, allow_next) {
@@ -359,6 +364,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                     return ServerMsg::Error {
                         req,
                         message: "block_for_ms and allow_next exclude each other".into(),
+                        refusal: None,
                     };
                 }
                 (Some(ms), None) => Some(Follow::BlockFor(ms)),
@@ -384,6 +390,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 }
                 Err(bad) => ServerMsg::Error {
                     req,
+                    refusal: matches!(bad, BadDecision::Viewer(_)).then_some(Refusal::NotAllowed),
                     message: bad.to_string(),
                 },
             }
@@ -394,12 +401,14 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 Err(e) => ServerMsg::Error {
                     req,
                     message: format!("audit query failed: {e}"),
+                    refusal: None,
                 },
             }
         }
         ClientMsg::Snapshot { req } => ServerMsg::Error {
             req,
             message: "snapshots are sent by the connection".into(),
+            refusal: None,
         },
         ClientMsg::ListRules { req } => ServerMsg::Rules {
             req,
@@ -412,6 +421,13 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
             },
             Err(e) => ServerMsg::Error {
                 req,
+                refusal: match e {
+                    TempRuleError::NotFound(_) => Some(Refusal::NotFound),
+                    TempRuleError::Viewer { .. } | TempRuleError::OutOfScope { .. } => {
+                        Some(Refusal::NotAllowed)
+                    }
+                    _ => None,
+                },
                 message: e.to_string(),
             },
         },

@@ -242,13 +242,15 @@ pub async fn rules(s: &Settings, revoke: Option<String>, json: bool) -> Result<E
     };
     let rules = match conn.ask(req, &msg).await? {
         ServerMsg::Rules { rules, .. } => rules,
-        ServerMsg::Error { message, .. } => {
-            eprintln!("tollgate: {message}");
-            let code = if message.starts_with("no active temporary rule") {
-                NOT_FOUND
+        ServerMsg::Error {
+            message, refusal, ..
+        } => {
+            let code = refused_code(refusal);
+            if code == NOT_FOUND {
+                eprintln!("tollgate: {message}; `tollgate rules` lists the active ones");
             } else {
-                NOT_ALLOWED
-            };
+                eprintln!("tollgate: {message}");
+            }
             return Ok(ExitCode::from(code));
         }
         other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
@@ -264,6 +266,18 @@ pub async fn rules(s: &Settings, revoke: Option<String>, json: bool) -> Result<E
         print!("{}", rules_table(&rules));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit code of a request the broker refused: 5 when refused for who asked (a viewer
+/// deciding or installing a rule), 3 when what it names does not exist, else 2 (usage).
+fn refused_code(refusal: Option<Refusal>) -> u8 {
+    match refusal {
+        Some(Refusal::NotAllowed) => NOT_ALLOWED,
+        Some(Refusal::NotFound) => NOT_FOUND,
+        Some(Refusal::AlreadyClosed) => ALREADY,
+        Some(Refusal::StoreFailed) => 1,
+        None => 2,
+    }
 }
 
 /// `approve` / `reject`.
@@ -292,9 +306,11 @@ pub async fn decide(
             rule_refused,
             ..
         } => (results, rule, rule_refused),
-        ServerMsg::Error { message, .. } => {
+        ServerMsg::Error {
+            message, refusal, ..
+        } => {
             eprintln!("tollgate: {message}");
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(refused_code(refusal)));
         }
         other => anyhow::bail!("unexpected answer from the broker: {other:?}"),
     };

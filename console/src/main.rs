@@ -105,7 +105,7 @@ enum Cmd {
         #[arg(long, requires = "fingerprint", value_parser = clap::value_parser!(u32).range(1..=1000))]
         allow_next: Option<u32>,
         /// How long --allow-next lasts (at most 24h).
-        #[arg(long = "for", requires = "allow_next", default_value = "10m", value_parser = humantime::parse_duration)]
+        #[arg(long = "for", requires = "allow_next", default_value = "10m", value_parser = rule_lifetime)]
         for_: Duration,
         /// JSON results.
         #[arg(long)]
@@ -124,7 +124,7 @@ enum Cmd {
         reason: String,
         /// Also refuse new calls with this fingerprint at once for this long, e.g. 15m (at most
         /// 24h; needs --fingerprint; installs a temporary block rule).
-        #[arg(long, requires = "fingerprint", value_parser = humantime::parse_duration)]
+        #[arg(long, requires = "fingerprint", value_parser = rule_lifetime)]
         block_for: Option<Duration>,
         /// JSON results.
         #[arg(long)]
@@ -356,6 +356,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cli::audit(&s, filter, json).await
         }
     }
+}
+
+/// A temporary rule's lifetime: a duration from 1 ms to 24 h, checked here so the error names
+/// the flag rather than the protocol field.
+fn rule_lifetime(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{text} is not between 1ms and 24h"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {

@@ -30,7 +30,7 @@ use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Name, Outcome};
 use tollgate_store::{Backend, StoreError};
 
-pub use decide::Follow;
+pub use decide::{BadDecision, Follow};
 pub use sample::sample_call;
 use temp_rules::TempRules;
 

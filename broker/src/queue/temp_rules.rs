@@ -51,7 +51,7 @@ pub enum TempRuleError {
         cause: std::io::Error,
     },
     /// No active rule has that id.
-    #[error("no active temporary rule {0:?} (it may have expired; list them with list_rules)")]
+    #[error("no active temporary rule {0:?} (it may have expired)")]
     NotFound(String),
     /// An approver revoking a rule outside their servers that someone else made.
     #[error(
