@@ -1,5 +1,8 @@
 //! The console with a huge queue: frame render time and memory with 100 000 pending calls,
-//! against the same measures with 100 calls in the same run.
+//! against the same measures with 100 calls in the same run; the cost of one call arriving
+//! (grouped by identical call, and one row per call); and the frame time while a runaway loop
+//! adds 5 000 calls a second (each 16 ms frame applies the 80 calls that came since the last
+//! one, as the TUI's event loop does, then draws).
 //!
 //! The state is built through the console's own `update` (a `Connected` event carrying the
 //! queue, as after connecting to a broker) and drawn by its own `render` into ratatui's
@@ -16,7 +19,7 @@ use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use serde_json::json;
 use tollgate_bench::{percentile, rss_mib, us};
-use tollgate_console::app::{Action, App, update};
+use tollgate_console::app::{Action, App, Grouping, update, update_batch};
 use tollgate_console::client::{Event, Me};
 use tollgate_console::keys::KeyMap;
 use tollgate_console::ui;
@@ -89,7 +92,9 @@ struct Measure {
     calls: usize,
     grouped: Vec<Duration>,
     flat: Vec<Duration>,
+    arrival_grouped: Vec<Duration>,
     arrival: Vec<Duration>,
+    loop_frames: Vec<Duration>,
     rss: f64,
     process_rss: f64,
 }
@@ -118,35 +123,64 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
     for _ in 0..frames {
         grouped.push(frame(&app)?);
     }
-    // g cycles identical → same shape → flat.
-    for _ in 0..2 {
+    let pending = |c: CallRecord| {
+        Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {
+            call: Arc::new(c),
+        })))
+    };
+    let mut next = calls;
+    let mut arrival_grouped = Vec::with_capacity(frames);
+    for _ in 0..frames {
+        let c = call(next)?;
+        next += 1;
+        let t = Instant::now();
+        update(&mut app, pending(c));
+        arrival_grouped.push(t.elapsed());
+    }
+    // A runaway loop at 5 000 calls a second: 80 new calls per 16 ms frame, applied in one
+    // batch and drawn. Its calls are all different (a loop paging through ids), so each is a
+    // new row.
+    let mut loop_frames = Vec::with_capacity(frames);
+    for _ in 0..frames {
+        let batch = (0..80)
+            .map(|_| {
+                let mut c = call(next)?;
+                c.fingerprint = format!("{:016x}", 0xabc0_0000_0000_u64 + next as u64).into();
+                next += 1;
+                Ok(pending(c))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t = Instant::now();
+        update_batch(&mut app, batch);
+        let applied = t.elapsed();
+        loop_frames.push(applied + frame(&app)?);
+    }
+    // g cycles the grouping levels; on to one row per call.
+    while app.grouping != Grouping::Flat {
         update(
             &mut app,
             Action::Key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE)),
         );
     }
-    assert_eq!(app.grouping, tollgate_console::app::Grouping::Flat);
     let mut flat = Vec::with_capacity(frames);
     for _ in 0..frames {
         flat.push(frame(&app)?);
     }
     let mut arrival = Vec::with_capacity(frames);
-    for i in 0..frames {
+    for _ in 0..frames {
+        let c = call(next)?;
+        next += 1;
         let t = Instant::now();
-        let c = call(calls + i)?;
-        update(
-            &mut app,
-            Action::Broker(Event::Message(Box::new(ServerMsg::CallPending {
-                call: Arc::new(c),
-            }))),
-        );
+        update(&mut app, pending(c));
         arrival.push(t.elapsed());
     }
     Ok(Measure {
         calls,
         grouped,
         flat,
+        arrival_grouped,
         arrival,
+        loop_frames,
         rss,
         process_rss,
     })
@@ -164,9 +198,9 @@ fn main() -> Result<()> {
         if smoke { " [smoke run]" } else { "" }
     );
     println!(
-        "| pending calls | grouped frame p50 / p99 | flat frame p50 / p99 | call arrival p50 | state memory | process RSS |"
+        "| pending calls | grouped frame p50 / p99 | flat frame p50 / p99 | call arrival p50 / p99 (grouped) | call arrival p50 / p99 (flat) | frame during a 5 000/s loop p50 / p99 | state memory | process RSS |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for mut m in [small, large] {
         let g = (
             percentile(&mut m.grouped, 50.0),
@@ -174,13 +208,18 @@ fn main() -> Result<()> {
         );
         let f = (percentile(&mut m.flat, 50.0), percentile(&mut m.flat, 99.0));
         println!(
-            "| {} | {} / {} µs | {} / {} µs | {} µs | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} / {} µs | {} / {} µs | {} / {} µs | {} / {} µs | {} / {} µs | {:.1} MiB | {:.1} MiB |",
             m.calls,
             us(g.0),
             us(g.1),
             us(f.0),
             us(f.1),
+            us(percentile(&mut m.arrival_grouped, 50.0)),
+            us(percentile(&mut m.arrival_grouped, 99.0)),
             us(percentile(&mut m.arrival, 50.0)),
+            us(percentile(&mut m.arrival, 99.0)),
+            us(percentile(&mut m.loop_frames, 50.0)),
+            us(percentile(&mut m.loop_frames, 99.0)),
             m.rss,
             m.process_rss
         );

@@ -569,10 +569,15 @@ impl App {
         }
         if self.clear_filter_when_done && !self.filter.is_empty() && self.rows.shown == 0 {
             self.clear_filter_when_done = false;
-            self.note(format!(
+            // Said beside the latest note, which is usually the decision that emptied it.
+            let cleared = format!(
                 "filter \"{}\" cleared: it matches nothing pending",
                 self.filter_text
-            ));
+            );
+            match self.notes.back_mut() {
+                Some(last) => *last = format!("{last} · {cleared}"),
+                None => self.note(cleared),
+            }
             self.set_filter(String::new());
             self.refresh();
         }
