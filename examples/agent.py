@@ -1,7 +1,8 @@
 """A scripted agent for Tollgate demos and tests: real MCP calls through the broker with the
 official Python SDK (`mcp`).
 
-    python examples/agent.py URL [--token T] [--loop N] [--script demo|test] [--json]
+    python examples/agent.py URL [--token T] [--loop N] [--script demo|test|files] [--json]
+    python examples/agent.py URL --script files --root DIR --agent N
 
 It makes safe calls, risky calls that policy holds for approval, near-duplicates worth diffing,
 and a runaway loop of N identical calls, all at once on one MCP session (as a looping agent
@@ -21,7 +22,17 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 
-def script(name: str, loop: int) -> list[tuple[str, str, dict]]:
+def script(name: str, loop: int, root: str = "", agent: int = 1) -> list[tuple[str, str, dict]]:
+    if name == "files":
+        # Against the reference filesystem server on ROOT: a morning's mix of one agent, four
+        # file reads and four directory listings, one write and one move, each on its own path.
+        d = f"{root}/a{agent}"
+        return (
+            [("read", "read_file", {"path": f"{d}/f{i}.txt"}) for i in range(4)]
+            + [("list", "list_directory", {"path": f"{d}/d{i}"}) for i in range(4)]
+            + [("write", "write_file", {"path": f"{d}/new.txt", "content": "overwritten"})]
+            + [("move", "move_file", {"source": f"{d}/f0.txt", "destination": f"{d}/moved.txt"})]
+        )
     if name == "demo":
         # Against examples/ops_server.py under examples/demo.toml.
         return [
@@ -48,7 +59,9 @@ async def main() -> None:
     p.add_argument("url")
     p.add_argument("--token")
     p.add_argument("--loop", type=int, default=20)
-    p.add_argument("--script", choices=["demo", "test"], default="test")
+    p.add_argument("--script", choices=["demo", "test", "files"], default="test")
+    p.add_argument("--root", default="", help="the filesystem server's directory (--script files)")
+    p.add_argument("--agent", type=int, default=1, help="which agent's files (--script files)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
@@ -71,7 +84,7 @@ async def main() -> None:
 
     async with Client(streamable_http_client(a.url, http_client=http)) as c:
         async with anyio.create_task_group() as tg:
-            for label, tool, args in script(a.script, a.loop):
+            for label, tool, args in script(a.script, a.loop, a.root, a.agent):
                 tg.start_soon(one, c, label, tool, args)
     if a.json:
         json.dump(results, sys.stdout)

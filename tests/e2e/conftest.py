@@ -107,6 +107,14 @@ def everything_stdio_command() -> list[str]:
     return ["node", str(EVERYTHING), "stdio"]
 
 
+FILESYSTEM = HERE / "node_modules" / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
+
+
+def filesystem_stdio_command(root: str) -> list[str]:
+    """The reference filesystem server, allowed to touch `root` only."""
+    return ["node", str(FILESYSTEM), root]
+
+
 def py_stdio_command() -> list[str]:
     return [PYTHON, str(PY_SERVER), "stdio"]
 

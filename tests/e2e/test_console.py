@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONSOLE_BIN, PYTHON, ROOT, everything_stdio_command, toml_list
+from conftest import CONSOLE_BIN, PYTHON, ROOT, everything_stdio_command, filesystem_stdio_command, toml_list
 from conftest import console_cli as console
 
 AGENT = ROOT / "examples" / "agent.py"
@@ -89,6 +89,20 @@ def test_cli_lists_shows_decides_and_reports_refusals_with_exit_codes(broker, pr
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
     assert console(b, alice, "reject", prod, "--reason", "use staging").returncode == 0
     loop_fp = by["retry: delete session 7"]["fingerprint"]
+    # A viewer asking for a temporary rule is refused for its role (5) like any decision, and
+    # errors name the CLI's flags and commands, never protocol fields.
+    for args in (
+        ["reject", "--fingerprint", loop_fp, "--reason", "x", "--block-for", "15m"],
+        ["approve", "--fingerprint", loop_fp, "--allow-next", "3"],
+    ):
+        r = console(b, viewer, *args)
+        assert r.returncode == 5 and "is a viewer" in r.stderr, (args, r.returncode, r.stderr)
+    too_long = console(b, alice, "reject", "--fingerprint", loop_fp, "--reason", "x", "--block-for", "48h")
+    assert too_long.returncode == 2 and "--block-for" in too_long.stderr and "24h" in too_long.stderr
+    gone_rule = console(b, alice, "rules", "revoke", "t-00000000")
+    assert gone_rule.returncode == 3 and "tollgate rules" in gone_rule.stderr, gone_rule.stderr
+    for r in (too_long, gone_rule):
+        assert not re.search(r"list_rules|block_for_ms|allow_next|\{\"by\"", r.stderr), r.stderr
     bulk = console(b, alice, "reject", "--fingerprint", loop_fp, "--reason", "runaway loop", "--json")
     assert bulk.returncode == 0 and len(json.loads(bulk.stdout)) == 3
 
@@ -204,7 +218,7 @@ def test_tui_approves_rejects_and_rejects_a_500_call_loop_in_tmux(broker, procs,
     keys(tmux_session, "Enter")
     s = wait_screen(tmux_session, r"· 0 pending", timeout=60)
     assert "No calls are waiting for approval." in s
-    wait_screen(tmux_session, r"\[sort age · grouped · 1 rule\]")
+    wait_screen(tmux_session, r"\[sort age · by identical call · 1 rule\]")
 
     got = agent_results(a, timeout=120)
     assert got["ship"] == ["Echo: deploy v2.3.1 to production"]
@@ -223,3 +237,90 @@ def test_tui_approves_rejects_and_rejects_a_500_call_loop_in_tmux(broker, procs,
     keys(tmux_session, "q")
     time.sleep(0.5)
     assert subprocess.run(["tmux", "has-session", "-t", tmux_session], capture_output=True).returncode != 0, "q quits"
+
+
+def test_tui_triages_a_mornings_mixed_queue_by_tool_in_thirteen_keys(broker, procs, tmux_session, tmp_path):
+    """5 SDK agents, 50 different held calls on the reference filesystem server: approve the 40
+    reads (read_file, list_directory), reject the 10 writes (write_file, move_file) with one
+    reason. Grouped by tool and sorted by tool the rows are list_directory, move_file,
+    read_file, write_file whatever order the agents' calls came in."""
+    root = tmp_path / "files"
+    for n in range(1, 6):
+        for i in range(4):
+            (root / f"a{n}" / f"d{i}").mkdir(parents=True)
+            (root / f"a{n}" / f"d{i}" / "inside.txt").write_text("x")
+            (root / f"a{n}" / f"f{i}.txt").write_text(f"agent {n} file {i}")
+    b = broker(f"""
+    [policy]
+    default = "allow"
+    [[server]]
+    name = "files"
+    command = {toml_list(filesystem_stdio_command(str(root)))}
+    [[rule]]
+    name = "files-need-a-human"
+    tools = ["files/read_file", "files/list_directory", "files/write_file", "files/move_file"]
+    action = "approve"
+    """)
+    alice = b.token("alice", "approver")
+    agents = [
+        procs.start(
+            f"agent-{n}",
+            [PYTHON, str(AGENT), b.url("files"), "--token", b.token(f"agent-{n}", "viewer"),
+             "--script", "files", "--root", str(root), "--agent", str(n), "--json"],
+        )
+        for n in range(1, 6)
+    ]
+    wait_pending(b, alice, 50, timeout=120)
+    cmd = f"env TOLLGATE_URL={b.console} TOLLGATE_TOKEN={alice} XDG_CONFIG_HOME=/nonexistent {CONSOLE_BIN}"
+    tmux("new-session", "-d", "-s", tmux_session, "-x", "120", "-y", "30", cmd)
+    wait_screen(tmux_session, r"50 pending · ● connected")
+    pressed: list[str] = []
+
+    def press(*ks: str) -> None:
+        pressed.extend(ks)
+        keys(tmux_session, *ks)
+
+    press("g")
+    wait_screen(tmux_session, r"Queue · 50 calls in 4 tools")
+    press("s", "s")
+    wait_screen(tmux_session, r"\[sort tool · by tool\]")
+    press("PPage")
+    s = wait_screen(tmux_session, r"› .*files/list_directory\s+5 clients\s+20")
+    assert re.search(r"files/read_file\s+5 clients\s+20", s), s
+    press("a")
+    wait_screen(tmux_session, r"Approve 20 calls\?")
+    press("y")
+    s = wait_screen(tmux_session, r"20 calls approved")
+    assert "Queue · 30 calls in 3 tools" in s, s
+    # The next row came under the cursor: move_file; read_file is one down.
+    press("j")
+    wait_screen(tmux_session, r"› .*files/read_file")
+    press("a")
+    wait_screen(tmux_session, r"Approve 20 calls\?")
+    press("y")
+    s = wait_screen(tmux_session, r"from this console so far: 40 approved, 0 rejected")
+    assert "Queue · 10 calls in 2 tools" in s, s
+    # What is left are the writes: select them all and reject them with one reason.
+    press("*")
+    wait_screen(tmux_session, r"10 selected")
+    press("R")
+    s = wait_screen(tmux_session, r"Reject 10 calls\?")
+    assert "files/move_file ×5" in s and "files/write_file ×5" in s, s
+    press("y")
+    wait_screen(tmux_session, r"Reason \(shown to the agent\)")
+    keys(tmux_session, "no writes before the freeze ends", literal=True)
+    press("Enter")
+    s = wait_screen(tmux_session, r"10 calls rejected · from this console so far: 40 approved, 10 rejected")
+    assert "· 0 pending" in s, s
+    assert len(pressed) == 13, pressed
+
+    for n, a in enumerate(agents, start=1):
+        got = agent_results(a)
+        assert sorted(got["read"]) == [f"agent {n} file {i}" for i in range(4)], got
+        assert all("[FILE] inside.txt" in t for t in got["list"]), got
+        for label in ("write", "move"):
+            assert got[label][0].startswith("Rejected by alice: no writes before the freeze ends"), got
+        assert not (root / f"a{n}" / "new.txt").exists() and (root / f"a{n}" / "f0.txt").exists()
+    audit = json.loads(console(b, alice, "audit", "--json", "--limit", "200").stdout)
+    statuses = [e["outcome"] for e in audit if e.get("outcome") in ("approved", "rejected")]
+    assert statuses.count("approved") == 40 and statuses.count("rejected") == 10, statuses
