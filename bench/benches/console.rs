@@ -129,14 +129,19 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
         })))
     };
     let mut next = calls;
-    let mut arrival_grouped = Vec::with_capacity(frames);
-    for _ in 0..frames {
-        let c = call(next)?;
-        next += 1;
-        let t = Instant::now();
-        update(&mut app, pending(c));
-        arrival_grouped.push(t.elapsed());
-    }
+    // `frames` calls arriving one by one, each timed.
+    let arrivals = |app: &mut App, next: &mut usize| -> Result<Vec<Duration>> {
+        (0..frames)
+            .map(|_| {
+                let c = call(*next)?;
+                *next += 1;
+                let t = Instant::now();
+                update(app, pending(c));
+                Ok(t.elapsed())
+            })
+            .collect()
+    };
+    let arrival_grouped = arrivals(&mut app, &mut next)?;
     // A runaway loop at 5 000 calls a second: 80 new calls per 16 ms frame, applied in one
     // batch and drawn. Its calls are all different (a loop paging through ids), so each is a
     // new row.
@@ -166,14 +171,7 @@ fn measure(calls: usize, frames: usize) -> Result<Measure> {
     for _ in 0..frames {
         flat.push(frame(&app)?);
     }
-    let mut arrival = Vec::with_capacity(frames);
-    for _ in 0..frames {
-        let c = call(next)?;
-        next += 1;
-        let t = Instant::now();
-        update(&mut app, pending(c));
-        arrival.push(t.elapsed());
-    }
+    let arrival = arrivals(&mut app, &mut next)?;
     Ok(Measure {
         calls,
         grouped,

@@ -287,19 +287,19 @@ def test_tui_triages_a_mornings_mixed_queue_by_tool_in_thirteen_keys(broker, pro
     press("PPage")
     s = wait_screen(tmux_session, r"› .*files/list_directory\s+5 clients\s+20")
     assert re.search(r"files/read_file\s+5 clients\s+20", s), s
-    press("a")
-    wait_screen(tmux_session, r"Approve 20 calls\?")
-    press("y")
-    s = wait_screen(tmux_session, r"20 calls approved")
-    assert "Queue · 30 calls in 3 tools" in s, s
+
+    def approve_row(done: str, left: str) -> None:
+        press("a")
+        wait_screen(tmux_session, r"Approve 20 calls\?")
+        press("y")
+        s = wait_screen(tmux_session, done)
+        assert left in s, s
+
+    approve_row(r"20 calls approved", "Queue · 30 calls in 3 tools")
     # The next row came under the cursor: move_file; read_file is one down.
     press("j")
     wait_screen(tmux_session, r"› .*files/read_file")
-    press("a")
-    wait_screen(tmux_session, r"Approve 20 calls\?")
-    press("y")
-    s = wait_screen(tmux_session, r"from this console so far: 40 approved, 0 rejected")
-    assert "Queue · 10 calls in 2 tools" in s, s
+    approve_row(r"from this console so far: 40 approved, 0 rejected", "Queue · 10 calls in 2 tools")
     # What is left are the writes: select them all and reject them with one reason.
     press("*")
     wait_screen(tmux_session, r"10 selected")

@@ -148,9 +148,18 @@ impl App {
                 self.unselect(id);
             }
         }
-        self.leaving = self.current().map(|r| r.key.clone());
+        // The row under the cursor, if this decides it, is left to drain: the next row comes
+        // under the cursor (a fingerprint target is always the cursor's row).
+        let decides_current = self.current().is_some_and(|r| match &target {
+            Target::Ids { ids } => ids.iter().any(|id| r.ids.contains(id.as_str())),
+            Target::Fingerprint { .. } => true,
+        });
+        if decides_current {
+            self.leaving = self.current().map(|r| r.key.clone());
+        }
         // The filter that led here clears itself once it matches nothing pending.
         self.clear_filter_when_done = !self.filter_text.is_empty();
+        // `request` numbers this one next_req + 1; its answer is summed up with the verdict.
         self.asked
             .insert(self.next_req + 1, (verdict, reason.clone()));
         self.request(|req| ClientMsg::Decide {

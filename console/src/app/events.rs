@@ -149,6 +149,7 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
         Event::Disconnected(why, wait) => {
             app.link = Link::Down(why, wait);
             app.waiting = 0;
+            app.asked.clear();
         }
         Event::Message(m) => match *m {
             ServerMsg::Snapshot {
@@ -230,8 +231,11 @@ pub(super) fn broker(app: &mut App, e: Event) -> Option<ClientMsg> {
                 app.waiting = app.waiting.saturating_sub(1);
                 app.audit = entries;
             }
-            ServerMsg::Error { message, .. } => {
+            ServerMsg::Error { message, req, .. } => {
                 app.waiting = app.waiting.saturating_sub(1);
+                if let Some(r) = req {
+                    app.asked.remove(&r);
+                }
                 app.note(format!("broker: {message}"));
             }
             ServerMsg::Rules { req, rules } => {

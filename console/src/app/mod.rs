@@ -2,10 +2,10 @@
 //! something from the broker) and returns what to send to the broker, if anything. No I/O
 //! happens here, so every behaviour is tested without a terminal or a network.
 //!
-//! The state of each view lives beside it: [`rows`] (the queue: grouping, sorting, filtering,
-//! the cursor), [`decide`] (decisions from the queue), [`prompts`] (the filter, reason and
-//! confirmation prompts), [`diff`] (which call to compare with), [`audit`] (the audit view's
-//! query) and [`events`] (what the broker tells us).
+//! The state of each view lives beside it: [`rows`] (the queue: grouping, sorting, the cursor,
+//! kept up call by call), [`filter`] (the filter's syntax), [`decide`] (decisions from the
+//! queue), [`prompts`] (the filter, reason and confirmation prompts), [`diff`] (which call to
+//! compare with), [`audit`] (the audit view's query) and [`events`] (what the broker tells us).
 
 mod audit;
 mod decide;
@@ -341,7 +341,7 @@ fn apply(app: &mut App, action: Action) -> Option<ClientMsg> {
                 Command::Back => {
                     // In the queue, esc undoes what narrows it: the filter first, then the
                     // selection.
-                    if app.view == View::Queue && app.prompt.is_none() {
+                    if app.view == View::Queue {
                         if !app.filter_text.is_empty() {
                             app.note(format!("filter \"{}\" cleared", app.filter_text));
                             app.set_filter(String::new());

@@ -561,11 +561,14 @@ impl App {
         self.cursor_key = self.rows.get(self.cursor).map(|r| r.key.clone());
         if self.hidden_dirty {
             self.hidden_dirty = false;
-            self.hidden_selected = self
-                .selected
-                .iter()
-                .filter(|id| self.calls.get(*id).is_some_and(|c| !self.filter.matches(c)))
-                .count();
+            self.hidden_selected = if self.filter.is_empty() {
+                0
+            } else {
+                self.selected
+                    .iter()
+                    .filter(|id| self.calls.get(*id).is_some_and(|c| !self.filter.matches(c)))
+                    .count()
+            };
         }
         if self.clear_filter_when_done && !self.filter.is_empty() && self.rows.shown == 0 {
             self.clear_filter_when_done = false;
