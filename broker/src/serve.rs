@@ -179,6 +179,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         keepalive: config.broker.keepalive,
         task_sessions: Default::default(),
         sessions,
+        default_server: config.broker.default_server.clone(),
     });
     let notify = crate::notify::Health::new();
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)

@@ -61,6 +61,9 @@ pub struct BrokerSettings {
     pub admin_listen: Option<SocketAddr>,
     /// `log_format = "json"` (`--log-format` overrides it).
     pub log_json: bool,
+    /// The server `/mcp` serves (`default_server`); without it, `/mcp` serves the only server
+    /// when there is one.
+    pub default_server: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +94,7 @@ pub(super) struct RawBroker {
     pub(super) allow_plaintext: Option<bool>,
     pub(super) admin_listen: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
+    pub(super) default_server: Option<Spanned<String>>,
     pub(super) tls: Option<Spanned<RawTls>>,
 }
 
@@ -215,6 +219,7 @@ impl Validator<'_> {
             }
         };
         BrokerSettings {
+            default_server: raw.default_server.map(|s| s.into_inner()),
             tls,
             admin_listen,
             log_json,

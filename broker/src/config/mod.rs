@@ -265,6 +265,7 @@ impl Validator<'_> {
     fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let mode = self.auth_mode(raw.broker.auth.clone());
+        let default_server = raw.broker.default_server.clone();
         let broker = self.broker(base, raw.broker);
         let servers = self.servers(
             raw.server,
@@ -274,6 +275,18 @@ impl Validator<'_> {
                 total: broker.max_sessions_per_server,
             },
         );
+        if let Some(d) = &default_server
+            && !servers.iter().any(|s| s.name == *d.get_ref())
+        {
+            self.problem(
+                d.span(),
+                format!(
+                    "default_server {:?} is not a configured server",
+                    d.get_ref()
+                ),
+                Some("name one of the [[server]] entries; /mcp serves it"),
+            );
+        }
         let auth = self.auth(mode, raw.client);
         let notify = self.notify(raw.notify);
         let sinks: Vec<&str> = notify.iter().map(|s| s.name.as_str()).collect();

@@ -1,4 +1,6 @@
-//! The MCP frontend: Streamable HTTP endpoints at `/mcp/<server>`.
+//! The MCP frontend: Streamable HTTP endpoints at `/mcp/<server>`, the same at
+//! `/<server>/mcp` (the form clients that append `/mcp` to a base URL expect), and `/mcp` for the
+//! default server.
 //!
 //! Every request goes through the same steps: the `Origin` check (DNS-rebinding defence), client
 //! authentication, the upstream lookup, the body limit, JSON-RPC validation and, for stateless
@@ -50,9 +52,23 @@ pub struct Frontend {
     pub task_sessions: tollgate_shared::sync::Mutex<std::collections::HashSet<String>>,
     /// Which identity each MCP session belongs to.
     pub sessions: Arc<sessions::Owners>,
+    /// The server `/mcp` serves (`[broker] default_server`); without it, the only server.
+    pub default_server: Option<String>,
 }
 
 impl Frontend {
+    /// The server `/mcp` serves, if any: the configured default, else the only server.
+    fn default_server(&self) -> Option<String> {
+        if self.default_server.is_some() {
+            return self.default_server.clone();
+        }
+        let upstreams = self.upstreams.load();
+        match upstreams.len() {
+            1 => upstreams.keys().next().cloned(),
+            _ => None,
+        }
+    }
+
     fn known_servers(&self) -> String {
         let upstreams = self.upstreams.load();
         let mut names: Vec<_> = upstreams.keys().map(String::as_str).collect();
@@ -74,6 +90,8 @@ pub fn fuzz_check_mirrored(
 pub fn router(state: Arc<Frontend>) -> Router {
     Router::new()
         .route("/mcp/{server}", any(handle))
+        .route("/{server}/mcp", any(handle))
+        .route("/mcp", any(handle_default))
         .route(
             "/healthz",
             get(|State(fe): State<Arc<Frontend>>| async move {
@@ -89,7 +107,7 @@ async fn fallback() -> Response<Body> {
     // it names one that does not exist.
     reply::status_error(
         StatusCode::NOT_FOUND,
-        "no MCP endpoint here: use /mcp/<server>",
+        "no MCP endpoint here: use /mcp/<server> or /<server>/mcp",
     )
     .into_response()
 }
@@ -106,14 +124,27 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response<Body> {
-    route(&fe, &server, method, headers, body)
+    route(&fe, Some(&server), method, headers, body)
+        .await
+        .into_response()
+}
+
+/// `/mcp`: the default server.
+async fn handle_default(
+    State(fe): State<Arc<Frontend>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let server = fe.default_server();
+    route(&fe, server.as_deref(), method, headers, body)
         .await
         .into_response()
 }
 
 async fn route(
     fe: &Frontend,
-    server: &str,
+    server: Option<&str>,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -136,6 +167,16 @@ async fn route(
                 challenge,
             );
         }
+    };
+    // Told only to an authenticated client, as an unknown server is.
+    let Some(server) = server else {
+        return reply::status_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "/mcp serves the default server, and this broker has several ({}) and no [broker] default_server: use /mcp/<server> or /<server>/mcp",
+                fe.known_servers()
+            ),
+        );
     };
     let Some(upstream) = fe.upstreams.load().get(server).cloned() else {
         return reply::status_error(
