@@ -42,7 +42,7 @@ use tollgate_store::{Backend, RETRY_MAX, Writes};
 use tracing::Instrument;
 
 use crate::jsonrpc;
-use crate::queue::{HoldError, Queue, Waiting};
+use crate::queue::{HoldError, Queue, Taken, Waiting};
 pub use annotations::Annotations;
 pub use refusal::Refusal;
 pub use throttle::Throttle;
@@ -545,10 +545,23 @@ impl Gateway {
             HoldMode::Stream
         };
         if mode == HoldMode::Retry {
-            if let Some(approved) = self.queue.take_grant(&record).await {
-                tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
-                record.reason = Some(format!("repeat of call {approved}, approved for one retry"));
-                return self.forward(ctx, record, rewritten, scanned.scrub).await;
+            match self.queue.take_grant(&record).await {
+                Some(Taken::Approved(approved)) => {
+                    tracing::info!(approved = %approved, "retry of an approved call: forwarded once");
+                    record.reason =
+                        Some(format!("repeat of call {approved}, approved for one retry"));
+                    return self.forward(ctx, record, rewritten, scanned.scrub).await;
+                }
+                Some(Taken::Rejected(original)) => {
+                    let by = original.decisions.last().map(|d| d.by.clone());
+                    let refusal = Refusal::RetryRejected {
+                        original: original.id.clone(),
+                        by: by.unwrap_or_default(),
+                        reason: original.reason.clone(),
+                    };
+                    return self.refuse(ctx, record, refusal).await;
+                }
+                None => {}
             }
             if let Some(waiting) = self.queue.pending_retry(&record) {
                 return self

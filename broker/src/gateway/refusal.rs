@@ -53,6 +53,15 @@ pub enum Refusal {
         /// The call it repeats.
         waiting: Name,
     },
+    /// The retry-mode call this one repeats was rejected.
+    RetryRejected {
+        /// The call it repeats.
+        original: Name,
+        /// Who rejected it.
+        by: String,
+        /// Why.
+        reason: Option<String>,
+    },
 }
 
 /// `rate limit "x" (3/min per client): retry in N s` wants whole seconds, at least one.
@@ -84,6 +93,7 @@ impl Refusal {
             Refusal::Denied { .. } => "policy",
             Refusal::OverBudget(_) => "budget",
             Refusal::StillPending { .. } => "still_pending",
+            Refusal::RetryRejected { .. } => "retry_rejected",
         }
     }
 
@@ -120,6 +130,14 @@ impl Refusal {
             Refusal::StillPending { waiting } => {
                 Some(format!("still awaiting approval as call {waiting}"))
             }
+            Refusal::RetryRejected {
+                original,
+                by,
+                reason,
+            } => Some(format!(
+                "repeat of call {original}, rejected by {by}{}",
+                because(reason.as_deref())
+            )),
         }
     }
 
@@ -170,6 +188,9 @@ impl Refusal {
             Refusal::StillPending { waiting } => {
                 tracing::info!(%waiting, "blocked: still awaiting approval")
             }
+            Refusal::RetryRejected { original, by, .. } => {
+                tracing::info!(%original, %by, "blocked: the call it repeats was rejected")
+            }
         }
     }
 
@@ -216,6 +237,14 @@ impl Refusal {
             ),
             Refusal::StillPending { waiting } => format!(
                 "Tollgate: this call to {server}/{tool} is still awaiting human approval (call {waiting}). It was not run. Repeat the identical call after it is approved."
+            ),
+            Refusal::RetryRejected {
+                original,
+                by,
+                reason,
+            } => format!(
+                "Rejected by {by}{}. The call to {server}/{tool} was not run (it repeats call {original}, which was rejected).",
+                because(reason.as_deref())
             ),
         }
     }

@@ -551,6 +551,53 @@ async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_ap
 }
 
 #[tokio::test]
+async fn a_rejected_retry_mode_call_tells_its_repeat_who_rejected_it_once() {
+    let mut retry = rule(1, "retry", "db/*", Action::Approve);
+    retry.hold.retry = true;
+    let h = Setup {
+        rules: vec![retry],
+        ..Setup::default()
+    }
+    .build()
+    .await;
+    let queued = h.call("drop", json!({"t": 1})).await;
+    assert!(queued.text.contains("is queued as call"), "{}", queued.text);
+    let alice = Identity {
+        name: "alice".into(),
+        role: Role::Approver,
+        servers: None,
+    };
+    let out = h
+        .gateway
+        .queue
+        .decide(
+            &alice,
+            &Target::Ids {
+                ids: vec![queued.audit.call_id.clone()],
+            },
+            Verdict::Reject,
+            Some("use staging"),
+        )
+        .await;
+    assert!(out[0].ok, "{out:?}");
+    // Before, the repeat was queued again and the client never learnt the rejection.
+    let repeat = h.call("drop", json!({"t": 1})).await;
+    assert_eq!(
+        (repeat.kind, repeat.audit.outcome),
+        ("respond", Outcome::Blocked)
+    );
+    assert!(
+        repeat
+            .text
+            .starts_with("Rejected by alice: use staging. The call to db/drop was not run"),
+        "{}",
+        repeat.text
+    );
+    let once_more = h.call("drop", json!({"t": 1})).await;
+    assert!(once_more.text.contains("is queued as call"), "only once");
+}
+
+#[tokio::test]
 async fn an_allow_rule_stands_in_for_its_author_but_never_for_the_callers_own_calls() {
     let h = Setup::default().build().await;
     let held = h.call("drop", json!({"t": 1})).await;

@@ -1,6 +1,7 @@
-//! Approved retry-mode calls: a call held with `hold = "retry"` is answered at once, and once it
+//! Decided retry-mode calls: a call held with `hold = "retry"` is answered at once, and once it
 //! is approved the identical call from the same client is let through, once, within
-//! `retry_ttl`.
+//! `retry_ttl`; once it is rejected, the identical call is answered with the rejection (who
+//! and why), once, instead of being queued again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +32,15 @@ fn grant_key(r: &CallRecord) -> GrantKey {
     }
 }
 
-/// Approved retry-mode calls not yet repeated, until when they may be.
+/// What a repeated retry-mode call finds.
+pub enum Taken {
+    /// The call it repeats was approved: forward it (the id of that call).
+    Approved(Name),
+    /// The call it repeats was rejected: tell the client so.
+    Rejected(Arc<CallRecord>),
+}
+
+/// Decided retry-mode calls not yet repeated, until when they may be.
 pub(super) struct Grants {
     ttl: Duration,
     map: Mutex<HashMap<GrantKey, (Arc<CallRecord>, u64)>>,
@@ -45,12 +54,14 @@ impl Grants {
         }
     }
 
-    /// A retry-mode call was approved: its repeat may run once within the ttl.
-    pub(super) fn approved(&self, record: &Arc<CallRecord>) {
+    /// A retry-mode call was approved (its repeat may run once within the ttl) or rejected
+    /// (its repeat is told so, once).
+    pub(super) fn decided(&self, record: &Arc<CallRecord>) {
         if record
             .hold
             .as_ref()
             .is_some_and(|h| h.mode == HoldMode::Retry)
+            && matches!(record.outcome, Outcome::Approved | Outcome::Rejected)
         {
             let until = now_ms() + self.ttl.as_millis() as u64;
             self.map
@@ -61,16 +72,19 @@ impl Grants {
 }
 
 impl Queue {
-    /// Consume an approved retry-mode call matching this one, if any is still valid, and
-    /// record on it that it was used, so it is not let through again after a restart.
-    pub async fn take_grant(&self, record: &CallRecord) -> Option<Name> {
-        let mut original = {
+    /// Consume a decided retry-mode call matching this one, if any is still valid. An
+    /// approval is recorded as used, so it is not let through again after a restart.
+    pub async fn take_grant(&self, record: &CallRecord) -> Option<Taken> {
+        let original = {
             let mut grants = self.grants.map.lock();
             let now = now_ms();
             grants.retain(|_, (_, until)| *until > now);
             grants.remove(&grant_key(record)).map(|(r, _)| r)
+        }?;
+        if original.outcome == Outcome::Rejected {
+            return Some(Taken::Rejected(original));
         }
-        .map(Arc::unwrap_or_clone)?;
+        let mut original = Arc::unwrap_or_clone(original);
         let id = original.id.clone();
         if let Some(h) = original.hold.as_mut() {
             h.retried_ms = Some(now_ms());
@@ -82,7 +96,7 @@ impl Queue {
         {
             tracing::error!(call = %id, error = %e, "cannot record that an approved retry was used");
         }
-        Some(id)
+        Some(Taken::Approved(id))
     }
 
     /// After a restart: approved retry-mode calls not yet repeated are let through again,

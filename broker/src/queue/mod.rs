@@ -31,6 +31,7 @@ use tollgate_shared::{CallRecord, Name, Outcome};
 use tollgate_store::{Backend, StoreError};
 
 pub use decide::{BadDecision, Follow};
+pub use grants::Taken;
 pub use sample::sample_call;
 use temp_rules::TempRules;
 
@@ -308,9 +309,7 @@ impl Queue {
             .map(|d| d.by.as_str())
             .unwrap_or_default();
         tracing::info!(call = %record.id, server = %record.server, tool = %record.tool, client = %record.client, outcome = %record.outcome, by, trace, "decided");
-        if resolution == Resolution::Approved {
-            self.grants.approved(&record);
-        }
+        self.grants.decided(&record);
         self.publish(ServerMsg::CallDecided {
             call: record.clone(),
         });
