@@ -292,8 +292,9 @@ def test_tui_triages_a_mornings_mixed_queue_by_tool_in_thirteen_keys(broker, pro
         press("a")
         wait_screen(tmux_session, r"Approve 20 calls\?")
         press("y")
-        s = wait_screen(tmux_session, done)
-        assert left in s, s
+        wait_screen(tmux_session, done)
+        # The answer can come before the last of the calls' leave events.
+        wait_screen(tmux_session, re.escape(left))
 
     approve_row(r"20 calls approved", "Queue · 30 calls in 3 tools")
     # The next row came under the cursor: move_file; read_file is one down.
@@ -310,8 +311,9 @@ def test_tui_triages_a_mornings_mixed_queue_by_tool_in_thirteen_keys(broker, pro
     wait_screen(tmux_session, r"Reason \(shown to the agent\)")
     keys(tmux_session, "no writes before the freeze ends", literal=True)
     press("Enter")
-    s = wait_screen(tmux_session, r"10 calls rejected · from this console so far: 40 approved, 10 rejected")
-    assert "· 0 pending" in s, s
+    wait_screen(tmux_session, r"10 calls rejected · from this console so far: 40 approved, 10 rejected")
+    # The answer can come before the last of the calls' leave events.
+    wait_screen(tmux_session, r"· 0 pending")
     assert len(pressed) == 13, pressed
 
     for n, a in enumerate(agents, start=1):
