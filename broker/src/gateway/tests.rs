@@ -504,6 +504,24 @@ async fn budgets_refuse_allowed_and_held_calls_over_their_cap() {
     assert!(daily.text.contains("The budget resets at 00:00 UTC."));
 }
 
+/// The approver alice decides one call; the decision must be taken.
+async fn alice_decides(h: &Harness, id: &str, verdict: Verdict, reason: Option<&str>) {
+    let alice = Identity {
+        name: "alice".into(),
+        role: Role::Approver,
+        servers: None,
+    };
+    let target = Target::Ids {
+        ids: vec![id.to_string()],
+    };
+    let out = h
+        .gateway
+        .queue
+        .decide(&alice, &target, verdict, reason)
+        .await;
+    assert!(out[0].ok, "{out:?}");
+}
+
 #[tokio::test]
 async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_approval() {
     let mut retry = rule(1, "retry", "db/*", Action::Approve);
@@ -523,24 +541,7 @@ async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_ap
         "{}",
         again.text
     );
-    let alice = Identity {
-        name: "alice".into(),
-        role: Role::Approver,
-        servers: None,
-    };
-    let out = h
-        .gateway
-        .queue
-        .decide(
-            &alice,
-            &Target::Ids {
-                ids: vec![queued.audit.call_id.clone()],
-            },
-            Verdict::Approve,
-            None,
-        )
-        .await;
-    assert!(out[0].ok, "{out:?}");
+    alice_decides(&h, &queued.audit.call_id, Verdict::Approve, None).await;
     let repeat = h.call("drop", json!({"t": 1})).await;
     assert_eq!(
         (repeat.kind, repeat.audit.outcome),
@@ -562,24 +563,13 @@ async fn a_rejected_retry_mode_call_tells_its_repeat_who_rejected_it_once() {
     .await;
     let queued = h.call("drop", json!({"t": 1})).await;
     assert!(queued.text.contains("is queued as call"), "{}", queued.text);
-    let alice = Identity {
-        name: "alice".into(),
-        role: Role::Approver,
-        servers: None,
-    };
-    let out = h
-        .gateway
-        .queue
-        .decide(
-            &alice,
-            &Target::Ids {
-                ids: vec![queued.audit.call_id.clone()],
-            },
-            Verdict::Reject,
-            Some("use staging"),
-        )
-        .await;
-    assert!(out[0].ok, "{out:?}");
+    alice_decides(
+        &h,
+        &queued.audit.call_id,
+        Verdict::Reject,
+        Some("use staging"),
+    )
+    .await;
     // Before, the repeat was queued again and the client never learnt the rejection.
     let repeat = h.call("drop", json!({"t": 1})).await;
     assert_eq!(
