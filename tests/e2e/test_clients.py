@@ -295,8 +295,9 @@ def test_every_client_in_the_matrix(broker, procs, everything_http):
     assert outcomes["hold default openai-agents"] == "cancelled", outcomes
     for n in ("pydantic-ai", "fastmcp", "langchain", "mcp-remote", "tollgate-connect"):
         assert f"Echo: hold default {n}" in results[n]["default"]["text"], (n, results[n]["default"])
-    # The Inspector CLIs give up after their SDK's 60 s request timeout.
-    for n in ("inspector-2.12", "inspector-0.15"):
+    # The Inspector CLIs give up after their SDK's 60 s request timeout (seen when the hold is
+    # longer: TOLLGATE_MATRIX_HOLD shortens it when working on this test).
+    for n in ("inspector-2.12", "inspector-0.15") if HOLD > 65 else ():
         d = results[n]["default"]
         assert d["code"] != 0 and "timed out" in d["text"].lower(), (n, d)
     # Cancelling: the MCP SDKs send notifications/cancelled, and the broker records it; the 1.x
