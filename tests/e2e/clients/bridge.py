@@ -2,7 +2,7 @@
 `tollgate-broker connect`) with the official Python SDK over stdio, the way a stdio-only client
 does. Same steps and output as frameworks.py.
 
-    python bridge.py NAME --url URL --token T -- COMMAND ARGS...
+    python bridge.py NAME --token T --cancel-when FILE -- COMMAND ARGS...
 
 The bridge is started with COMMAND ARGS (the token goes in its environment as TOLLGATE_TOKEN
 and AUTH_HEADER, for the bridge's own way of sending it). Every call shares one stdio session,
@@ -23,9 +23,12 @@ from mcp import Client, StdioServerParameters
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
-    p.add_argument("--url", required=True)
     p.add_argument("--token", required=True)
-    p.add_argument("--cancel-after", type=float, default=8.0)
+    p.add_argument(
+        "--cancel-when",
+        required=True,
+        help="a file: the held call of the cancel step is cancelled once it exists",
+    )
     p.add_argument("command", nargs="+")
     a = p.parse_args()
     env = dict(os.environ, TOLLGATE_TOKEN=a.token, AUTH_HEADER=f"Bearer {a.token}")
@@ -60,7 +63,8 @@ async def main() -> None:
         async def cancel() -> None:
             with anyio.CancelScope() as scope:
                 async def stop() -> None:
-                    await anyio.sleep(a.cancel_after)
+                    while not os.path.exists(a.cancel_when):
+                        await anyio.sleep(0.2)
                     scope.cancel()
 
                 async with anyio.create_task_group() as tg:

@@ -3,7 +3,7 @@ make an allowed and a denied call, and hold calls for a person to decide, the wa
 would call the framework's own tool wrapper. Prints one JSON object with what the framework
 returned (or raised) at each step.
 
-    python frameworks.py FRAMEWORK --url URL --direct-url URL --token T [--cancel-after S]
+    python frameworks.py FRAMEWORK --url URL --direct-url URL --token T --cancel-when FILE
 
 FRAMEWORK is openai-agents, pydantic-ai, fastmcp or langchain. Each held call gets a client of
 its own, as separate agents would (openai-agents runs one call at a time per server connection,
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -180,7 +181,11 @@ async def main() -> None:
     p.add_argument("--url", required=True)
     p.add_argument("--direct-url", required=True, help="the same server without the broker")
     p.add_argument("--token", required=True)
-    p.add_argument("--cancel-after", type=float, default=8.0)
+    p.add_argument(
+        "--cancel-when",
+        required=True,
+        help="a file: the held call of the cancel step is cancelled once it exists",
+    )
     a = p.parse_args()
     fw = a.framework
     direct = ADAPTERS[fw]()
@@ -199,7 +204,8 @@ async def main() -> None:
 
     async def cancel() -> dict:
         task = asyncio.create_task(recipes[2].call("echo", {"message": f"hold cancel {fw}"}))
-        await asyncio.sleep(a.cancel_after)
+        while not os.path.exists(a.cancel_when):
+            await asyncio.sleep(0.2)
         task.cancel()
         try:
             await task
