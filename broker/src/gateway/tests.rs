@@ -149,6 +149,22 @@ impl Harness {
             .expect("audit")
             .pop()
             .unwrap_or_else(|| panic!("no audit entry for {tool}"));
+        if kind == "forward" {
+            // A forwarded call's finished record is written by a task its ticket spawns, which a
+            // flush right after may overtake: wait for it, so reads see the call.
+            for _ in 0..1000 {
+                let done = self
+                    .engine
+                    .call(&audit.call_id)
+                    .expect("read")
+                    .is_some_and(|r| r.timings.completed_ms.is_some());
+                if done {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                self.gateway.store.flush().await;
+            }
+        }
         Seen {
             kind,
             text,
