@@ -190,9 +190,13 @@ fn the_mornings_triage_takes_nine_keys_besides_the_reason() {
             Some(Prompt::Confirm {
                 count: 20, summary, ..
             }) => {
-                assert!(summary.starts_with(&format!("fs/{tool} ×20")), "{summary}")
+                assert!(summary.starts_with(&format!("fs/{tool} ×20")), "{summary}");
+                assert!(summary.ends_with("\n20 different calls (g groups identical ones)"));
             }
             other => panic!("{other:?}"),
+        }
+        if tool == "read_file" {
+            snap("confirm_tool_row", &app);
         }
         let (req, verdict, ids) = sent_ids(press(&mut app, key('y')));
         assert_eq!((verdict, ids.len()), (Verdict::Approve, 20));

@@ -99,7 +99,19 @@ impl App {
             let ids: Vec<Name> = row.ids.iter().cloned().collect();
             let mut summary = self.summary(&ids);
             if self.grouping != Grouping::Exact {
-                summary.push_str(" (different arguments)");
+                // A loop's row can hide one different, dangerous call: say how many differ.
+                let distinct: std::collections::HashSet<_> = ids
+                    .iter()
+                    .filter_map(|id| self.calls.get(id))
+                    .map(|c| &c.fingerprint)
+                    .collect();
+                if distinct.len() > 1 {
+                    summary.push_str(&format!(
+                        "\n{} different calls ({} groups identical ones)",
+                        distinct.len(),
+                        self.keys.key_of(Command::Group)
+                    ));
+                }
             }
             self.prompt = Some(Prompt::Confirm {
                 verdict,

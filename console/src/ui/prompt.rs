@@ -67,13 +67,11 @@ pub(super) fn prompt(app: &App, f: &mut Frame, area: Rect, p: &Prompt) {
             block_for_ms,
             ..
         } => {
-            let mut lines = vec![
-                Line::styled(
-                    format!("{} {count} calls:", verb(*verdict)),
-                    style(app, Look::Title),
-                ),
-                Line::raw(cut(summary, 60)),
-            ];
+            let mut lines = vec![Line::styled(
+                format!("{} {count} calls:", verb(*verdict)),
+                style(app, Look::Title),
+            )];
+            lines.extend(summary.lines().map(|l| Line::raw(cut(l, 60))));
             if *hidden > 0 {
                 lines.push(Line::styled(
                     format!(
