@@ -151,8 +151,10 @@ impl Filter {
                     ),
                     // A URL or a `key: value` text: searched as it is.
                     _ => {
-                        if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '.')
-                        {
+                        let looks_like_field = !name.is_empty()
+                            && !value.starts_with("//")
+                            && name.chars().all(|c| c.is_alphanumeric() || c == '.');
+                        if looks_like_field {
                             f.unknown.push(name.to_string());
                         }
                         (Field::Any, w.as_str())
@@ -270,6 +272,12 @@ mod tests {
         assert!(g("?at", "cat"));
         assert!(!g("?at", "at"));
         assert!(g("*", ""));
+    }
+
+    #[test]
+    fn a_url_is_text_and_a_misspelt_field_is_named() {
+        assert!(Filter::new("https://example.com/x").unknown.is_empty());
+        assert_eq!(Filter::new("tol:read").unknown, vec!["tol"]);
     }
 
     #[test]
