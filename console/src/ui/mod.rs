@@ -217,27 +217,39 @@ fn footer(app: &App, f: &mut Frame, area: Rect) {
     } else {
         &help
     });
-    let mut state = format!("sort {} · {}", app.sort.label(), app.grouping.label());
-    let rules = app.active_rules().count();
-    if rules > 0 {
-        state.push_str(&format!(
-            " · {rules} rule{}",
-            if rules == 1 { "" } else { "s" }
-        ));
-    }
-    if !app.filter_text.is_empty() {
-        state.push_str(&format!(" · filter \"{}\"", app.filter_text));
-    }
-    if !app.selected.is_empty() {
-        state.push_str(&format!(" · {} selected", app.selected.len()));
-        if app.hidden_selected > 0 {
-            state.push_str(&format!(" ({} hidden by the filter)", app.hidden_selected));
+    // What narrows the queue goes last but must stay visible: on a narrow terminal the sort
+    // order is left out and the selection said shortly, before anything is cut.
+    let state_line = |compact: bool| {
+        let mut parts = Vec::new();
+        if !compact {
+            parts.push(format!("sort {}", app.sort.label()));
         }
+        parts.push(app.grouping.label().to_string());
+        let rules = app.active_rules().count();
+        if rules > 0 {
+            parts.push(format!("{rules} rule{}", if rules == 1 { "" } else { "s" }));
+        }
+        if !app.filter_text.is_empty() {
+            parts.push(format!("filter \"{}\"", app.filter_text));
+        }
+        if !app.selected.is_empty() {
+            let hidden = match (app.hidden_selected, compact) {
+                (0, _) => String::new(),
+                (n, false) => format!(" ({n} hidden by the filter)"),
+                (n, true) => format!(" ({n} hidden)"),
+            };
+            parts.push(format!("{} selected{hidden}", app.selected.len()));
+        }
+        format!("[{}] ", parts.join(" · "))
+    };
+    let mut state = state_line(false);
+    if state.chars().count() > area.width as usize {
+        state = state_line(true);
     }
     let note = app.notes.back().cloned().unwrap_or_default();
     let lines = vec![
         Line::from(vec![
-            Span::styled(format!("[{state}] "), style(app, Look::Dim)),
+            Span::styled(state, style(app, Look::Dim)),
             Span::raw(note),
         ]),
         Line::styled(hints, style(app, Look::Dim)),
