@@ -224,6 +224,20 @@ impl Row {
         }
     }
 
+    /// Add a call to the row: it becomes the row's newest or oldest call if it is.
+    fn join(&mut self, c: &Arc<CallRecord>) {
+        self.ids.insert(c.id.clone());
+        self.count_in(c, 1);
+        if c.id > self.call.id {
+            self.call = Arc::clone(c);
+            self.last_ms = c.timings.received_ms;
+        }
+        if c.id < self.first.id {
+            self.first = Arc::clone(c);
+            self.first_ms = c.timings.received_ms;
+        }
+    }
+
     /// Calls in the row.
     pub fn count(&self) -> usize {
         self.ids.len()
@@ -337,16 +351,7 @@ impl Rows {
             let row = self.slots[slot as usize]
                 .as_mut()
                 .expect("keyed slots hold rows");
-            row.ids.insert(c.id.clone());
-            row.count_in(c, 1);
-            if c.id > row.call.id {
-                row.call = Arc::clone(c);
-                row.last_ms = c.timings.received_ms;
-            }
-            if c.id < row.first.id {
-                row.first = Arc::clone(c);
-                row.first_ms = c.timings.received_ms;
-            }
+            row.join(c);
             self.resettle(slot, at, sort);
         } else {
             let row = Row::of(key.clone(), c);
@@ -428,16 +433,10 @@ impl Rows {
             self.shown += 1;
             let key = grouping.key(c);
             match self.by_key.get(&key) {
-                Some(&slot) => {
-                    // Calls come oldest first: the row's first call stays, this one is newest.
-                    let row = self.slots[slot as usize]
-                        .as_mut()
-                        .expect("keyed slots hold rows");
-                    row.ids.insert(c.id.clone());
-                    row.count_in(c, 1);
-                    row.call = Arc::clone(c);
-                    row.last_ms = c.timings.received_ms;
-                }
+                Some(&slot) => self.slots[slot as usize]
+                    .as_mut()
+                    .expect("keyed slots hold rows")
+                    .join(c),
                 None => {
                     self.slots.push(Some(Row::of(key.clone(), c)));
                     self.by_key.insert(key, (self.slots.len() - 1) as u32);
