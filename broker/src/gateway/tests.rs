@@ -538,16 +538,21 @@ async fn alice_decides(h: &Harness, id: &str, verdict: Verdict, reason: Option<&
     assert!(out[0].ok, "{out:?}");
 }
 
-#[tokio::test]
-async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_approval() {
+/// A gateway whose one rule holds every `db/*` call in retry mode.
+async fn retry_harness() -> Harness {
     let mut retry = rule(1, "retry", "db/*", Action::Approve);
     retry.hold.retry = true;
-    let h = Setup {
+    Setup {
         rules: vec![retry],
         ..Setup::default()
     }
     .build()
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_approval() {
+    let h = retry_harness().await;
     let queued = h.call("drop", json!({"t": 1})).await;
     assert_eq!(queued.kind, "respond");
     assert!(queued.text.contains("is queued as call"), "{}", queued.text);
@@ -569,14 +574,7 @@ async fn a_retry_mode_call_is_answered_at_once_and_its_repeat_runs_once_after_ap
 
 #[tokio::test]
 async fn a_rejected_retry_mode_call_tells_its_repeat_who_rejected_it_once() {
-    let mut retry = rule(1, "retry", "db/*", Action::Approve);
-    retry.hold.retry = true;
-    let h = Setup {
-        rules: vec![retry],
-        ..Setup::default()
-    }
-    .build()
-    .await;
+    let h = retry_harness().await;
     let queued = h.call("drop", json!({"t": 1})).await;
     assert!(queued.text.contains("is queued as call"), "{}", queued.text);
     alice_decides(
