@@ -102,17 +102,34 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         console_connections = console_limits.total,
         "connection limits"
     );
-    let engine = Arc::new(SledEngine::open_with(
-        &config.broker.data_dir,
-        config.broker.store_cache,
-    )?);
     // Without an admin listener nobody reads the metrics: the store is not observed.
     let observer = config
         .broker
         .admin_listen
         .is_some()
         .then(crate::metrics::observer);
-    let store: Arc<dyn Backend> = Store::open_observed(engine.clone(), observer).await?;
+    let (store, engine): (Arc<dyn Backend>, Option<Arc<SledEngine>>) = match &config.store {
+        crate::config::StoreSpec::Sled => {
+            let engine = Arc::new(SledEngine::open_with(
+                &config.broker.data_dir,
+                config.broker.store_cache,
+            )?);
+            (
+                Store::open_observed(engine.clone(), observer).await?,
+                Some(engine),
+            )
+        }
+        crate::config::StoreSpec::Postgres(settings) => {
+            let store = tollgate_store::postgres::PgStore::open((**settings).clone(), observer)
+                .await
+                .context("cannot open the [store] (PostgreSQL)")?;
+            tracing::info!(
+                node = store.node(),
+                "the store is PostgreSQL, shared with the brokers that use the same database"
+            );
+            (store, None)
+        }
+    };
     for (path, mode) in tollgate_shared::fs::too_open(&config.broker.data_dir) {
         tracing::warn!(
             path = %path.display(),
@@ -148,6 +165,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
     let sessions = Arc::new(Owners::new(config.broker.session_idle));
     let dlp = config.dlp.guard().map(Arc::new);
     recover(&config, &queue, &feeds, &upstreams, &sessions, dlp.as_ref()).await;
+    queue.follow();
     let grants = queue.restore_grants().await?;
     if grants > 0 {
         tracing::info!(
@@ -278,7 +296,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
             servers: config.servers.clone(),
             journal_bytes: Box::new({
                 let engine = engine.clone();
-                move || engine.journal_bytes()
+                move || engine.as_ref().map_or(0, |e| e.journal_bytes())
             }),
             browsers: browsers.clone(),
             registry: registry.clone(),
@@ -346,7 +364,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         }
     }
     store.flush().await;
-    if let Err(e) = engine.checkpoint() {
+    if let Some(Err(e)) = engine.map(|e| e.checkpoint()) {
         tracing::warn!(error = %e, "cannot checkpoint the store; its journal is replayed at the next start");
     }
     Ok(())

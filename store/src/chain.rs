@@ -98,59 +98,87 @@ pub fn chain_hash(entry: &AuditEntry) -> String {
 /// sequence number and hash printed by an earlier verify, kept somewhere else) and the chain
 /// must still contain that entry with that hash.
 pub fn verify(backend: &dyn Engine, anchor: Option<(u64, &str)>) -> Result<Verified, ChainError> {
-    let mut expected_seq = 1;
-    let mut prev = GENESIS.to_string();
+    let mut verifier = Verifier::new(anchor);
     let mut problem = None;
-    backend.audit_scan(&mut |e| {
-        problem = if e.seq != expected_seq {
-            Some(ChainError::Gap {
-                seq: e.seq,
-                after: expected_seq - 1,
-            })
-        } else if e.prev_hash != prev {
-            Some(ChainError::Unchained { seq: e.seq })
-        } else if chain_hash(&e) != e.hash {
-            Some(ChainError::Edited {
-                seq: e.seq,
-                call: e.call_id.clone(),
-            })
-        } else {
-            None
-        };
-        if problem.is_some() {
-            return false;
+    backend.audit_scan(&mut |e| match verifier.push(e) {
+        Ok(()) => true,
+        Err(broken) => {
+            problem = Some(broken);
+            false
         }
-        prev = e.hash;
-        expected_seq += 1;
-        true
     })?;
     if let Some(broken) = problem {
         return Err(broken);
     }
-    if let Some((seq, hash)) = anchor {
-        let mut found = None;
-        backend.audit_scan(&mut |e| {
-            if e.seq == seq {
-                found = Some(e.hash);
-                return false;
-            }
-            true
-        })?;
-        match found {
-            Some(h) if h == hash => {}
-            Some(_) => return Err(ChainError::AnchorChanged { seq }),
-            None => {
-                return Err(ChainError::AnchorGone {
-                    seq,
-                    end: expected_seq - 1,
-                });
-            }
+    verifier.finish()
+}
+
+/// Checks a chain fed to it entry by entry, in chain order, from the first (what [`verify`]
+/// does over an engine; a store that reads its entries asynchronously feeds one itself).
+#[derive(Debug)]
+pub struct Verifier {
+    expected_seq: u64,
+    prev: String,
+    anchor: Option<(u64, String)>,
+    /// The anchored entry's hash, once seen.
+    anchored: Option<String>,
+}
+
+impl Verifier {
+    /// A verifier of a chain that must contain `anchor` (sequence number and hash), if given.
+    pub fn new(anchor: Option<(u64, &str)>) -> Verifier {
+        Verifier {
+            expected_seq: 1,
+            prev: GENESIS.to_string(),
+            anchor: anchor.map(|(seq, hash)| (seq, hash.to_string())),
+            anchored: None,
         }
     }
-    Ok(Verified {
-        entries: expected_seq - 1,
-        head: prev,
-    })
+
+    /// Check the next entry.
+    pub fn push(&mut self, e: AuditEntry) -> Result<(), ChainError> {
+        if e.seq != self.expected_seq {
+            return Err(ChainError::Gap {
+                seq: e.seq,
+                after: self.expected_seq - 1,
+            });
+        }
+        if e.prev_hash != self.prev {
+            return Err(ChainError::Unchained { seq: e.seq });
+        }
+        if chain_hash(&e) != e.hash {
+            return Err(ChainError::Edited {
+                seq: e.seq,
+                call: e.call_id,
+            });
+        }
+        if self.anchor.as_ref().is_some_and(|(seq, _)| *seq == e.seq) {
+            self.anchored = Some(e.hash.clone());
+        }
+        self.prev = e.hash;
+        self.expected_seq += 1;
+        Ok(())
+    }
+
+    /// The chain ended: check the anchor was in it, unchanged.
+    pub fn finish(self) -> Result<Verified, ChainError> {
+        if let Some((seq, hash)) = &self.anchor {
+            match &self.anchored {
+                Some(h) if h == hash => {}
+                Some(_) => return Err(ChainError::AnchorChanged { seq: *seq }),
+                None => {
+                    return Err(ChainError::AnchorGone {
+                        seq: *seq,
+                        end: self.expected_seq - 1,
+                    });
+                }
+            }
+        }
+        Ok(Verified {
+            entries: self.expected_seq - 1,
+            head: self.prev,
+        })
+    }
 }
 
 /// Build the audit entry for a record's current outcome (hashes filled in by the writer).

@@ -71,6 +71,17 @@ pub enum StoreError {
     /// The task that writes groups has stopped.
     #[error("the store writer has stopped")]
     WriterStopped,
+    /// PostgreSQL could not be reached or refused a statement.
+    #[error("PostgreSQL: cannot {what}: {cause}")]
+    Postgres {
+        /// What was being done.
+        what: &'static str,
+        /// What PostgreSQL (or the connection to it) said, with its detail and hint.
+        cause: String,
+    },
+    /// The database's schema is not the one this broker runs against.
+    #[error("{0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -88,6 +99,34 @@ impl StoreError {
             what,
             cause: Arc::new(cause),
         }
+    }
+
+    /// A PostgreSQL operation that failed.
+    pub fn pg(what: &'static str, cause: tokio_postgres::Error) -> StoreError {
+        // The error's own text is often just "db error": the server's message (or the I/O
+        // error under a connection failure) is in its source.
+        let cause = match cause.as_db_error() {
+            Some(db) => {
+                let mut text = db.message().to_string();
+                for extra in [db.detail(), db.hint()].into_iter().flatten() {
+                    text.push_str(" (");
+                    text.push_str(extra);
+                    text.push(')');
+                }
+                text
+            }
+            None => {
+                let mut text = cause.to_string();
+                let mut source = std::error::Error::source(&cause);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }
+        };
+        StoreError::Postgres { what, cause }
     }
 
     /// Stored bytes that do not parse.

@@ -23,6 +23,7 @@ mod error;
 pub mod fuzzing;
 mod journal;
 pub mod memory;
+pub mod postgres;
 pub mod sled_engine;
 pub mod tokens;
 mod writer;
@@ -172,6 +173,37 @@ pub trait Backend: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+
+    /// The changes other brokers sharing this store make, for the queue to follow (taken once;
+    /// `None` for a store only this broker uses).
+    fn remote(&self) -> Option<tokio::sync::mpsc::Receiver<Remote>> {
+        None
+    }
+
+    /// This broker's name among those sharing the store (`None` when it is not shared).
+    fn node(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A change another broker sharing the store made, for the queue to follow.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    /// A call was held on another broker.
+    Held(Arc<CallRecord>),
+    /// A decision on a held call (on whichever broker holds it) from another broker's console.
+    Decided(Decided),
+    /// Another broker closed a held call (expired, cancelled, abandoned).
+    Closed(Arc<CallRecord>),
+    /// The store was (re)connected: these are the calls held on other brokers now, and `pending`
+    /// names every call held anywhere; a call the queue holds that is not in it was decided or
+    /// closed while the notifications were not heard.
+    Resync {
+        /// Calls held on other brokers.
+        others: Vec<Arc<CallRecord>>,
+        /// Every call held, on any broker.
+        pending: std::collections::HashSet<Name>,
+    },
 }
 
 /// Told of what the store committed, after each group is durable: for metrics. Called on the

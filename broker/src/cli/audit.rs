@@ -26,7 +26,24 @@ pub struct DataDir {
     data_dir: Option<PathBuf>,
 }
 
+/// Where the audit trail is.
+enum Source {
+    Sled(PathBuf),
+    Postgres(Box<tollgate_store::postgres::Settings>),
+}
+
 impl DataDir {
+    fn source(&self) -> anyhow::Result<Source> {
+        if let Some(d) = &self.data_dir {
+            return Ok(Source::Sled(d.clone()));
+        }
+        let cfg = config::load(&self.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(match cfg.store {
+            config::StoreSpec::Postgres(s) => Source::Postgres(s),
+            config::StoreSpec::Sled => Source::Sled(cfg.broker.data_dir),
+        })
+    }
+
     pub(super) fn resolve(&self) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return Ok(d.clone());
@@ -223,7 +240,7 @@ pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
     if s.follow {
         return follow(dir, s);
     }
-    let backend = open(&dir.resolve()?)?;
+    let source = dir.source()?;
     let filter = AuditFilter {
         status: s.status,
         server: s.server.clone(),
@@ -236,7 +253,14 @@ pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
             .map(|d| tollgate_shared::clock::now_ms().saturating_sub(d.as_millis() as u64)),
         limit: Some(s.limit),
     };
-    let entries = backend.audit_query(&filter)?;
+    let entries = match source {
+        Source::Sled(dir) => open(&dir)?.audit_query(&filter)?,
+        Source::Postgres(settings) => super::pg::runtime()?.block_on(async {
+            let pool = tollgate_store::postgres::Pool::new(*settings);
+            tollgate_store::postgres::schema::check(&*pool.get().await?).await?;
+            tollgate_store::postgres::query(&pool, &filter).await
+        })?,
+    };
     let format = if s.json {
         Format::Json
     } else if s.csv {
@@ -280,15 +304,25 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
                 })
         })
         .transpose()?;
-    let dir = dir.resolve()?;
-    let backend = open(&dir)?;
-    let v = chain::verify(&backend, anchor)?;
+    let (v, place) = match dir.source()? {
+        Source::Sled(dir) => (
+            chain::verify(&open(&dir)?, anchor)?,
+            dir.display().to_string(),
+        ),
+        Source::Postgres(settings) => {
+            let v = super::pg::runtime()?.block_on(async {
+                let pool = tollgate_store::postgres::Pool::new(*settings);
+                let conn = pool.get().await?;
+                tollgate_store::postgres::schema::check(&conn).await?;
+                drop(conn);
+                Ok::<_, anyhow::Error>(tollgate_store::postgres::verify(&pool, anchor).await?)
+            })?;
+            (v, "PostgreSQL".to_string())
+        }
+    };
     println!(
-        "audit chain OK: {} entries in {}; anchor for later checks: {}:{}",
-        v.entries,
-        dir.display(),
-        v.entries,
-        v.head
+        "audit chain OK: {} entries in {place}; anchor for later checks: {}:{}",
+        v.entries, v.entries, v.head
     );
     Ok(())
 }

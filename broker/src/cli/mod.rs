@@ -7,6 +7,7 @@
 //! codes; everything below returns typed errors.
 
 mod audit;
+mod pg;
 mod token;
 
 use std::io::Read;
@@ -110,6 +111,27 @@ enum Command {
         /// Calls held at once.
         #[arg(long, default_value_t = 10_000)]
         records: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or upgrade the tables of a PostgreSQL [store] to this broker's schema version.
+    /// Run it once before the first broker starts, and after upgrading the brokers (stop the
+    /// old ones first). Safe to run twice, or from two machines at once.
+    Migrate {
+        /// The TOML configuration file (its [store] names the database).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+    },
+    /// Measure the PostgreSQL [store] from this machine: round trips, and durable commits per
+    /// second on one connection and on the pool (in a temporary table; nothing is kept).
+    CheckStore {
+        /// The TOML configuration file (its [store] names the database).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// Commits to time.
+        #[arg(long, default_value_t = 1000)]
+        commits: usize,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -526,6 +548,12 @@ pub fn main() -> ExitCode {
         Command::CheckDisk { dir, records, json } => {
             report("check-disk", check_disk(&dir, records, json))
         }
+        Command::Migrate { config } => report("migrate", pg::migrate(&config)),
+        Command::CheckStore {
+            config,
+            commits,
+            json,
+        } => report("check-store", pg::check_store(&config, commits, json)),
         Command::CheckAudit { dir, records, json } => {
             report("check-audit", check_audit(&dir, records, json))
         }

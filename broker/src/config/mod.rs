@@ -16,6 +16,7 @@ mod guards;
 mod notify;
 mod rules;
 mod servers;
+mod store;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use toml::Spanned;
 pub use crate::auth::Auth;
 pub use crate::upstream::ServerSpec;
 pub use broker::BrokerSettings;
+pub use store::StoreSpec;
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct Config {
     pub loops: LoopConfig,
     /// Notification sinks (`[[notify]]`).
     pub notify: Vec<crate::notify::SinkSpec>,
+    /// `[store]`: where the state lives.
+    pub store: StoreSpec,
     /// Things that work but are likely not what was meant (`check` prints them, `serve` logs
     /// them).
     pub warnings: Vec<Problem>,
@@ -157,6 +161,8 @@ struct RawConfig {
     loops: guards::RawLoops,
     #[serde(default)]
     notify: Vec<Spanned<notify::RawNotify>>,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 /// Read and validate a config file.
@@ -267,6 +273,7 @@ impl Validator<'_> {
         let mode = self.auth_mode(raw.broker.auth.clone());
         let default_server = raw.broker.default_server.clone();
         let broker = self.broker(base, raw.broker);
+        let store = self.store(raw.store, broker.listen.port());
         let servers = self.servers(
             raw.server,
             broker.upstream_timeout,
@@ -305,6 +312,7 @@ impl Validator<'_> {
             budgets,
             loops,
             notify,
+            store,
             warnings: Vec::new(),
         }
     }

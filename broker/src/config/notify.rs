@@ -67,13 +67,19 @@ fn from_env(name: &str) -> Option<String> {
 }
 
 impl Validator<'_> {
-    fn expanded(&mut self, v: &Spanned<String>, sink: &str, key: &str) -> Option<String> {
+    /// `v` with its `${NAME}`s filled in; `what` names where it is (`notify "pager"`).
+    pub(super) fn expanded(
+        &mut self,
+        v: &Spanned<String>,
+        what: &str,
+        key: &str,
+    ) -> Option<String> {
         match expand(v.get_ref(), &from_env) {
             Ok(s) => Some(s),
             Err(e) => {
                 self.problem(
                     v.span(),
-                    format!("notify {sink:?}: {key}: {e}"),
+                    format!("{what}: {key}: {e}"),
                     Some("export it in the broker's environment (systemd: Environment= or EnvironmentFile=)"),
                 );
                 None
@@ -139,12 +145,12 @@ impl Validator<'_> {
                     secret: r
                         .secret
                         .as_ref()
-                        .and_then(|s| self.expanded(s, &name, "secret")),
+                        .and_then(|s| self.expanded(s, &format!("notify {name:?}"), "secret")),
                 }),
                 "slack" => url(self, None).map(|url| Target::Slack { url }),
                 "pagerduty" => {
                     let routing_key = match &r.routing_key {
-                        Some(k) => self.expanded(k, &name, "routing_key"),
+                        Some(k) => self.expanded(k, &format!("notify {name:?}"), "routing_key"),
                         None => {
                             self.problem(
                                 span.clone(),
@@ -240,7 +246,7 @@ impl Validator<'_> {
             let link_template = r
                 .link_template
                 .as_ref()
-                .and_then(|t| self.expanded(t, &name, "link_template"));
+                .and_then(|t| self.expanded(t, &format!("notify {name:?}"), "link_template"));
             let spec = SinkSpec {
                 expiring_before: self.duration(
                     r.expiring_before,

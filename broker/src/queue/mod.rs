@@ -28,7 +28,7 @@ use tollgate_shared::clock::now_ms;
 use tollgate_shared::console::ServerMsg;
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Name, Outcome};
-use tollgate_store::{Backend, StoreError};
+use tollgate_store::{Backend, Remote, StoreError};
 
 pub use decide::{BadDecision, Follow};
 pub use grants::Taken;
@@ -69,6 +69,9 @@ enum Done {
     Wait(oneshot::Sender<Resolved>),
     /// A continuation run when it is resolved (see [`Queue::then`]).
     Then(Box<dyn FnOnce(Resolved) + Send>),
+    /// Nobody here: the call's client waits on another broker sharing the store, which
+    /// forwards or refuses it. This broker shows it to its consoles and may decide it.
+    Elsewhere,
 }
 
 impl Done {
@@ -78,7 +81,16 @@ impl Done {
                 let _ = tx.send(resolved);
             }
             Done::Then(f) => f(resolved),
+            Done::Elsewhere => {}
         }
+    }
+}
+
+impl Entry {
+    /// Whether this broker holds the call's client (and so counts it against its budgets,
+    /// forwards it and grants its retry).
+    fn local(&self) -> bool {
+        !matches!(self.done, Done::Elsewhere)
     }
 }
 
@@ -223,13 +235,19 @@ impl Queue {
 
     fn enter(self: &Arc<Self>, record: Arc<CallRecord>) -> Waiting {
         let (tx, rx) = oneshot::channel();
+        self.enter_with(record.clone(), Done::Wait(tx));
+        Waiting { record, done: rx }
+    }
+
+    /// Add a pending call, tell consoles and start its expiry.
+    fn enter_with(self: &Arc<Self>, record: Arc<CallRecord>, done: Done) {
         let id = record.id.clone();
         let expires = record.hold.as_ref().map(|h| h.expires_ms);
         self.entries.lock().insert(
             id.clone(),
             Entry {
                 record: record.clone(),
-                done: Done::Wait(tx),
+                done,
             },
         );
         tracing::info!(call = %id, server = %record.server, tool = %record.tool, client = %record.client, "held for approval");
@@ -240,7 +258,6 @@ impl Queue {
         if let Some(at) = expires.filter(|at| *at != u64::MAX) {
             self.expire_at(at, id);
         }
-        Waiting { record, done: rx }
     }
 
     /// Run `f` when the call resolves instead of waiting on `waiting` (at once if it already
@@ -286,7 +303,8 @@ impl Queue {
         }
         let entry = self.entries.lock().remove(&record.id);
         self.expiry.forget(&record);
-        if entry.is_some() {
+        let local = entry.as_ref().is_some_and(Entry::local);
+        if local {
             self.budgets
                 .release(&record, record.outcome == Outcome::Approved, now_ms());
         }
@@ -309,7 +327,9 @@ impl Queue {
             .map(|d| d.by.as_str())
             .unwrap_or_default();
         tracing::info!(call = %record.id, server = %record.server, tool = %record.tool, client = %record.client, outcome = %record.outcome, by, trace, "decided");
-        self.grants.decided(&record);
+        if local {
+            self.grants.decided(&record);
+        }
         self.publish(ServerMsg::CallDecided {
             call: record.clone(),
         });
@@ -325,12 +345,19 @@ impl Queue {
         let Ok(record) = self.store.close(Name::from(id), outcome, why).await else {
             return false;
         };
+        self.closed(record);
+        true
+    }
+
+    /// Tell the world about a close the store committed.
+    fn closed(&self, record: Arc<CallRecord>) {
         let entry = self.entries.lock().remove(&record.id);
         self.expiry.forget(&record);
-        if entry.is_some() {
+        if entry.as_ref().is_some_and(Entry::local) {
             self.budgets.release(&record, false, now_ms());
         }
-        tracing::info!(call = %id, outcome = %outcome, "held call closed");
+        let outcome = record.outcome;
+        tracing::info!(call = %record.id, outcome = %outcome, "held call closed");
         let resolution = match outcome {
             Outcome::Expired => Resolution::Expired,
             Outcome::Abandoned => Resolution::Abandoned,
@@ -345,7 +372,70 @@ impl Queue {
             Outcome::Abandoned => ServerMsg::CallAbandoned { call },
             _ => ServerMsg::CallCancelled { call },
         });
-        true
+    }
+
+    /// Follow the changes other brokers sharing the store make (when it is shared): their
+    /// held calls join this queue (shown to consoles, decidable here, forwarded there), and
+    /// their decisions on calls held here wake the waiting clients.
+    pub fn follow(self: &Arc<Self>) {
+        let Some(mut changes) = self.store.remote() else {
+            return;
+        };
+        let queue = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let Some(queue) = queue.upgrade() else { return };
+                queue.apply(change).await;
+            }
+        });
+    }
+
+    async fn apply(self: &Arc<Self>, change: Remote) {
+        let known = |id: &Name| self.entries.lock().contains_key(id);
+        match change {
+            Remote::Held(record) => {
+                if !known(&record.id) {
+                    self.enter_with(record, Done::Elsewhere);
+                }
+            }
+            // A change to a call this queue never showed is nobody's business here.
+            Remote::Decided(d) if known(&d.record.id) => self.settle(d.record, d.change),
+            Remote::Closed(record) if known(&record.id) => self.closed(record),
+            Remote::Decided(_) | Remote::Closed(_) => {}
+            Remote::Resync { others, pending } => {
+                let gone: Vec<Name> = self
+                    .entries
+                    .lock()
+                    .keys()
+                    .filter(|id| !pending.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    // Held but not pending when the store was read: ended while nobody heard,
+                    // unless it was held after the read.
+                    match self.store.call(&id).await {
+                        Ok(Some(r)) if r.outcome != Outcome::Pending && known(&id) => {
+                            let r = Arc::new(r);
+                            match r.outcome {
+                                Outcome::Approved | Outcome::Rejected => {
+                                    self.settle(r, Change::Final)
+                                }
+                                _ => self.closed(r),
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(call = %id, error = %e, "cannot read a held call again after reconnecting to the store")
+                        }
+                    }
+                }
+                for record in others {
+                    if !known(&record.id) {
+                        self.enter_with(record, Done::Elsewhere);
+                    }
+                }
+            }
+        }
     }
 
     /// The pending call a client's `notifications/cancelled` refers to.
@@ -359,7 +449,8 @@ impl Queue {
             .lock()
             .values()
             .find(|e| {
-                *e.record.client == *client
+                e.local()
+                    && *e.record.client == *client
                     && e.record.session.as_deref() == session
                     && &e.record.request_id == request_id
             })

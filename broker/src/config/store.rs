@@ -1,0 +1,132 @@
+//! `[store]`: where held calls, the audit chain and the queue live. `kind = "sled"` (the
+//! default) is the embedded store of one machine, in `[broker] data_dir`; `kind = "postgres"`
+//! is a PostgreSQL database several brokers share (`docs/high-availability.md`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_store::postgres::Settings;
+use toml::Spanned;
+
+use super::Validator;
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, Default)]
+pub enum StoreSpec {
+    /// sled in `[broker] data_dir`.
+    #[default]
+    Sled,
+    /// A PostgreSQL database, possibly shared with other brokers.
+    Postgres(Box<Settings>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    kind: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
+    statement_timeout: Option<Spanned<String>>,
+}
+
+/// This machine's host name, for the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "broker".into())
+}
+
+impl Validator<'_> {
+    pub(super) fn store(&mut self, raw: RawStore, listen_port: u16) -> StoreSpec {
+        let kind = raw.kind.as_ref().map(|k| k.get_ref().as_str());
+        match kind {
+            None | Some("sled") => {
+                for (key, span) in [
+                    ("url", raw.url.as_ref().map(Spanned::span)),
+                    ("node", raw.node.as_ref().map(Spanned::span)),
+                    ("pool_size", raw.pool_size.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        self.problem(
+                            span,
+                            format!("[store] {key} is for kind = \"postgres\"; the sled store lives in [broker] data_dir"),
+                            Some("add kind = \"postgres\" to [store], or remove the key"),
+                        );
+                    }
+                }
+                StoreSpec::Sled
+            }
+            Some("postgres") => self.postgres(raw, listen_port),
+            Some(other) => {
+                if let Some(k) = &raw.kind {
+                    self.problem(
+                        k.span(),
+                        format!("[store] kind {other:?} is neither \"sled\" nor \"postgres\""),
+                        Some("\"sled\" (the default) keeps everything in [broker] data_dir on this machine; \"postgres\" shares it with other brokers"),
+                    );
+                }
+                StoreSpec::Sled
+            }
+        }
+    }
+
+    fn postgres(&mut self, raw: RawStore, listen_port: u16) -> StoreSpec {
+        let Some(url) = raw.url else {
+            let span = raw.kind.as_ref().map(Spanned::span).unwrap_or(0..0);
+            self.problem(
+                span,
+                "[store] kind = \"postgres\" needs url".into(),
+                Some("url = \"${TOLLGATE_PG_URL}\", with TOLLGATE_PG_URL=postgres://user:password@host/db in the broker's environment"),
+            );
+            return StoreSpec::Sled;
+        };
+        let Some(expanded) = self.expanded(&url, "[store]", "url") else {
+            return StoreSpec::Sled;
+        };
+        let node = raw
+            .node
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| format!("{}:{listen_port}", hostname()));
+        let mut settings = match Settings::new(&expanded, node) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problem(
+                    url.span(),
+                    format!("[store] url: {e}"),
+                    Some("postgres://user:password@host:5432/database, or host=/run/postgresql dbname=tollgate"),
+                );
+                return StoreSpec::Sled;
+            }
+        };
+        if let Some(p) = raw.pool_size {
+            match usize::try_from(*p.get_ref()) {
+                Ok(n) if (1..=1000).contains(&n) => settings.pool_size = n,
+                _ => self.problem(
+                    p.span(),
+                    format!(
+                        "[store] pool_size {} is not between 1 and 1000",
+                        p.get_ref()
+                    ),
+                    None,
+                ),
+            }
+        }
+        settings.statement_timeout = self.duration(
+            raw.statement_timeout,
+            Duration::from_secs(5),
+            "statement_timeout",
+        );
+        if settings.config.get_hosts().is_empty() {
+            self.problem(
+                url.span(),
+                "[store] url names no host".into(),
+                Some("postgres://user:password@host:5432/database"),
+            );
+        }
+        StoreSpec::Postgres(Box::new(settings))
+    }
+}

@@ -1,0 +1,690 @@
+//! [`PgStore`]: the [`Backend`] several brokers share, on PostgreSQL.
+//!
+//! Every transition of a held call is one transaction: the call's row is locked
+//! (`SELECT … FOR UPDATE`), `tollgate_policy::approval` applies the decision to the call as
+//! stored, the row is updated and the audit entry appended, and a notification names the call.
+//! So of two decisions on one call, from consoles on any brokers, the first to lock the row wins
+//! and the second is refused with who won, exactly as on one machine.
+//!
+//! The audit chain is one chain for all brokers: every append locks the one row holding the
+//! chain's head (`tollgate_chain_head`) in the same transaction as the entries it adds, so
+//! entries are numbered and hashed in one order, and a broker that dies mid-transaction leaves
+//! nothing half written.
+//!
+//! Writes of calls that are not held (allowed, refused, finished) are grouped by one writer
+//! task into one transaction per group, as [`crate::Store`] groups them on one machine, and kept
+//! and retried while PostgreSQL cannot be reached.
+//!
+//! Brokers hear of each other's changes through `LISTEN`/`NOTIFY` ([`listen`]); a broker that
+//! lost its connection reads the held calls again when it is back rather than trusting that it
+//! missed nothing.
+//!
+//! Each broker has a `node` name. A held call belongs to the broker holding its client (its
+//! stream, task or session): that broker forwards it once it is approved, and takes it back
+//! after a restart.
+
+mod listen;
+pub mod pool;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use tollgate_policy::approval::{self, Change};
+use tollgate_policy::identity::Identity;
+use tollgate_shared::audit::{AuditEntry, AuditFilter};
+use tollgate_shared::clock::now_ms;
+use tollgate_shared::console::StoreFailing;
+use tollgate_shared::sync::Mutex;
+use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
+
+use crate::chain::{Verified, Verifier, audit_entry, chain_hash};
+use crate::{
+    Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, StoreError, Writes,
+};
+pub use pool::{Pool, Settings};
+
+/// The channel brokers notify each other on.
+const CHANNEL: &str = "tollgate";
+
+/// The most writes one group carries.
+const GROUP_MAX: usize = 4096;
+
+/// Remote changes buffered for the queue before the listener waits for it.
+const REMOTE_BUFFER: usize = 65_536;
+
+type Ack = oneshot::Sender<Result<(), StoreError>>;
+
+enum Op {
+    Write {
+        record: Arc<CallRecord>,
+        writes: Writes,
+        ack: Option<Ack>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The store on PostgreSQL.
+pub struct PgStore {
+    pool: Arc<Pool>,
+    node: Arc<str>,
+    tx: mpsc::Sender<Op>,
+    health: watch::Receiver<Option<StoreFailing>>,
+    /// This broker's calls that were held when it started.
+    pending: Vec<Arc<CallRecord>>,
+    /// This broker's calls that were approved and had not finished when it started.
+    unfinished: Vec<Arc<CallRecord>>,
+    remote: Mutex<Option<mpsc::Receiver<Remote>>>,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+fn encode(record: &CallRecord) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(record)?)
+}
+
+fn decode(bytes: &[u8]) -> Result<CallRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt("a call record in PostgreSQL", e))
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::corrupt("an audit entry in PostgreSQL", e))
+}
+
+/// Insert or replace call rows (the last write of an id in `records` wins).
+async fn upsert(
+    tx: &Transaction<'_>,
+    node: &str,
+    records: &[&CallRecord],
+) -> Result<(), StoreError> {
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    let (mut ids, mut outcomes, mut open, mut bodies) = (vec![], vec![], vec![], vec![]);
+    for r in records {
+        let body = encode(r)?;
+        match at.get(&*r.id) {
+            Some(i) => {
+                outcomes[*i] = r.outcome.as_str();
+                open[*i] = r.is_open();
+                bodies[*i] = body;
+            }
+            None => {
+                at.insert(&r.id, ids.len());
+                ids.push(&*r.id);
+                outcomes.push(r.outcome.as_str());
+                open.push(r.is_open());
+                bodies.push(body);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO tollgate_calls (id, outcome, node, open, record)
+         SELECT id, outcome, $2, open, record
+         FROM UNNEST($1::text[], $3::text[], $4::bool[], $5::bytea[]) AS t(id, outcome, open, record)
+         ON CONFLICT (id) DO UPDATE SET outcome = EXCLUDED.outcome, open = EXCLUDED.open, record = EXCLUDED.record",
+        &[&ids, &node, &outcomes, &open, &bodies],
+    )
+    .await
+    .map_err(|e| StoreError::pg("write call records", e))?;
+    Ok(())
+}
+
+/// Append the audit entries of `records` (each with when its outcome was reached) to the one
+/// chain, holding the chain head's lock until the transaction ends.
+async fn append(
+    tx: &Transaction<'_>,
+    records: &[(&CallRecord, u64)],
+) -> Result<Vec<AuditEntry>, StoreError> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = tx
+        .query_one("SELECT seq, hash FROM tollgate_chain_head FOR UPDATE", &[])
+        .await
+        .map_err(|e| StoreError::pg("lock the audit chain's head", e))?;
+    let (mut seq, mut hash): (i64, String) = (head.get(0), head.get(1));
+    let mut entries = Vec::with_capacity(records.len());
+    for (record, at_ms) in records {
+        let mut e = audit_entry(record, *at_ms);
+        seq += 1;
+        e.seq = seq as u64;
+        e.prev_hash = std::mem::take(&mut hash);
+        e.hash = chain_hash(&e);
+        hash = e.hash.clone();
+        entries.push(e);
+    }
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq as i64).collect();
+    let ats: Vec<i64> = entries.iter().map(|e| e.at_ms as i64).collect();
+    let calls: Vec<&str> = entries.iter().map(|e| e.call_id.as_str()).collect();
+    let outcomes: Vec<&str> = entries.iter().map(|e| e.outcome.as_str()).collect();
+    let servers: Vec<&str> = entries.iter().map(|e| e.server.as_str()).collect();
+    let tools: Vec<&str> = entries.iter().map(|e| e.tool.as_str()).collect();
+    let clients: Vec<&str> = entries.iter().map(|e| e.client.as_str()).collect();
+    let approvers = entries
+        .iter()
+        .map(|e| serde_json::to_string(&e.approvers))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bodies = entries
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &seqs, &ats, &calls, &outcomes, &servers, &tools, &clients, &approvers, &bodies,
+    ];
+    tx.execute(
+        "INSERT INTO tollgate_audit (seq, at_ms, call_id, outcome, server, tool, client, approvers, entry)
+         SELECT seq, at_ms, call_id, outcome, server, tool, client, approvers::jsonb, entry
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[])
+           AS t(seq, at_ms, call_id, outcome, server, tool, client, approvers, entry)",
+        &params,
+    )
+    .await
+    .map_err(|e| StoreError::pg("append to the audit chain", e))?;
+    tx.execute(
+        "UPDATE tollgate_chain_head SET seq = $1, hash = $2",
+        &[&seq, &hash],
+    )
+    .await
+    .map_err(|e| StoreError::pg("move the audit chain's head", e))?;
+    Ok(entries)
+}
+
+/// Tell the other brokers (when the transaction commits) that call `id` changed.
+async fn notify(tx: &Transaction<'_>, node: &str, kind: &str, id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &format!("{node}\t{kind}\t{id}")],
+    )
+    .await
+    .map_err(|e| StoreError::pg("notify the other brokers", e))?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Connect, check the schema, read back this broker's open calls and start the writer and
+    /// the listener.
+    pub async fn open(
+        settings: Settings,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Arc<PgStore>, StoreError> {
+        let node: Arc<str> = settings.node.clone().into();
+        let pool = Arc::new(Pool::new(settings));
+        let (pending, unfinished) = {
+            let conn = pool.get().await?;
+            schema::check(&conn).await?;
+            let rows = conn
+                .query(
+                    "SELECT record FROM tollgate_calls WHERE open AND node = $1 ORDER BY id",
+                    &[&&*node],
+                )
+                .await
+                .map_err(|e| StoreError::pg("read this broker's open calls", e))?;
+            let mut open = Vec::with_capacity(rows.len());
+            for row in rows {
+                open.push(Arc::new(decode(row.get(0))?));
+            }
+            open.into_iter()
+                .partition::<Vec<_>, _>(|r| r.outcome == Outcome::Pending)
+        };
+        let (tx, rx) = mpsc::channel(GROUP_MAX * 4);
+        let (health_tx, health) = watch::channel(None);
+        tokio::spawn(
+            Writer {
+                pool: pool.clone(),
+                node: node.clone(),
+                retry: Vec::new(),
+                health: health_tx,
+                observer: observer.clone(),
+            }
+            .run(rx),
+        );
+        let (remote_tx, remote_rx) = mpsc::channel(REMOTE_BUFFER);
+        tokio::spawn(listen::run(pool.clone(), node.clone(), remote_tx));
+        Ok(Arc::new(PgStore {
+            pool,
+            node,
+            tx,
+            health,
+            pending,
+            unfinished,
+            remote: Mutex::new(Some(remote_rx)),
+            observer,
+        }))
+    }
+
+    /// This broker's name among the brokers sharing the database.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn observe(&self, records: &[(&CallRecord, u64)], took: std::time::Duration) {
+        if let Some(o) = &self.observer {
+            o.committed(records.len() * 2, took);
+            for (r, at) in records {
+                o.written(r, Some(r.outcome), *at);
+            }
+        }
+    }
+
+    /// One transition of a held call, in one transaction: lock its row, apply `step` to it
+    /// as stored, write it and its audit entry, notify the other brokers.
+    async fn transition<T>(
+        &self,
+        id: &str,
+        kind: impl Fn(&T) -> &'static str,
+        step: impl FnOnce(&CallRecord, u64) -> Result<(CallRecord, T), DecideError>,
+    ) -> Result<(Arc<CallRecord>, T), DecideError> {
+        let store = |e| DecideError::Store(e);
+        let started = Instant::now();
+        let mut conn = self.pool.get().await.map_err(store)?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| store(StoreError::pg("begin a decision", e)))?;
+        let row = tx
+            .query_opt(
+                "SELECT record FROM tollgate_calls WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(|e| store(StoreError::pg("lock the call", e)))?
+            .ok_or(DecideError::NotFound)?;
+        let current = decode(row.get(0)).map_err(store)?;
+        let at_ms = now_ms();
+        let (next, extra) = step(&current, at_ms)?;
+        // The row exists, so its node (the broker holding the client) stays as it is.
+        upsert(&tx, &self.node, &[&next]).await.map_err(store)?;
+        append(&tx, &[(&next, at_ms)]).await.map_err(store)?;
+        notify(&tx, &self.node, kind(&extra), id)
+            .await
+            .map_err(store)?;
+        tx.commit()
+            .await
+            .map_err(|e| store(StoreError::pg("commit a decision", e)))?;
+        self.observe(&[(&next, at_ms)], started.elapsed());
+        Ok((Arc::new(next), extra))
+    }
+
+    /// Check the whole audit chain.
+    pub async fn verify(
+        &self,
+        anchor: Option<(u64, &str)>,
+    ) -> Result<Verified, crate::chain::ChainError> {
+        verify(&self.pool, anchor).await
+    }
+}
+
+/// Check the whole audit chain in the database, in pages.
+pub async fn verify(
+    pool: &Pool,
+    anchor: Option<(u64, &str)>,
+) -> Result<Verified, crate::chain::ChainError> {
+    let mut verifier = Verifier::new(anchor);
+    let mut after = 0;
+    loop {
+        let page = read_after(pool, after, 2000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in page {
+            verifier.push(e)?;
+        }
+    }
+    verifier.finish()
+}
+
+/// The first `limit` audit entries after `after`.
+pub async fn read_after(
+    pool: &Pool,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            "SELECT entry FROM tollgate_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[
+                &(after.min(i64::MAX as u64) as i64),
+                &(limit.min(i64::MAX as usize) as i64),
+            ],
+        )
+        .await
+        .map_err(|e| StoreError::pg("read the audit chain", e))?;
+    rows.iter().map(|r| decode_entry(r.get(0))).collect()
+}
+
+/// Audit entries matching a filter, oldest first (the newest `limit` of them).
+pub async fn query(pool: &Pool, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+    let status = filter.status.map(|s| s.as_str().to_string());
+    let approver = filter
+        .approver
+        .as_ref()
+        .map(|a| serde_json::to_string(&[a]))
+        .transpose()?;
+    let since = filter.since_ms.unwrap_or(0).min(i64::MAX as u64) as i64;
+    let limit = filter.limit.unwrap_or(100).min(i64::MAX as usize) as i64;
+    let mut sql = String::from("SELECT entry FROM tollgate_audit WHERE at_ms >= $1");
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
+    for (column, value) in [
+        ("outcome", &status),
+        ("server", &filter.server),
+        ("tool", &filter.tool),
+        ("client", &filter.client),
+        ("call_id", &filter.call_id),
+    ] {
+        if let Some(v) = value {
+            params.push(v);
+            sql.push_str(&format!(" AND {column} = ${}", params.len()));
+        }
+    }
+    if let Some(a) = &approver {
+        params.push(a);
+        sql.push_str(&format!(" AND approvers @> ${}::jsonb", params.len()));
+    }
+    params.push(&limit);
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", params.len()));
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(&sql, &params)
+        .await
+        .map_err(|e| StoreError::pg("search the audit trail", e))?;
+    let mut out = rows
+        .iter()
+        .map(|r| decode_entry(r.get(0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+impl Backend for PgStore {
+    fn hold(&self, record: Arc<CallRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let at_ms = now_ms();
+            let mut conn = self.pool.get().await?;
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(|e| StoreError::pg("begin a hold", e))?;
+            upsert(&tx, &self.node, &[&record]).await?;
+            append(&tx, &[(&record, at_ms)]).await?;
+            notify(&tx, &self.node, "held", &record.id).await?;
+            tx.commit()
+                .await
+                .map_err(|e| StoreError::pg("commit a hold", e))?;
+            self.observe(&[(&record, at_ms)], started.elapsed());
+            Ok(())
+        })
+    }
+
+    fn decide(
+        &self,
+        id: Name,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Decided, DecideError>> {
+        Box::pin(async move {
+            let (record, change) = self
+                .transition(
+                    &id,
+                    |c| match c {
+                        Change::Counted => "counted",
+                        Change::Final => "decided",
+                    },
+                    |current, at_ms| {
+                        approval::decide(current, &who, verdict, reason.as_deref(), at_ms)
+                            .map_err(DecideError::from)
+                    },
+                )
+                .await?;
+            Ok(Decided { record, change })
+        })
+    }
+
+    fn close(
+        &self,
+        id: Name,
+        outcome: Outcome,
+        why: Option<String>,
+    ) -> BoxFuture<'_, Result<Arc<CallRecord>, DecideError>> {
+        Box::pin(async move {
+            let (record, ()) = self
+                .transition(
+                    &id,
+                    |_| "closed",
+                    |current, at_ms| {
+                        approval::close(current, outcome, why, at_ms)
+                            .map(|r| (r, ()))
+                            .map_err(DecideError::from)
+                    },
+                )
+                .await?;
+            Ok(record)
+        })
+    }
+
+    fn write(&self, record: Arc<CallRecord>, writes: Writes) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self
+                .tx
+                .send(Op::Write {
+                    record,
+                    writes,
+                    ack: None,
+                })
+                .await
+                .is_err()
+            {
+                tracing::error!("the store writer has stopped; a write was not made");
+            }
+        })
+    }
+
+    fn write_durably(
+        &self,
+        record: Arc<CallRecord>,
+        writes: Writes,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (ack, rx) = oneshot::channel();
+            self.tx
+                .send(Op::Write {
+                    record,
+                    writes,
+                    ack: Some(ack),
+                })
+                .await
+                .map_err(|_| StoreError::WriterStopped)?;
+            rx.await.unwrap_or(Err(StoreError::WriterStopped))
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.tx.send(Op::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }
+
+    fn pending(&self) -> Vec<Arc<CallRecord>> {
+        self.pending.clone()
+    }
+
+    fn unfinished(&self) -> Vec<Arc<CallRecord>> {
+        self.unfinished.clone()
+    }
+
+    fn health(&self) -> watch::Receiver<Option<StoreFailing>> {
+        self.health.clone()
+    }
+
+    fn call(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let row = conn
+                .query_opt("SELECT record FROM tollgate_calls WHERE id = $1", &[&id])
+                .await
+                .map_err(|e| StoreError::pg("read a call", e))?;
+            row.map(|r| decode(r.get(0))).transpose()
+        })
+    }
+
+    fn audit_query(
+        &self,
+        filter: AuditFilter,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(async move { query(&self.pool, &filter).await })
+    }
+
+    fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(read_after(&self.pool, after, limit))
+    }
+
+    fn remote(&self) -> Option<mpsc::Receiver<Remote>> {
+        self.remote.lock().take()
+    }
+
+    fn node(&self) -> Option<&str> {
+        Some(&self.node)
+    }
+}
+
+/// The task that groups writes of calls that are not held.
+struct Writer {
+    pool: Arc<Pool>,
+    node: Arc<str>,
+    /// Writes of groups that could not be committed, with when they were made.
+    retry: Vec<(Arc<CallRecord>, Writes, u64)>,
+    health: watch::Sender<Option<StoreFailing>>,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut ops = Vec::new();
+        loop {
+            if self.retry.is_empty() {
+                if rx.recv_many(&mut ops, GROUP_MAX).await == 0 {
+                    break;
+                }
+            } else if let Ok(0) =
+                tokio::time::timeout(RETRY_EVERY, rx.recv_many(&mut ops, GROUP_MAX)).await
+            {
+                if !self.group(&mut ops).await {
+                    tracing::error!(
+                        writes = self.retry.len(),
+                        "the store writer stops with writes it could not make; they are lost"
+                    );
+                }
+                break;
+            }
+            self.group(&mut ops).await;
+        }
+    }
+
+    /// Commit the kept writes and `ops` as one transaction; answer everyone.
+    async fn group(&mut self, ops: &mut Vec<Op>) -> bool {
+        let at_ms = now_ms();
+        let mut writes = std::mem::take(&mut self.retry);
+        let (mut acks, mut flushes) = (Vec::new(), Vec::new());
+        for op in ops.drain(..) {
+            match op {
+                Op::Write {
+                    record,
+                    writes: w,
+                    ack,
+                } => {
+                    writes.push((record, w, at_ms));
+                    acks.extend(ack);
+                }
+                Op::Flush(f) => flushes.push(f),
+            }
+        }
+        let started = Instant::now();
+        let result = if writes.is_empty() {
+            Ok(())
+        } else {
+            self.commit(&writes).await
+        };
+        match &result {
+            Ok(()) => {
+                if let Some(o) = &self.observer
+                    && !writes.is_empty()
+                {
+                    o.committed(writes.len(), started.elapsed());
+                    for (r, w, at) in &writes {
+                        let audited =
+                            matches!(w, Writes::Audit | Writes::Both).then_some(r.outcome);
+                        o.written(r, audited, *at);
+                    }
+                }
+                if self.health.borrow().is_some() {
+                    tracing::warn!("PostgreSQL can be written again; the writes kept are written");
+                }
+                self.health.send_if_modified(|h| h.take().is_some());
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let waiting = writes.len();
+                self.retry = writes;
+                self.health.send_modify(|h| match h {
+                    Some(f) => {
+                        f.error = error;
+                        f.waiting = waiting;
+                    }
+                    None => {
+                        tracing::error!(error = %error, waiting, "the store cannot write: calls it cannot record are refused, and the writes are kept and retried every second");
+                        *h = Some(StoreFailing {
+                            since_ms: now_ms(),
+                            error,
+                            waiting,
+                        });
+                    }
+                });
+            }
+        }
+        for a in acks {
+            let _ = a.send(result.clone());
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+        result.is_ok()
+    }
+
+    async fn commit(&self, writes: &[(Arc<CallRecord>, Writes, u64)]) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| StoreError::pg("begin a group of writes", e))?;
+        let records: Vec<&CallRecord> = writes
+            .iter()
+            .filter(|(_, w, _)| matches!(w, Writes::Record | Writes::Both))
+            .map(|(r, _, _)| &**r)
+            .collect();
+        upsert(&tx, &self.node, &records).await?;
+        let audited: Vec<(&CallRecord, u64)> = writes
+            .iter()
+            .filter(|(_, w, _)| matches!(w, Writes::Audit | Writes::Both))
+            .map(|(r, _, at)| (&**r, *at))
+            .collect();
+        append(&tx, &audited).await?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::pg("commit a group of writes", e))
+    }
+}

@@ -1,0 +1,146 @@
+//! A small pool of PostgreSQL connections: at most `size` open, each reused until it breaks.
+//!
+//! Nothing fancier is needed: every statement the store sends is short, a broken connection is
+//! dropped and a new one opened on the next use, and the semaphore keeps a burst of holds from
+//! opening more connections than the server was sized for.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_postgres::{Client, Config, NoTls};
+use tollgate_shared::sync::Mutex;
+
+use crate::StoreError;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The connection settings (parsed from a `postgres://` URL or a `key=value` string).
+    pub config: Config,
+    /// Connections at most.
+    pub pool_size: usize,
+    /// Longest a statement may run before PostgreSQL cancels it.
+    pub statement_timeout: Duration,
+    /// This broker's name among those sharing the database (see [`super::PgStore`]).
+    pub node: String,
+}
+
+impl Settings {
+    /// Settings from a URL, with defaults for the rest.
+    pub fn new(url: &str, node: impl Into<String>) -> Result<Settings, String> {
+        let config: Config = url
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        Ok(Settings {
+            config,
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(5),
+            node: node.into(),
+        })
+    }
+
+    /// Open one connection, its driver running on its own task.
+    pub async fn connect(&self) -> Result<Client, StoreError> {
+        let mut config = self.config.clone();
+        config.options(format!(
+            "-c statement_timeout={}",
+            self.statement_timeout.as_millis().max(1)
+        ));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("tollgate-broker");
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::pg("connect", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// The pool.
+pub struct Pool {
+    settings: Settings,
+    idle: Mutex<Vec<Client>>,
+    permits: Semaphore,
+}
+
+impl Pool {
+    /// A pool that opens connections as they are needed.
+    pub fn new(settings: Settings) -> Pool {
+        let permits = Semaphore::new(settings.pool_size.max(1));
+        Pool {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            permits,
+        }
+    }
+
+    /// The settings it connects with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A connection: an idle one, or a new one.
+    pub async fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        loop {
+            let Some(client) = self.idle.lock().pop() else {
+                break;
+            };
+            if !client.is_closed() {
+                return Ok(Conn {
+                    client: Some(client),
+                    pool: self,
+                    _permit: permit,
+                });
+            }
+        }
+        let client = self.settings.connect().await?;
+        Ok(Conn {
+            client: Some(client),
+            pool: self,
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection taken from the pool; it goes back when dropped, unless it broke.
+pub struct Conn<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("taken only on drop")
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("taken only on drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && !client.is_closed()
+        {
+            self.pool.idle.lock().push(client);
+        }
+    }
+}
