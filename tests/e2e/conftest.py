@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -276,6 +278,69 @@ def broker(procs, tmp_path):
         raise TimeoutError(f"broker did not start: {proc.stderr()}")
 
     return start
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's versioned directory."""
+    import glob
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    assert found, f"{name} not found: ./dev installs Debian's postgresql"
+    return found
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster in a temporary directory, on a loopback port; run as the
+    `postgres` user when the tests run as root (PostgreSQL refuses root)."""
+
+    def __init__(self):
+        # Not under pytest's tmp_path: its parents are private to root, and the server runs as
+        # `postgres`.
+        self.root = root = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
+        self.data = root / "data"
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            subprocess.run(["chown", "postgres", str(root)], check=True)
+        out = subprocess.run(
+            [*self.as_user, pg_bin("initdb"), "-D", str(self.data), "-U", "tollgate", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            capture_output=True, text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        self.dbs = 0
+
+    def start(self):
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+        out = subprocess.run(
+            [*self.as_user, pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr + (self.root / "log").read_text()
+
+    def stop(self, mode: str = "fast"):
+        subprocess.run([*self.as_user, pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"], capture_output=True, timeout=60)
+
+    def remove(self):
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def database(self) -> str:
+        """A new empty database; returns its URL."""
+        self.dbs += 1
+        name = f"t{self.dbs}"
+        out = subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tollgate", name], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return f"postgres://tollgate@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """One PostgreSQL cluster for the session (each test takes its own database)."""
+    cluster = PgCluster()
+    cluster.start()
+    yield cluster
+    cluster.remove()
 
 
 def toml_list(argv: list[str]) -> str:

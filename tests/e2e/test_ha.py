@@ -1,0 +1,248 @@
+"""Several brokers sharing one PostgreSQL store: one queue, one audit chain, the first decision
+wins across brokers, and a decision reaches the client wherever it waits.
+
+Every test takes its own database in the session's throwaway cluster (see `postgres` in
+conftest), real brokers, the official Python SDK as the agent and real console WebSockets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import anyio
+
+from conftest import BROKER_BIN, EVERYTHING, sdk_burst, sdk_call, sdk_client
+
+RETRY = '[policy]\ndefault = "allow"\n[[rule]]\nname = "echo"\ntools = ["ev/echo"]\naction = "approve"\nhold = "retry"\n'
+SERVER = f'[[server]]\nname = "ev"\ncommand = ["node", "{EVERYTHING}"]\n'
+
+
+def config(node: str, extra: str = "", policy: str = '[policy]\ndefault = "approve"\n') -> str:
+    return f'[broker]\n{extra}[store]\nkind = "postgres"\nurl = "${{TOLLGATE_PG_URL}}"\nnode = "{node}"\n{SERVER}{policy}'
+
+
+def cli(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOLLGATE_PG_URL": url}
+    return subprocess.run([str(BROKER_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def migrate(url: str, tmp_path) -> None:
+    path = tmp_path / "migrate.toml"
+    path.write_text(config("migrate"))
+    out = cli(url, "migrate", "--config", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "migrated from version 0" in out.stdout, out.stdout
+
+
+class Cluster:
+    """Brokers sharing one database, with the same identities."""
+
+    def __init__(self, broker, postgres, tmp_path, nodes=("a", "b"), extra: str = "", policy=None):
+        self.url = postgres.database()
+        migrate(self.url, tmp_path)
+        self.env = {"TOLLGATE_PG_URL": self.url}
+        self.start_broker = broker
+        self.extra, self.policy = extra, policy
+        self.brokers = {}
+        first = self.start(nodes[0])
+        self.tokens = {
+            "agent": first.token("agent", "viewer"),
+            "alice": first.token("alice", "approver"),
+            "bob": first.token("bob", "approver"),
+        }
+        for n in nodes[1:]:
+            self.start(n)
+
+    def start(self, node: str):
+        kw = {} if self.policy is None else {"policy": self.policy}
+        first = next(iter(self.brokers.values()), None)
+        if first is not None:
+            # The identities, as a shared tokens file would give them.
+            data = first.data_dir.parent / f"{node}-data"
+            data.mkdir(mode=0o700, exist_ok=True)
+            shutil.copy(first.data_dir / "tokens.json", data / "tokens.json")
+        b = self.start_broker(config(node, self.extra, **kw), name=node, env=self.env)
+        self.brokers[node] = b
+        return b
+
+    def __getitem__(self, node: str):
+        return self.brokers[node]
+
+    def audit(self, *args: str) -> list[dict]:
+        out = cli(self.url, "audit", "--config", str(self["a"].config_path), "--json", "--limit", "100000", *args)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def verify(self) -> str:
+        out = cli(self.url, "audit", "verify", "--config", str(self["a"].config_path))
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+def test_a_call_held_on_one_broker_is_approved_on_another_and_answered_where_it_waits(broker, postgres, tmp_path):
+    c = Cluster(broker, postgres, tmp_path)
+    on_a = c["a"].connect(c.tokens["alice"])
+    on_b = c["b"].connect(c.tokens["bob"])
+    result = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "held on a"})
+    call = on_b.pending(timeout=20)
+    assert call == on_a.pending(timeout=20)
+    assert call["arguments"] == {"message": "held on a"}
+
+    [r] = on_b.decide(call["id"], "approve")
+    assert r["ok"], r
+    got = result.result(timeout=30)
+    assert not got.is_error, got
+    assert got.content[0].text == "Echo: held on a"
+    # The console on A saw B's approver decide it.
+    decided = on_a.next("call_decided", where=lambda m: m["call"]["id"] == call["id"])
+    assert decided["call"]["outcome"] == "approved"
+    assert decided["call"]["decisions"][-1]["by"] == "bob"
+    # A late decision on A is told who won.
+    [late] = on_a.decide(call["id"], "reject")
+    assert not late["ok"] and "bob" in late["message"], late
+
+    statuses = [e["outcome"] for e in c.audit("--call", call["id"])]
+    assert statuses == ["pending", "approved"], statuses
+    assert "audit chain OK" in c.verify()
+
+
+def test_two_consoles_on_two_brokers_racing_for_one_call_have_exactly_one_winner(broker, postgres, tmp_path):
+    rounds = int(os.environ.get("TOLLGATE_HA_ROUNDS", "200"))
+    c = Cluster(broker, postgres, tmp_path)
+    alice = c["a"].connect(c.tokens["alice"])
+    bob = c["b"].connect(c.tokens["bob"])
+    answers: list = []
+    done = threading.Event()
+
+    async def agent():
+        async with sdk_client(c["a"].url("ev"), c.tokens["agent"]) as s:
+            for i in range(rounds):
+                answers.append(await s.call_tool("echo", {"message": f"round {i}"}))
+        done.set()
+
+    pool = concurrent.futures.ThreadPoolExecutor(3)
+    agent_done = pool.submit(anyio.run, agent)
+    wins = {"alice": 0, "bob": 0}
+    for i in range(rounds):
+        call = alice.pending(timeout=30, where=lambda c, i=i: c["arguments"] == {"message": f"round {i}"})
+        bob.pending(timeout=30, where=lambda c: c["id"] == call["id"])
+        go = threading.Barrier(2)
+
+        def decide(console, verdict):
+            go.wait()
+            return console.decide(call["id"], verdict, "no" if verdict == "reject" else None)[0]
+
+        a, b = pool.submit(decide, alice, "approve"), pool.submit(decide, bob, "reject")
+        a, b = a.result(timeout=30), b.result(timeout=30)
+        assert a["ok"] != b["ok"], f"round {i}: {a} {b}"
+        winner, loser = ("alice", b) if a["ok"] else ("bob", a)
+        wins[winner] += 1
+        assert winner in loser["message"], f"round {i}: the loser is told who won: {loser}"
+        deadline = time.monotonic() + 30
+        while len(answers) <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answer = answers[i]
+        assert answer.is_error == (winner == "bob"), f"round {i}: {winner} won but the client got {answer}"
+        if winner == "bob":
+            assert "Rejected by bob" in answer.content[0].text
+    agent_done.result(timeout=60)
+    assert len(answers) == rounds, "one answer per call"
+    entries = c.audit("--status", "approved") + c.audit("--status", "rejected")
+    assert len(entries) == rounds, f"one decision per call in the audit trail: {len(entries)}"
+    assert "audit chain OK" in c.verify()
+    print(f"wins over {rounds} rounds: {wins}")
+
+
+def test_a_runaway_held_on_two_brokers_is_rejected_by_fingerprint_from_a_third(broker, postgres, tmp_path):
+    n = int(os.environ.get("TOLLGATE_HA_RUNAWAY", "250"))
+    c = Cluster(broker, postgres, tmp_path, nodes=("a", "b", "c"))
+    bob = c["b"].connect(c.tokens["bob"])
+    calls = [("echo", {"message": "loop"})] * n
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    on_a = pool.submit(sdk_burst, c["a"].url("ev"), c.tokens["agent"], calls)
+    on_c = pool.submit(sdk_burst, c["c"].url("ev"), c.tokens["agent"], calls)
+    first = bob.pending(timeout=30)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        listed = bob.request({"type": "snapshot"}, "snapshot")["pending"]
+        if len(listed) == 2 * n:
+            break
+        time.sleep(0.5)
+    assert len(listed) == 2 * n, f"B lists the calls held on A and C: {len(listed)}"
+    msg = {
+        "type": "decide",
+        "target": {"by": "fingerprint", "fingerprint": first["fingerprint"]},
+        "verdict": "reject",
+        "reason": "runaway loop",
+    }
+    results = bob.request(msg, "decided", timeout=120)["results"]
+    assert len(results) == 2 * n and all(r["ok"] for r in results), [r for r in results if not r["ok"]][:3]
+    for burst in (on_a, on_c):
+        got = burst.result(timeout=120)
+        assert len(got) == n
+        assert all(r.is_error and "runaway loop" in r.content[0].text for r in got)
+    assert len(c.audit("--status", "rejected")) == 2 * n
+    assert "audit chain OK" in c.verify()
+
+
+def test_a_killed_brokers_held_calls_stay_in_the_shared_queue_and_are_taken_back(broker, postgres, tmp_path):
+    c = Cluster(broker, postgres, tmp_path, policy=RETRY)
+    bob = c["b"].connect(c.tokens["bob"])
+    first = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "retry me"}).result(timeout=30)
+    assert first.is_error and "approval" in first.content[0].text, first
+    call = bob.pending(timeout=20)
+    c["a"].proc.popen.send_signal(signal.SIGKILL)
+    c["a"].proc.popen.wait(timeout=10)
+    # A is gone; its call is still in the shared queue, listed and decided on B.
+    listed = bob.request({"type": "snapshot"}, "snapshot")["pending"]
+    assert [x["id"] for x in listed] == [call["id"]]
+    [r] = bob.decide(call["id"], "approve")
+    assert r["ok"], r
+    # A comes back as the same node and lets the approved repeat through, once.
+    a2 = c.start_broker(config("a", policy=RETRY), name="a2", env=c.env, data_name="a")
+    again = sdk_call(a2.url("ev"), c.tokens["agent"], "echo", {"message": "retry me"}).result(timeout=30)
+    assert not again.is_error and again.content[0].text == "Echo: retry me", again
+    assert "audit chain OK" in c.verify()
+
+
+def test_brokers_refuse_clearly_while_postgres_is_down_and_resume_by_themselves(broker, tmp_path):
+    from conftest import PgCluster
+
+    pg = PgCluster()
+    pg.start()
+    try:
+        c = Cluster(broker, pg, tmp_path)
+        bob = c["b"].connect(c.tokens["bob"])
+        held = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "before"})
+        call = bob.pending(timeout=20)
+        pg.stop("fast")
+        refused = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "while down"}).result(timeout=60)
+        assert refused.is_error and "PostgreSQL" in refused.content[0].text, refused
+        [r] = bob.decide(call["id"], "approve")
+        assert not r["ok"] and "could not be saved" in r["message"], r
+        pg.start()
+        # Everything resumes by itself: the held call is still held, and decided now.
+        deadline = time.monotonic() + 30
+        while True:
+            [r] = bob.decide(call["id"], "approve")
+            if r["ok"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert r["ok"], r
+        got = held.result(timeout=30)
+        assert not got.is_error and got.content[0].text == "Echo: before", got
+        after = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "after"})
+        call2 = bob.pending(timeout=30, where=lambda x: x["arguments"] == {"message": "after"})
+        [r] = bob.decide(call2["id"], "approve")
+        assert r["ok"], r
+        assert after.result(timeout=30).content[0].text == "Echo: after"
+        assert "audit chain OK" in c.verify()
+    finally:
+        pg.remove()
