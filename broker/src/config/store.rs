@@ -130,3 +130,57 @@ impl Validator<'_> {
         StoreSpec::Postgres(Box::new(settings))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::check;
+    use super::*;
+
+    const BASE: &str = "[broker]\nauth = \"none\"\nlisten = \"127.0.0.1:9000\"\n[[server]]\nname = \"fs\"\ncommand = [\"true\"]\n";
+
+    fn problems(store: &str) -> String {
+        let err = check(&format!("{BASE}{store}")).expect_err("invalid");
+        err.problems
+            .iter()
+            .map(|p| format!("{}:{} {}", p.line, p.column, p.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn sled_is_the_default_and_postgres_keys_need_the_postgres_kind() {
+        assert!(matches!(check(BASE).expect("valid").store, StoreSpec::Sled));
+        let p = problems("[store]\nurl = \"postgres://h/db\"\n");
+        assert!(
+            p.contains("8:7 [store] url is for kind = \"postgres\""),
+            "{p}"
+        );
+        let p = problems("[store]\nkind = \"mysql\"\n");
+        assert!(p.contains("neither \"sled\" nor \"postgres\""), "{p}");
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_url_from_the_environment_and_names_its_node() {
+        let p = problems("[store]\nkind = \"postgres\"\n");
+        assert!(p.contains("needs url"), "{p}");
+        let p = problems("[store]\nkind = \"postgres\"\nurl = \"${TOLLGATE_TEST_UNSET_PG_URL}\"\n");
+        assert!(
+            p.contains("the environment variable TOLLGATE_TEST_UNSET_PG_URL is not set"),
+            "{p}"
+        );
+        let p =
+            problems("[store]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n");
+        assert!(p.contains("pool_size 0 is not between 1 and 1000"), "{p}");
+        let c = check(&format!(
+            "{BASE}[store]\nkind = \"postgres\"\nurl = \"postgres://tg@db.internal:5433/tollgate\"\nstatement_timeout = \"2s\"\n"
+        ))
+        .expect("valid");
+        let StoreSpec::Postgres(s) = c.store else {
+            panic!("not postgres")
+        };
+        assert_eq!(s.statement_timeout, Duration::from_secs(2));
+        assert_eq!(s.pool_size, 8);
+        assert!(s.node.ends_with(":9000"), "host name and port: {}", s.node);
+        assert_eq!(s.config.get_ports(), &[5433]);
+    }
+}

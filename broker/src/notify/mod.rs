@@ -450,6 +450,11 @@ impl Dispatcher {
     }
 
     fn held(&mut self, call: Arc<CallRecord>, notify: bool) {
+        // With a shared store, the broker holding a call's client notifies about it (and
+        // escalates it), so a team running three brokers hears of each call once.
+        if self.queue.held_elsewhere(&call.id) {
+            return;
+        }
         if self.pending.insert(call.id.clone(), call.clone()).is_some() {
             return;
         }

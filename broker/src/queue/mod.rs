@@ -206,6 +206,11 @@ impl Queue {
         out
     }
 
+    /// Whether `id` is pending with its client waiting on another broker sharing the store.
+    pub fn held_elsewhere(&self, id: &str) -> bool {
+        self.entries.lock().get(id).is_some_and(|e| !e.local())
+    }
+
     /// A pending call's record.
     pub fn get(&self, id: &str) -> Option<Arc<CallRecord>> {
         self.entries.lock().get(id).map(|e| e.record.clone())
