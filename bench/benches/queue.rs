@@ -154,43 +154,45 @@ impl Agent {
     }
 }
 
-fn main() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
-    let (mut holds, mut rounds, mut tasks) = if smoke {
-        (200, 20, 500)
-    } else {
-        (10_000, 300, 100_000)
-    };
-    // Smaller loads for profiling runs (`TOLLGATE_BENCH_WRAP`), more decision rounds for a
-    // steadier p99.
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
-    holds = env("TOLLGATE_BENCH_HOLDS").unwrap_or(holds);
-    tasks = env("TOLLGATE_BENCH_TASKS").unwrap_or(tasks);
-    rounds = env("TOLLGATE_BENCH_ROUNDS").unwrap_or(rounds);
-    let script = everything()?;
-    let bin = build_broker()?;
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));
+/// What one run of the phases measured.
+struct Figures {
+    hold_time: Duration,
+    saved_time: Duration,
+    reject_time: Duration,
+    decided: Vec<Duration>,
+    allowed: Vec<Duration>,
+    idle_rss: f64,
+    held_rss: f64,
+    many: Many,
+}
+
+/// Start a broker with `store` (a `[store]` section, or nothing for sled) and run every phase.
+fn measure(
+    bin: &Path,
+    script: &Path,
+    store: &str,
+    (holds, rounds, tasks): (usize, usize, usize),
+) -> Result<Figures> {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-bench-queue-{}-{}",
+        std::process::id(),
+        if store.is_empty() { "sled" } else { "pg" }
+    ));
     std::fs::create_dir_all(dir.join("data"))?;
-    let agent_token = tollgate_bench::add_token(&bin, &dir.join("data"), "agent", "viewer")?;
-    let alice_token = tollgate_bench::add_token(&bin, &dir.join("data"), "alice", "approver")?;
+    let agent_token = tollgate_bench::add_token(bin, &dir.join("data"), "agent", "viewer")?;
+    let alice_token = tollgate_bench::add_token(bin, &dir.join("data"), "alice", "approver")?;
     let argv = serde_json::to_string(&["node", &script.display().to_string(), "stdio"])?;
     let rest = format!(
-        "keepalive = \"60s\"\nmax_connections = 12000\nmax_connections_per_peer = 12000\n[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
+        "keepalive = \"60s\"\nmax_connections = 12000\nmax_connections_per_peer = 12000\n{store}[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
     );
-    let (broker, base, console_url) = start_broker(&bin, &dir, &rest)?;
+    let (broker, base, console_url) = start_broker(bin, &dir, &rest)?;
     let pid = broker.id();
-    let syncs = sync_rate(&dir)?;
-    // The queue and store alone (no HTTP), measured by the broker's own disk check.
-    let disk = tollgate_broker::diagnostics::check_disk(&dir, holds)?;
-    let queue_holds = disk.holds_per_s;
-    let queue_reject_ms = disk.reject_all.as_secs_f64() * 1e3;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = rt.block_on(async {
+    let figures = rt.block_on(async {
         let mut console = Console::connect(&console_url, &alice_token).await?;
         console.expect("snapshot").await?;
         let agent = Agent::open(&format!("{base}/mcp/e"), &agent_token).await?;
@@ -309,20 +311,65 @@ fn main() -> Result<()> {
             reject: task_reject_time,
             after_rss,
         };
-        anyhow::Ok((
+        anyhow::Ok(Figures {
             hold_time,
-            (saved_time, reject_time),
+            saved_time,
+            reject_time,
             decided,
             allowed,
             idle_rss,
             held_rss,
             many,
-        ))
+        })
     })?;
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
-    let (hold_time, (saved_time, reject_time), mut decided, mut allowed, idle_rss, held_rss, many) =
-        report;
+    Ok(figures)
+}
+
+fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let smoke = std::env::var_os("TOLLGATE_BENCH_SMOKE").is_some();
+    let (mut holds, mut rounds, mut tasks) = if smoke {
+        (200, 20, 500)
+    } else {
+        (10_000, 300, 100_000)
+    };
+    // Smaller loads for profiling runs (`TOLLGATE_BENCH_WRAP`), more decision rounds for a
+    // steadier p99.
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    holds = env("TOLLGATE_BENCH_HOLDS").unwrap_or(holds);
+    tasks = env("TOLLGATE_BENCH_TASKS").unwrap_or(tasks);
+    rounds = env("TOLLGATE_BENCH_ROUNDS").unwrap_or(rounds);
+    let script = everything()?;
+    let bin = build_broker()?;
+    let scratch = std::env::temp_dir().join(format!("tollgate-bench-queue-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let syncs = sync_rate(&scratch)?;
+    // The queue and store alone (no HTTP), measured by the broker's own disk check.
+    let disk = tollgate_broker::diagnostics::check_disk(&scratch, holds)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let queue_holds = disk.holds_per_s;
+    let queue_reject_ms = disk.reject_all.as_secs_f64() * 1e3;
+    let load = (holds, rounds, tasks);
+    let sled = measure(&bin, &script, "", load)?;
+    // The same phases on the shared store, unless asked not to (`TOLLGATE_BENCH_PG=0`).
+    let pg = if std::env::var("TOLLGATE_BENCH_PG").as_deref() == Ok("0") {
+        None
+    } else {
+        let cluster = tollgate_bench::PgCluster::start(&bin)?;
+        Some(measure(&bin, &script, &cluster.store_section(), load)?)
+    };
+    let Figures {
+        hold_time,
+        saved_time,
+        reject_time,
+        mut decided,
+        mut allowed,
+        idle_rss,
+        held_rss,
+        ref many,
+    } = sled;
     let holds_per_s = holds as f64 / hold_time.as_secs_f64();
     println!();
     println!(
@@ -384,5 +431,70 @@ fn main() -> Result<()> {
         "| bulk reject of {tasks} pending tasks (decision saved and answered) | {:.1} ms | | |",
         many.reject.as_secs_f64() * 1e3
     );
+    if let Some(mut pg) = pg {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+        let (p50, p99) = (
+            percentile(&mut pg.decided, 50.0),
+            percentile(&mut pg.decided, 99.0),
+        );
+        println!();
+        println!(
+            "the same phases on PostgreSQL (a throwaway cluster on this machine, [store] pool_size = 16) vs sled:"
+        );
+        println!("| measure | sled | PostgreSQL | PostgreSQL / sled |");
+        println!("|---|---|---|---|");
+        let row = |what: &str, a: f64, b: f64, unit: &str| {
+            println!("| {what} | {a:.1}{unit} | {b:.1}{unit} | {:.2}x |", b / a);
+        };
+        row(
+            &format!("durable holds per second ({holds} HTTP clients in flight)"),
+            holds_per_s,
+            rate(holds, pg.hold_time),
+            "/s",
+        );
+        row(
+            &format!("durable holds per second, {tasks} calls as tasks"),
+            rate(tasks, many.time),
+            rate(tasks, pg.many.time),
+            "/s",
+        );
+        row(
+            "decision → client has the result, p50",
+            ms(d50),
+            ms(p50),
+            " ms",
+        );
+        row(
+            "decision → client has the result, p99",
+            ms(d99),
+            ms(p99),
+            " ms",
+        );
+        row(
+            &format!("bulk reject of {holds} held calls until every client has its answer"),
+            ms(reject_time),
+            ms(pg.reject_time),
+            " ms",
+        );
+        row(
+            &format!("a console's snapshot of {tasks} pending calls"),
+            ms(many.snapshot),
+            ms(pg.many.snapshot),
+            " ms",
+        );
+        row(
+            &format!("bulk reject of {tasks} pending tasks"),
+            ms(many.reject),
+            ms(pg.many.reject),
+            " ms",
+        );
+        row(
+            &format!("broker RSS with {tasks} pending tasks"),
+            many.rss,
+            pg.many.rss,
+            " MiB",
+        );
+    }
     Ok(())
 }

@@ -459,6 +459,157 @@ pub async fn open_session(http: &reqwest::Client, url: &str, token: &str) -> Res
     Ok(id)
 }
 
+/// A throwaway PostgreSQL cluster on a loopback port, stopped and removed when dropped: for
+/// comparing the shared store with sled in one run. Run as the `postgres` user when the bench
+/// runs as root (PostgreSQL refuses root); `./dev test` installs Debian's package.
+pub struct PgCluster {
+    dir: PathBuf,
+    as_user: Vec<&'static str>,
+    /// `postgres://` URL of the database made for the bench.
+    pub url: String,
+}
+
+fn pg_bin(name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+    {
+        return Ok(p);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .with_context(|| format!("{name} not found: install PostgreSQL (./dev test does)"))
+}
+
+impl PgCluster {
+    /// initdb, start, create database `bench` and migrate it with `bin`.
+    pub fn start(bin: &Path) -> Result<PgCluster> {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        // PostgreSQL refuses to run as root: then it runs as `postgres`.
+        let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+        let as_user = if root {
+            vec!["runuser", "-u", "postgres", "--"]
+        } else {
+            vec![]
+        };
+        if root {
+            Command::new("chown").arg("postgres").arg(&dir).status()?;
+        }
+        let run = |argv: Vec<std::ffi::OsString>| -> Result<()> {
+            let mut all: Vec<std::ffi::OsString> = as_user.iter().map(Into::into).collect();
+            all.extend(argv);
+            let out = Command::new(&all[0]).args(&all[1..]).output()?;
+            if !out.status.success() {
+                bail!(
+                    "{:?} failed: {}{}",
+                    all,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let data = dir.join("data");
+        run(vec![
+            pg_bin("initdb")?.into(),
+            "-D".into(),
+            data.clone().into(),
+            "-U".into(),
+            "tollgate".into(),
+            "--auth=trust".into(),
+            "--no-sync".into(),
+        ])?;
+        let port = free_port()?;
+        let cluster = PgCluster {
+            dir: dir.clone(),
+            as_user: as_user.clone(),
+            url: format!("postgres://tollgate@127.0.0.1:{port}/bench"),
+        };
+        run(vec![
+            pg_bin("pg_ctl")?.into(),
+            "-D".into(),
+            data.into(),
+            "-o".into(),
+            format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                dir.display()
+            )
+            .into(),
+            "-l".into(),
+            dir.join("log").into(),
+            "-w".into(),
+            "start".into(),
+        ])?;
+        let out = Command::new(pg_bin("createdb")?)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "tollgate",
+                "bench",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let cfg = dir.join("migrate.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\nkind = \"postgres\"\nurl = \"{}\"\n[[server]]\nname = \"unused\"\ncommand = [\"true\"]\n",
+                cluster.url
+            ),
+        )?;
+        let out = Command::new(bin)
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .output()?;
+        if !out.status.success() {
+            bail!("migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(cluster)
+    }
+
+    /// The `[store]` section of a broker using it.
+    pub fn store_section(&self) -> String {
+        format!(
+            "[store]\nkind = \"postgres\"\nurl = \"{}\"\npool_size = 16\n",
+            self.url
+        )
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Ok(pg_ctl) = pg_bin("pg_ctl") {
+            let mut argv: Vec<std::ffi::OsString> = self.as_user.iter().map(Into::into).collect();
+            argv.extend([
+                pg_ctl.into(),
+                "-D".into(),
+                self.dir.join("data").into(),
+                "-m".into(),
+                "immediate".into(),
+                "stop".into(),
+            ]);
+            let _ = Command::new(&argv[0]).args(&argv[1..]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Create an identity with `tollgate-broker token add` in `data`; its token.
 pub fn add_token(bin: &Path, data: &Path, name: &str, role: &str) -> Result<String> {
     let out = Command::new(bin)

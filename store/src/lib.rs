@@ -120,6 +120,22 @@ pub trait Backend: Send + Sync + 'static {
         reason: Option<String>,
     ) -> BoxFuture<'_, Result<Decided, DecideError>>;
 
+    /// Apply one verdict to many held calls (a bulk decision): each call's result, in the
+    /// order of `ids`. Each call is decided on its own (one refused does not stop the others);
+    /// a store may save them together.
+    fn decide_many(
+        &self,
+        ids: Vec<Name>,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Vec<Result<Decided, DecideError>>> {
+        Box::pin(futures_util::future::join_all(
+            ids.into_iter()
+                .map(|id| self.decide(id, who.clone(), verdict, reason.clone())),
+        ))
+    }
+
     /// End the held call `id` without a decision (`Expired`, `Cancelled`, `Abandoned`), with
     /// `why` as its reason when given. The call is closed even when the write fails (it is
     /// logged): an expiry or a cancellation is not taken back.

@@ -169,15 +169,15 @@ impl Queue {
         let mut decided = Decided::default();
         // Each chunk's clients are woken as soon as its decisions are durable.
         for chunk in ids.chunks(DECIDE_CHUNK) {
-            let decisions = chunk.iter().map(|id| {
-                self.store.decide(
-                    id.clone(),
+            let answers = self
+                .store
+                .decide_many(
+                    chunk.to_vec(),
                     deciding.clone(),
                     verdict,
                     reason.map(str::to_string),
                 )
-            });
-            let answers = futures_util::future::join_all(decisions).await;
+                .await;
             for (id, answer) in chunk.iter().zip(answers) {
                 results.push(match answer {
                     Ok(d) => {

@@ -98,38 +98,43 @@ async fn session(pool: &Pool, node: &str, to: &mpsc::Sender<Remote>) -> Result<(
     tracing::info!("following the other brokers' changes in PostgreSQL");
     while let Some(payload) = notes.recv().await {
         let mut parts = payload.splitn(3, '\t');
-        let (Some(origin), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next())
+        let (Some(origin), Some(kind), Some(ids)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
         if origin == node {
             continue;
         }
-        let row = client
-            .query_opt("SELECT record FROM tollgate_calls WHERE id = $1", &[&id])
+        let ids: Vec<&str> = ids.split(',').collect();
+        let rows = client
+            .query(
+                "SELECT record FROM tollgate_calls WHERE id = ANY($1) ORDER BY id",
+                &[&ids],
+            )
             .await
-            .map_err(|e| StoreError::pg("read a call another broker changed", e))?;
-        let Some(row) = row else { continue };
-        let record: Arc<CallRecord> = Arc::new(decode(row.get(0))?);
-        // The call as it is now, which may be past what the notification says (its next
-        // notification follows): what is read decides what the queue is told.
-        let pending = record.outcome == Outcome::Pending;
-        let change = match kind {
-            "held" if pending => Remote::Held(record),
-            "held" => continue,
-            "counted" | "decided" => Remote::Decided(Decided {
-                record,
-                change: if pending {
-                    Change::Counted
-                } else {
-                    Change::Final
-                },
-            }),
-            "closed" => Remote::Closed(record),
-            _ => continue,
-        };
-        if to.send(change).await.is_err() {
-            return Ok(());
+            .map_err(|e| StoreError::pg("read calls another broker changed", e))?;
+        for row in rows {
+            let record: Arc<CallRecord> = Arc::new(decode(row.get(0))?);
+            // The call as it is now, which may be past what the notification says (its next
+            // notification follows): what is read decides what the queue is told.
+            let pending = record.outcome == Outcome::Pending;
+            let change = match kind {
+                "held" if pending => Remote::Held(record),
+                "held" => continue,
+                "counted" | "decided" => Remote::Decided(Decided {
+                    record,
+                    change: if pending {
+                        Change::Counted
+                    } else {
+                        Change::Final
+                    },
+                }),
+                "closed" => Remote::Closed(record),
+                _ => continue,
+            };
+            if to.send(change).await.is_err() {
+                return Ok(());
+            }
         }
     }
     match driver.await {

@@ -60,6 +60,12 @@ const REMOTE_BUFFER: usize = 65_536;
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
 enum Op {
+    /// Hold a call: written with the next group, answered once it commits (a hold is never
+    /// kept for a retry: its client is refused instead).
+    Hold {
+        record: Arc<CallRecord>,
+        ack: Ack,
+    },
     Write {
         record: Arc<CallRecord>,
         writes: Writes,
@@ -123,6 +129,14 @@ async fn upsert(
     if ids.is_empty() {
         return Ok(());
     }
+    // Rows are locked in id order by every statement that locks several, so two never wait
+    // for each other.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|i| ids[*i]);
+    let ids: Vec<&str> = order.iter().map(|i| ids[*i]).collect();
+    let outcomes: Vec<&str> = order.iter().map(|i| outcomes[*i]).collect();
+    let open: Vec<bool> = order.iter().map(|i| open[*i]).collect();
+    let bodies: Vec<&[u8]> = order.iter().map(|i| bodies[*i].as_slice()).collect();
     tx.execute(
         "INSERT INTO tollgate_calls (id, outcome, node, open, record)
          SELECT id, outcome, $2, open, record
@@ -197,9 +211,29 @@ async fn append(
 
 /// Tell the other brokers (when the transaction commits) that call `id` changed.
 async fn notify(tx: &Transaction<'_>, node: &str, kind: &str, id: &str) -> Result<(), StoreError> {
+    notify_many(tx, node, kind, &[id]).await
+}
+
+/// Ids per notification: a payload must stay under PostgreSQL's 8000 bytes.
+const IDS_PER_NOTE: usize = 150;
+
+/// Tell the other brokers that calls `ids` changed, a few notifications for many calls.
+async fn notify_many(
+    tx: &Transaction<'_>,
+    node: &str,
+    kind: &str,
+    ids: &[&str],
+) -> Result<(), StoreError> {
+    let payloads: Vec<String> = ids
+        .chunks(IDS_PER_NOTE)
+        .map(|c| format!("{node}\t{kind}\t{}", c.join(",")))
+        .collect();
+    if payloads.is_empty() {
+        return Ok(());
+    }
     tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &format!("{node}\t{kind}\t{id}")],
+        "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS t(p)",
+        &[&CHANNEL, &payloads],
     )
     .await
     .map_err(|e| StoreError::pg("notify the other brokers", e))?;
@@ -311,6 +345,69 @@ impl PgStore {
         Ok((Arc::new(next), extra))
     }
 
+    /// A bulk decision in one transaction: lock every call's row (in id order), apply the
+    /// verdict to each as stored, write them and their audit entries, notify.
+    async fn decide_together(
+        &self,
+        ids: &[Name],
+        who: &Identity,
+        verdict: Verdict,
+        reason: Option<&str>,
+    ) -> Result<Vec<Result<Decided, DecideError>>, StoreError> {
+        let started = Instant::now();
+        let mut conn = self.pool.get().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| StoreError::pg("begin a decision", e))?;
+        let wanted: Vec<&str> = ids.iter().map(|id| &**id).collect();
+        let rows = tx
+            .query(
+                "SELECT id, record FROM tollgate_calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&wanted],
+            )
+            .await
+            .map_err(|e| StoreError::pg("lock the calls", e))?;
+        let mut stored = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            stored.insert(row.get::<_, &str>(0), decode(row.get(1))?);
+        }
+        let at_ms = now_ms();
+        let mut results = Vec::with_capacity(ids.len());
+        let mut changed = Vec::new();
+        for id in ids {
+            let Some(current) = stored.get(&**id) else {
+                results.push(Err(DecideError::NotFound));
+                continue;
+            };
+            match approval::decide(current, who, verdict, reason, at_ms) {
+                Ok((next, change)) => {
+                    let next = Arc::new(next);
+                    changed.push(next.clone());
+                    results.push(Ok(Decided {
+                        record: next,
+                        change,
+                    }));
+                }
+                Err(refused) => results.push(Err(refused.into())),
+            }
+        }
+        if changed.is_empty() {
+            return Ok(results);
+        }
+        let records: Vec<&CallRecord> = changed.iter().map(|r| &**r).collect();
+        upsert(&tx, &self.node, &records).await?;
+        let audited: Vec<(&CallRecord, u64)> = records.iter().map(|r| (*r, at_ms)).collect();
+        append(&tx, &audited).await?;
+        let ids: Vec<&str> = records.iter().map(|r| &*r.id).collect();
+        notify_many(&tx, &self.node, "decided", &ids).await?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::pg("commit a decision", e))?;
+        self.observe(&audited, started.elapsed());
+        Ok(results)
+    }
+
     /// Check the whole audit chain.
     pub async fn verify(
         &self,
@@ -403,22 +500,16 @@ pub async fn query(pool: &Pool, filter: &AuditFilter) -> Result<Vec<AuditEntry>,
 
 impl Backend for PgStore {
     fn hold(&self, record: Arc<CallRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Holds go through the writer, so a burst of them is one transaction: every append
+        // takes the chain head's lock until its commit is durable, so one transaction per hold
+        // would cap holds at one disk sync each.
         Box::pin(async move {
-            let started = Instant::now();
-            let at_ms = now_ms();
-            let mut conn = self.pool.get().await?;
-            let tx = conn
-                .transaction()
+            let (ack, rx) = oneshot::channel();
+            self.tx
+                .send(Op::Hold { record, ack })
                 .await
-                .map_err(|e| StoreError::pg("begin a hold", e))?;
-            upsert(&tx, &self.node, &[&record]).await?;
-            append(&tx, &[(&record, at_ms)]).await?;
-            notify(&tx, &self.node, "held", &record.id).await?;
-            tx.commit()
-                .await
-                .map_err(|e| StoreError::pg("commit a hold", e))?;
-            self.observe(&[(&record, at_ms)], started.elapsed());
-            Ok(())
+                .map_err(|_| StoreError::WriterStopped)?;
+            rx.await.unwrap_or(Err(StoreError::WriterStopped))
         })
     }
 
@@ -444,6 +535,27 @@ impl Backend for PgStore {
                 )
                 .await?;
             Ok(Decided { record, change })
+        })
+    }
+
+    fn decide_many(
+        &self,
+        ids: Vec<Name>,
+        who: Arc<Identity>,
+        verdict: Verdict,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Vec<Result<Decided, DecideError>>> {
+        Box::pin(async move {
+            match self
+                .decide_together(&ids, &who, verdict, reason.as_deref())
+                .await
+            {
+                Ok(results) => results,
+                Err(e) => ids
+                    .iter()
+                    .map(|_| Err(DecideError::Store(e.clone())))
+                    .collect(),
+            }
         })
     }
 
@@ -599,9 +711,13 @@ impl Writer {
     async fn group(&mut self, ops: &mut Vec<Op>) -> bool {
         let at_ms = now_ms();
         let mut writes = std::mem::take(&mut self.retry);
-        let (mut acks, mut flushes) = (Vec::new(), Vec::new());
+        let (mut acks, mut flushes, mut holds) = (Vec::new(), Vec::new(), Vec::new());
         for op in ops.drain(..) {
             match op {
+                Op::Hold { record, ack } => {
+                    holds.push((record, at_ms));
+                    acks.push(ack);
+                }
                 Op::Write {
                     record,
                     writes: w,
@@ -614,21 +730,24 @@ impl Writer {
             }
         }
         let started = Instant::now();
-        let result = if writes.is_empty() {
+        let result = if writes.is_empty() && holds.is_empty() {
             Ok(())
         } else {
-            self.commit(&writes).await
+            self.commit(&writes, &holds).await
         };
         match &result {
             Ok(()) => {
                 if let Some(o) = &self.observer
-                    && !writes.is_empty()
+                    && !(writes.is_empty() && holds.is_empty())
                 {
-                    o.committed(writes.len(), started.elapsed());
+                    o.committed(writes.len() + holds.len(), started.elapsed());
                     for (r, w, at) in &writes {
                         let audited =
                             matches!(w, Writes::Audit | Writes::Both).then_some(r.outcome);
                         o.written(r, audited, *at);
+                    }
+                    for (r, at) in &holds {
+                        o.written(r, Some(r.outcome), *at);
                     }
                 }
                 if self.health.borrow().is_some() {
@@ -665,7 +784,11 @@ impl Writer {
         result.is_ok()
     }
 
-    async fn commit(&self, writes: &[(Arc<CallRecord>, Writes, u64)]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        writes: &[(Arc<CallRecord>, Writes, u64)],
+        holds: &[(Arc<CallRecord>, u64)],
+    ) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = conn
             .transaction()
@@ -675,14 +798,18 @@ impl Writer {
             .iter()
             .filter(|(_, w, _)| matches!(w, Writes::Record | Writes::Both))
             .map(|(r, _, _)| &**r)
+            .chain(holds.iter().map(|(r, _)| &**r))
             .collect();
         upsert(&tx, &self.node, &records).await?;
         let audited: Vec<(&CallRecord, u64)> = writes
             .iter()
             .filter(|(_, w, _)| matches!(w, Writes::Audit | Writes::Both))
             .map(|(r, _, at)| (&**r, *at))
+            .chain(holds.iter().map(|(r, at)| (&**r, *at)))
             .collect();
         append(&tx, &audited).await?;
+        let held: Vec<&str> = holds.iter().map(|(r, _)| &*r.id).collect();
+        notify_many(&tx, &self.node, "held", &held).await?;
         tx.commit()
             .await
             .map_err(|e| StoreError::pg("commit a group of writes", e))
