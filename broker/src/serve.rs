@@ -385,6 +385,7 @@ async fn recover(
     for record in queue.store().unfinished() {
         outcome_unknown(queue, feeds, sessions, &record).await;
     }
+    forward_approved_meanwhile(config, queue, feeds, upstreams, sessions, dlp).await;
     let pending = queue.store().pending();
     if pending.is_empty() {
         return;
@@ -420,25 +421,84 @@ async fn recover(
                     )
                     .await;
             }
-            (mode, Some(upstream)) => {
-                // A task's client comes back by polling its id, so it gets no grace deadline.
-                let task = (mode == HoldMode::Task).then(|| waiting::tasks::flavor_of(&record));
-                waiting::start(waiting::Drive {
-                    queue: queue.clone(),
-                    feeds: feeds.clone(),
-                    inbound: waiting::rebuild(&record),
-                    waiting,
-                    upstream,
-                    keepalive: config.broker.keepalive,
-                    grace: task.is_none().then_some(config.broker.resume_grace),
-                    task,
-                    // The secrets the call carried were never stored; the detectors still
-                    // keep any out of its recorded error.
-                    scrub: dlp.map(|d| tollgate_policy::guards::Scrub::new(d.clone(), Vec::new())),
-                });
+            (mode, Some(upstream)) => drive(config, queue, feeds, dlp, waiting, upstream, mode),
+        }
+    }
+}
+
+/// Forward the calls another broker's console approved while this broker was not running
+/// (their clients wait on this broker, which alone forwards them): their clients collect the
+/// answers as they would after any restart.
+async fn forward_approved_meanwhile(
+    config: &config::Config,
+    queue: &Arc<Queue>,
+    feeds: &Arc<Feeds>,
+    upstreams: &HashMap<String, Upstream>,
+    sessions: &Owners,
+    dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
+) {
+    for record in queue.store().approved_unsent() {
+        if let Some(s) = &record.session {
+            sessions.created(s, record.client.clone());
+        }
+        let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
+        let upstream = upstreams.get(&*record.server).cloned();
+        let why = if record.hold.as_ref().is_some_and(|h| h.secrets_withheld) {
+            Some("its arguments held secrets, which the store never keeps".to_string())
+        } else if upstream.is_none() {
+            Some(format!(
+                "server {:?} is no longer configured",
+                record.server
+            ))
+        } else {
+            None
+        };
+        match (upstream, why) {
+            (Some(upstream), None) => {
+                tracing::info!(call = %record.id, "forwarding a call approved while the broker was stopped");
+                let waiting = crate::queue::Waiting::approved((*record).clone());
+                drive(config, queue, feeds, dlp, waiting, upstream, mode);
+            }
+            (_, why) => {
+                let mut done = (*record).clone();
+                done.timings.completed_ms = Some(tollgate_shared::clock::now_ms());
+                done.error = Some(format!(
+                    "approved while the broker was stopped, but not forwarded: {}",
+                    why.unwrap_or_default()
+                ));
+                queue.store().write(Arc::new(done), Writes::Record).await;
             }
         }
     }
+}
+
+/// See a recovered call through: wait for its decision (or forward it, approved), for a
+/// client that resumes its stream within `resume_grace` or polls its task.
+fn drive(
+    config: &config::Config,
+    queue: &Arc<Queue>,
+    feeds: &Arc<Feeds>,
+    dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
+    waiting: crate::queue::Waiting,
+    upstream: Upstream,
+    mode: HoldMode,
+) {
+    let record = waiting.record.clone();
+    // A task's client comes back by polling its id, so it gets no grace deadline.
+    let task = (mode == HoldMode::Task).then(|| waiting::tasks::flavor_of(&record));
+    waiting::start(waiting::Drive {
+        queue: queue.clone(),
+        feeds: feeds.clone(),
+        inbound: waiting::rebuild(&record),
+        waiting,
+        upstream,
+        keepalive: config.broker.keepalive,
+        grace: task.is_none().then_some(config.broker.resume_grace),
+        task,
+        // The secrets the call carried were never stored; the detectors still keep any out
+        // of its recorded error.
+        scrub: dlp.map(|d| tollgate_policy::guards::Scrub::new(d.clone(), Vec::new())),
+    });
 }
 
 /// Close an approved call the broker was forwarding when it stopped: it may or may not have run,

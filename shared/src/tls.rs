@@ -68,10 +68,41 @@ pub struct ClientTls {
     pub key: Option<PathBuf>,
 }
 
+/// Whose certificate a client checks, for its error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// What the certificate is ("the broker's certificate").
+    pub what: &'static str,
+    /// Where a CA is given ("--ca FILE (or ca = in console.toml)").
+    pub ca: &'static str,
+    /// What picks up a renewed certificate, said after "renew it".
+    pub renewal: &'static str,
+}
+
+impl Peer {
+    /// A Tollgate broker (consoles, the bridge, the CLI).
+    pub const BROKER: Peer = Peer {
+        what: "the broker's certificate",
+        ca: "--ca FILE (or ca = in console.toml)",
+        renewal: "; the broker picks up new certificate files without a restart",
+    };
+    /// A PostgreSQL server (the broker's shared store).
+    pub const POSTGRES: Peer = Peer {
+        what: "PostgreSQL's certificate",
+        ca: "ca = \"FILE\" in [store]",
+        renewal: "",
+    };
+}
+
 impl ClientTls {
     /// The rustls client configuration: the trusted CAs, the client certificate if any, and a
     /// verifier whose errors say what was wrong with the broker's certificate.
     pub fn config(&self) -> Result<rustls::ClientConfig, String> {
+        self.config_for(Peer::BROKER)
+    }
+
+    /// [`ClientTls::config`] for a connection to `peer`, whose errors name it.
+    pub fn config_for(&self, peer: Peer) -> Result<rustls::ClientConfig, String> {
         let provider = provider();
         let roots = match &self.ca {
             Some(ca) => roots_from(ca)?,
@@ -93,6 +124,7 @@ impl ClientTls {
         let verifier = Arc::new(Explaining {
             inner,
             private_ca: self.ca.is_some(),
+            peer,
         });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -123,6 +155,7 @@ impl ClientTls {
 struct Explaining {
     inner: Arc<WebPkiServerVerifier>,
     private_ca: bool,
+    peer: Peer,
 }
 
 /// A certificate error already worded for people.
@@ -151,7 +184,7 @@ impl ServerCertVerifier for Explaining {
             .map_err(|e| match e {
                 Error::InvalidCertificate(c) => {
                     let names = Names::of(end_entity);
-                    let text = word(&c, &names, server_name, self.private_ca);
+                    let text = word(&c, &names, server_name, self.private_ca, self.peer);
                     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
                         Worded(text),
                     ))))
@@ -188,15 +221,19 @@ fn word(
     names: &Names,
     server_name: &ServerName<'_>,
     private_ca: bool,
+    peer: Peer,
 ) -> String {
     let wanted = server_name.to_str();
-    let cert = format!("the broker's certificate ({})", names.subject_and_issuer());
+    let cert = format!("{} ({})", peer.what, names.subject_and_issuer());
     match e {
         CertificateError::UnknownIssuer => {
             let hint = if private_ca {
-                "the CA given with --ca (or ca = in console.toml) did not sign it: pass the CA that did"
+                format!(
+                    "the CA given with {} did not sign it: give the CA that did",
+                    peer.ca
+                )
             } else {
-                "pass --ca FILE (or ca = in console.toml) with the CA certificate that signed it"
+                format!("give {} with the CA certificate that signed it", peer.ca)
             };
             format!("{cert} is signed by a CA this client does not trust: {hint}")
         }
@@ -223,9 +260,10 @@ fn word(
             "{cert} is not valid for {wanted:?}: reissue it with \"{wanted}\" in its subjectAltName"
         ),
         CertificateError::ExpiredContext { time, not_after } => format!(
-            "{cert} expired at {} (it is now {}): renew it; the broker picks up new certificate files without a restart",
+            "{cert} expired at {} (it is now {}): renew it{}",
             crate::clock::rfc3339_seconds(not_after.as_secs() * 1000),
-            crate::clock::rfc3339_seconds(time.as_secs() * 1000)
+            crate::clock::rfc3339_seconds(time.as_secs() * 1000),
+            peer.renewal
         ),
         CertificateError::Expired => format!("{cert} has expired: renew it"),
         CertificateError::NotValidYetContext { time, not_before } => format!(

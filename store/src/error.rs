@@ -79,6 +79,11 @@ pub enum StoreError {
         /// What PostgreSQL (or the connection to it) said, with its detail and hint.
         cause: String,
     },
+    /// An approved call was claimed for forwarding already (it may have run).
+    #[error(
+        "call {0} was already claimed for forwarding, so it may have run; it is not sent again"
+    )]
+    AlreadyClaimed(String),
     /// The database's schema is not the one this broker runs against.
     #[error("{0}")]
     Schema(String),
@@ -114,6 +119,10 @@ impl StoreError {
                     text.push(')');
                 }
                 text
+            }
+            // A certificate the store's TLS refused, worded for people.
+            None if let Some(tls) = tollgate_shared::tls::describe(&cause) => {
+                format!("the TLS handshake failed: {tls}")
             }
             None => {
                 let mut text = cause.to_string();

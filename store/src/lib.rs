@@ -169,6 +169,22 @@ pub trait Backend: Send + Sync + 'static {
     /// is closed it is listed here again after every restart.
     fn unfinished(&self) -> Vec<Arc<CallRecord>>;
 
+    /// Calls approved while the broker holding their client was not running (another broker's
+    /// console decided them), and so never forwarded: the broker forwards them at start, for its
+    /// clients to collect. Only a shared store has them.
+    fn approved_unsent(&self) -> Vec<Arc<CallRecord>> {
+        Vec::new()
+    }
+
+    /// Claim an approved call for forwarding, durably, just before it is sent upstream: a
+    /// call is claimed once, so a broker that restarts after the claim reports its outcome
+    /// unknown instead of sending it again. A store only one broker uses needs no claim (an
+    /// approved, unfinished call at start is one it was forwarding).
+    fn claim(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = id;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Whether the store can write: `Some` while it cannot (the broker then refuses calls it
     /// could not record); watch it for changes.
     fn health(&self) -> tokio::sync::watch::Receiver<Option<StoreFailing>>;

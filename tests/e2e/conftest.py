@@ -310,8 +310,13 @@ class PgCluster:
         assert out.returncode == 0, out.stderr
         self.dbs = 0
 
-    def start(self):
+    def start(self, tls=None):
+        """Start it; `tls` (a certs.Pair) turns TLS on with that certificate."""
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+        if tls is not None:
+            if self.as_user:
+                subprocess.run(["chown", "postgres", str(tls.cert), str(tls.key)], check=True)
+            opts += f" -c ssl=on -c ssl_cert_file={tls.cert} -c ssl_key_file={tls.key}"
         out = subprocess.run(
             [*self.as_user, pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"],
             capture_output=True, text=True, timeout=60,
@@ -324,6 +329,11 @@ class PgCluster:
     def remove(self):
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def sql(self, db: str, query: str) -> str:
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tollgate", "-d", db, "-Atc", query], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
 
     def database(self) -> str:
         """A new empty database; returns its URL."""

@@ -24,8 +24,8 @@ RETRY = '[policy]\ndefault = "allow"\n[[rule]]\nname = "echo"\ntools = ["ev/echo
 SERVER = f'[[server]]\nname = "ev"\ncommand = ["node", "{EVERYTHING}"]\n'
 
 
-def config(node: str, extra: str = "", policy: str = '[policy]\ndefault = "approve"\n') -> str:
-    return f'[broker]\n{extra}[store]\nkind = "postgres"\nurl = "${{TOLLGATE_PG_URL}}"\nnode = "{node}"\n{SERVER}{policy}'
+def config(node: str, extra: str = "", policy: str = '[policy]\ndefault = "approve"\n', store: str = "") -> str:
+    return f'[broker]\n{extra}[store]\nkind = "postgres"\nurl = "${{TOLLGATE_PG_URL}}"\nnode = "{node}"\n{store}{SERVER}{policy}'
 
 
 def cli(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -33,9 +33,9 @@ def cli(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProces
     return subprocess.run([str(BROKER_BIN), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def migrate(url: str, tmp_path) -> None:
+def migrate(url: str, tmp_path, store: str = "") -> None:
     path = tmp_path / "migrate.toml"
-    path.write_text(config("migrate"))
+    path.write_text(config("migrate", store=store))
     out = cli(url, "migrate", "--config", str(path))
     assert out.returncode == 0, out.stderr
     assert "migrated from version 0" in out.stdout, out.stdout
@@ -44,12 +44,12 @@ def migrate(url: str, tmp_path) -> None:
 class Cluster:
     """Brokers sharing one database, with the same identities."""
 
-    def __init__(self, broker, postgres, tmp_path, nodes=("a", "b"), extra: str = "", policy=None):
-        self.url = postgres.database()
-        migrate(self.url, tmp_path)
+    def __init__(self, broker, postgres, tmp_path, nodes=("a", "b"), extra: str = "", policy=None, store: str = "", url_tail: str = ""):
+        self.url = postgres.database() + url_tail
+        migrate(self.url, tmp_path, store)
         self.env = {"TOLLGATE_PG_URL": self.url}
         self.start_broker = broker
-        self.extra, self.policy = extra, policy
+        self.extra, self.policy, self.store = extra, policy, store
         self.brokers = {}
         first = self.start(nodes[0])
         self.tokens = {
@@ -68,7 +68,7 @@ class Cluster:
             data = first.data_dir.parent / f"{node}-data"
             data.mkdir(mode=0o700, exist_ok=True)
             shutil.copy(first.data_dir / "tokens.json", data / "tokens.json")
-        b = self.start_broker(config(node, self.extra, **kw), name=node, env=self.env)
+        b = self.start_broker(config(node, self.extra, store=self.store, **kw), name=node, env=self.env)
         self.brokers[node] = b
         return b
 
@@ -244,5 +244,60 @@ def test_brokers_refuse_clearly_while_postgres_is_down_and_resume_by_themselves(
         assert r["ok"], r
         assert after.result(timeout=30).content[0].text == "Echo: after"
         assert "audit chain OK" in c.verify()
+    finally:
+        pg.remove()
+
+
+def test_a_task_held_on_a_killed_broker_and_approved_on_another_is_answered_when_it_returns(broker, postgres, tmp_path):
+    from conftest import py_stdio_command, toml_list
+    from test_tasks import DISPOSITION, poll_until_done, rpc
+
+    policy = f'[policy]\ndefault = "approve"\n[[server]]\nname = "py"\ncommand = {toml_list(py_stdio_command())}\n'
+    c = Cluster(broker, postgres, tmp_path, policy=policy)
+    bob = c["b"].connect(c.tokens["bob"])
+    agent = c.tokens["agent"]
+    created = rpc(c["a"].url("py"), agent, 10, "tools/call", {"name": "echo", "arguments": {"message": "approved while a was down"}}, "echo")["result"]
+    assert created["status"] == "working", created
+    task_id = created["taskId"]
+    assert bob.pending(timeout=20)["id"] == task_id
+    c["a"].proc.popen.send_signal(signal.SIGKILL)
+    c["a"].proc.popen.wait(timeout=10)
+    [r] = bob.decide(task_id, "approve")
+    assert r["ok"], r
+    # A comes back, forwards what was approved meanwhile (only A holds that client), once.
+    a2 = c.start_broker(config("a", policy=policy), name="a2", env=c.env, data_name="a")
+    done = poll_until_done(a2.url("py"), agent, 100, task_id)
+    assert done["status"] == "completed", done
+    assert done["result"]["content"][0]["text"].endswith("approved while a was down"), done
+    assert done["result"]["_meta"][DISPOSITION] == "approved-executed"
+    assert [e["outcome"] for e in c.audit("--call", task_id)] == ["pending", "approved"]
+    assert "audit chain OK" in c.verify()
+
+
+def test_brokers_reach_postgres_over_tls_and_check_its_certificate(broker, tmp_path):
+    from certs import issue, make_ca
+    from conftest import PgCluster
+
+    ca = make_ca(tmp_path)
+    pg = PgCluster()
+    pg.start(tls=issue(ca, pg.root, "pg-server", dns=("localhost",), ips=("127.0.0.1",)))
+    try:
+        # A server whose certificate nobody vouched for is refused, and the error says so.
+        url = pg.database() + "?sslmode=require"
+        bare = tmp_path / "no-ca.toml"
+        bare.write_text(config("x"))
+        out = cli(url, "migrate", "--config", str(bare))
+        assert out.returncode != 0 and "certificate" in out.stderr.lower(), out.stderr
+
+        c = Cluster(broker, pg, tmp_path, store=f'ca = "{ca.cert}"\n', url_tail="?sslmode=require")
+        bob = c["b"].connect(c.tokens["bob"])
+        result = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "over tls"})
+        call = bob.pending(timeout=20)
+        assert bob.decide(call["id"], "approve")[0]["ok"]
+        assert result.result(timeout=30).content[0].text == "Echo: over tls"
+        db = c.url.rsplit("/", 1)[1].split("?")[0]
+        used = pg.sql(db, "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'tollgate-broker%'")
+        count, all_tls = used.split("|")
+        assert int(count) >= 4 and all_tls == "t", used
     finally:
         pg.remove()

@@ -273,7 +273,7 @@ impl Validator<'_> {
         let mode = self.auth_mode(raw.broker.auth.clone());
         let default_server = raw.broker.default_server.clone();
         let broker = self.broker(base, raw.broker);
-        let store = self.store(raw.store, broker.listen.port());
+        let store = self.store(base, raw.store, broker.listen.port());
         let servers = self.servers(
             raw.server,
             broker.upstream_timeout,

@@ -2,10 +2,14 @@
 //! default) is the embedded store of one machine, in `[broker] data_dir`; `kind = "postgres"`
 //! is a PostgreSQL database several brokers share (`docs/high-availability.md`).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tollgate_shared::tls::ClientTls;
 use tollgate_store::postgres::Settings;
+use tollgate_store::postgres::SslMode;
 use toml::Spanned;
 
 use super::Validator;
@@ -28,6 +32,61 @@ pub(super) struct RawStore {
     node: Option<Spanned<String>>,
     pool_size: Option<Spanned<i64>>,
     statement_timeout: Option<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+impl Validator<'_> {
+    /// TLS to PostgreSQL, unless the URL says `sslmode=disable`: the server's certificate is
+    /// checked against `ca` (else the system's CAs), and `cert`/`key` are shown when the server
+    /// asks for a client certificate.
+    fn store_tls(
+        &mut self,
+        base: &Path,
+        ca: &Option<Spanned<String>>,
+        cert: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        settings: &Settings,
+        url: &Spanned<String>,
+    ) -> Option<Arc<rustls::ClientConfig>> {
+        let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| base.join(v.get_ref()));
+        let mode = settings.config.get_ssl_mode();
+        if mode == SslMode::Disable {
+            if let Some(c) = ca {
+                self.problem(
+                    c.span(),
+                    "[store] ca is set, but the url says sslmode=disable".into(),
+                    Some("remove sslmode=disable from the url (or set sslmode=require)"),
+                );
+            }
+            return None;
+        }
+        let tls = ClientTls {
+            ca: path(ca),
+            cert: path(cert),
+            key: path(key),
+        };
+        let chosen = tls != ClientTls::default();
+        match tls.config_for(tollgate_shared::tls::Peer::POSTGRES) {
+            Ok(c) => Some(Arc::new(c)),
+            // No CA to check a server with, and none asked for: the server is used without TLS
+            // unless the url insists.
+            Err(_) if !chosen && mode == SslMode::Prefer => None,
+            Err(e) => {
+                let span = ca
+                    .as_ref()
+                    .or(cert.as_ref())
+                    .map_or_else(|| url.span(), Spanned::span);
+                self.problem(
+                    span,
+                    format!("[store]: TLS to PostgreSQL: {e}"),
+                    Some("ca = \"/etc/tollgate/pg-ca.pem\" names the CA that signed the server's certificate; cert and key go together"),
+                );
+                None
+            }
+        }
+    }
 }
 
 /// This machine's host name, for the default node name.
@@ -41,7 +100,7 @@ fn hostname() -> String {
 }
 
 impl Validator<'_> {
-    pub(super) fn store(&mut self, raw: RawStore, listen_port: u16) -> StoreSpec {
+    pub(super) fn store(&mut self, base: &Path, raw: RawStore, listen_port: u16) -> StoreSpec {
         let kind = raw.kind.as_ref().map(|k| k.get_ref().as_str());
         match kind {
             None | Some("sled") => {
@@ -49,6 +108,7 @@ impl Validator<'_> {
                     ("url", raw.url.as_ref().map(Spanned::span)),
                     ("node", raw.node.as_ref().map(Spanned::span)),
                     ("pool_size", raw.pool_size.as_ref().map(Spanned::span)),
+                    ("ca", raw.ca.as_ref().map(Spanned::span)),
                 ] {
                     if let Some(span) = span {
                         self.problem(
@@ -60,7 +120,7 @@ impl Validator<'_> {
                 }
                 StoreSpec::Sled
             }
-            Some("postgres") => self.postgres(raw, listen_port),
+            Some("postgres") => self.postgres(base, raw, listen_port),
             Some(other) => {
                 if let Some(k) = &raw.kind {
                     self.problem(
@@ -74,7 +134,7 @@ impl Validator<'_> {
         }
     }
 
-    fn postgres(&mut self, raw: RawStore, listen_port: u16) -> StoreSpec {
+    fn postgres(&mut self, base: &Path, raw: RawStore, listen_port: u16) -> StoreSpec {
         let Some(url) = raw.url else {
             let span = raw.kind.as_ref().map(Spanned::span).unwrap_or(0..0);
             self.problem(
@@ -120,6 +180,7 @@ impl Validator<'_> {
             Duration::from_secs(5),
             "statement_timeout",
         );
+        settings.tls = self.store_tls(base, &raw.ca, &raw.cert, &raw.key, &settings, &url);
         if settings.config.get_hosts().is_empty() {
             self.problem(
                 url.span(),

@@ -278,6 +278,17 @@ impl After {
             }
             inbound.raw = Bytes::from(inbound.value.to_string());
         }
+        // Claimed in the store first: whatever happens after this, no broker sends it again.
+        if let Err(e) = queue.store().claim(&done.id).await {
+            let why = format!("the approved call was not forwarded: {e}");
+            tracing::error!(call = %done.id, error = %e, "an approved call could not be claimed for forwarding; not sent");
+            feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
+            done.timings.completed_ms = Some(now_ms());
+            done.error = scrub(Some(why));
+            queue.store().write(Arc::new(done), Writes::Record).await;
+            feeds.remove_later(feed.id.clone());
+            return;
+        }
         let forwarded = async {
             let response = upstream.post(inbound).await;
             relay(response, &feed, token.as_deref(), progress + 1, &id).await

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
 use tollgate_policy::approval::Change;
 use tollgate_shared::{CallRecord, Outcome};
 
@@ -45,31 +44,10 @@ pub(super) async fn run(pool: Arc<Pool>, node: Arc<str>, to: mpsc::Sender<Remote
 /// One connection's life: `LISTEN`, read the held calls, then follow notifications until the
 /// connection ends (an error) or the queue goes away (`Ok`).
 async fn session(pool: &Pool, node: &str, to: &mpsc::Sender<Remote>) -> Result<(), StoreError> {
-    let settings = pool.settings();
-    let mut config = settings.config.clone();
+    let mut config = pool.settings().config.clone();
     config.application_name("tollgate-broker listener");
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    let (client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| StoreError::pg("connect to listen", e))?;
     let (note_tx, mut notes) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if note_tx.send(n.payload().to_string()).is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
-            }
-        }
-    });
+    let (client, driver) = pool.settings().open(config, Some(note_tx)).await?;
     let _stop = AbortOnDrop(driver.abort_handle());
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))

@@ -47,6 +47,7 @@ use crate::{
     Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, StoreError, Writes,
 };
 pub use pool::{Pool, Settings};
+pub use tokio_postgres::config::SslMode;
 
 /// The channel brokers notify each other on.
 const CHANNEL: &str = "tollgate";
@@ -82,8 +83,11 @@ pub struct PgStore {
     health: watch::Receiver<Option<StoreFailing>>,
     /// This broker's calls that were held when it started.
     pending: Vec<Arc<CallRecord>>,
-    /// This broker's calls that were approved and had not finished when it started.
+    /// This broker's calls that were claimed for forwarding and had not finished when it
+    /// started (outcome unknown).
     unfinished: Vec<Arc<CallRecord>>,
+    /// This broker's calls approved while it was not running, never claimed.
+    unsent: Vec<Arc<CallRecord>>,
     remote: Mutex<Option<mpsc::Receiver<Remote>>>,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -249,23 +253,26 @@ impl PgStore {
     ) -> Result<Arc<PgStore>, StoreError> {
         let node: Arc<str> = settings.node.clone().into();
         let pool = Arc::new(Pool::new(settings));
-        let (pending, unfinished) = {
+        let (mut pending, mut unfinished, mut unsent) = (Vec::new(), Vec::new(), Vec::new());
+        {
             let conn = pool.get().await?;
             schema::check(&conn).await?;
             let rows = conn
                 .query(
-                    "SELECT record FROM tollgate_calls WHERE open AND node = $1 ORDER BY id",
+                    "SELECT record, claimed FROM tollgate_calls WHERE open AND node = $1 ORDER BY id",
                     &[&&*node],
                 )
                 .await
                 .map_err(|e| StoreError::pg("read this broker's open calls", e))?;
-            let mut open = Vec::with_capacity(rows.len());
             for row in rows {
-                open.push(Arc::new(decode(row.get(0))?));
+                let record = Arc::new(decode(row.get(0))?);
+                match (record.outcome, row.get::<_, bool>(1)) {
+                    (Outcome::Pending, _) => pending.push(record),
+                    (_, true) => unfinished.push(record),
+                    (_, false) => unsent.push(record),
+                }
             }
-            open.into_iter()
-                .partition::<Vec<_>, _>(|r| r.outcome == Outcome::Pending)
-        };
+        }
         let (tx, rx) = mpsc::channel(GROUP_MAX * 4);
         let (health_tx, health) = watch::channel(None);
         tokio::spawn(
@@ -287,6 +294,7 @@ impl PgStore {
             health,
             pending,
             unfinished,
+            unsent,
             remote: Mutex::new(Some(remote_rx)),
             observer,
         }))
@@ -632,6 +640,29 @@ impl Backend for PgStore {
 
     fn unfinished(&self) -> Vec<Arc<CallRecord>> {
         self.unfinished.clone()
+    }
+
+    fn approved_unsent(&self) -> Vec<Arc<CallRecord>> {
+        self.unsent.clone()
+    }
+
+    fn claim(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            let claimed = conn
+                .execute(
+                    "UPDATE tollgate_calls SET claimed = true WHERE id = $1 AND NOT claimed",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| StoreError::pg("claim the call for forwarding", e))?;
+            if claimed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::AlreadyClaimed(id))
+            }
+        })
     }
 
     fn health(&self) -> watch::Receiver<Option<StoreFailing>> {

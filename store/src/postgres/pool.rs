@@ -7,8 +7,13 @@
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_postgres::{Client, Config, NoTls};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_shared::sync::Mutex;
 
 use crate::StoreError;
@@ -18,6 +23,10 @@ use crate::StoreError;
 pub struct Settings {
     /// The connection settings (parsed from a `postgres://` URL or a `key=value` string).
     pub config: Config,
+    /// TLS to the server (`None`: plain TCP or a Unix socket, as `sslmode=disable` asks).
+    /// With it, `sslmode=prefer` (the default) uses TLS when the server offers it and
+    /// `sslmode=require` insists; the server's certificate is always verified.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections at most.
     pub pool_size: usize,
     /// Longest a statement may run before PostgreSQL cancels it.
@@ -26,41 +35,93 @@ pub struct Settings {
     pub node: String,
 }
 
+/// A connection's driver task: it ends (with the error, if any) when the connection does.
+pub type Driver = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
+
 impl Settings {
-    /// Settings from a URL, with defaults for the rest.
+    /// Settings from a URL, with defaults for the rest (no TLS).
     pub fn new(url: &str, node: impl Into<String>) -> Result<Settings, String> {
         let config: Config = url
             .parse()
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
         Ok(Settings {
             config,
+            tls: None,
             pool_size: 8,
             statement_timeout: Duration::from_secs(5),
             node: node.into(),
         })
     }
 
-    /// Open one connection, its driver running on its own task.
+    /// Open one connection (its driver on its own task) for the pool.
     pub async fn connect(&self) -> Result<Client, StoreError> {
         let mut config = self.config.clone();
         config.options(format!(
             "-c statement_timeout={}",
             self.statement_timeout.as_millis().max(1)
         ));
+        config.application_name("tollgate-broker");
+        Ok(self.open(config, None).await?.0)
+    }
+
+    /// Open a connection with `config`; its driver sends the payload of every notification to
+    /// `notes`, when given.
+    pub(super) async fn open(
+        &self,
+        mut config: Config,
+        notes: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<(Client, Driver), StoreError> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.application_name("tollgate-broker");
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| StoreError::pg("connect", e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "a PostgreSQL connection ended");
+        let tls = self
+            .tls
+            .as_ref()
+            .filter(|_| config.get_ssl_mode() != SslMode::Disable);
+        match tls {
+            None => {
+                let (client, connection) = config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| StoreError::pg("connect", e))?;
+                Ok((client, tokio::spawn(drive(connection, notes))))
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(MakeRustlsConnect::new((**tls).clone()))
+                    .await
+                    .map_err(|e| StoreError::pg("connect", e))?;
+                Ok((client, tokio::spawn(drive(connection, notes))))
+            }
+        }
+    }
+}
+
+/// Run a connection, passing on notifications.
+async fn drive<S, T>(
+    mut connection: Connection<S, T>,
+    notes: Option<mpsc::UnboundedSender<String>>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(tx) = &notes
+                    && tx.send(n.payload().to_string()).is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "a PostgreSQL connection ended");
+                return Err(e);
+            }
+            None => return Ok(()),
+        }
     }
 }
 

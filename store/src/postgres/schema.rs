@@ -22,6 +22,8 @@ const MIGRATIONS: &[&str] = &[
         -- The broker that holds the call's client (its stream, task or session).
         node text NOT NULL,
         open boolean NOT NULL,
+        -- Set once, just before an approved call is sent upstream: never sent twice.
+        claimed boolean NOT NULL DEFAULT false,
         record bytea NOT NULL
     );
     CREATE INDEX tollgate_calls_open ON tollgate_calls (id) WHERE open;
