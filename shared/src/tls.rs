@@ -73,8 +73,10 @@ pub struct ClientTls {
 pub struct Peer {
     /// What the certificate is ("the broker's certificate").
     pub what: &'static str,
-    /// Where a CA is given ("--ca FILE (or ca = in console.toml)").
-    pub ca: &'static str,
+    /// What to do about a certificate from a CA nobody said to trust.
+    pub untrusted: &'static str,
+    /// What to do when the CA given did not sign it.
+    pub wrong_ca: &'static str,
     /// What picks up a renewed certificate, said after "renew it".
     pub renewal: &'static str,
 }
@@ -83,13 +85,15 @@ impl Peer {
     /// A Tollgate broker (consoles, the bridge, the CLI).
     pub const BROKER: Peer = Peer {
         what: "the broker's certificate",
-        ca: "--ca FILE (or ca = in console.toml)",
+        untrusted: "pass --ca FILE (or ca = in console.toml) with the CA certificate that signed it",
+        wrong_ca: "the CA given with --ca (or ca = in console.toml) did not sign it: pass the CA that did",
         renewal: "; the broker picks up new certificate files without a restart",
     };
     /// A PostgreSQL server (the broker's shared store).
     pub const POSTGRES: Peer = Peer {
         what: "PostgreSQL's certificate",
-        ca: "ca = \"FILE\" in [store]",
+        untrusted: "name the CA certificate that signed it with ca = \"FILE\" in [store]",
+        wrong_ca: "the CA named by [store] ca did not sign it: name the CA that did",
         renewal: "",
     };
 }
@@ -228,12 +232,9 @@ fn word(
     match e {
         CertificateError::UnknownIssuer => {
             let hint = if private_ca {
-                format!(
-                    "the CA given with {} did not sign it: give the CA that did",
-                    peer.ca
-                )
+                peer.wrong_ca
             } else {
-                format!("give {} with the CA certificate that signed it", peer.ca)
+                peer.untrusted
             };
             format!("{cert} is signed by a CA this client does not trust: {hint}")
         }
