@@ -108,6 +108,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         .admin_listen
         .is_some()
         .then(crate::metrics::observer);
+    let mut shared = None;
     let (store, engine): (Arc<dyn Backend>, Option<Arc<SledEngine>>) = match &config.store {
         crate::config::StoreSpec::Sled => {
             let engine = Arc::new(SledEngine::open_with(
@@ -127,6 +128,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
                 node = store.node(),
                 "the store is PostgreSQL, shared with the brokers that use the same database"
             );
+            shared = Some(store.clone());
             (store, None)
         }
     };
@@ -150,10 +152,22 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
     );
     let feeds = Arc::new(Feeds::default());
     crate::trim::start(crate::trim::EVERY);
-    let registry = Arc::new(Registry::new(&config.broker.data_dir));
     // Connections opened before a token is revoked (or its role changed) hear of it within
-    // this long, without waiting for their next request.
-    tokio::spawn(registry.clone().watch(std::time::Duration::from_secs(1)));
+    // a second, without waiting for their next request.
+    let registry = match &shared {
+        Some(pg) => {
+            let registry = Arc::new(Registry::shared());
+            pg.identities(&registry)
+                .await
+                .context("cannot read the identities from PostgreSQL")?;
+            registry
+        }
+        None => {
+            let registry = Arc::new(Registry::new(&config.broker.data_dir));
+            tokio::spawn(registry.clone().watch(std::time::Duration::from_secs(1)));
+            registry
+        }
+    };
     let annotations = Arc::new(Annotations::default());
     let upstreams = crate::reload::upstreams(
         &config.servers,

@@ -106,6 +106,30 @@ pub fn list(data_dir: &Path) -> Result<Vec<TokenEntry>, TokenError> {
     read(&path(data_dir))
 }
 
+/// A new identity's entry and its token (shown once, never stored), whichever store keeps it.
+pub fn issue(
+    name: &str,
+    role: Role,
+    servers: Option<Vec<String>>,
+) -> Result<(TokenEntry, String), TokenError> {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(TokenError::BadName);
+    }
+    let token = format!(
+        "tg_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let entry = TokenEntry {
+        name: name.to_string(),
+        sha256: tollgate_shared::hex(&identity::digest(&token)),
+        role,
+        servers,
+        created_ms: tollgate_shared::clock::now_ms(),
+    };
+    Ok((entry, token))
+}
+
 /// Create an identity and return its token (shown once, never stored).
 pub fn add(
     data_dir: &Path,
@@ -113,26 +137,13 @@ pub fn add(
     role: Role,
     servers: Option<Vec<String>>,
 ) -> Result<String, TokenError> {
-    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(TokenError::BadName);
-    }
+    let (entry, token) = issue(name, role, servers)?;
     let file = path(data_dir);
     let mut tokens = read(&file)?;
     if tokens.iter().any(|t| t.name == name) {
         return Err(TokenError::Exists(name.to_string()));
     }
-    let token = format!(
-        "tg_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    tokens.push(TokenEntry {
-        name: name.to_string(),
-        sha256: tollgate_shared::hex(&identity::digest(&token)),
-        role,
-        servers,
-        created_ms: tollgate_shared::clock::now_ms(),
-    });
+    tokens.push(entry);
     write(&file, tokens)?;
     Ok(token)
 }
@@ -153,6 +164,23 @@ pub fn revoke(data_dir: &Path, name: &str) -> Result<bool, TokenError> {
 type Stamp = Option<(SystemTime, u64)>;
 type Digests = Vec<(TokenDigest, Identity)>;
 
+fn digests(entries: Vec<TokenEntry>) -> Digests {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let d = tollgate_shared::unhex::<32>(&e.sha256)?;
+            Some((
+                d,
+                Identity {
+                    name: e.name,
+                    role: e.role,
+                    servers: e.servers,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// The broker's live view of the token file.
 ///
 /// Requests look tokens up here (the file is re-read when its modification time or size
@@ -160,7 +188,9 @@ type Digests = Vec<(TokenDigest, Identity)>;
 /// [`Registry::changes`], so connections opened before a revocation or a change of role hear of
 /// it without waiting for their next request.
 pub struct Registry {
-    path: PathBuf,
+    /// The token file; `None` when the identities come from a shared store, which sets them
+    /// ([`Registry::set`]).
+    path: Option<PathBuf>,
     cache: Mutex<(Stamp, Digests)>,
     changed: watch::Sender<u64>,
 }
@@ -174,35 +204,42 @@ impl Registry {
     /// Watch the token file of `data_dir`.
     pub fn new(data_dir: &Path) -> Registry {
         Registry {
-            path: path(data_dir),
+            path: Some(path(data_dir)),
             cache: Mutex::new((None, Vec::new())),
             changed: watch::channel(0).0,
+        }
+    }
+
+    /// A registry whose identities a shared store keeps: empty until [`Registry::set`].
+    pub fn shared() -> Registry {
+        Registry {
+            path: None,
+            cache: Mutex::new((None, Vec::new())),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Replace the identities (a shared store read them); announce it when they changed.
+    pub fn set(&self, entries: Vec<TokenEntry>) {
+        let parsed = digests(entries);
+        let mut cache = self.cache.lock();
+        if parsed != cache.1 {
+            cache.1 = parsed;
+            self.changed.send_modify(|n| *n += 1);
         }
     }
 
     /// Re-read the file if it changed since it was last read; announce it when its identities
     /// did.
     fn refresh(&self, cache: &mut (Stamp, Digests)) {
-        let now = stamp(&self.path);
+        let Some(path) = &self.path else { return };
+        let now = stamp(path);
         if now == cache.0 {
             return;
         }
-        match read(&self.path) {
+        match read(path) {
             Ok(entries) => {
-                let parsed: Digests = entries
-                    .into_iter()
-                    .filter_map(|e| {
-                        let d = tollgate_shared::unhex::<32>(&e.sha256)?;
-                        Some((
-                            d,
-                            Identity {
-                                name: e.name,
-                                role: e.role,
-                                servers: e.servers,
-                            },
-                        ))
-                    })
-                    .collect();
+                let parsed = digests(entries);
                 let differs = parsed != cache.1;
                 *cache = (now, parsed);
                 if differs {
@@ -268,6 +305,30 @@ mod tests {
         // The file changed size, so the registry reloads it.
         assert!(reg.lookup(&t).is_none());
         assert!(!revoke(dir.path(), "alice").expect("revoke again"));
+    }
+
+    #[test]
+    fn a_shared_registry_holds_what_its_store_sets_and_announces_only_changes() {
+        let reg = Registry::shared();
+        let mut changes = reg.changes();
+        let (entry, token) = issue("dana", Role::Viewer, None).expect("issue");
+        assert!(reg.lookup(&token).is_none(), "empty until set");
+        reg.set(vec![entry.clone()]);
+        assert_eq!(reg.lookup(&token).map(|w| w.name), Some("dana".into()));
+        assert!(changes.has_changed().expect("open"));
+        changes.mark_unchanged();
+        reg.set(vec![entry]);
+        assert!(
+            !changes.has_changed().expect("open"),
+            "the same identities are no news"
+        );
+        reg.set(Vec::new());
+        assert!(reg.lookup(&token).is_none(), "revoked");
+        assert!(changes.has_changed().expect("open"));
+        assert!(matches!(
+            issue("two words", Role::Viewer, None),
+            Err(TokenError::BadName)
+        ));
     }
 
     #[test]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -51,23 +50,19 @@ class Cluster:
         self.start_broker = broker
         self.extra, self.policy, self.store = extra, policy, store
         self.brokers = {}
-        first = self.start(nodes[0])
-        self.tokens = {
-            "agent": first.token("agent", "viewer"),
-            "alice": first.token("alice", "approver"),
-            "bob": first.token("bob", "approver"),
-        }
-        for n in nodes[1:]:
+        # The identities live in the database, for every broker.
+        self.config_path = tmp_path / "migrate.toml"
+        self.tokens = {name: self.token(name, role) for name, role in (("agent", "viewer"), ("alice", "approver"), ("bob", "approver"))}
+        for n in nodes:
             self.start(n)
+
+    def token(self, name: str, role: str) -> str:
+        out = cli(self.url, "token", "add", "--config", str(self.config_path), "--name", name, "--role", role)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
 
     def start(self, node: str):
         kw = {} if self.policy is None else {"policy": self.policy}
-        first = next(iter(self.brokers.values()), None)
-        if first is not None:
-            # The identities, as a shared tokens file would give them.
-            data = first.data_dir.parent / f"{node}-data"
-            data.mkdir(mode=0o700, exist_ok=True)
-            shutil.copy(first.data_dir / "tokens.json", data / "tokens.json")
         b = self.start_broker(config(node, self.extra, store=self.store, **kw), name=node, env=self.env)
         self.brokers[node] = b
         return b
@@ -301,3 +296,34 @@ def test_brokers_reach_postgres_over_tls_and_check_its_certificate(broker, tmp_p
         assert int(count) >= 4 and all_tls == "t", used
     finally:
         pg.remove()
+
+
+def test_identities_are_shared_added_and_revoked_for_every_broker_at_once(broker, postgres, tmp_path):
+    c = Cluster(broker, postgres, tmp_path)
+    carol = c.token("carol", "approver")
+    # Added after both brokers started: each reads the identities again within a second.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            on_b = c["b"].connect(carol)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "carol's token never worked on b"
+            time.sleep(0.2)
+    on_a = c["a"].connect(carol)
+    listed = cli(c.url, "token", "list", "--config", str(c.config_path), "--json")
+    assert {json.loads(line)["name"] for line in listed.stdout.splitlines()} == {"agent", "alice", "bob", "carol"}
+    out = cli(c.url, "token", "revoke", "--config", str(c.config_path), "carol")
+    assert out.returncode == 0, out.stderr
+    # Both consoles are closed: the revocation reached both brokers.
+    for console in (on_a, on_b):
+        deadline = time.monotonic() + 10
+        closed = False
+        while time.monotonic() < deadline and not closed:
+            try:
+                console.recv(timeout=1)
+            except TimeoutError:
+                continue
+            except Exception:
+                closed = True
+        assert closed, "a revoked identity's console stays open"

@@ -18,7 +18,8 @@ use crate::config;
 /// Where the data directory is: from `--data-dir`, else from the config's `data_dir`.
 #[derive(clap::Args, Debug)]
 pub struct DataDir {
-    /// The TOML configuration file (its [broker] data_dir locates the store).
+    /// The TOML configuration file (its [store], or else its [broker] data_dir, locates the
+    /// store).
     #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
     config: PathBuf,
     /// The data directory, instead of reading it from the config.
@@ -26,14 +27,14 @@ pub struct DataDir {
     data_dir: Option<PathBuf>,
 }
 
-/// Where the audit trail is.
-enum Source {
+/// Where the audit trail and the identities are.
+pub(super) enum Source {
     Sled(PathBuf),
     Postgres(Box<tollgate_store::postgres::Settings>),
 }
 
 impl DataDir {
-    fn source(&self) -> anyhow::Result<Source> {
+    pub(super) fn source(&self) -> anyhow::Result<Source> {
         if let Some(d) = &self.data_dir {
             return Ok(Source::Sled(d.clone()));
         }
@@ -42,14 +43,6 @@ impl DataDir {
             config::StoreSpec::Postgres(s) => Source::Postgres(s),
             config::StoreSpec::Sled => Source::Sled(cfg.broker.data_dir),
         })
-    }
-
-    pub(super) fn resolve(&self) -> anyhow::Result<PathBuf> {
-        if let Some(d) = &self.data_dir {
-            return Ok(d.clone());
-        }
-        let cfg = config::load(&self.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(cfg.broker.data_dir)
     }
 }
 

@@ -1,13 +1,27 @@
-//! `token`: add, list and revoke the identities of a data directory's token file (works while
-//! the broker runs: it re-reads the file when it changes).
+//! `token`: add, list and revoke identities: in a data directory's token file (the broker
+//! re-reads it when it changes), or in the PostgreSQL database the config's `[store]` names,
+//! which every broker sharing it reads each second.
 
 use std::io::Write;
 
 use anyhow::Context;
 use tollgate_shared::console::Role;
-use tollgate_store::tokens;
+use tollgate_store::postgres::{Pool, identities, schema};
+use tollgate_store::tokens::{self, TokenEntry};
 
-use super::audit::DataDir;
+use super::audit::{DataDir, Source};
+
+/// Run `f` against the database's pool, after checking its schema.
+fn with_pool<T>(
+    settings: tollgate_store::postgres::Settings,
+    f: impl AsyncFnOnce(&Pool) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    super::pg::runtime()?.block_on(async {
+        let pool = Pool::new(settings);
+        schema::check(&*pool.get().await?).await?;
+        f(&pool).await
+    })
+}
 
 /// `token add`.
 pub fn add(
@@ -16,9 +30,15 @@ pub fn add(
     role: Role,
     servers: Option<Vec<String>>,
 ) -> anyhow::Result<()> {
-    let dir = dir.resolve()?;
-    let token = tokens::add(&dir, name, role, servers.clone())
-        .with_context(|| format!("cannot add identity {name:?}"))?;
+    let token = match dir.source()? {
+        Source::Sled(dir) => tokens::add(&dir, name, role, servers.clone())
+            .with_context(|| format!("cannot add identity {name:?}"))?,
+        Source::Postgres(settings) => with_pool(*settings, async |pool| {
+            identities::add(pool, name, role, servers.clone())
+                .await
+                .with_context(|| format!("cannot add identity {name:?}"))
+        })?,
+    };
     let scope = servers.map_or_else(String::new, |s| format!(" for servers {}", s.join(", ")));
     eprintln!(
         "added {name} ({}{scope}). This is the only time the token is shown; store it now:",
@@ -28,9 +48,18 @@ pub fn add(
     Ok(())
 }
 
+fn entries(dir: &DataDir) -> anyhow::Result<Vec<TokenEntry>> {
+    Ok(match dir.source()? {
+        Source::Sled(dir) => tokens::list(&dir)?,
+        Source::Postgres(settings) => {
+            with_pool(*settings, async |pool| Ok(identities::list(pool).await?))?
+        }
+    })
+}
+
 /// `token list`.
 pub fn list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
-    let list = tokens::list(&dir.resolve()?)?;
+    let list = entries(dir)?;
     let mut out = std::io::stdout().lock();
     if json {
         for t in &list {
@@ -65,7 +94,13 @@ pub fn list(dir: &DataDir, json: bool) -> anyhow::Result<()> {
 
 /// `token revoke`.
 pub fn revoke(dir: &DataDir, name: &str) -> anyhow::Result<()> {
-    if tokens::revoke(&dir.resolve()?, name)? {
+    let gone = match dir.source()? {
+        Source::Sled(dir) => tokens::revoke(&dir, name)?,
+        Source::Postgres(settings) => with_pool(*settings, async |pool| {
+            Ok(identities::revoke(pool, name).await?)
+        })?,
+    };
+    if gone {
         println!(
             "revoked {name}; its token stops working at once, and its open consoles are closed"
         );

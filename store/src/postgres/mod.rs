@@ -23,6 +23,7 @@
 //! stream, task or session): that broker forwards it once it is approved, and takes it back
 //! after a restart.
 
+pub mod identities;
 mod listen;
 pub mod pool;
 pub mod schema;
@@ -298,6 +299,21 @@ impl PgStore {
             remote: Mutex::new(Some(remote_rx)),
             observer,
         }))
+    }
+
+    /// Keep `registry` in step with the identities in the database: read now (so the broker
+    /// starts with them), then every second.
+    pub async fn identities(
+        &self,
+        registry: &Arc<crate::tokens::Registry>,
+    ) -> Result<(), StoreError> {
+        registry.set(identities::list(&self.pool).await?);
+        tokio::spawn(identities::follow(
+            self.pool.clone(),
+            Arc::downgrade(registry),
+            std::time::Duration::from_secs(1),
+        ));
+        Ok(())
     }
 
     /// This broker's name among the brokers sharing the database.

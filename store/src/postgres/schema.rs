@@ -51,6 +51,11 @@ const MIGRATIONS: &[&str] = &[
         hash text NOT NULL
     );
     INSERT INTO tollgate_chain_head (seq, hash) VALUES (0, '@GENESIS@');",
+    // 2: the identities every broker shares (an entry of the token file per row).
+    "CREATE TABLE tollgate_identities (
+        name text PRIMARY KEY,
+        entry bytea NOT NULL
+    );",
 ];
 
 /// The schema version this broker runs against.
