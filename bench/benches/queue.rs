@@ -166,21 +166,26 @@ struct Figures {
     many: Many,
 }
 
-/// Start a broker with `store` (a `[store]` section, or nothing for sled) and run every phase.
+/// Start a broker on sled, or on `pg`, and run every phase.
 fn measure(
     bin: &Path,
     script: &Path,
-    store: &str,
+    pg: Option<&tollgate_bench::PgCluster>,
     (holds, rounds, tasks): (usize, usize, usize),
 ) -> Result<Figures> {
     let dir = std::env::temp_dir().join(format!(
         "tollgate-bench-queue-{}-{}",
         std::process::id(),
-        if store.is_empty() { "sled" } else { "pg" }
+        if pg.is_none() { "sled" } else { "pg" }
     ));
     std::fs::create_dir_all(dir.join("data"))?;
-    let agent_token = tollgate_bench::add_token(bin, &dir.join("data"), "agent", "viewer")?;
-    let alice_token = tollgate_bench::add_token(bin, &dir.join("data"), "alice", "approver")?;
+    let token = |name: &str, role: &str| match pg {
+        Some(pg) => pg.add_token(bin, name, role),
+        None => tollgate_bench::add_token(bin, &dir.join("data"), name, role),
+    };
+    let agent_token = token("agent", "viewer")?;
+    let alice_token = token("alice", "approver")?;
+    let store = pg.map(|p| p.store_section()).unwrap_or_default();
     let argv = serde_json::to_string(&["node", &script.display().to_string(), "stdio"])?;
     let rest = format!(
         "keepalive = \"60s\"\nmax_connections = 12000\nmax_connections_per_peer = 12000\n{store}[policy]\ndefault = \"allow\"\n[[server]]\nname = \"e\"\ncommand = {argv}\n[[rule]]\nname = \"hold\"\ntools = [\"e/echo\"]\nwhen = {{ arg = \"/message\", matches = \"^hold\" }}\naction = \"approve\"\n"
@@ -352,13 +357,13 @@ fn main() -> Result<()> {
     let queue_holds = disk.holds_per_s;
     let queue_reject_ms = disk.reject_all.as_secs_f64() * 1e3;
     let load = (holds, rounds, tasks);
-    let sled = measure(&bin, &script, "", load)?;
+    let sled = measure(&bin, &script, None, load)?;
     // The same phases on the shared store, unless asked not to (`TOLLGATE_BENCH_PG=0`).
     let pg = if std::env::var("TOLLGATE_BENCH_PG").as_deref() == Ok("0") {
         None
     } else {
         let cluster = tollgate_bench::PgCluster::start(&bin)?;
-        Some(measure(&bin, &script, &cluster.store_section(), load)?)
+        Some(measure(&bin, &script, Some(&cluster), load)?)
     };
     let Figures {
         hold_time,

@@ -583,6 +583,19 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// Create an identity in the database (where brokers using it read identities); its token.
+    pub fn add_token(&self, bin: &Path, name: &str, role: &str) -> Result<String> {
+        let out = Command::new(bin)
+            .args(["token", "add", "--config"])
+            .arg(self.dir.join("migrate.toml"))
+            .args(["--name", name, "--role", role])
+            .output()?;
+        if !out.status.success() {
+            bail!("token add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
     /// The `[store]` section of a broker using it.
     pub fn store_section(&self) -> String {
         format!(

@@ -735,7 +735,9 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut ops = Vec::new();
         loop {
-            if self.retry.is_empty() {
+            // While the store fails, wake every second even without writes, to see whether it
+            // is back (a failed hold is not kept, so there may be nothing to retry).
+            if self.retry.is_empty() && self.health.borrow().is_none() {
                 if rx.recv_many(&mut ops, GROUP_MAX).await == 0 {
                     break;
                 }
@@ -778,7 +780,11 @@ impl Writer {
         }
         let started = Instant::now();
         let result = if writes.is_empty() && holds.is_empty() {
-            Ok(())
+            if self.health.borrow().is_some() {
+                self.probe().await
+            } else {
+                Ok(())
+            }
         } else {
             self.commit(&writes, &holds).await
         };
@@ -829,6 +835,15 @@ impl Writer {
             let _ = f.send(());
         }
         result.is_ok()
+    }
+
+    /// Whether PostgreSQL answers again.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| StoreError::pg("reach the database", e))?;
+        Ok(())
     }
 
     async fn commit(
