@@ -406,38 +406,39 @@ async fn recover(
     }
     tracing::info!(calls = pending.len(), "recovered held calls from the store");
     for record in pending {
-        // The session a held call was made on is still its client's.
-        if let Some(s) = &record.session {
-            sessions.created(s, record.client.clone());
-        }
-        let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
-        let upstream = upstreams.get(&*record.server).cloned();
+        let (mode, upstream) = resumable(&record, upstreams, sessions);
         let id = record.id.clone();
-        let withheld = record.hold.as_ref().is_some_and(|h| h.secrets_withheld);
         let waiting = queue.admit(record);
-        let record = waiting.record.clone();
         match (mode, upstream) {
             (HoldMode::Retry, _) => {}
-            (_, _) if withheld => {
-                queue
-                    .close(&id, Outcome::Abandoned, Some("its arguments held secrets, which the store never keeps, so it cannot be forwarded after a restart".into()))
-                    .await;
+            (_, Err(why)) => {
+                queue.close(&id, Outcome::Abandoned, Some(why)).await;
             }
-            (_, None) => {
-                queue
-                    .close(
-                        &id,
-                        Outcome::Abandoned,
-                        Some(format!(
-                            "server {:?} is no longer configured",
-                            record.server
-                        )),
-                    )
-                    .await;
-            }
-            (mode, Some(upstream)) => drive(config, queue, feeds, dlp, waiting, upstream, mode),
+            (mode, Ok(upstream)) => drive(config, queue, feeds, dlp, waiting, upstream, mode),
         }
     }
+}
+
+/// How a call recovered at start can be seen through: its hold mode, and its upstream or why
+/// it cannot be forwarded after a restart. The session it was made on is its client's again.
+fn resumable(
+    record: &CallRecord,
+    upstreams: &HashMap<String, Upstream>,
+    sessions: &Owners,
+) -> (HoldMode, Result<Upstream, String>) {
+    if let Some(s) = &record.session {
+        sessions.created(s, record.client.clone());
+    }
+    let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
+    let upstream = if record.hold.as_ref().is_some_and(|h| h.secrets_withheld) {
+        Err("its arguments held secrets, which the store never keeps, so it cannot be forwarded after a restart".to_string())
+    } else {
+        upstreams
+            .get(&*record.server)
+            .cloned()
+            .ok_or_else(|| format!("server {:?} is no longer configured", record.server))
+    };
+    (mode, upstream)
 }
 
 /// Forward the calls another broker's console approved while this broker was not running
@@ -452,33 +453,17 @@ async fn forward_approved_meanwhile(
     dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
 ) {
     for record in queue.store().approved_unsent() {
-        if let Some(s) = &record.session {
-            sessions.created(s, record.client.clone());
-        }
-        let mode = record.hold.as_ref().map_or(HoldMode::Stream, |h| h.mode);
-        let upstream = upstreams.get(&*record.server).cloned();
-        let why = if record.hold.as_ref().is_some_and(|h| h.secrets_withheld) {
-            Some("its arguments held secrets, which the store never keeps".to_string())
-        } else if upstream.is_none() {
-            Some(format!(
-                "server {:?} is no longer configured",
-                record.server
-            ))
-        } else {
-            None
-        };
-        match (upstream, why) {
-            (Some(upstream), None) => {
+        match resumable(&record, upstreams, sessions) {
+            (mode, Ok(upstream)) => {
                 tracing::info!(call = %record.id, "forwarding a call approved while the broker was stopped");
                 let waiting = crate::queue::Waiting::approved((*record).clone());
                 drive(config, queue, feeds, dlp, waiting, upstream, mode);
             }
-            (_, why) => {
+            (_, Err(why)) => {
                 let mut done = (*record).clone();
                 done.timings.completed_ms = Some(tollgate_shared::clock::now_ms());
                 done.error = Some(format!(
-                    "approved while the broker was stopped, but not forwarded: {}",
-                    why.unwrap_or_default()
+                    "approved while the broker was stopped, but not forwarded: {why}"
                 ));
                 queue.store().write(Arc::new(done), Writes::Record).await;
             }

@@ -254,11 +254,22 @@ impl After {
         // Forwarded as an SSE request whatever the client accepts, so upstream progress can be
         // relayed; the feed answers the client in the form it asked for.
         let mut done = Arc::unwrap_or_clone(done);
-        let mut inbound = match inbound.unpark() {
+        // Read back, then claimed in the store: whatever happens after the claim, no broker
+        // sends the call again.
+        let ready = match inbound.unpark() {
+            // Cannot happen: the body was parsed when the call arrived.
+            Err(e) => Err(format!("the held request could not be read back: {e}")),
+            Ok(inbound) => match queue.store().claim(&done.id).await {
+                Ok(()) => Ok(inbound),
+                Err(e) => {
+                    tracing::error!(call = %done.id, error = %e, "an approved call could not be claimed for forwarding; not sent");
+                    Err(format!("the approved call was not forwarded: {e}"))
+                }
+            },
+        };
+        let mut inbound = match ready {
             Ok(inbound) => inbound,
-            Err(e) => {
-                // Cannot happen: the body was parsed when the call arrived.
-                let why = format!("the held request could not be read back: {e}");
+            Err(why) => {
                 feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
                 done.timings.completed_ms = Some(now_ms());
                 done.error = scrub(Some(why));
@@ -277,17 +288,6 @@ impl After {
                 params.remove("task");
             }
             inbound.raw = Bytes::from(inbound.value.to_string());
-        }
-        // Claimed in the store first: whatever happens after this, no broker sends it again.
-        if let Err(e) = queue.store().claim(&done.id).await {
-            let why = format!("the approved call was not forwarded: {e}");
-            tracing::error!(call = %done.id, error = %e, "an approved call could not be claimed for forwarding; not sent");
-            feed.finish_with(&jsonrpc::error(id, jsonrpc::UPSTREAM_ERROR, &why));
-            done.timings.completed_ms = Some(now_ms());
-            done.error = scrub(Some(why));
-            queue.store().write(Arc::new(done), Writes::Record).await;
-            feeds.remove_later(feed.id.clone());
-            return;
         }
         let forwarded = async {
             let response = upstream.post(inbound).await;
