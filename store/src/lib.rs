@@ -218,6 +218,44 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Say on `health` how the last group went: a commit clears a failure (logging that the writes
+/// kept are written), a failure is recorded with its error and how many writes wait for a retry.
+pub(crate) fn report_health(
+    health: &tokio::sync::watch::Sender<Option<StoreFailing>>,
+    result: &Result<(), StoreError>,
+    waiting: usize,
+) {
+    match result {
+        Ok(()) => {
+            if let Some(was) = health.borrow().as_ref() {
+                tracing::warn!(
+                    since = %tollgate_shared::clock::rfc3339_seconds(was.since_ms),
+                    delayed = was.waiting,
+                    "the store can write again; the writes it kept are written"
+                );
+            }
+            health.send_if_modified(|h| h.take().is_some());
+        }
+        Err(e) => {
+            let error = e.to_string();
+            health.send_modify(|h| match h {
+                Some(f) => {
+                    f.error = error;
+                    f.waiting = waiting;
+                }
+                None => {
+                    tracing::error!(error = %error, waiting, "the store cannot write: calls it cannot record are refused, and the writes are kept and retried every second");
+                    *h = Some(StoreFailing {
+                        since_ms: tollgate_shared::clock::now_ms(),
+                        error,
+                        waiting,
+                    });
+                }
+            });
+        }
+    }
+}
+
 /// A change another broker sharing the store made, for the queue to follow.
 #[derive(Debug, Clone)]
 pub enum Remote {

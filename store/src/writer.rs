@@ -460,37 +460,10 @@ impl Writer {
 
     /// Keep the writes of a failed group for the next one, and say whether the store fails.
     fn health_after(&mut self, result: &Result<(), StoreError>, keep: Vec<Kept>) {
-        match result {
-            Ok(()) => {
-                if let Some(was) = self.health.borrow().as_ref() {
-                    tracing::warn!(
-                        since = %tollgate_shared::clock::rfc3339_seconds(was.since_ms),
-                        delayed = was.waiting,
-                        "the store can write again; the writes it kept are written"
-                    );
-                }
-                self.health.send_if_modified(|h| h.take().is_some());
-            }
-            Err(e) => {
-                self.retry = keep;
-                let waiting = self.retry.len();
-                let error = e.to_string();
-                self.health.send_modify(|h| match h {
-                    Some(f) => {
-                        f.error = error;
-                        f.waiting = waiting;
-                    }
-                    None => {
-                        tracing::error!(error = %error, waiting, "the store cannot write: calls it cannot record are refused, and the writes are kept and retried every second");
-                        *h = Some(StoreFailing {
-                            since_ms: now_ms(),
-                            error,
-                            waiting,
-                        });
-                    }
-                });
-            }
+        if result.is_err() {
+            self.retry = keep;
         }
+        crate::report_health(&self.health, result, self.retry.len());
     }
 
     /// Apply a run of operations to the held set and turn them into one group of mutations.

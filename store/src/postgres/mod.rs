@@ -803,31 +803,10 @@ impl Writer {
                         o.written(r, Some(r.outcome), *at);
                     }
                 }
-                if self.health.borrow().is_some() {
-                    tracing::warn!("PostgreSQL can be written again; the writes kept are written");
-                }
-                self.health.send_if_modified(|h| h.take().is_some());
             }
-            Err(e) => {
-                let error = e.to_string();
-                let waiting = writes.len();
-                self.retry = writes;
-                self.health.send_modify(|h| match h {
-                    Some(f) => {
-                        f.error = error;
-                        f.waiting = waiting;
-                    }
-                    None => {
-                        tracing::error!(error = %error, waiting, "the store cannot write: calls it cannot record are refused, and the writes are kept and retried every second");
-                        *h = Some(StoreFailing {
-                            since_ms: now_ms(),
-                            error,
-                            waiting,
-                        });
-                    }
-                });
-            }
+            Err(_) => self.retry = writes,
         }
+        crate::report_health(&self.health, &result, self.retry.len());
         for a in acks {
             let _ = a.send(result.clone());
         }
