@@ -14,6 +14,10 @@
 //!   thousands. [`sled_engine`] is the engine in use (a journal in front of sled);
 //!   [`memory`] keeps everything in memory, for tests.
 //!
+//! [`postgres`] is the [`Backend`] several brokers share: each transition of a held call is
+//! one PostgreSQL transaction on the call's row, the audit chain is one chain for all of them,
+//! and [`Backend::remote`] carries the other brokers' changes to the queue.
+//!
 //! [`chain`] hashes and verifies the audit chain; [`tokens`] is the file of identities that may
 //! use the console API.
 
@@ -161,6 +165,8 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, ()>;
 
     /// The calls held now, oldest first (after a restart: those the broker must take back).
+    /// A shared store answers with this broker's calls as they were when it was opened; the
+    /// other brokers' calls reach the queue through [`Backend::remote`].
     fn pending(&self) -> Vec<Arc<CallRecord>>;
 
     /// Calls that were approved to be forwarded by a waiting client but had not finished when
