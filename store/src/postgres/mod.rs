@@ -15,7 +15,7 @@
 //! task into one transaction per group, as [`crate::Store`] groups them on one machine, and kept
 //! and retried while PostgreSQL cannot be reached.
 //!
-//! Brokers hear of each other's changes through `LISTEN`/`NOTIFY` ([`listen`]); a broker that
+//! Brokers hear of each other's changes through `LISTEN`/`NOTIFY`; a broker that
 //! lost its connection reads the held calls again when it is back rather than trusting that it
 //! missed nothing.
 //!
