@@ -19,7 +19,7 @@ use crate::waiting::{self, Feeds};
 use tollgate_shared::{CallRecord, HoldMode, Outcome};
 use tollgate_store::sled_engine::SledEngine;
 use tollgate_store::tokens::Registry;
-use tollgate_store::{Backend, Store, Writes};
+use tollgate_store::{Adopted, Backend, Store, Writes};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -213,6 +213,26 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         sessions,
         default_server: config.broker.default_server.clone(),
     });
+    // With a shared store: the calls of a broker that stopped for good, as this one adopts them.
+    if let Some(mut adopted) = store.adopted() {
+        let (config, queue, fe) = (config.clone(), queue.clone(), fe.clone());
+        tokio::spawn(async move {
+            while let Some(calls) = adopted.recv().await {
+                let dlp = config.dlp.guard().map(Arc::new);
+                let upstreams = fe.upstreams.load();
+                take_back(
+                    &config,
+                    &queue,
+                    &fe.feeds,
+                    &upstreams,
+                    &fe.sessions,
+                    dlp.as_ref(),
+                    calls,
+                )
+                .await;
+            }
+        });
+    }
     let notify = crate::notify::Health::new();
     let console_listener = tokio::net::TcpListener::bind(config.broker.console_listen)
         .await
@@ -396,19 +416,41 @@ async fn recover(
     sessions: &Owners,
     dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
 ) {
-    for record in queue.store().unfinished() {
+    let store = queue.store();
+    let own = Adopted {
+        from: String::new(),
+        pending: store.pending(),
+        unfinished: store.unfinished(),
+        unsent: store.approved_unsent(),
+    };
+    if !own.pending.is_empty() {
+        tracing::info!(
+            calls = own.pending.len(),
+            "recovered held calls from the store"
+        );
+    }
+    take_back(config, queue, feeds, upstreams, sessions, dlp, own).await;
+}
+
+/// See through calls whose clients wait on this broker, found at start (its own, held when it
+/// stopped) or adopted from a broker sharing the store that stopped for good: the same way.
+async fn take_back(
+    config: &config::Config,
+    queue: &Arc<Queue>,
+    feeds: &Arc<Feeds>,
+    upstreams: &HashMap<String, Upstream>,
+    sessions: &Owners,
+    dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
+    calls: Adopted,
+) {
+    for record in calls.unfinished {
         outcome_unknown(queue, feeds, sessions, &record).await;
     }
-    forward_approved_meanwhile(config, queue, feeds, upstreams, sessions, dlp).await;
-    let pending = queue.store().pending();
-    if pending.is_empty() {
-        return;
-    }
-    tracing::info!(calls = pending.len(), "recovered held calls from the store");
-    for record in pending {
+    forward_approved_meanwhile(config, queue, feeds, upstreams, sessions, dlp, calls.unsent).await;
+    for record in calls.pending {
         let (mode, upstream) = resumable(&record, upstreams, sessions);
         let id = record.id.clone();
-        let waiting = queue.admit(record);
+        let waiting = queue.adopt(record);
         match (mode, upstream) {
             (HoldMode::Retry, _) => {}
             (_, Err(why)) => {
@@ -451,8 +493,9 @@ async fn forward_approved_meanwhile(
     upstreams: &HashMap<String, Upstream>,
     sessions: &Owners,
     dlp: Option<&Arc<tollgate_policy::guards::Dlp>>,
+    unsent: Vec<Arc<CallRecord>>,
 ) {
-    for record in queue.store().approved_unsent() {
+    for record in unsent {
         match resumable(&record, upstreams, sessions) {
             (mode, Ok(upstream)) => {
                 tracing::info!(call = %record.id, "forwarding a call approved while the broker was stopped");

@@ -218,6 +218,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Calls adopted from brokers that stopped for good, as they are adopted (taken once;
+    /// `None` for a store only this broker uses).
+    fn adopted(&self) -> Option<tokio::sync::mpsc::Receiver<Adopted>> {
+        None
+    }
+
     /// This broker's name among those sharing the store (`None` when it is not shared).
     fn node(&self) -> Option<&str> {
         None
@@ -260,6 +266,21 @@ pub(crate) fn report_health(
             });
         }
     }
+}
+
+/// Open calls this broker took over from a broker that stopped for good (see
+/// [`Backend::adopted`]); sorted as [`Backend::pending`], [`Backend::unfinished`] and
+/// [`Backend::approved_unsent`] sort a broker's own calls at start.
+#[derive(Debug, Clone, Default)]
+pub struct Adopted {
+    /// The broker they were held on.
+    pub from: String,
+    /// Calls still waiting for a decision.
+    pub pending: Vec<Arc<CallRecord>>,
+    /// Approved calls it had claimed and not finished: outcome unknown.
+    pub unfinished: Vec<Arc<CallRecord>>,
+    /// Approved calls it never claimed: to forward.
+    pub unsent: Vec<Arc<CallRecord>>,
 }
 
 /// A change another broker sharing the store made, for the queue to follow.

@@ -327,3 +327,64 @@ def test_identities_are_shared_added_and_revoked_for_every_broker_at_once(broker
             except Exception:
                 closed = True
         assert closed, "a revoked identity's console stays open"
+
+
+def test_a_survivor_adopts_a_dead_brokers_calls_and_answers_their_clients(broker, postgres, tmp_path):
+    """kill -9 of A with a stream and a task held; B adopts them after node_timeout: the task is
+    polled and completed on B, the stream client resumes on B with Last-Event-ID."""
+    from conftest import INIT, Stream, post, py_stdio_command, toml_list
+    from test_tasks import DISPOSITION, rpc
+
+    policy = f'[policy]\ndefault = "approve"\n[[server]]\nname = "py"\ncommand = {toml_list(py_stdio_command())}\n'
+    c = Cluster(broker, postgres, tmp_path, policy=policy, extra='keepalive = "300ms"\nresume_grace = "60s"\n', store='node_timeout = "2s"\n')
+    bob = c["b"].connect(c.tokens["bob"])
+    agent = c.tokens["agent"]
+    auth = {"authorization": f"Bearer {agent}"}
+
+    task_id = rpc(c["a"].url("py"), agent, 10, "tools/call", {"name": "echo", "arguments": {"message": "task of a"}}, "echo")["result"]["taskId"]
+    init = post(c["a"].url("ev"), INIT, auth)
+    sess = {**auth, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25", "accept": "application/json, text/event-stream"}
+    post(c["a"].url("ev"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, sess)
+    held = Stream("POST", c["a"].url("ev"), sess, {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "stream of a"}}})
+    pending = {bob.pending(timeout=20)["id"], bob.pending(timeout=20)["id"]}
+    assert task_id in pending
+    [stream_id] = pending - {task_id}
+    assert held.first.wait(10)
+    last_id = held.events[0][0]
+    assert last_id.startswith(f"tg-{stream_id}-"), last_id
+
+    c["a"].proc.popen.send_signal(signal.SIGKILL)
+    c["a"].proc.popen.wait(timeout=10)
+    held.done.wait(10)
+    # Within a few node_timeouts B adopts both: the task is B's to answer now.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            polled = rpc(c["b"].url("py"), agent, 50, "tasks/get", {"taskId": task_id})
+        except AssertionError as e:  # not B's task yet: refused
+            polled = {"refused": str(e)}
+        if "result" in polled:
+            break
+        assert time.monotonic() < deadline, f"B never adopted the task: {polled}"
+        time.sleep(0.5)
+    assert polled["result"]["status"] == "working", polled
+    resumed = Stream("GET", c["b"].url("ev"), {**sess, "last-event-id": last_id})
+    # Still listed once on B's console, and decided there.
+    listed = [x["id"] for x in bob.request({"type": "snapshot"}, "snapshot")["pending"]]
+    assert sorted(listed) == sorted(pending), listed
+    for call_id in pending:
+        [r] = bob.decide(call_id, "approve")
+        assert r["ok"], r
+    assert resumed.done.wait(30)
+    [result] = resumed.results()
+    assert result["result"]["content"][0]["text"] == "Echo: stream of a", result
+    for n in range(200):
+        done = rpc(c["b"].url("py"), agent, 100 + n, "tasks/get", {"taskId": task_id})["result"]
+        if done["status"] != "working":
+            break
+        time.sleep(0.05)
+    assert done["status"] == "completed" and done["result"]["content"][0]["text"].endswith("task of a"), done
+    assert done["result"]["_meta"][DISPOSITION] == "approved-executed"
+    for call_id in pending:
+        assert [e["outcome"] for e in c.audit("--call", call_id)] == ["pending", "approved"]
+    assert "audit chain OK" in c.verify()

@@ -32,6 +32,7 @@ pub(super) struct RawStore {
     node: Option<Spanned<String>>,
     pool_size: Option<Spanned<i64>>,
     statement_timeout: Option<Spanned<String>>,
+    node_timeout: Option<Spanned<String>>,
     ca: Option<Spanned<String>>,
     cert: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
@@ -180,6 +181,8 @@ impl Validator<'_> {
             Duration::from_secs(5),
             "statement_timeout",
         );
+        settings.node_timeout =
+            self.duration(raw.node_timeout, Duration::from_secs(30), "node_timeout");
         settings.tls = self.store_tls(base, &raw.ca, &raw.cert, &raw.key, &settings, &url);
         if settings.config.get_hosts().is_empty() {
             self.problem(

@@ -238,6 +238,26 @@ impl Queue {
         self.enter(record)
     }
 
+    /// Take over a call held on a broker that stopped for good (its entry here showed it as
+    /// held elsewhere): this broker now holds its client and counts it against its budgets.
+    /// Consoles already know it, so they are not told again.
+    pub fn adopt(self: &Arc<Self>, record: Arc<CallRecord>) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut entries = self.entries.lock();
+            if let Some(e) = entries.get_mut(&record.id)
+                && !e.local()
+            {
+                e.record = record.clone();
+                e.done = Done::Wait(tx);
+                drop(entries);
+                self.budgets.adopt(&record, now_ms());
+                return Waiting { record, done: rx };
+            }
+        }
+        self.admit(record)
+    }
+
     fn enter(self: &Arc<Self>, record: Arc<CallRecord>) -> Waiting {
         let (tx, rx) = oneshot::channel();
         self.enter_with(record.clone(), Done::Wait(tx));

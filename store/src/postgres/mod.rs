@@ -25,6 +25,7 @@
 
 pub mod identities;
 mod listen;
+mod nodes;
 pub mod pool;
 pub mod schema;
 
@@ -45,7 +46,8 @@ use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 use crate::chain::{Verified, Verifier, audit_entry, chain_hash};
 use crate::{
-    Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, StoreError, Writes,
+    Adopted, Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, StoreError,
+    Writes,
 };
 pub use pool::{Pool, Settings};
 pub use tokio_postgres::config::SslMode;
@@ -90,6 +92,7 @@ pub struct PgStore {
     /// This broker's calls approved while it was not running, never claimed.
     unsent: Vec<Arc<CallRecord>>,
     remote: Mutex<Option<mpsc::Receiver<Remote>>>,
+    adopted: Mutex<Option<mpsc::Receiver<Adopted>>>,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -288,6 +291,9 @@ impl PgStore {
         );
         let (remote_tx, remote_rx) = mpsc::channel(REMOTE_BUFFER);
         tokio::spawn(listen::run(pool.clone(), node.clone(), remote_tx));
+        let (adopted_tx, adopted_rx) = mpsc::channel(64);
+        let timeout = pool.settings().node_timeout;
+        tokio::spawn(nodes::run(pool.clone(), node.clone(), timeout, adopted_tx));
         Ok(Arc::new(PgStore {
             pool,
             node,
@@ -297,6 +303,7 @@ impl PgStore {
             unfinished,
             unsent,
             remote: Mutex::new(Some(remote_rx)),
+            adopted: Mutex::new(Some(adopted_rx)),
             observer,
         }))
     }
@@ -714,6 +721,10 @@ impl Backend for PgStore {
 
     fn remote(&self) -> Option<mpsc::Receiver<Remote>> {
         self.remote.lock().take()
+    }
+
+    fn adopted(&self) -> Option<mpsc::Receiver<Adopted>> {
+        self.adopted.lock().take()
     }
 
     fn node(&self) -> Option<&str> {

@@ -33,6 +33,8 @@ pub struct Settings {
     pub statement_timeout: Duration,
     /// This broker's name among those sharing the database (see [`super::PgStore`]).
     pub node: String,
+    /// How long a broker may stay silent before another adopts its open calls.
+    pub node_timeout: Duration,
 }
 
 /// A connection's driver task: it ends (with the error, if any) when the connection does.
@@ -50,6 +52,7 @@ impl Settings {
             pool_size: 8,
             statement_timeout: Duration::from_secs(5),
             node: node.into(),
+            node_timeout: Duration::from_secs(30),
         })
     }
 

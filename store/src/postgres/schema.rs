@@ -56,6 +56,11 @@ const MIGRATIONS: &[&str] = &[
         name text PRIMARY KEY,
         entry bytea NOT NULL
     );",
+    // 3: brokers alive, so a survivor adopts the calls of one that stopped for good.
+    "CREATE TABLE tollgate_nodes (
+        node text PRIMARY KEY,
+        seen_ms bigint NOT NULL
+    );",
 ];
 
 /// The schema version this broker runs against.
