@@ -388,3 +388,22 @@ def test_a_survivor_adopts_a_dead_brokers_calls_and_answers_their_clients(broker
     for call_id in pending:
         assert [e["outcome"] for e in c.audit("--call", call_id)] == ["pending", "approved"]
     assert "audit chain OK" in c.verify()
+
+
+def test_an_approved_retry_runs_once_on_whichever_broker_the_client_repeats_it(broker, postgres, tmp_path):
+    c = Cluster(broker, postgres, tmp_path, policy=RETRY)
+    bob = c["b"].connect(c.tokens["bob"])
+    on_a = c["a"].connect(c.tokens["alice"])
+    first = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "again"}).result(timeout=30)
+    assert first.is_error and "approval" in first.content[0].text, first
+    call = bob.pending(timeout=20)
+    assert bob.decide(call["id"], "approve")[0]["ok"]
+    # A heard of the approval too, so both brokers hold the grant.
+    on_a.next("call_decided", where=lambda m: m["call"]["id"] == call["id"])
+    # Repeated on B (the load balancer sent it there): it runs, once.
+    ran = sdk_call(c["b"].url("ev"), c.tokens["agent"], "echo", {"message": "again"}).result(timeout=30)
+    assert not ran.is_error and ran.content[0].text == "Echo: again", ran
+    # Repeated once more, on A: the grant is used, so this is a new call, held.
+    again = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "again"}).result(timeout=30)
+    assert again.is_error and "approval" in again.content[0].text, again
+    assert bob.pending(timeout=20)["id"] != call["id"]

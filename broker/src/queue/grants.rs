@@ -84,6 +84,12 @@ impl Queue {
         if original.outcome == Outcome::Rejected {
             return Some(Taken::Rejected(original));
         }
+        // Once across brokers sharing the store: the first to claim the call runs it (a store
+        // of one broker has nothing to claim).
+        if let Err(e) = self.store.claim(&original.id).await {
+            tracing::info!(call = %original.id, error = %e, "an approved retry was used already (on another broker); this repeat is a new call");
+            return None;
+        }
         let mut original = Arc::unwrap_or_clone(original);
         let id = original.id.clone();
         if let Some(h) = original.hold.as_mut() {

@@ -352,9 +352,9 @@ impl Queue {
             .map(|d| d.by.as_str())
             .unwrap_or_default();
         tracing::info!(call = %record.id, server = %record.server, tool = %record.tool, client = %record.client, outcome = %record.outcome, by, trace, "decided");
-        if local {
-            self.grants.decided(&record);
-        }
+        // Every broker sharing the store keeps the grant: the client may repeat the call on
+        // any of them, and the store's claim lets it through once.
+        self.grants.decided(&record);
         self.publish(ServerMsg::CallDecided {
             call: record.clone(),
         });
