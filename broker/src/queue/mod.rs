@@ -7,6 +7,10 @@
 //! Consoles receive events through a bounded broadcast channel: one that falls behind misses
 //! events and is sent a fresh snapshot instead, so a slow console never holds the broker up.
 //!
+//! With a store shared by several brokers, the queue also holds the calls whose clients wait on
+//! other brokers ([`Queue::follow`]): consoles here see them and may decide them, the broker
+//! holding the client forwards them.
+//!
 //! [`decide`] takes decisions from consoles, [`expiry`] ends calls nobody decided in time,
 //! [`grants`] lets approved retry-mode calls through once, and [`temp_rules`] keeps the
 //! temporary rules decisions install.
@@ -328,8 +332,7 @@ impl Queue {
         }
         let entry = self.entries.lock().remove(&record.id);
         self.expiry.forget(&record);
-        let local = entry.as_ref().is_some_and(Entry::local);
-        if local {
+        if entry.as_ref().is_some_and(Entry::local) {
             self.budgets
                 .release(&record, record.outcome == Outcome::Approved, now_ms());
         }
