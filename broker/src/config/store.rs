@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 use tollgate_shared::tls::ClientTls;
@@ -176,13 +175,14 @@ impl Validator<'_> {
                 ),
             }
         }
+        // The defaults are `Settings::new`'s.
         settings.statement_timeout = self.duration(
             raw.statement_timeout,
-            Duration::from_secs(5),
+            settings.statement_timeout,
             "statement_timeout",
         );
         settings.node_timeout =
-            self.duration(raw.node_timeout, Duration::from_secs(30), "node_timeout");
+            self.duration(raw.node_timeout, settings.node_timeout, "node_timeout");
         settings.tls = self.store_tls(base, &raw.ca, &raw.cert, &raw.key, &settings, &url);
         if settings.config.get_hosts().is_empty() {
             self.problem(
@@ -242,7 +242,7 @@ mod tests {
         let StoreSpec::Postgres(s) = c.store else {
             panic!("not postgres")
         };
-        assert_eq!(s.statement_timeout, Duration::from_secs(2));
+        assert_eq!(s.statement_timeout, std::time::Duration::from_secs(2));
         assert_eq!(s.pool_size, 8);
         assert!(s.node.ends_with(":9000"), "host name and port: {}", s.node);
         assert_eq!(s.config.get_ports(), &[5433]);
