@@ -414,7 +414,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
             req,
             rules: api.queue.temp.list(tollgate_shared::clock::now_ms()),
         },
-        ClientMsg::RevokeRule { req, id } => match api.queue.revoke_rule(who, &id) {
+        ClientMsg::RevokeRule { req, id } => match api.queue.revoke_rule(who, &id).await {
             Ok(_) => ServerMsg::Rules {
                 req,
                 rules: api.queue.temp.list(tollgate_shared::clock::now_ms()),

@@ -140,10 +140,18 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
             config.broker.data_dir.display()
         );
     }
-    let temp = crate::queue::temp_rules::TempRules::load(
-        config.broker.data_dir.join("temp_rules.json"),
-        tollgate_shared::clock::now_ms(),
-    )?;
+    let temp = match &shared {
+        Some(pg) => crate::queue::temp_rules::TempRules::shared(
+            pg.clone(),
+            tollgate_shared::clock::now_ms(),
+        )
+        .await
+        .context("cannot read the temporary rules from PostgreSQL")?,
+        None => crate::queue::temp_rules::TempRules::load(
+            config.broker.data_dir.join("temp_rules.json"),
+            tollgate_shared::clock::now_ms(),
+        )?,
+    };
     let queue = Queue::with_guards(
         store.clone(),
         config.broker.retry_ttl,

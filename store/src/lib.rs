@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_policy::approval::{Change, Refused};
 use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
-use tollgate_shared::console::{Refusal, StoreFailing};
+use tollgate_shared::console::{Refusal, StoreFailing, TempRule};
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 pub use error::StoreError;
@@ -301,6 +301,33 @@ pub enum Remote {
         /// Every call held, on any broker.
         pending: std::collections::HashSet<Name>,
     },
+    /// Another broker changed the temporary rules (added, revoked, used an allowance): read
+    /// them again.
+    Rules,
+}
+
+/// Temporary rules kept where every broker sharing a store finds them (the broker keeps its
+/// own otherwise): a rule added, revoked or used on one broker holds on all of them.
+pub trait RuleStore: Send + Sync + 'static {
+    /// The rules in force at `now_ms`, oldest first.
+    fn list(&self, now_ms: u64) -> BoxFuture<'_, Result<Vec<TempRule>, StoreError>>;
+    /// Install a rule.
+    fn add<'a>(&'a self, rule: &'a TempRule) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Revoke a rule in force: the rule as it was, `None` if none by that id was in force.
+    fn remove<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<TempRule>, StoreError>>;
+    /// Use one allowance of allow rule `id`, once across every broker: the rule counted down,
+    /// or `None` if it has none left (a rule whose last allowance this is goes).
+    fn take<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<TempRule>, StoreError>>;
+    /// Count a call a block rule refused.
+    fn hit<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// Told of what the store committed, after each group is durable: for metrics. Called on the

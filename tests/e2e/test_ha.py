@@ -407,3 +407,84 @@ def test_an_approved_retry_runs_once_on_whichever_broker_the_client_repeats_it(b
     again = sdk_call(c["a"].url("ev"), c.tokens["agent"], "echo", {"message": "again"}).result(timeout=30)
     assert again.is_error and "approval" in again.content[0].text, again
     assert bob.pending(timeout=20)["id"] != call["id"]
+
+
+def test_temporary_rules_made_on_one_broker_hold_on_every_broker_and_an_allowance_is_used_once(broker, postgres, tmp_path):
+    c = Cluster(broker, postgres, tmp_path)
+    on_a = c["a"].connect(c.tokens["alice"])
+    on_b = c["b"].connect(c.tokens["bob"])
+    agent = c.tokens["agent"]
+    seen: set[str] = set()
+
+    def rules_become(console, ids):
+        """What a broker's console lists as rules reaches `ids` (each broker keeps a copy)."""
+        deadline = time.monotonic() + 20
+        while True:
+            got = sorted(r["id"] for r in console.request({"type": "list_rules"}, "rules")["rules"])
+            if got == sorted(ids):
+                return
+            assert time.monotonic() < deadline, (got, ids)
+            time.sleep(0.05)
+
+    def new_pending(console, message):
+        call = console.pending(timeout=30, where=lambda call: call["arguments"] == {"message": message} and call["id"] not in seen)
+        seen.add(call["id"])
+        return call
+
+    # A pattern rejected and blocked from B's console, for a call held on A...
+    first = sdk_call(c["a"].url("ev"), agent, "echo", {"message": "loop"})
+    held = new_pending(on_b, "loop")
+    answer = on_b.request(
+        {"type": "decide", "target": {"by": "fingerprint", "fingerprint": held["fingerprint"]}, "verdict": "reject", "reason": "runaway", "block_for_ms": 600_000},
+        "decided",
+        timeout=30,
+    )
+    block = answer["rule"]
+    assert block["kind"] == "block" and block["by"] == "bob", answer
+    assert first.result(timeout=30).is_error
+    # ...is refused at once on A.
+    rules_become(on_a, [block["id"]])
+    refused = sdk_call(c["a"].url("ev"), agent, "echo", {"message": "loop"}).result(timeout=30)
+    assert refused.is_error and block["id"] in refused.content[0].text, refused
+
+    # An allowance of 3 made on A. Six identical calls at once, three on each broker: the
+    # brokers together let exactly three through; the other three wait for a person.
+    lead = sdk_call(c["a"].url("ev"), agent, "echo", {"message": "fine"})
+    held = new_pending(on_a, "fine")
+    answer = on_a.request(
+        {"type": "decide", "target": {"by": "fingerprint", "fingerprint": held["fingerprint"]}, "verdict": "approve", "allow_next": {"count": 3, "for_ms": 600_000}},
+        "decided",
+        timeout=30,
+    )
+    allow = answer["rule"]
+    assert allow["kind"] == "allow" and allow["remaining"] == 3, answer
+    assert lead.result(timeout=30).content[0].text == "Echo: fine"
+    rules_become(on_b, [block["id"], allow["id"]])
+    calls = [sdk_call(c[n].url("ev"), agent, "echo", {"message": "fine"}) for n in ("a", "b", "a", "b", "a", "b")]
+    waiting = [new_pending(on_b, "fine") for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while sum(f.done() for f in calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    through = [f.result() for f in calls if f.done()]
+    assert len(through) == 3 and all(not r.is_error and r.content[0].text == "Echo: fine" for r in through), through
+    # Used up: gone from both brokers' rules.
+    rules_become(on_a, [block["id"]])
+    rules_become(on_b, [block["id"]])
+    results = on_b.decide([w["id"] for w in waiting], "reject", "enough")
+    assert all(r["ok"] for r in results), results
+    answers = [f.result(timeout=30) for f in calls]
+    assert sum(r.is_error for r in answers) == 3, answers
+
+    # Revoked on A: gone on B too, where the pattern is held again rather than refused.
+    gone = on_a.request({"type": "revoke_rule", "id": block["id"]}, "rules")
+    assert gone["rules"] == [], gone
+    rules_become(on_b, [])
+    again = sdk_call(c["b"].url("ev"), agent, "echo", {"message": "loop"})
+    held = new_pending(on_a, "loop")
+    assert not again.done()
+    assert on_a.decide(held["id"], "reject", "done")[0]["ok"]
+    assert again.result(timeout=30).is_error
+
+    # Every call's decision is in the one audit chain, and it verifies.
+    assert "audit chain OK" in c.verify()

@@ -579,6 +579,7 @@ impl Gateway {
                         && (verdict.hold.approvers.is_empty()
                             || verdict.hold.approvers.contains(&r.by))
                 })
+                .await
         {
             if let Err(over) = self.queue.budgets().charge_run(
                 &record.server,

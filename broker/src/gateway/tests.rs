@@ -412,6 +412,7 @@ async fn a_temporary_block_refuses_before_the_rate_limit_and_names_who_installed
             },
             now_ms(),
         )
+        .await
         .expect("add");
     let blocked = h.call("query", json!({"q": 1})).await;
     assert_eq!(blocked.audit.outcome, Outcome::Blocked);
@@ -630,6 +631,7 @@ async fn an_allow_rule_stands_in_for_its_author_but_never_for_the_callers_own_ca
         .queue
         .temp
         .add(allow("agent"), now_ms())
+        .await
         .expect("add");
     assert_eq!(
         h.call("drop", json!({"t": 1})).await.kind,
@@ -640,6 +642,7 @@ async fn an_allow_rule_stands_in_for_its_author_but_never_for_the_callers_own_ca
         .queue
         .temp
         .add(allow("alice"), now_ms())
+        .await
         .expect("add");
     let through = h.call("drop", json!({"t": 1})).await;
     assert_eq!(through.kind, "forward");

@@ -298,7 +298,7 @@ impl Queue {
             remaining,
             hits: 0,
         };
-        if let Err(e) = self.temp.add(rule.clone(), now) {
+        if let Err(e) = self.temp.add(rule.clone(), now).await {
             return Ok((results, Err(NoRule::Save(e))));
         }
         tracing::info!(rule = %rule.id, kind = ?rule.kind, fingerprint = %rule.fingerprint, by = %rule.by, until_ms = rule.until_ms, "temporary rule installed");
@@ -308,25 +308,28 @@ impl Queue {
 
     /// Revoke a temporary rule: admins any, approvers their own or those for servers they
     /// decide for.
-    pub fn revoke_rule(&self, who: &Identity, id: &str) -> Result<TempRule, TempRuleError> {
-        let gone = self.temp.revoke(id, now_ms(), |r| match who.role {
-            Role::Admin => Ok(()),
-            Role::Approver
-                if r.by == who.name
-                    || who.servers.as_ref().is_none_or(|s| s.contains(&r.server)) =>
-            {
-                Ok(())
-            }
-            Role::Approver => Err(TempRuleError::OutOfScope {
-                who: who.name.clone(),
-                id: r.id.clone(),
-                by: r.by.clone(),
-                server: r.server.clone(),
-            }),
-            Role::Viewer => Err(TempRuleError::Viewer {
-                who: who.name.clone(),
-            }),
-        })?;
+    pub async fn revoke_rule(&self, who: &Identity, id: &str) -> Result<TempRule, TempRuleError> {
+        let gone = self
+            .temp
+            .revoke(id, now_ms(), |r| match who.role {
+                Role::Admin => Ok(()),
+                Role::Approver
+                    if r.by == who.name
+                        || who.servers.as_ref().is_none_or(|s| s.contains(&r.server)) =>
+                {
+                    Ok(())
+                }
+                Role::Approver => Err(TempRuleError::OutOfScope {
+                    who: who.name.clone(),
+                    id: r.id.clone(),
+                    by: r.by.clone(),
+                    server: r.server.clone(),
+                }),
+                Role::Viewer => Err(TempRuleError::Viewer {
+                    who: who.name.clone(),
+                }),
+            })
+            .await?;
         tracing::info!(rule = %gone.id, by = %who.name, "temporary rule revoked");
         self.rules_changed();
         Ok(gone)

@@ -125,6 +125,9 @@ pub enum HoldError {
 /// Events buffered per console before it counts as fallen behind.
 pub const EVENT_BUFFER: usize = 4096;
 
+/// How often a broker sharing its store reads the temporary rules again without being told.
+const RULES_REREAD: Duration = Duration::from_secs(5);
+
 /// A held call's handle for the code that waits on it.
 pub struct Waiting {
     /// The call as it was held.
@@ -410,12 +413,37 @@ impl Queue {
             return;
         };
         let queue = Arc::downgrade(self);
+        if self.temp.is_shared() {
+            // Notifications tell of every change; reading now and then also brings block
+            // rules' hit counts, which change without one.
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RULES_REREAD);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(queue) = queue.upgrade() else { return };
+                    queue.reread_rules().await;
+                }
+            });
+        }
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
                 let Some(queue) = queue.upgrade() else { return };
                 queue.apply(change).await;
             }
         });
+    }
+
+    /// Read the shared temporary rules again, telling consoles if they changed.
+    async fn reread_rules(&self) {
+        match self.temp.refresh(now_ms()).await {
+            Ok(true) => self.rules_changed(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the temporary rules again; keeping those read before")
+            }
+        }
     }
 
     async fn apply(self: &Arc<Self>, change: Remote) {
@@ -430,7 +458,10 @@ impl Queue {
             Remote::Decided(d) if known(&d.record.id) => self.settle(d.record, d.change),
             Remote::Closed(record) if known(&record.id) => self.closed(record),
             Remote::Decided(_) | Remote::Closed(_) => {}
+            Remote::Rules => self.reread_rules().await,
             Remote::Resync { others, pending } => {
+                // Rules may have changed unheard too.
+                self.reread_rules().await;
                 let gone: Vec<Name> = self
                     .entries
                     .lock()

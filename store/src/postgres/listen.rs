@@ -83,6 +83,12 @@ async fn session(pool: &Pool, node: &str, to: &mpsc::Sender<Remote>) -> Result<(
         if origin == node {
             continue;
         }
+        if kind == "rules" {
+            if to.send(Remote::Rules).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         let ids: Vec<&str> = ids.split(',').collect();
         let rows = client
             .query(

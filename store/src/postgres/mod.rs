@@ -27,6 +27,7 @@ pub mod identities;
 mod listen;
 mod nodes;
 pub mod pool;
+pub mod rules;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -40,14 +41,14 @@ use tollgate_policy::approval::{self, Change};
 use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::clock::now_ms;
-use tollgate_shared::console::StoreFailing;
+use tollgate_shared::console::{StoreFailing, TempRule};
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 use crate::chain::{Verified, Verifier, audit_entry, chain_hash};
 use crate::{
-    Adopted, Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, StoreError,
-    Writes,
+    Adopted, Backend, BoxFuture, DecideError, Decided, Observer, RETRY_EVERY, Remote, RuleStore,
+    StoreError, Writes,
 };
 pub use pool::{Pool, Settings};
 pub use tokio_postgres::config::SslMode;
@@ -527,6 +528,36 @@ pub async fn query(pool: &Pool, filter: &AuditFilter) -> Result<Vec<AuditEntry>,
         .collect::<Result<Vec<_>, _>>()?;
     out.reverse();
     Ok(out)
+}
+
+impl RuleStore for PgStore {
+    fn list(&self, now_ms: u64) -> BoxFuture<'_, Result<Vec<TempRule>, StoreError>> {
+        Box::pin(rules::list(&self.pool, now_ms))
+    }
+
+    fn add<'a>(&'a self, rule: &'a TempRule) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(rules::add(&self.pool, &self.node, rule))
+    }
+
+    fn remove<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<TempRule>, StoreError>> {
+        Box::pin(rules::remove(&self.pool, &self.node, id, now_ms))
+    }
+
+    fn take<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<TempRule>, StoreError>> {
+        Box::pin(rules::take(&self.pool, &self.node, id, now_ms))
+    }
+
+    fn hit<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(rules::hit(&self.pool, id))
+    }
 }
 
 impl Backend for PgStore {

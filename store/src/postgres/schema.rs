@@ -61,6 +61,19 @@ const MIGRATIONS: &[&str] = &[
         node text PRIMARY KEY,
         seen_ms bigint NOT NULL
     );",
+    // 4: temporary rules, so a pattern blocked or allowed from one broker's console holds on
+    // every broker, and an allowance is used up once across them.
+    "CREATE TABLE tollgate_temp_rules (
+        id text PRIMARY KEY,
+        kind text NOT NULL,
+        created_ms bigint NOT NULL,
+        until_ms bigint NOT NULL,
+        -- Allow rules: the calls still let through (counted down under the row's lock).
+        remaining integer,
+        hits bigint NOT NULL DEFAULT 0,
+        -- The rule as made (its counters are the columns above).
+        rule bytea NOT NULL
+    );",
 ];
 
 /// The schema version this broker runs against.
