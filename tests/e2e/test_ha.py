@@ -16,6 +16,7 @@ import threading
 import time
 
 import anyio
+from mcp.shared.exceptions import MCPError
 
 from conftest import BROKER_BIN, EVERYTHING, sdk_burst, sdk_call, sdk_client
 
@@ -240,6 +241,110 @@ def test_brokers_refuse_clearly_while_postgres_is_down_and_resume_by_themselves(
         assert after.result(timeout=30).content[0].text == "Echo: after"
         assert "audit chain OK" in c.verify()
     finally:
+        pg.remove()
+
+
+def test_postgres_crashing_under_load_loses_no_accepted_hold_or_decision(broker, tmp_path):
+    """Four agents on two brokers make allowed and held calls without pause while an approver
+    on B approves whatever is held; PostgreSQL is killed (`-m immediate`, crash recovery on
+    restart) in the middle. Every call ends answered or clearly refused; no call runs that no
+    console saw held; every hold a console saw ends approved (and its client answered) or, if
+    its client was told it was not queued, closed; the audit verifies."""
+    from conftest import PgCluster
+
+    pg = PgCluster()
+    pg.start()
+    stop = threading.Event()
+    try:
+        policy = '[policy]\ndefault = "allow"\n[[rule]]\nname = "echo"\ntools = ["ev/echo"]\naction = "approve"\n'
+        c = Cluster(broker, pg, tmp_path, policy=policy)
+        approver = c["b"].connect(c.tokens["bob"])
+        seen: dict[str, str] = {}  # call id -> its message
+        agents: list = []
+
+        def approve_all():
+            # Until every agent has its last answer: a call held just before they stop waits too.
+            while not all(f.done() for f in agents):
+                try:
+                    call = approver.pending(timeout=0.5)
+                except TimeoutError:
+                    continue
+                seen[call["id"]] = call["arguments"]["message"]
+                while True:
+                    [r] = approver.decide(call["id"], "approve")
+                    if r["ok"] or "could not be saved" not in r["message"]:
+                        break
+                    # Refused while the database is down, saying so: try again.
+                    time.sleep(0.2)
+
+        def agent(node: str, n: int) -> list:
+            out = []
+
+            async def run():
+                async with sdk_client(c[node].url("ev"), c.tokens["agent"]) as s:
+                    i = 0
+                    while not stop.is_set():
+                        i += 1
+                        tool, args = ("get-sum", {"a": n, "b": i}) if i % 2 else ("echo", {"message": f"{node}{n}-{i}"})
+                        try:
+                            r = await s.call_tool(tool, args)
+                            out.append((tool, args, r.is_error, r.content[0].text))
+                        except MCPError as e:
+                            # An approved call whose claim could not be written is not sent,
+                            # and its client is told so with a JSON-RPC error.
+                            out.append((tool, args, True, str(e)))
+
+            anyio.run(run)
+            return out
+
+        pool = concurrent.futures.ThreadPoolExecutor(5)
+        agents.extend(pool.submit(agent, node, n) for node, n in (("a", 1), ("a", 2), ("b", 3), ("b", 4)))
+        approving = pool.submit(approve_all)
+        time.sleep(3)
+        pg.stop("immediate")
+        time.sleep(2)
+        pg.start()
+        time.sleep(4)
+        stop.set()
+        results = [r for f in agents for r in f.result(timeout=120)]
+        approving.result(timeout=120)
+
+        answered: dict[str, str] = {}  # echo message -> what its client was told
+        sums = refused = 0
+        for tool, args, is_error, text in results:
+            if is_error:
+                # Clear: it names the store, and says the call was not run or not sent.
+                assert "PostgreSQL" in text, (tool, args, text)
+                refused += 1
+            elif tool == "get-sum":
+                assert text == f"The sum of {args['a']} and {args['b']} is {args['a'] + args['b']}.", text
+                sums += 1
+            else:
+                assert text == f"Echo: {args['message']}", text
+            if tool == "echo":
+                answered[args["message"]] = "ok" if not is_error else "not queued" if "could not queue it" in text else "not sent" if "not forwarded" in text else text
+        assert refused, "some calls came while PostgreSQL was down"
+        ran = {m for m, a in answered.items() if a == "ok"}
+        assert ran and sums, (len(ran), sums)
+        # No held call ran that no console saw.
+        assert ran <= set(seen.values()), ran - set(seen.values())
+
+        outcomes: dict[str, list[str]] = {}
+        for e in c.audit():
+            outcomes.setdefault(e["call_id"], []).append(e["outcome"])
+        for call, message in seen.items():
+            told = answered[message]
+            if told in ("ok", "not sent"):
+                assert outcomes.get(call) == ["pending", "approved"], (call, told, outcomes.get(call))
+            else:
+                # Held after all (its commit's answer was lost with the connection), then closed
+                # by the refusal its client was given, before or after bob approved it.
+                assert told == "not queued" and outcomes[call][0] == "pending" and outcomes[call][-1] == "blocked", (call, told, outcomes.get(call))
+        allowed = sum(1 for v in outcomes.values() if v == ["allowed"])
+        assert allowed >= sums, (allowed, sums)
+        assert "audit chain OK" in c.verify()
+    finally:
+        stop.set()
         pg.remove()
 
 

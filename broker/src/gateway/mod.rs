@@ -503,6 +503,7 @@ impl Gateway {
             if !self.forward_when_store_fails || full {
                 let refusal = Refusal::StoreFailing {
                     since_ms: f.since_ms,
+                    error: f.error.clone(),
                 };
                 if !full {
                     return self.refuse(ctx, record, refusal).await;
@@ -632,11 +633,15 @@ impl Gateway {
             Err(e) => {
                 tracing::error!(error = %e, "cannot hold a call: the store failed");
                 let text = refusal::not_queued(&record, &e);
-                return Intercept::Respond(jsonrpc::tool_error(
-                    record.request_id,
-                    &text,
-                    ctx.modern(),
-                ));
+                let id = record.request_id.clone();
+                // The client is told the call was not queued, so it must never run or show as
+                // held. A hold whose commit failed may still have committed (PostgreSQL lost
+                // during COMMIT): the refusal is written under the same id, kept and retried
+                // until the store takes it, and ends the held call wherever it is listed.
+                record.outcome = Outcome::Blocked;
+                record.reason = Some(format!("not queued: {e}"));
+                self.store.write(Arc::new(record), Writes::Both).await;
+                return Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()));
             }
         };
         if mode == HoldMode::Retry {

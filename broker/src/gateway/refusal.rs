@@ -38,6 +38,9 @@ pub enum Refusal {
     StoreFailing {
         /// Since when (ms since the epoch).
         since_ms: u64,
+        /// The store's last error, e.g. `PostgreSQL: cannot connect: …` or `cannot append to
+        /// the journal: No space left on device`.
+        error: String,
     },
     /// A policy rule denies it.
     Denied {
@@ -121,7 +124,7 @@ impl Refusal {
             Refusal::SecretInId => {
                 Some("a secret in the request id; the id is kept redacted".into())
             }
-            Refusal::StoreFailing { since_ms } => Some(format!(
+            Refusal::StoreFailing { since_ms, .. } => Some(format!(
                 "the store could not write (since {}): calls it could not record were refused",
                 rfc3339_seconds(*since_ms)
             )),
@@ -219,8 +222,8 @@ impl Refusal {
             Refusal::SecretInId => format!(
                 "Tollgate blocked this call to {server}/{tool}: its JSON-RPC request id contains what looks like a secret, and ids are logged and shown to approvers. The call was not run. Use a plain id."
             ),
-            Refusal::StoreFailing { .. } => format!(
-                "Tollgate refused this call to {server}/{tool}: the broker cannot write its audit trail at the moment (its disk may be full), and it runs no call it cannot record. The call was not run. Try again later."
+            Refusal::StoreFailing { error, .. } => format!(
+                "Tollgate refused this call to {server}/{tool}: the broker cannot write its audit trail at the moment ({error}), and it runs no call it cannot record. The call was not run. Try again later."
             ),
             Refusal::TooManySecrets => format!(
                 "Tollgate blocked this call to {server}/{tool}: its arguments contain more than {MAX_FINDINGS} secrets, more than any call may carry. The call was not run. Remove the secrets and try again."

@@ -703,14 +703,24 @@ impl Backend for PgStore {
     fn claim(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.to_string();
         Box::pin(async move {
-            let conn = self.pool.get().await?;
-            let claimed = conn
-                .execute(
-                    "UPDATE tollgate_calls SET claimed = true WHERE id = $1 AND NOT claimed",
-                    &[&id],
-                )
-                .await
-                .map_err(|e| StoreError::pg("claim the call for forwarding", e))?;
+            // A pooled connection may have died with a restarted server without the pool
+            // knowing yet: one more try on a new one. Safe: if the first try did claim the call,
+            // the second finds it claimed and the call is not sent.
+            let mut retried = false;
+            let claimed = loop {
+                let conn = self.pool.get().await?;
+                match conn
+                    .execute(
+                        "UPDATE tollgate_calls SET claimed = true WHERE id = $1 AND NOT claimed",
+                        &[&id],
+                    )
+                    .await
+                {
+                    Ok(n) => break n,
+                    Err(e) if e.is_closed() && !retried => retried = true,
+                    Err(e) => return Err(StoreError::pg("claim the call for forwarding", e)),
+                }
+            };
             if claimed == 1 {
                 Ok(())
             } else {
@@ -883,6 +893,26 @@ impl Writer {
             .map(|(r, _, _)| &**r)
             .chain(holds.iter().map(|(r, _)| &**r))
             .collect();
+        // A write that ends a call still held (a hold refused after its commit failed, which
+        // may have committed anyway) tells the other brokers, whose consoles list it.
+        let ending: Vec<&str> = records
+            .iter()
+            .filter(|r| r.hold.is_some() && r.outcome != Outcome::Pending)
+            .map(|r| &*r.id)
+            .collect();
+        let ended: Vec<String> = if ending.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(
+                "SELECT id FROM tollgate_calls WHERE open AND outcome = 'pending' AND id = ANY($1)",
+                &[&ending],
+            )
+            .await
+            .map_err(|e| StoreError::pg("read which written calls were held", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
         upsert(&tx, &self.node, &records).await?;
         let audited: Vec<(&CallRecord, u64)> = writes
             .iter()
@@ -893,6 +923,8 @@ impl Writer {
         append(&tx, &audited).await?;
         let held: Vec<&str> = holds.iter().map(|(r, _)| &*r.id).collect();
         notify_many(&tx, &self.node, "held", &held).await?;
+        let ended: Vec<&str> = ended.iter().map(String::as_str).collect();
+        notify_many(&tx, &self.node, "closed", &ended).await?;
         tx.commit()
             .await
             .map_err(|e| StoreError::pg("commit a group of writes", e))
