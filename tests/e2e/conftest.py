@@ -252,20 +252,22 @@ def broker(procs, tmp_path):
     """Start a broker on a config (TOML text without [broker] listen/data_dir); returns Broker."""
     started = []
 
-    def start(config: str, name: str = "broker", env: dict | None = None, listen: str = "127.0.0.1:0", data_name: str | None = None) -> Broker:
+    def start(config: str, name: str = "broker", env: dict | None = None, listen: str = "127.0.0.1:0", data_name: str | None = None, prefix: list[str] | None = None, console_listen: str = "127.0.0.1:0") -> Broker:
+        """`prefix` runs the broker under a command (`ip netns exec NS`); then `listen` and
+        `console_listen` name an address the tests reach it on."""
         data = tmp_path / f"{data_name or name}-data"
         body = textwrap.dedent(config)
         admin = "" if "admin_listen" in body else 'admin_listen = "127.0.0.1:0"\n'
-        head = f'[broker]\nlisten = "{listen}"\nconsole_listen = "127.0.0.1:0"\n{admin}data_dir = "{data}"\n'
+        head = f'[broker]\nlisten = "{listen}"\nconsole_listen = "{console_listen}"\n{admin}data_dir = "{data}"\n'
         if "[broker]" in body:
             body = body.replace("[broker]\n", "", 1)
         path = tmp_path / f"{name}.toml"
         path.write_text(head + body)
-        proc = procs.start(name, [str(BROKER_BIN), "serve", "--config", str(path)], {"RUST_LOG": "info", **(env or {})})
+        proc = procs.start(name, [*(prefix or []), str(BROKER_BIN), "serve", "--config", str(path)], {"RUST_LOG": "info", **(env or {})})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             out = proc.stdout()
-            m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", out)
+            m = re.search(r"listening on (https?://[0-9.]+:\d+)", out)
             c = re.search(r"consoles -> (wss?://\S+)", out)
             a = re.search(r"metrics -> (https?://\S+)/metrics", out)
             if m and c and (a or "admin_listen" in body):
@@ -310,9 +312,16 @@ class PgCluster:
         assert out.returncode == 0, out.stderr
         self.dbs = 0
 
-    def start(self, tls=None):
-        """Start it; `tls` (a certs.Pair) turns TLS on with that certificate."""
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on"
+    def start(self, tls=None, also: str | None = None):
+        """Start it; `tls` (a certs.Pair) turns TLS on with that certificate; `also` is one more
+        address to listen on, whose /24 may connect."""
+        listen = "127.0.0.1"
+        if also:
+            listen += f",{also}"
+            net = also.rsplit(".", 1)[0] + ".0/24"
+            with open(self.data / "pg_hba.conf", "a") as f:
+                f.write(f"host all all {net} trust\n")
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses={listen} -c max_connections=300 -c fsync=on"
         if tls is not None:
             if self.as_user:
                 subprocess.run(["chown", "postgres", str(tls.cert), str(tls.key)], check=True)

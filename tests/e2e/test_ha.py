@@ -16,6 +16,7 @@ import threading
 import time
 
 import anyio
+import pytest
 from mcp.shared.exceptions import MCPError
 
 from conftest import BROKER_BIN, EVERYTHING, sdk_burst, sdk_call, sdk_client
@@ -593,3 +594,95 @@ def test_temporary_rules_made_on_one_broker_hold_on_every_broker_and_an_allowanc
 
     # Every call's decision is in the one audit chain, and it verifies.
     assert "audit chain OK" in c.verify()
+
+
+class CutOff:
+    """A network namespace joined to the host by two veth pairs: over one, a broker started in
+    it (`prefix`) reaches PostgreSQL at `host`; over the other, the tests reach the broker at
+    `inner`. `cut` takes the host's end of the first link down: the broker's packets to
+    PostgreSQL go nowhere and nothing resets its connections (a partition, as a dead switch
+    makes one); `heal` brings it back up."""
+
+    def __init__(self):
+        tag = os.getpid() % 100_000
+        n = os.getpid() % 200 + 20
+        self.ns = f"tgcut{tag}"
+        self.prefix = ["ip", "netns", "exec", self.ns]
+        self.sh("ip", "netns", "add", self.ns)
+        self.sh(*self.prefix, "ip", "link", "set", "lo", "up")
+        self.links = []
+        for kind, net in (("p", f"10.213.{n}"), ("t", f"10.214.{n}")):
+            outer, inner = f"tg{kind}h{tag}", f"tg{kind}n{tag}"
+            self.sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            self.sh("ip", "link", "set", inner, "netns", self.ns)
+            self.sh("ip", "addr", "add", f"{net}.1/24", "dev", outer)
+            self.sh("ip", "link", "set", outer, "up")
+            self.sh(*self.prefix, "ip", "addr", "add", f"{net}.2/24", "dev", inner)
+            self.sh(*self.prefix, "ip", "link", "set", inner, "up")
+            self.links.append(outer)
+        self.pg_link = self.links[0]
+        self.host, self.inner = f"10.213.{n}.1", f"10.214.{n}.2"
+
+    @staticmethod
+    def sh(*args: str) -> None:
+        out = subprocess.run(args, capture_output=True, text=True)
+        assert out.returncode == 0, (args, out.stderr)
+
+    def cut(self) -> None:
+        self.sh("ip", "link", "set", self.pg_link, "down")
+
+    def heal(self) -> None:
+        self.sh("ip", "link", "set", self.pg_link, "up")
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        for link in self.links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CAP_NET_ADMIN); CI runs as root")
+def test_a_broker_cut_off_from_postgres_by_the_network_refuses_clearly_and_catches_up(broker, tmp_path):
+    from conftest import PgCluster
+
+    net = CutOff()
+    pg = PgCluster()
+    try:
+        pg.start(also=net.host)
+        c = Cluster(broker, pg, tmp_path, nodes=("b",))
+        inner_url = c.url.replace("127.0.0.1", net.host)
+        # The veth pair is a private network between the tests and the broker.
+        a = broker(config("a", "allow_plaintext = true\n"), name="a", env={"TOLLGATE_PG_URL": inner_url}, prefix=net.prefix,
+                   listen=f"{net.inner}:0", console_listen=f"{net.inner}:0")
+        c.brokers["a"] = a
+        agent = c.tokens["agent"]
+        bob = c["b"].connect(c.tokens["bob"])
+        held = sdk_call(a.url("ev"), agent, "echo", {"message": "before the cut"})
+        call = bob.pending(timeout=20)
+
+        net.cut()
+        # A hold on the cut-off broker fails within seconds (TCP would retransmit for a quarter
+        # of an hour), saying why, and is not run.
+        started = time.monotonic()
+        refused = sdk_call(a.url("ev"), agent, "echo", {"message": "while cut off"}).result(timeout=120)
+        took = time.monotonic() - started
+        assert refused.is_error and "PostgreSQL" in refused.content[0].text, refused
+        assert took < 60, f"the refusal took {took:.0f} s"
+        # B, not cut off, decides the call A holds.
+        [r] = bob.decide(call["id"], "approve")
+        assert r["ok"], r
+        time.sleep(2)
+        net.heal()
+        # A catches up by itself: the approval reaches the client waiting on A, once.
+        got = held.result(timeout=120)
+        assert not got.is_error and got.content[0].text == "Echo: before the cut", got
+        after = sdk_call(a.url("ev"), agent, "echo", {"message": "after"})
+        call2 = bob.pending(timeout=60, where=lambda x: x["arguments"] == {"message": "after"})
+        [r] = bob.decide(call2["id"], "approve")
+        assert r["ok"], r
+        assert after.result(timeout=60).content[0].text == "Echo: after"
+        statuses = [e["outcome"] for e in c.audit("--call", call["id"])]
+        assert statuses == ["pending", "approved"], statuses
+        assert "audit chain OK" in c.verify()
+    finally:
+        net.remove()
+        pg.remove()

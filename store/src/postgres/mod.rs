@@ -56,6 +56,10 @@ pub use tokio_postgres::config::SslMode;
 /// The channel brokers notify each other on.
 const CHANNEL: &str = "tollgate";
 
+/// How long an approved call's claim is retried while PostgreSQL cannot be reached, before its
+/// client is told it was not forwarded.
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The most writes one group carries.
 const GROUP_MAX: usize = 4096;
 
@@ -703,22 +707,31 @@ impl Backend for PgStore {
     fn claim(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let id = id.to_string();
         Box::pin(async move {
-            // A pooled connection may have died with a restarted server without the pool
-            // knowing yet: one more try on a new one. Safe: if the first try did claim the call,
-            // the second finds it claimed and the call is not sent.
-            let mut retried = false;
+            // The call is decided and its client waits: while PostgreSQL cannot be reached (a
+            // restart, a network cut), keep trying for a while rather than give the approval
+            // up. Safe: a try that did claim the call unbeknown to us makes the next one find
+            // it claimed, and the call is not sent.
+            let started = Instant::now();
+            let mut pause = std::time::Duration::from_millis(100);
             let claimed = loop {
-                let conn = self.pool.get().await?;
-                match conn
-                    .execute(
-                        "UPDATE tollgate_calls SET claimed = true WHERE id = $1 AND NOT claimed",
-                        &[&id],
-                    )
-                    .await
-                {
+                let tried = match self.pool.get().await {
+                    Ok(conn) => conn
+                        .execute(
+                            "UPDATE tollgate_calls SET claimed = true WHERE id = $1 AND NOT claimed",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(|e| StoreError::pg("claim the call for forwarding", e)),
+                    Err(e) => Err(e),
+                };
+                match tried {
                     Ok(n) => break n,
-                    Err(e) if e.is_closed() && !retried => retried = true,
-                    Err(e) => return Err(StoreError::pg("claim the call for forwarding", e)),
+                    Err(e) if started.elapsed() + pause > CLAIM_PATIENCE => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(call = %id, error = %e, "cannot claim an approved call for forwarding yet; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                    }
                 }
             };
             if claimed == 1 {

@@ -18,6 +18,9 @@ use tollgate_shared::sync::Mutex;
 
 use crate::StoreError;
 
+/// How long data sent to PostgreSQL may stay unacknowledged before the connection fails.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -77,6 +80,16 @@ impl Settings {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // A server cut off by the network (no reset, packets dropped) must fail the call that
+        // waits on it, not hang it for TCP's quarter of an hour of retransmissions:
+        // `statement_timeout` runs on the server, which never hears the statement. Data unacked
+        // for `TCP_USER_TIMEOUT` fails a busy connection; keepalives fail an idle one (the
+        // listener's) within about 16 s.
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
         let tls = self
             .tls
             .as_ref()
