@@ -78,6 +78,7 @@ fn call(n: usize) -> Result<CallRecord> {
             meta: None,
             retried_ms: None,
             secrets_withheld: false,
+            require_signature: false,
         }),
         decisions: vec![],
         findings: Vec::new(),

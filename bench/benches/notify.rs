@@ -329,9 +329,9 @@ fn main() -> Result<()> {
             key: None,
         };
         let wss = secure.console.replace("127.0.0.1", "localhost");
-        let settings = Settings { url: wss.clone(), token: secure.alice.clone(), tls: tls_client.clone() };
+        let settings = Settings { url: wss.clone(), token: secure.alice.clone(), tls: tls_client.clone(), sign: None };
         // Console connections: wss:// against ws://, alternately.
-        let plain_settings = Settings { url: plain.console.clone(), token: plain.alice.clone(), tls: Default::default() };
+        let plain_settings = Settings { url: plain.console.clone(), token: plain.alice.clone(), tls: Default::default(), sign: None };
         let (mut ws_t, mut wss_t) = (Vec::new(), Vec::new());
         for i in 0..connects {
             // Alternate which goes first: the first after a pause also wakes the machine.

@@ -180,12 +180,15 @@ fn snapshot_parts<T: serde::Serialize>(pending: Vec<T>) -> Vec<Vec<T>> {
 
 /// Whether the identity a connection authenticated as is still the one its token names: a
 /// revoked token or a changed role or scope ends the connection (the console reconnects and
-/// is told its new role, or that its token is no longer valid).
-fn still(api: &ConsoleApi, who: &Identity, digest: &TokenDigest) -> Result<(), &'static str> {
+/// is told its new role, or that its token is no longer valid). A change of its SSH keys
+/// does not: the identity as it is now (with its keys now) is what a request acts as.
+fn still(api: &ConsoleApi, who: &Identity, digest: &TokenDigest) -> Result<Identity, &'static str> {
     match api.registry.lookup_digest(digest) {
         None => Err("token revoked: this identity no longer exists"),
-        Some(now) if now != *who => Err("identity changed (role or servers): reconnect"),
-        Some(_) => Ok(()),
+        Some(now) if (&now.name, now.role, &now.servers) != (&who.name, who.role, &who.servers) => {
+            Err("identity changed (role or servers): reconnect")
+        }
+        Some(now) => Ok(now),
     }
 }
 
@@ -264,17 +267,20 @@ async fn connection(
                         }
                         Ok(msg) => {
                             // Every request acts as the identity the token names now.
-                            if let Err(why) = still(&api, &who, &digest) {
-                                let refused = ServerMsg::Error {
-                                    req: msg.req(),
-                                    message: format!("{}: {why}; nothing was done", who.name),
-                                    refusal: None,
-                                };
-                                let _ = send(&mut socket, &refused).await;
-                                close(&mut socket, &who, why).await;
-                                break;
-                            }
-                            handle(&api, &who, msg).await
+                            let now = match still(&api, &who, &digest) {
+                                Ok(now) => now,
+                                Err(why) => {
+                                    let refused = ServerMsg::Error {
+                                        req: msg.req(),
+                                        message: format!("{}: {why}; nothing was done", who.name),
+                                        refusal: None,
+                                    };
+                                    let _ = send(&mut socket, &refused).await;
+                                    close(&mut socket, &who, why).await;
+                                    break;
+                                }
+                            };
+                            handle(&api, &now, msg).await
                         }
                         Err(refusal) => *refusal,
                     },
@@ -349,6 +355,7 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
             reason,
             block_for_ms,
             allow_next,
+            signed,
         } => {
             if let Target::Ids { ids } = &target
                 && ids.is_empty()
@@ -373,7 +380,14 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
             };
             match api
                 .queue
-                .decide_and_follow(who, &target, verdict, reason.as_deref(), follow)
+                .decide_and_follow(
+                    who,
+                    &target,
+                    verdict,
+                    reason.as_deref(),
+                    follow,
+                    signed.as_ref(),
+                )
                 .await
             {
                 Ok((results, rule)) => {
@@ -390,7 +404,13 @@ async fn handle(api: &ConsoleApi, who: &Identity, msg: ClientMsg) -> ServerMsg {
                 }
                 Err(bad) => ServerMsg::Error {
                     req,
-                    refusal: matches!(bad, BadDecision::Viewer(_)).then_some(Refusal::NotAllowed),
+                    refusal: match bad {
+                        BadDecision::Viewer(_) => Some(Refusal::NotAllowed),
+                        BadDecision::Signature(_) | BadDecision::SignatureRequired(_) => {
+                            Some(Refusal::Signature)
+                        }
+                        _ => None,
+                    },
                     message: bad.to_string(),
                 },
             }

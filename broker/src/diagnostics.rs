@@ -145,6 +145,7 @@ pub fn check_disk(dir: &Path, records: usize) -> Result<DiskCheck, CheckError> {
             name: "check-disk".into(),
             role: Role::Admin,
             servers: None,
+            signing: Default::default(),
         };
         let results = queue
             .decide(&who, &Target::Ids { ids }, Verdict::Reject, None)

@@ -275,7 +275,7 @@ fn refused_code(refusal: Option<Refusal>) -> u8 {
         Some(Refusal::NotAllowed) => NOT_ALLOWED,
         Some(Refusal::NotFound) => NOT_FOUND,
         Some(Refusal::AlreadyClosed) => ALREADY,
-        Some(Refusal::StoreFailed) => 1,
+        Some(Refusal::StoreFailed) | Some(Refusal::Signature) => 1,
         None => 2,
     }
 }
@@ -291,14 +291,23 @@ pub async fn decide(
 ) -> Result<ExitCode> {
     let mut conn = Conn::connect(s).await?;
     let req = conn.req();
-    let msg = ClientMsg::Decide {
+    let mut msg = ClientMsg::Decide {
         req: Some(req),
         target,
         verdict,
         reason,
         block_for_ms: follow.block_for_ms,
         allow_next: follow.allow_next,
+        signed: None,
     };
+    let pending = conn.pending.clone();
+    crate::signing::sign_if(
+        s.sign.as_ref(),
+        &conn.me.identity,
+        &mut msg,
+        &|id| pending.iter().find(|c| *c.id == *id).cloned(),
+        &|| pending.clone(),
+    )?;
     let (results, rule, rule_refused) = match conn.ask(req, &msg).await? {
         ServerMsg::Decided {
             results,
@@ -358,7 +367,7 @@ pub async fn decide(
             Some(Refusal::NotFound) => NOT_FOUND,
             Some(Refusal::AlreadyClosed) => ALREADY,
             Some(Refusal::NotAllowed) => NOT_ALLOWED,
-            Some(Refusal::StoreFailed) => 1,
+            Some(Refusal::StoreFailed) | Some(Refusal::Signature) => 1,
         };
         code = code.max(c);
     }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub token: String,
     /// For a `wss://` URL: the CAs to trust and an optional client certificate.
     pub tls: tollgate_shared::tls::ClientTls,
+    /// Sign decisions with this SSH key (`--sign`).
+    pub sign: Option<crate::signing::SignWith>,
 }
 
 /// Who the broker says we are.

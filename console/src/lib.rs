@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod fmt;
 pub mod keys;
+pub mod signing;
 pub mod tui;
 pub mod ui;
 

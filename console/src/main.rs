@@ -55,6 +55,12 @@ struct Cli {
     /// A non-empty TOLLGATE_NO_NOTIFY turns it off.
     #[arg(long, global = true, value_name = "HOW")]
     notify: Option<String>,
+    /// Sign every decision with your SSH key: `agent` (the ssh-agent at SSH_AUTH_SOCK, its
+    /// first ed25519 or ECDSA key; hardware keys and passphrases stay in the agent),
+    /// `agent:KEY.pub` (that key of the agent), or an unencrypted ed25519 private key file.
+    /// Brokers refuse unsigned decisions where `require_signature` is set.
+    #[arg(long, global = true, env = "TOLLGATE_SIGN", value_name = "HOW")]
+    sign: Option<String>,
     /// Config file (default: $XDG_CONFIG_HOME/tollgate/console.toml).
     #[arg(long, global = true, env = "TOLLGATE_CONSOLE_CONFIG")]
     config: Option<PathBuf>,
@@ -256,7 +262,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         cert: cli.cert.or(file.cert.map(near)),
         key: cli.key.or(file.key.map(near)),
     };
-    let s = Settings { url, token, tls };
+    let sign = cli
+        .sign
+        .as_deref()
+        .map(tollgate_console::signing::SignWith::parse)
+        .transpose()?;
+    let s = Settings {
+        url,
+        token,
+        tls,
+        sign,
+    };
     let target = |ids: Vec<String>, fingerprint: Option<String>| match fingerprint {
         Some(fingerprint) => Target::Fingerprint { fingerprint },
         None => Target::Ids { ids },

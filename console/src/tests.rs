@@ -55,6 +55,7 @@ pub(crate) fn call(n: u64, tool: &str, args: serde_json::Value, fingerprint: &st
             meta: None,
             retried_ms: None,
             secrets_withheld: false,
+            require_signature: false,
         }),
         decisions: vec![],
         findings: Vec::new(),
@@ -252,6 +253,7 @@ fn view_audit() {
             args_hash: String::new(),
             approvers: if i == 0 { vec![] } else { vec!["bob".into()] },
             error: None,
+            signatures: Vec::new(),
             prev_hash: String::new(),
             hash: String::new(),
         })
@@ -319,6 +321,7 @@ fn approving_one_call_sends_its_id_and_rejecting_asks_for_a_reason() {
             reason: None,
             block_for_ms: None,
             allow_next: None,
+            signed: None,
         })
     );
     assert!(update(&mut app, key('r')).is_none());
@@ -370,6 +373,7 @@ fn a_500_call_group_is_rejected_with_one_decision_by_fingerprint() {
             reason: Some("loop".into()),
             block_for_ms: None,
             allow_next: None,
+            signed: None,
         })
     );
 }
@@ -453,6 +457,7 @@ fn a_call_decided_elsewhere_leaves_with_a_note_saying_by_whom() {
         verdict: Verdict::Reject,
         reason: Some("not today".into()),
         at_ms: NOW,
+        signed: None,
     });
     update(
         &mut app,
@@ -657,6 +662,7 @@ fn blocking_a_pattern_rejects_it_by_fingerprint_with_a_block_time() {
             reason: Some("runaway loop".into()),
             block_for_ms: Some(900_000),
             allow_next: None,
+            signed: None,
         })
     );
     // A single call is blocked by its fingerprint too (the rule needs one).

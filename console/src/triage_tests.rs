@@ -113,6 +113,7 @@ fn answer(app: &mut App, req: u64, ids: &[String], verdict: Verdict, reason: Opt
             verdict,
             reason: c.reason.clone(),
             at_ms: NOW,
+            signed: None,
         });
         update(
             app,
@@ -334,6 +335,7 @@ fn a_filter_clears_itself_once_our_decision_leaves_it_matching_nothing() {
             verdict: Verdict::Approve,
             reason: None,
             at_ms: NOW,
+            signed: None,
         });
         update(
             &mut app,

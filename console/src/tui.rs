@@ -53,6 +53,7 @@ pub async fn run(
     app.block_for_ms = block_for_ms;
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let (req_tx, req_rx) = mpsc::channel(64);
+    let sign = settings.sign.clone();
     client::spawn_backend(settings, ev_tx, req_rx);
 
     let (key_tx, mut key_rx) = mpsc::channel(64);
@@ -147,7 +148,25 @@ pub async fn run(
                 alert.give(&mut std::io::stdout(), &json);
             }
         }
-        for msg in update_batch(&mut app, actions) {
+        for mut msg in update_batch(&mut app, actions) {
+            // Signed where the decision is made: over the calls as this screen shows them.
+            let me = app
+                .me
+                .as_ref()
+                .map(|m| m.identity.clone())
+                .unwrap_or_default();
+            let calls = &app.calls;
+            if let Err(e) = crate::signing::sign_if(
+                sign.as_ref(),
+                &me,
+                &mut msg,
+                &|id| calls.get(id).cloned(),
+                &|| calls.values().cloned().collect(),
+            ) {
+                app.waiting = app.waiting.saturating_sub(1);
+                app.notes.push_back(format!("not sent: {e:#}"));
+                continue;
+            }
             if req_tx.try_send(msg).is_err() {
                 app.waiting = app.waiting.saturating_sub(1);
                 app.notes

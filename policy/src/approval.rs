@@ -156,6 +156,7 @@ pub fn decide(
     who: &Identity,
     verdict: Verdict,
     reason: Option<&str>,
+    signed: Option<tollgate_shared::signing::Signed>,
     now_ms: u64,
 ) -> Result<(CallRecord, Change), Refused> {
     if rec.outcome != Outcome::Pending {
@@ -168,6 +169,7 @@ pub fn decide(
         verdict,
         reason: reason.map(str::to_string).filter(|r| !r.trim().is_empty()),
         at_ms: now_ms,
+        signed,
     };
     match verdict {
         Verdict::Reject => {
@@ -255,6 +257,7 @@ mod tests {
                 meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
+                require_signature: false,
             }),
             decisions: vec![],
             findings: Vec::new(),
@@ -269,6 +272,7 @@ mod tests {
             name: name.into(),
             role,
             servers: servers.map(|s| s.iter().map(|x| x.to_string()).collect()),
+            signing: Default::default(),
         }
     }
 
@@ -276,10 +280,10 @@ mod tests {
     fn an_approver_approves_and_a_second_decision_is_told_who_won() {
         let rec = call("agent", "db", 1, &[]);
         let alice = who("alice", Role::Approver, None);
-        let (next, change) = decide(&rec, &alice, Verdict::Approve, None, 1000).expect("ok");
+        let (next, change) = decide(&rec, &alice, Verdict::Approve, None, None, 1000).expect("ok");
         assert_eq!((next.outcome, change), (Outcome::Approved, Change::Final));
         let bob = who("bob", Role::Admin, None);
-        let late = decide(&next, &bob, Verdict::Reject, None, 2000).expect_err("late");
+        let late = decide(&next, &bob, Verdict::Reject, None, None, 2000).expect_err("late");
         assert!(matches!(late, Refused::Closed(_)), "{late:?}");
         let late = late.to_string();
         assert!(
@@ -292,11 +296,12 @@ mod tests {
     fn nobody_approves_their_own_call_but_may_withdraw_it() {
         let rec = call("alice", "db", 1, &[]);
         let alice = who("alice", Role::Admin, None);
-        let e = decide(&rec, &alice, Verdict::Approve, None, 1)
+        let e = decide(&rec, &alice, Verdict::Approve, None, None, 1)
             .expect_err("self")
             .to_string();
         assert!(e.contains("nobody may approve their own call"), "{e}");
-        let (next, _) = decide(&rec, &alice, Verdict::Reject, Some("oops"), 1).expect("reject");
+        let (next, _) =
+            decide(&rec, &alice, Verdict::Reject, Some("oops"), None, 1).expect("reject");
         assert_eq!(next.outcome, Outcome::Rejected);
         assert_eq!(next.reason.as_deref(), Some("oops"));
     }
@@ -309,6 +314,7 @@ mod tests {
             &who("vic", Role::Viewer, None),
             Verdict::Approve,
             None,
+            None,
             1,
         )
         .expect_err("viewer")
@@ -318,6 +324,7 @@ mod tests {
             &rec,
             &who("fay", Role::Approver, Some(&["fs"])),
             Verdict::Reject,
+            None,
             None,
             1,
         )
@@ -334,7 +341,8 @@ mod tests {
                 &who("root", Role::Admin, Some(&["fs"])),
                 Verdict::Reject,
                 None,
-                1
+                None,
+                1,
             )
             .is_ok()
         );
@@ -344,9 +352,9 @@ mod tests {
     fn a_quorum_needs_distinct_approvers() {
         let rec = call("agent", "db", 2, &[]);
         let alice = who("alice", Role::Approver, None);
-        let (once, change) = decide(&rec, &alice, Verdict::Approve, None, 1).expect("first");
+        let (once, change) = decide(&rec, &alice, Verdict::Approve, None, None, 1).expect("first");
         assert_eq!((once.outcome, change), (Outcome::Pending, Change::Counted));
-        let again = decide(&once, &alice, Verdict::Approve, None, 2)
+        let again = decide(&once, &alice, Verdict::Approve, None, None, 2)
             .expect_err("twice")
             .to_string();
         assert!(
@@ -357,6 +365,7 @@ mod tests {
             &once,
             &who("bob", Role::Approver, None),
             Verdict::Approve,
+            None,
             None,
             3,
         )
@@ -388,6 +397,7 @@ mod tests {
             &who("alice", Role::Approver, None),
             Verdict::Approve,
             None,
+            None,
             1,
         )
         .expect_err("not named")
@@ -399,7 +409,8 @@ mod tests {
                 &who("carol", Role::Approver, None),
                 Verdict::Approve,
                 None,
-                1
+                None,
+                1,
             )
             .is_ok()
         );
@@ -409,7 +420,8 @@ mod tests {
                 &who("root", Role::Admin, None),
                 Verdict::Approve,
                 None,
-                1
+                None,
+                1,
             )
             .is_ok()
         );

@@ -52,6 +52,8 @@ pub struct Identity {
     pub role: Role,
     /// For approvers: the only servers they may decide for (`None`: all).
     pub servers: Option<Vec<String>>,
+    /// Its SSH signing keys, and whether its decisions must be signed.
+    pub signing: tollgate_shared::signing::Signing,
 }
 
 /// An MCP client the config lets call through the gateway (`[[client]]`).

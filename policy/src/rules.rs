@@ -131,6 +131,8 @@ pub struct HoldTerms {
     pub quorum: u32,
     /// Who may decide: identity names or `role:<role>`; empty means any approver in scope.
     pub approvers: Vec<String>,
+    /// Decisions on the calls it holds must be signed with the approver's SSH key.
+    pub require_signature: bool,
 }
 
 /// An ordered rule list with a default action.

@@ -43,6 +43,9 @@ pub struct AuditEntry {
     /// Forwarding error, if the upstream failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The approvers' SSH signatures of the decisions that led here (see `signing`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<crate::signing::Signed>,
     /// Hash of the previous entry (64 zeros for the first).
     pub prev_hash: String,
     /// This entry's hash.
@@ -171,6 +174,7 @@ mod tests {
             args_hash: "h".into(),
             approvers: vec!["bob".into()],
             error: None,
+            signatures: Vec::new(),
             prev_hash: "p".into(),
             hash: "x".into(),
         };

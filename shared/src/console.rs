@@ -230,6 +230,10 @@ pub enum ClientMsg {
         /// bounded in count and time, as a temporary allow rule.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         allow_next: Option<AllowNext>,
+        /// The approver's SSH signature of the decision (see `signing`): required when their
+        /// identity or a call's rule says `require_signature`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signed: Option<Signature>,
     },
     /// Search the audit trail.
     AuditQuery {
@@ -275,6 +279,15 @@ impl ClientMsg {
     }
 }
 
+/// A decision's statement and the approver's SSH signature of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// The statement's exact text (`signing::Statement`).
+    pub statement: String,
+    /// The armored SSHSIG signature of that text, namespace `tollgate-decision@v1`.
+    pub signature: String,
+}
+
 /// Why a decision was not taken, for scripts (the message says it for people).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +301,9 @@ pub enum Refusal {
     NotAllowed,
     /// The broker could not save the decision; nothing was applied.
     StoreFailed,
+    /// The decision must be signed and was not, or its signature does not hold (wrong key,
+    /// other calls or arguments, stale); nothing was applied.
+    Signature,
 }
 
 /// What became of one call named in a decision.
@@ -528,6 +544,7 @@ mod tests {
                 reason: Some("no".into()),
                 block_for_ms: None,
                 allow_next: None,
+                signed: None,
             },
             ClientMsg::Decide {
                 req: None,
@@ -540,6 +557,10 @@ mod tests {
                 allow_next: Some(AllowNext {
                     count: 5,
                     for_ms: 600_000,
+                }),
+                signed: Some(Signature {
+                    statement: "{}".into(),
+                    signature: "sig".into(),
                 }),
             },
             ClientMsg::AuditQuery {

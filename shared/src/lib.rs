@@ -17,6 +17,9 @@ mod json_text;
 mod names;
 mod record;
 pub mod report;
+pub mod signing;
+#[cfg(feature = "sshsig")]
+pub mod sshsig;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -316,6 +316,10 @@ pub struct Hold {
     /// only the waiting request holds them, so the call cannot be forwarded after a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secrets_withheld: bool,
+    /// Decisions on it must be signed with the approver's SSH key (`require_signature` on
+    /// its rule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_signature: bool,
 }
 
 /// Approve or reject.
@@ -340,6 +344,9 @@ pub struct Decision {
     pub reason: Option<String>,
     /// When (ms since the epoch).
     pub at_ms: u64,
+    /// The approver's SSH signature of the decision, when they signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<crate::signing::Signed>,
 }
 
 #[cfg(test)]
@@ -381,12 +388,14 @@ mod tests {
                 meta: None,
                 retried_ms: None,
                 secrets_withheld: false,
+                require_signature: false,
             }),
             decisions: vec![Decision {
                 by: "bob".into(),
                 verdict: Verdict::Approve,
                 reason: None,
                 at_ms: 3,
+                signed: None,
             }],
             findings: vec![Finding {
                 detector: "jwt".into(),

@@ -5,6 +5,11 @@ use sha2::{Digest, Sha256};
 use tollgate_shared::audit::AuditEntry;
 use tollgate_shared::{CallRecord, Outcome, Verdict};
 
+use std::collections::HashMap;
+
+use tollgate_shared::signing::Signing;
+
+use crate::signatures::{SignatureReport, Signatures};
 use crate::{Engine, StoreError};
 
 /// The `prev_hash` of the first entry.
@@ -17,6 +22,8 @@ pub struct Verified {
     pub entries: u64,
     /// Hash of the last entry.
     pub head: String,
+    /// The approvers' signatures, when they were checked.
+    pub signatures: Option<SignatureReport>,
 }
 
 /// Why a chain does not verify.
@@ -97,8 +104,15 @@ pub fn chain_hash(entry: &AuditEntry) -> String {
 /// A chain cut short at its end is still a valid chain; to catch that, pass an `anchor` (a
 /// sequence number and hash printed by an earlier verify, kept somewhere else) and the chain
 /// must still contain that entry with that hash.
-pub fn verify(backend: &dyn Engine, anchor: Option<(u64, &str)>) -> Result<Verified, ChainError> {
+pub fn verify(
+    backend: &dyn Engine,
+    anchor: Option<(u64, &str)>,
+    signers: Option<HashMap<String, Signing>>,
+) -> Result<Verified, ChainError> {
     let mut verifier = Verifier::new(anchor);
+    if let Some(s) = signers {
+        verifier = verifier.with_signers(s);
+    }
     let mut problem = None;
     backend.audit_scan(&mut |e| match verifier.push(e) {
         Ok(()) => true,
@@ -115,13 +129,13 @@ pub fn verify(backend: &dyn Engine, anchor: Option<(u64, &str)>) -> Result<Verif
 
 /// Checks a chain fed to it entry by entry, in chain order, from the first (what [`verify`]
 /// does over an engine; a store that reads its entries asynchronously feeds one itself).
-#[derive(Debug)]
 pub struct Verifier {
     expected_seq: u64,
     prev: String,
     anchor: Option<(u64, String)>,
     /// The anchored entry's hash, once seen.
     anchored: Option<String>,
+    signatures: Option<Signatures>,
 }
 
 impl Verifier {
@@ -132,7 +146,14 @@ impl Verifier {
             prev: GENESIS.to_string(),
             anchor: anchor.map(|(seq, hash)| (seq, hash.to_string())),
             anchored: None,
+            signatures: None,
         }
+    }
+
+    /// Also check the approvers' signatures against these identities' keys.
+    pub fn with_signers(mut self, signers: HashMap<String, Signing>) -> Verifier {
+        self.signatures = Some(Signatures::new(signers));
+        self
     }
 
     /// Check the next entry.
@@ -154,6 +175,9 @@ impl Verifier {
         }
         if self.anchor.as_ref().is_some_and(|(seq, _)| *seq == e.seq) {
             self.anchored = Some(e.hash.clone());
+        }
+        if let Some(s) = &mut self.signatures {
+            s.push(&e);
         }
         self.prev = e.hash;
         self.expected_seq += 1;
@@ -177,6 +201,7 @@ impl Verifier {
         Ok(Verified {
             entries: self.expected_seq - 1,
             head: self.prev,
+            signatures: self.signatures.map(Signatures::finish),
         })
     }
 }
@@ -190,12 +215,14 @@ pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
         Outcome::Rejected | Outcome::Blocked => Some(Verdict::Reject),
         _ => None,
     };
-    let approvers = record
-        .decisions
-        .iter()
-        .filter(|d| Some(d.verdict) == deciding)
-        .map(|d| d.by.clone())
-        .collect();
+    let deciders = || {
+        record
+            .decisions
+            .iter()
+            .filter(move |d| Some(d.verdict) == deciding)
+    };
+    let approvers = deciders().map(|d| d.by.clone()).collect();
+    let signatures = deciders().filter_map(|d| d.signed.clone()).collect();
     AuditEntry {
         seq: 0,
         at_ms,
@@ -210,6 +237,7 @@ pub fn audit_entry(record: &CallRecord, at_ms: u64) -> AuditEntry {
         args_hash: record.args_hash.to_string(),
         approvers,
         error: record.error.clone(),
+        signatures,
         prev_hash: String::new(),
         hash: String::new(),
     }

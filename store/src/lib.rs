@@ -28,6 +28,7 @@ pub mod fuzzing;
 mod journal;
 pub mod memory;
 pub mod postgres;
+pub mod signatures;
 pub mod sled_engine;
 pub mod tokens;
 mod writer;
@@ -44,6 +45,7 @@ use tollgate_policy::approval::{Change, Refused};
 use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::console::{Refusal, StoreFailing, TempRule};
+use tollgate_shared::signing::Signed;
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 pub use error::StoreError;
@@ -122,21 +124,26 @@ pub trait Backend: Send + Sync + 'static {
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
     ) -> BoxFuture<'_, Result<Decided, DecideError>>;
 
     /// Apply one verdict to many held calls (a bulk decision): each call's result, in the
     /// order of `ids`. Each call is decided on its own (one refused does not stop the others);
-    /// a store may save them together.
+    /// a store may save them together. A signature covering them all is kept whole with the
+    /// first call and by reference with the others ([`Signed::reference`]).
     fn decide_many(
         &self,
         ids: Vec<Name>,
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
     ) -> BoxFuture<'_, Vec<Result<Decided, DecideError>>> {
         Box::pin(futures_util::future::join_all(
-            ids.into_iter()
-                .map(|id| self.decide(id, who.clone(), verdict, reason.clone())),
+            ids.into_iter().enumerate().map(|(i, id)| {
+                let signed = signed_for(signed.as_ref(), i);
+                self.decide(id, who.clone(), verdict, reason.clone(), signed)
+            }),
         ))
     }
 
@@ -328,6 +335,11 @@ pub trait RuleStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<TempRule>, StoreError>>;
     /// Count a call a block rule refused.
     fn hit<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// What call `index` of a bulk decision keeps of its signature: the first the whole of it.
+pub fn signed_for(signed: Option<&Signed>, index: usize) -> Option<Signed> {
+    signed.map(|s| if index == 0 { s.clone() } else { s.reference() })
 }
 
 /// Told of what the store committed, after each group is durable: for metrics. Called on the

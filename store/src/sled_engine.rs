@@ -645,11 +645,11 @@ mod tests {
     async fn the_chain_verifies_and_survives_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 20).await;
-        assert_eq!(verify(&*b, None).expect("verify").entries, 20);
+        assert_eq!(verify(&*b, None, None).expect("verify").entries, 20);
         assert_eq!(b.open().expect("open").len(), 5);
         drop(b);
         let b = reopen(dir.path()).await;
-        assert_eq!(verify(&b, None).expect("verify").entries, 20);
+        assert_eq!(verify(&b, None, None).expect("verify").entries, 20);
     }
 
     #[tokio::test]
@@ -662,7 +662,7 @@ mod tests {
         b.t.audit
             .insert(key, serde_json::to_vec(&e).expect("json"))
             .expect("tamper");
-        let err = verify(&*b, None).expect_err("tampered").to_string();
+        let err = verify(&*b, None, None).expect_err("tampered").to_string();
         assert!(err.contains("entry 4") && err.contains("edited"), "{err}");
     }
 
@@ -671,7 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
         b.t.audit.remove(6u64.to_be_bytes()).expect("remove");
-        let err = verify(&*b, None).expect_err("removed").to_string();
+        let err = verify(&*b, None, None).expect_err("removed").to_string();
         assert!(err.contains("entry 7 follows entry 5"), "{err}");
 
         let dir = tempfile::tempdir().expect("tempdir");
@@ -690,15 +690,15 @@ mod tests {
         b.t.audit
             .insert(3u64.to_be_bytes(), serde_json::to_vec(&s3).expect("j"))
             .expect("w");
-        assert!(verify(&*b, None).is_err());
+        assert!(verify(&*b, None, None).is_err());
 
         let dir = tempfile::tempdir().expect("tempdir");
         let b = filled(dir.path(), 10).await;
         // A cut tail leaves a valid, shorter chain; an anchor kept elsewhere catches it.
-        let anchor = verify(&*b, None).expect("verify");
+        let anchor = verify(&*b, None, None).expect("verify");
         b.t.audit.remove(10u64.to_be_bytes()).expect("remove");
-        assert_eq!(verify(&*b, None).expect("shorter chain").entries, 9);
-        let err = verify(&*b, Some((10, &anchor.head)))
+        assert_eq!(verify(&*b, None, None).expect("shorter chain").entries, 9);
+        let err = verify(&*b, Some((10, &anchor.head)), None)
             .expect_err("anchored")
             .to_string();
         assert!(err.contains("anchored entry 10 is gone"), "{err}");

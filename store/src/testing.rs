@@ -30,6 +30,7 @@ pub(crate) fn record(n: u64, outcome: Outcome) -> CallRecord {
             expires_ms: 0,
             quorum: 1,
             approvers: vec![],
+            require_signature: false,
             progress_token: None,
             meta: None,
             retried_ms: None,

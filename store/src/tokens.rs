@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tollgate_shared::signing::Signing;
 
 use serde::{Deserialize, Serialize};
 use tollgate_shared::console::Role;
@@ -30,6 +31,9 @@ pub struct TokenEntry {
     pub servers: Option<Vec<String>>,
     /// When it was created (ms since the epoch).
     pub created_ms: u64,
+    /// Its SSH signing keys, and whether its decisions must be signed.
+    #[serde(flatten)]
+    pub signing: Signing,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ pub fn issue(
     name: &str,
     role: Role,
     servers: Option<Vec<String>>,
+    signing: Signing,
 ) -> Result<(TokenEntry, String), TokenError> {
     if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(TokenError::BadName);
@@ -126,6 +131,7 @@ pub fn issue(
         role,
         servers,
         created_ms: tollgate_shared::clock::now_ms(),
+        signing,
     };
     Ok((entry, token))
 }
@@ -136,8 +142,9 @@ pub fn add(
     name: &str,
     role: Role,
     servers: Option<Vec<String>>,
+    signing: Signing,
 ) -> Result<String, TokenError> {
-    let (entry, token) = issue(name, role, servers)?;
+    let (entry, token) = issue(name, role, servers, signing)?;
     let file = path(data_dir);
     let mut tokens = read(&file)?;
     if tokens.iter().any(|t| t.name == name) {
@@ -146,6 +153,22 @@ pub fn add(
     tokens.push(entry);
     write(&file, tokens)?;
     Ok(token)
+}
+
+/// Change an identity in place (its keys); false if there was none by that name.
+pub fn update(
+    data_dir: &Path,
+    name: &str,
+    change: impl FnOnce(&mut TokenEntry),
+) -> Result<bool, TokenError> {
+    let file = path(data_dir);
+    let mut tokens = read(&file)?;
+    let Some(entry) = tokens.iter_mut().find(|t| t.name == name) else {
+        return Ok(false);
+    };
+    change(entry);
+    write(&file, tokens)?;
+    Ok(true)
 }
 
 /// Remove an identity; false if there was none by that name.
@@ -175,6 +198,7 @@ fn digests(entries: Vec<TokenEntry>) -> Digests {
                     name: e.name,
                     role: e.role,
                     servers: e.servers,
+                    signing: e.signing,
                 },
             ))
         })
@@ -293,14 +317,21 @@ mod tests {
     fn added_tokens_authenticate_until_revoked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = Registry::new(dir.path());
-        let t = add(dir.path(), "alice", Role::Approver, Some(vec!["db".into()])).expect("add");
+        let t = add(
+            dir.path(),
+            "alice",
+            Role::Approver,
+            Some(vec!["db".into()]),
+            Signing::default(),
+        )
+        .expect("add");
         assert!(t.starts_with("tg_") && t.len() > 60);
         let who = reg.lookup(&t).expect("known");
         assert_eq!((who.name.as_str(), who.role), ("alice", Role::Approver));
         assert!(reg.lookup("tg_wrong").is_none());
         let text = std::fs::read_to_string(path(dir.path())).expect("file");
         assert!(!text.contains(&t), "the token itself must not be stored");
-        assert!(add(dir.path(), "alice", Role::Admin, None).is_err());
+        assert!(add(dir.path(), "alice", Role::Admin, None, Signing::default()).is_err());
         assert!(revoke(dir.path(), "alice").expect("revoke"));
         // The file changed size, so the registry reloads it.
         assert!(reg.lookup(&t).is_none());
@@ -311,7 +342,7 @@ mod tests {
     fn a_shared_registry_holds_what_its_store_sets_and_announces_only_changes() {
         let reg = Registry::shared();
         let mut changes = reg.changes();
-        let (entry, token) = issue("dana", Role::Viewer, None).expect("issue");
+        let (entry, token) = issue("dana", Role::Viewer, None, Signing::default()).expect("issue");
         assert!(reg.lookup(&token).is_none(), "empty until set");
         reg.set(vec![entry.clone()]);
         assert_eq!(reg.lookup(&token).map(|w| w.name), Some("dana".into()));
@@ -326,7 +357,7 @@ mod tests {
         assert!(reg.lookup(&token).is_none(), "revoked");
         assert!(changes.has_changed().expect("open"));
         assert!(matches!(
-            issue("two words", Role::Viewer, None),
+            issue("two words", Role::Viewer, None, Signing::default()),
             Err(TokenError::BadName)
         ));
     }
@@ -336,7 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = Registry::new(dir.path());
         let mut changes = reg.changes();
-        let t = add(dir.path(), "bob", Role::Approver, None).expect("add");
+        let t = add(dir.path(), "bob", Role::Approver, None, Signing::default()).expect("add");
         let d = identity::digest(&t);
         assert!(reg.lookup_digest(&d).is_some());
         assert!(changes.has_changed().expect("open"), "bob appeared");

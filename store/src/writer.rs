@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use tollgate_shared::signing::Signed;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tollgate_policy::approval::{self, ClosedCall, Refused};
@@ -61,6 +62,7 @@ enum Op {
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
         ack: DecideAck<Decided>,
     },
     Close {
@@ -231,6 +233,7 @@ impl Backend for Store {
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
     ) -> BoxFuture<'_, Result<Decided, DecideError>> {
         Box::pin(async move {
             let asked = id.clone();
@@ -240,6 +243,7 @@ impl Backend for Store {
                     who,
                     verdict,
                     reason,
+                    signed,
                     ack,
                 })
                 .await
@@ -503,6 +507,7 @@ impl Writer {
                     who,
                     verdict,
                     reason,
+                    signed,
                     ack,
                 } => {
                     let current = match held.current(&id) {
@@ -512,7 +517,8 @@ impl Writer {
                             continue;
                         }
                     };
-                    match approval::decide(current, &who, verdict, reason.as_deref(), at_ms) {
+                    match approval::decide(current, &who, verdict, reason.as_deref(), signed, at_ms)
+                    {
                         Ok((next, change)) => {
                             let next = Arc::new(next);
                             let closes = next.outcome != Outcome::Pending;
@@ -648,6 +654,7 @@ mod tests {
             name: name.into(),
             role: Role::Approver,
             servers: None,
+            signing: Default::default(),
         })
     }
 
@@ -666,12 +673,12 @@ mod tests {
             store.hold(call).await.expect("held");
             let (a, b, c) = (store.clone(), store.clone(), store.clone());
             let (ia, ib, ic) = (id.clone(), id.clone(), id.clone());
-            let approve =
-                tokio::spawn(
-                    async move { a.decide(ia, who("alice"), Verdict::Approve, None).await },
-                );
+            let approve = tokio::spawn(async move {
+                a.decide(ia, who("alice"), Verdict::Approve, None, None)
+                    .await
+            });
             let reject = tokio::spawn(async move {
-                b.decide(ib, who("bob"), Verdict::Reject, Some("no".into()))
+                b.decide(ib, who("bob"), Verdict::Reject, Some("no".into()), None)
                     .await
             });
             let expire = tokio::spawn(async move { c.close(ic, Outcome::Expired, None).await });
@@ -697,13 +704,13 @@ mod tests {
                 );
             }
             let late = store
-                .decide(id, who("carol"), Verdict::Approve, None)
+                .decide(id, who("carol"), Verdict::Approve, None, None)
                 .await
                 .expect_err("closed");
             assert_eq!(late.refusal(), Refusal::AlreadyClosed);
         }
         assert!(store.pending().is_empty());
-        assert_eq!(verify(&*engine, None).expect("chain").entries, 100);
+        assert_eq!(verify(&*engine, None, None).expect("chain").entries, 100);
     }
 
     #[tokio::test]
@@ -713,7 +720,7 @@ mod tests {
         let id = call.id.clone();
         store.hold(call).await.expect("held");
         let first = store
-            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .decide(id.clone(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect("counted");
         assert_eq!(first.change, Change::Counted);
@@ -723,12 +730,12 @@ mod tests {
             "the store keeps the vote"
         );
         let again = store
-            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .decide(id.clone(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect_err("twice");
         assert_eq!(again.refusal(), Refusal::NotAllowed);
         let own = store
-            .decide(id.clone(), who("agent"), Verdict::Approve, None)
+            .decide(id.clone(), who("agent"), Verdict::Approve, None, None)
             .await
             .expect_err("own call");
         assert!(
@@ -736,7 +743,7 @@ mod tests {
                 .contains("nobody may approve their own call")
         );
         let second = store
-            .decide(id, who("bob"), Verdict::Approve, None)
+            .decide(id, who("bob"), Verdict::Approve, None, None)
             .await
             .expect("final");
         assert_eq!(
@@ -754,7 +761,7 @@ mod tests {
         store.hold(call).await.expect("held");
         engine.fail_commits(true);
         let failed = store
-            .decide(id.clone(), who("alice"), Verdict::Approve, None)
+            .decide(id.clone(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect_err("disk full");
         assert_eq!(failed.refusal(), Refusal::StoreFailed);
@@ -770,19 +777,19 @@ mod tests {
         assert_eq!(store.pending().len(), 1, "a failed hold is not held");
         engine.fail_commits(false);
         store
-            .decide(id.clone(), who("bob"), Verdict::Reject, None)
+            .decide(id.clone(), who("bob"), Verdict::Reject, None, None)
             .await
             .expect("decided once the disk has room");
         let stored = engine.call(&id).expect("read").expect("stored");
         assert_eq!(stored.decisions.len(), 1, "only bob's decision was applied");
-        assert_eq!(verify(&*engine, None).expect("chain").entries, 2);
+        assert_eq!(verify(&*engine, None, None).expect("chain").entries, 2);
     }
 
     #[tokio::test]
     async fn unknown_ids_are_not_found_and_old_ones_are_read_back_from_the_engine() {
         let (engine, store) = store().await;
         let missing = store
-            .decide("nope".into(), who("alice"), Verdict::Approve, None)
+            .decide("nope".into(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect_err("missing");
         assert_eq!(missing.refusal(), Refusal::NotFound);
@@ -794,12 +801,13 @@ mod tests {
             verdict: Verdict::Reject,
             reason: None,
             at_ms: 1_000,
+            signed: None,
         });
         engine
             .commit(vec![Mutation::Call(Arc::new(old.clone()))])
             .expect("commit");
         let late = store
-            .decide(old.id.clone(), who("alice"), Verdict::Approve, None)
+            .decide(old.id.clone(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect_err("closed");
         assert_eq!(
@@ -824,7 +832,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].id, b.id);
         reopened
-            .decide(b.id.clone(), who("alice"), Verdict::Approve, None)
+            .decide(b.id.clone(), who("alice"), Verdict::Approve, None, None)
             .await
             .expect("decided after the restart");
     }
@@ -837,7 +845,7 @@ mod tests {
         for c in [&ran, &cut] {
             store.hold(c.clone()).await.expect("held");
             store
-                .decide(c.id.clone(), who("alice"), Verdict::Approve, None)
+                .decide(c.id.clone(), who("alice"), Verdict::Approve, None, None)
                 .await
                 .expect("approved");
         }
@@ -920,7 +928,7 @@ mod tests {
                 (call.id.to_string(), Outcome::Expired),
             ]
         );
-        assert_eq!(verify(&*engine, None).expect("chain").entries, 3);
+        assert_eq!(verify(&*engine, None, None).expect("chain").entries, 3);
         let closed = engine.call(&call.id).expect("read").expect("stored");
         assert_eq!(closed.outcome, Outcome::Expired);
     }

@@ -297,9 +297,14 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
                 })
         })
         .transpose()?;
+    // Signatures are checked against the identities' keys, revoked ones included.
+    let signers: std::collections::HashMap<_, _> = super::token::entries(dir)?
+        .into_iter()
+        .map(|t| (t.name, t.signing))
+        .collect();
     let (v, place) = match dir.source()? {
         Source::Sled(dir) => (
-            chain::verify(&open(&dir)?, anchor)?,
+            chain::verify(&open(&dir)?, anchor, Some(signers))?,
             dir.display().to_string(),
         ),
         Source::Postgres(settings) => {
@@ -308,7 +313,9 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
                 let conn = pool.get().await?;
                 tollgate_store::postgres::schema::check(&conn).await?;
                 drop(conn);
-                Ok::<_, anyhow::Error>(tollgate_store::postgres::verify(&pool, anchor).await?)
+                Ok::<_, anyhow::Error>(
+                    tollgate_store::postgres::verify(&pool, anchor, Some(signers)).await?,
+                )
             })?;
             (v, "PostgreSQL".to_string())
         }
@@ -316,6 +323,158 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
     println!(
         "audit chain OK: {} entries in {place}; anchor for later checks: {}:{}",
         v.entries, v.entries, v.head
+    );
+    let Some(s) = v.signatures else {
+        return Ok(());
+    };
+    println!(
+        "signed decisions: {} verified against their approvers' SSH keys{}",
+        s.signed,
+        if s.unsigned > 0 {
+            format!(
+                "; {} decisions by approvers with keys were not signed (nothing required it)",
+                s.unsigned
+            )
+        } else {
+            String::new()
+        }
+    );
+    if !s.problems.is_empty() {
+        for p in &s.problems {
+            eprintln!("  {p}");
+        }
+        anyhow::bail!(
+            "{} audit entries claim a decision their signatures do not prove (listed above): the trail was written by something other than the approvers' consoles",
+            s.problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// Every audit entry, oldest first, to `visit`.
+fn scan(dir: &DataDir, visit: &mut dyn FnMut(AuditEntry)) -> anyhow::Result<()> {
+    match dir.source()? {
+        Source::Sled(dir) => open(&dir)?.audit_scan(&mut |e| {
+            visit(e);
+            true
+        })?,
+        Source::Postgres(settings) => super::pg::runtime()?.block_on(async {
+            let pool = tollgate_store::postgres::Pool::new(*settings);
+            tollgate_store::postgres::schema::check(&*pool.get().await?).await?;
+            let mut after = 0;
+            loop {
+                let page = tollgate_store::postgres::read_after(&pool, after, 2000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                page.into_iter().for_each(&mut *visit);
+            }
+            Ok::<_, anyhow::Error>(())
+        })?,
+    }
+    Ok(())
+}
+
+/// `ssh-keygen`'s time format, for `allowed_signers` and `-O verify-time`.
+fn ssh_time(ms: u64) -> String {
+    // 2026-11-30T21:50:21Z -> 20261130215021Z
+    tollgate_shared::clock::rfc3339_seconds(ms)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'Z')
+        .collect()
+}
+
+/// `audit export --signed DIR`: every signed decision's statement and signature, and the
+/// approvers' public keys, so anyone can check them with `ssh-keygen -Y verify`.
+pub fn export_signed(dir: &DataDir, out: &Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+
+    use anyhow::Context as _;
+    let identities = super::token::entries(dir)?;
+    std::fs::create_dir_all(out.join("decisions"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    // allowed_signers: each key, limited to our namespace and to when it was valid.
+    let mut signers = String::new();
+    for t in &identities {
+        for k in &t.signing.keys {
+            let before = k.revoked_ms.map_or(String::new(), |r| {
+                format!(",valid-before=\"{}\"", ssh_time(r))
+            });
+            let _ = writeln!(
+                signers,
+                "{} namespaces=\"{}\",valid-after=\"{}\"{before} {}",
+                t.name,
+                tollgate_shared::signing::NAMESPACE,
+                ssh_time(k.added_ms),
+                k.key
+            );
+        }
+    }
+    std::fs::write(out.join("allowed_signers"), signers)?;
+    let mut index = String::new();
+    let mut script = String::from(
+        "#!/bin/sh\n# Check every exported decision with OpenSSH alone: sh verify.sh (from this directory).\nset -e\n",
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut count = 0u64;
+    let mut failed: Option<anyhow::Error> = None;
+    scan(dir, &mut |e| {
+        if failed.is_some() {
+            return;
+        }
+        for s in &e.signatures {
+            let (Some(text), Some(sig)) = (&s.statement, &s.signature) else {
+                continue;
+            };
+            if !seen.insert(s.statement_sha256.clone()) {
+                continue;
+            }
+            let statement = match tollgate_shared::signing::Statement::parse(text) {
+                Ok(st) => st,
+                Err(why) => {
+                    failed = Some(anyhow::anyhow!("entry {}: {why}", e.seq));
+                    return;
+                }
+            };
+            let name = format!("{:08}-{}", e.seq, &s.statement_sha256[..12]);
+            let written = std::fs::write(out.join(format!("decisions/{name}.statement")), text)
+                .and_then(|()| std::fs::write(out.join(format!("decisions/{name}.sig")), sig));
+            if let Err(why) = written {
+                failed = Some(anyhow::anyhow!("cannot write {name}: {why}"));
+                return;
+            }
+            let _ = writeln!(
+                index,
+                "{}",
+                serde_json::json!({
+                    "file": format!("decisions/{name}"),
+                    "seq": e.seq,
+                    "approver": statement.approver,
+                    "decision": statement.decision,
+                    "calls": statement.calls.len(),
+                    "key": s.key,
+                    "statement_sha256": s.statement_sha256,
+                    "signed_at": tollgate_shared::clock::rfc3339_seconds(statement.at_ms),
+                })
+            );
+            let _ = writeln!(
+                script,
+                "ssh-keygen -Y verify -f allowed_signers -I '{}' -n {} -s decisions/{name}.sig -O verify-time={} < decisions/{name}.statement",
+                statement.approver.replace('\'', ""),
+                tollgate_shared::signing::NAMESPACE,
+                ssh_time(statement.at_ms)
+            );
+            count += 1;
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    std::fs::write(out.join("index.jsonl"), index)?;
+    std::fs::write(out.join("verify.sh"), script)?;
+    println!(
+        "exported {count} signed decisions to {} (check them with: cd {} && sh verify.sh)",
+        out.display(),
+        out.display()
     );
     Ok(())
 }

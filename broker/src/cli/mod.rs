@@ -220,6 +220,19 @@ enum AuditCommand {
         #[command(flatten)]
         dir: audit::DataDir,
     },
+    /// Write every signed decision (statement and SSH signature) and the approvers' public keys
+    /// (`allowed_signers`) into a directory, with a `verify.sh` that checks each one with
+    /// `ssh-keygen -Y verify`: an auditor needs neither Tollgate nor the broker.
+    Export {
+        /// Export the signed decisions (the only export so far).
+        #[arg(long, required = true)]
+        signed: bool,
+        /// The directory to write (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,9 +249,19 @@ enum TokenCommand {
         #[arg(long, value_delimiter = ',')]
         servers: Option<Vec<String>>,
         #[command(flatten)]
+        keys: token::KeyArgs,
+        /// Every decision of this identity must be signed with one of its SSH keys.
+        #[arg(long)]
+        require_signature: bool,
+        #[command(flatten)]
         dir: audit::DataDir,
     },
-    /// List identities (names, roles, scopes; never tokens).
+    /// An identity's SSH keys, which sign its decisions (`tollgate approve --sign`).
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+    /// List identities (names, roles, scopes, keys; never tokens).
     List {
         /// One JSON object per line.
         #[arg(long)]
@@ -250,6 +273,34 @@ enum TokenCommand {
     Revoke {
         /// The identity's name.
         name: String,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Add SSH public keys to an identity (its decisions signed by any of them count).
+    Add {
+        /// The identity's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        keys: token::KeyArgs,
+        /// Also require every decision of this identity to be signed.
+        #[arg(long)]
+        require_signature: bool,
+        #[command(flatten)]
+        dir: audit::DataDir,
+    },
+    /// Revoke a key: signatures it makes from now on are refused; older ones still verify.
+    Revoke {
+        /// The identity's name.
+        #[arg(long)]
+        name: String,
+        /// The key's fingerprint (`SHA256:…`, as `token list` and `ssh-keygen -l` print it).
+        #[arg(long)]
+        key: String,
         #[command(flatten)]
         dir: audit::DataDir,
     },
@@ -529,6 +580,15 @@ pub fn main() -> ExitCode {
             ..
         } => report("audit verify", audit::verify(&dir, anchor.as_deref())),
         Command::Audit {
+            action:
+                Some(AuditCommand::Export {
+                    signed: _,
+                    out,
+                    dir,
+                }),
+            ..
+        } => report("audit export", audit::export_signed(&dir, &out)),
+        Command::Audit {
             action: None,
             dir,
             search,
@@ -538,8 +598,28 @@ pub fn main() -> ExitCode {
                 name,
                 role,
                 servers,
+                keys,
+                require_signature,
                 dir,
-            } => report("token add", token::add(&dir, &name, role, servers)),
+            } => report(
+                "token add",
+                token::add(&dir, &name, role, servers, &keys, require_signature),
+            ),
+            TokenCommand::Key {
+                action:
+                    KeyCommand::Add {
+                        name,
+                        keys,
+                        require_signature,
+                        dir,
+                    },
+            } => report(
+                "token key add",
+                token::add_keys(&dir, &name, &keys, require_signature),
+            ),
+            TokenCommand::Key {
+                action: KeyCommand::Revoke { name, key, dir },
+            } => report("token key revoke", token::revoke_key(&dir, &name, &key)),
             TokenCommand::List { json, dir } => report("token list", token::list(&dir, json)),
             TokenCommand::Revoke { name, dir } => {
                 report("token revoke", token::revoke(&dir, &name))

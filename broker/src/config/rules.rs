@@ -38,6 +38,8 @@ pub(super) struct RawRule {
     pub(super) escalate_after: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) escalate_to: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) require_signature: bool,
 }
 
 impl Validator<'_> {
@@ -128,6 +130,7 @@ impl Validator<'_> {
                 sinks,
                 &mut hold,
             );
+            hold.require_signature = r.require_signature;
             let dlp = r
                 .dlp
                 .and_then(|d| self.dlp_action(d, &format!("rule {index}")));

@@ -623,6 +623,7 @@ impl Gateway {
             meta: scanned.meta.as_ref().map(JsonText::new),
             retried_ms: None,
             secrets_withheld,
+            require_signature: verdict.hold.require_signature,
         });
         let waiting = match self.queue.hold(record.clone()).await {
             Ok(w) => w,

@@ -261,6 +261,8 @@ pub fn rule_decision(rule: &TempRule, verdict: Verdict) -> Decision {
         verdict,
         reason: rule.reason.clone(),
         at_ms: rule.created_ms,
+        // The decision that made the rule is signed (with the calls it decided), not each use.
+        signed: None,
     }
 }
 

@@ -527,6 +527,7 @@ async fn alice_decides(h: &Harness, id: &str, verdict: Verdict, reason: Option<&
         name: "alice".into(),
         role: Role::Approver,
         servers: None,
+        signing: Default::default(),
     };
     let target = Target::Ids {
         ids: vec![id.to_string()],

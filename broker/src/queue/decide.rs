@@ -4,6 +4,10 @@
 //! The store decides each call (the first valid decision wins, see `tollgate_store::Backend`);
 //! the queue then wakes the call's waiting client and tells consoles.
 
+use tollgate_shared::console::Signature;
+use tollgate_shared::signing::Signed;
+
+use super::signed;
 use std::sync::Arc;
 
 use tollgate_policy::approval::{Change, Refused};
@@ -98,6 +102,14 @@ pub enum BadDecision {
     /// A rule's lifetime out of bounds.
     #[error("a temporary rule lasts between 1 ms and 24 h")]
     Lifetime,
+    /// The decision must be signed and is not.
+    #[error(
+        "{0}: sign it with your SSH key (the console signs through SSH_AUTH_SOCK, or --sign-key FILE)"
+    )]
+    SignatureRequired(String),
+    /// The signature does not hold.
+    #[error("signed decision refused: {0}")]
+    Signature(String),
 }
 
 /// Why no temporary rule followed a decision that went through.
@@ -132,12 +144,14 @@ impl Queue {
         verdict: Verdict,
         reason: Option<&str>,
     ) -> Vec<DecideResult> {
-        self.decide_calls(who, target, verdict, reason).await.0
+        self.decide_calls(who, self.ids(target), verdict, reason, None)
+            .await
+            .0
     }
 
     /// The ids a target names: as given, or the pending calls with that exact or shape
     /// fingerprint, oldest first.
-    fn ids(&self, target: &Target) -> Vec<Name> {
+    pub(super) fn ids(&self, target: &Target) -> Vec<Name> {
         match target {
             Target::Ids { ids } => ids.iter().map(|id| Name::from(id.as_str())).collect(),
             Target::Fingerprint { fingerprint } => {
@@ -159,11 +173,11 @@ impl Queue {
     async fn decide_calls(
         &self,
         who: &Identity,
-        target: &Target,
+        ids: Vec<Name>,
         verdict: Verdict,
         reason: Option<&str>,
+        signed: Option<Signed>,
     ) -> (Vec<DecideResult>, Decided) {
-        let ids = self.ids(target);
         let deciding = Arc::new(who.clone());
         let mut results = Vec::with_capacity(ids.len());
         let mut decided = Decided::default();
@@ -176,6 +190,7 @@ impl Queue {
                     deciding.clone(),
                     verdict,
                     reason.map(str::to_string),
+                    signed.clone(),
                 )
                 .await;
             for (id, answer) in chunk.iter().zip(answers) {
@@ -235,6 +250,7 @@ impl Queue {
         verdict: Verdict,
         reason: Option<&str>,
         follow: Option<Follow>,
+        signature: Option<&Signature>,
     ) -> Result<(Vec<DecideResult>, Result<Option<TempRule>, NoRule>), BadDecision> {
         // A shape groups calls whose numbers, ids and timestamps differ: rejecting them together
         // is safe, approving them together would approve arguments nobody looked at.
@@ -248,8 +264,19 @@ impl Queue {
         {
             return Err(BadDecision::ApproveByShape(fingerprint.clone()));
         }
+        let request = signed::Request {
+            who,
+            target,
+            verdict,
+            reason,
+            follow,
+        };
+        let checked = self.check_signature(&request, signature, now_ms())?;
         let Some(follow) = follow else {
-            return Ok((self.decide(who, target, verdict, reason).await, Ok(None)));
+            let decided = self
+                .decide_calls(who, checked.ids, verdict, reason, checked.signed)
+                .await;
+            return Ok((decided.0, Ok(None)));
         };
         let Target::Fingerprint { fingerprint } = target else {
             return Err(BadDecision::RuleWithoutFingerprint);
@@ -271,7 +298,9 @@ impl Queue {
         if for_ms == 0 || for_ms > temp_rules::MAX_RULE_MS {
             return Err(BadDecision::Lifetime);
         }
-        let (results, decided) = self.decide_calls(who, target, verdict, reason).await;
+        let (results, decided) = self
+            .decide_calls(who, checked.ids, verdict, reason, checked.signed)
+            .await;
         let Some((server, tool)) = decided.first else {
             return Ok((
                 results,

@@ -19,6 +19,7 @@ mod decide;
 mod expiry;
 mod grants;
 mod sample;
+pub mod signed;
 pub mod temp_rules;
 
 use std::collections::HashMap;
@@ -530,6 +531,7 @@ mod tests {
             name: name.into(),
             role: Role::Approver,
             servers: None,
+            signing: Default::default(),
         }
     }
 

@@ -37,6 +37,7 @@ pub fn sample_call(n: usize) -> CallRecord {
             mode: HoldMode::Stream,
             expires_ms: now_ms() + 3_600_000,
             quorum: 1,
+            require_signature: false,
             approvers: Vec::new(),
             progress_token: None,
             meta: None,

@@ -181,6 +181,7 @@ impl App {
             reason,
             block_for_ms,
             allow_next: None,
+            signed: None,
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tollgate_shared::console::Role;
+use tollgate_shared::signing::Signing;
 
 use super::Pool;
 use crate::StoreError;
@@ -43,8 +44,9 @@ pub async fn add(
     name: &str,
     role: Role,
     servers: Option<Vec<String>>,
+    signing: Signing,
 ) -> Result<String, AddError> {
-    let (entry, token) = tokens::issue(name, role, servers)?;
+    let (entry, token) = tokens::issue(name, role, servers, signing)?;
     let conn = pool.get().await?;
     let body = serde_json::to_vec(&entry).map_err(StoreError::from)?;
     let added = conn
@@ -58,6 +60,44 @@ pub async fn add(
         return Err(TokenError::Exists(name.to_string()).into());
     }
     Ok(token)
+}
+
+/// Change an identity in place (its keys), under its row's lock; false if there was none by
+/// that name.
+pub async fn update(
+    pool: &Pool,
+    name: &str,
+    change: impl FnOnce(&mut TokenEntry),
+) -> Result<bool, StoreError> {
+    let mut conn = pool.get().await?;
+    let tx = conn
+        .transaction()
+        .await
+        .map_err(|e| StoreError::pg("begin changing an identity", e))?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT entry FROM tollgate_identities WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await
+        .map_err(|e| StoreError::pg("read the identity", e))?
+    else {
+        return Ok(false);
+    };
+    let mut entry: TokenEntry = serde_json::from_slice(row.get(0))
+        .map_err(|e| StoreError::corrupt("an identity in PostgreSQL", e))?;
+    change(&mut entry);
+    let body = serde_json::to_vec(&entry)?;
+    tx.execute(
+        "UPDATE tollgate_identities SET entry = $2 WHERE name = $1",
+        &[&name, &body],
+    )
+    .await
+    .map_err(|e| StoreError::pg("change the identity", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::pg("commit the identity", e))?;
+    Ok(true)
 }
 
 /// Remove an identity; false if there was none by that name.

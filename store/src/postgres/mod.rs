@@ -42,6 +42,7 @@ use tollgate_policy::identity::Identity;
 use tollgate_shared::audit::{AuditEntry, AuditFilter};
 use tollgate_shared::clock::now_ms;
 use tollgate_shared::console::{StoreFailing, TempRule};
+use tollgate_shared::signing::Signed;
 use tollgate_shared::sync::Mutex;
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
@@ -389,6 +390,7 @@ impl PgStore {
         who: &Identity,
         verdict: Verdict,
         reason: Option<&str>,
+        signed: Option<&Signed>,
     ) -> Result<Vec<Result<Decided, DecideError>>, StoreError> {
         let started = Instant::now();
         let mut conn = self.pool.get().await?;
@@ -411,12 +413,13 @@ impl PgStore {
         let at_ms = now_ms();
         let mut results = Vec::with_capacity(ids.len());
         let mut changed = Vec::new();
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
             let Some(current) = stored.get(&**id) else {
                 results.push(Err(DecideError::NotFound));
                 continue;
             };
-            match approval::decide(current, who, verdict, reason, at_ms) {
+            let signed = crate::signed_for(signed, i);
+            match approval::decide(current, who, verdict, reason, signed, at_ms) {
                 Ok((next, change)) => {
                     let next = Arc::new(next);
                     changed.push(next.clone());
@@ -448,8 +451,9 @@ impl PgStore {
     pub async fn verify(
         &self,
         anchor: Option<(u64, &str)>,
+        signers: Option<HashMap<String, tollgate_shared::signing::Signing>>,
     ) -> Result<Verified, crate::chain::ChainError> {
-        verify(&self.pool, anchor).await
+        verify(&self.pool, anchor, signers).await
     }
 }
 
@@ -457,8 +461,12 @@ impl PgStore {
 pub async fn verify(
     pool: &Pool,
     anchor: Option<(u64, &str)>,
+    signers: Option<HashMap<String, tollgate_shared::signing::Signing>>,
 ) -> Result<Verified, crate::chain::ChainError> {
     let mut verifier = Verifier::new(anchor);
+    if let Some(s) = signers {
+        verifier = verifier.with_signers(s);
+    }
     let mut after = 0;
     loop {
         let page = read_after(pool, after, 2000).await?;
@@ -585,6 +593,7 @@ impl Backend for PgStore {
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
     ) -> BoxFuture<'_, Result<Decided, DecideError>> {
         Box::pin(async move {
             let (record, change) = self
@@ -595,7 +604,7 @@ impl Backend for PgStore {
                         Change::Final => "decided",
                     },
                     |current, at_ms| {
-                        approval::decide(current, &who, verdict, reason.as_deref(), at_ms)
+                        approval::decide(current, &who, verdict, reason.as_deref(), signed, at_ms)
                             .map_err(DecideError::from)
                     },
                 )
@@ -610,10 +619,11 @@ impl Backend for PgStore {
         who: Arc<Identity>,
         verdict: Verdict,
         reason: Option<String>,
+        signed: Option<Signed>,
     ) -> BoxFuture<'_, Vec<Result<Decided, DecideError>>> {
         Box::pin(async move {
             match self
-                .decide_together(&ids, &who, verdict, reason.as_deref())
+                .decide_together(&ids, &who, verdict, reason.as_deref(), signed.as_ref())
                 .await
             {
                 Ok(results) => results,
