@@ -93,8 +93,9 @@ def signed_decide(console, ids, verdict: str, text: str, sig: str, expect: str =
 def test_a_decision_signed_in_the_console_is_applied_audited_verified_and_checkable_with_ssh_keygen(broker, tmp_path):
     b = broker(config())
     key = keygen(tmp_path / "alice")
+    ecdsa = keygen(tmp_path / "alice-ecdsa", "ecdsa")
     agent = add_identity(b, "agent", "viewer")
-    alice = add_identity(b, "alice", "approver", "--ssh-key-file", f"{key}.pub", "--require-signature")
+    alice = add_identity(b, "alice", "approver", "--ssh-key-file", f"{key}.pub", "--ssh-key-file", f"{ecdsa}.pub", "--require-signature")
     listed = broker_cli("token", "list", "--data-dir", str(b.data_dir))
     assert fingerprint(Path(f"{key}.pub")) in listed.stdout and "decisions must be signed" in listed.stdout, listed.stdout
     watch = b.connect(alice)
@@ -111,7 +112,7 @@ def test_a_decision_signed_in_the_console_is_applied_audited_verified_and_checka
     assert out.returncode == 0, out.stderr
     assert first.result(30).content[0].text == "Echo: deploy v2"
 
-    # Through a real ssh-agent, a rejection with a reason.
+    # Through a real ssh-agent holding both keys, with the ECDSA P-256 one: a rejection.
     agent_env = dict(os.environ)
     started = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True)
     for part in started.stdout.replace("\n", ";").split(";"):
@@ -119,13 +120,14 @@ def test_a_decision_signed_in_the_console_is_applied_audited_verified_and_checka
             k, v = part.strip().split("=", 1)
             agent_env[k] = v
     try:
-        subprocess.run(["ssh-add", str(key)], env=agent_env, capture_output=True, check=True)
+        for k in (key, ecdsa):
+            subprocess.run(["ssh-add", str(k)], env=agent_env, capture_output=True, check=True)
         second = sdk_call(b.url("everything"), agent, "echo", {"message": "drop table"})
         call2 = watch.pending()
         env = {**agent_env, "TOLLGATE_URL": b.console, "TOLLGATE_TOKEN": alice, "XDG_CONFIG_HOME": "/nonexistent"}
         from conftest import CONSOLE_BIN
 
-        out = subprocess.run([str(CONSOLE_BIN), "--sign", "agent", "reject", call2["id"], "--reason", "not today"], capture_output=True, text=True, env=env, timeout=30)
+        out = subprocess.run([str(CONSOLE_BIN), "--sign", f"agent:{ecdsa}.pub", "reject", call2["id"], "--reason", "not today"], capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 0, out.stderr
         got = second.result(30)
         assert got.is_error and "not today" in got.content[0].text
@@ -135,7 +137,7 @@ def test_a_decision_signed_in_the_console_is_applied_audited_verified_and_checka
     # The trail carries both signatures; `audit verify` checks them against alice's keys.
     trail = b.audit("--tool", "echo")
     decided = [e for e in trail if e["outcome"] in ("approved", "rejected")]
-    assert len(decided) == 2 and all(e["signatures"][0]["key"] == fingerprint(Path(f"{key}.pub")) for e in decided), decided
+    assert [e["signatures"][0]["key"] for e in decided] == [fingerprint(Path(f"{key}.pub")), fingerprint(Path(f"{ecdsa}.pub"))], decided
     v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
     assert v.returncode == 0, v.stderr
     assert "signed decisions: 2 verified" in v.stdout, v.stdout
@@ -241,3 +243,39 @@ def test_a_500_call_pattern_is_rejected_with_one_signature(broker, tmp_path):
     assert len(covered) == 500 and {c["id"] for c in covered} == {e["call_id"] for e in trail}
     v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
     assert v.returncode == 0 and "signed decisions: 500 verified" in v.stdout, v.stdout + v.stderr
+
+
+def test_the_tui_signs_its_decisions_and_says_when_it_cannot(broker, tmp_path):
+    from test_console import CONSOLE_BIN, keys, tmux, wait_screen
+
+    b = broker(config())
+    key = keygen(tmp_path / "alice")
+    agent = add_identity(b, "agent", "viewer")
+    alice = add_identity(b, "alice", "approver", "--ssh-key-file", f"{key}.pub", "--require-signature")
+    first = sdk_call(b.url("everything"), agent, "echo", {"message": "signed in the tui"})
+    b.connect(alice).pending()
+    session = f"tollgate-sign-{os.getpid()}"
+    try:
+        # Without --sign the broker refuses, and the TUI shows why.
+        cmd = f"env TOLLGATE_URL={b.console} TOLLGATE_TOKEN={alice} XDG_CONFIG_HOME=/nonexistent {CONSOLE_BIN}"
+        tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "30", cmd)
+        wait_screen(session, r"1 pending")
+        keys(session, "a")
+        wait_screen(session, r"must be signed")
+        tmux("kill-session", "-t", session)
+        # With a key that is not a private key file, it says so and sends nothing.
+        tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "30", f"{cmd} --sign {key}.pub")
+        wait_screen(session, r"1 pending")
+        keys(session, "a")
+        wait_screen(session, r"not sent: cannot sign the decision")
+        tmux("kill-session", "-t", session)
+        # With the key: signed, approved, run.
+        tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "30", f"{cmd} --sign {key}")
+        wait_screen(session, r"1 pending")
+        keys(session, "a")
+        wait_screen(session, r"echo approved by alice")
+        assert first.result(30).content[0].text == "Echo: signed in the tui"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    trail = b.audit("--status", "approved")
+    assert trail[0]["signatures"][0]["key"] == fingerprint(Path(f"{key}.pub"))
