@@ -33,7 +33,8 @@ pub(crate) mod jsonrpc;
 pub(crate) mod listen;
 pub(crate) mod metrics;
 pub(crate) mod notify;
-pub(crate) mod queue;
+// Public for the benchmarks, which drive the queue in process (`bench/benches/signing.rs`).
+pub mod queue;
 pub(crate) mod reload;
 pub(crate) mod reply;
 pub(crate) mod serve;

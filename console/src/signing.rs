@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest as _, Sha256};
 use tollgate_shared::console::{AllowNext, ClientMsg, RuleKind, Signature, Target};
 use tollgate_shared::signing::{NAMESPACE, RuleRequest, Statement, StatementCall};
 use tollgate_shared::sshsig::{PublicKey, Signer};
@@ -63,14 +62,13 @@ impl SignWith {
     }
 }
 
-/// The hash the broker computes of a call's arguments (canonical JSON: keys sorted, no
-/// whitespace), recomputed here from the arguments the approver sees.
+/// The hash the broker computes of a call's arguments (canonical JSON: keys sorted at every
+/// depth, no whitespace), recomputed here from the arguments the approver sees, with the
+/// broker's own function.
 fn args_hash(call: &CallRecord) -> Result<String> {
     let value: serde_json::Value = serde_json::from_str(call.arguments.get())
         .with_context(|| format!("call {}: its arguments are not JSON", call.id))?;
-    // serde_json's maps are sorted by key (no preserve_order), so this is the canonical form.
-    let text = serde_json::to_string(&value)?;
-    Ok(tollgate_shared::hex(&Sha256::digest(text.as_bytes())))
+    Ok(tollgate_policy::fingerprint::args_hash(&value))
 }
 
 /// Sign a `decide` message in place, as `me`, over the calls it decides as `pending` shows them.

@@ -134,17 +134,31 @@ impl Statement {
                 s.v
             ));
         }
+        if !s.calls.windows(2).all(|w| w[0].id < w[1].id) {
+            return Err("a statement lists its calls sorted by id, each once".into());
+        }
         Ok(s)
     }
 
     /// Whether the statement covers `record` as it is: the reason it does not, if not.
     pub fn covers(&self, record: &CallRecord) -> Result<(), String> {
-        let Some(signed) = self.calls.iter().find(|c| *c.id == *record.id) else {
-            return Err(format!(
+        match self
+            .calls
+            .binary_search_by(|c| c.id.as_str().cmp(&record.id))
+        {
+            Ok(i) => self.calls[i].matches(record),
+            Err(_) => Err(format!(
                 "the signed statement does not name call {}",
                 record.id
-            ));
-        };
+            )),
+        }
+    }
+}
+
+impl StatementCall {
+    /// Whether this is `record` as it is now: the reason it is not, if not.
+    pub fn matches(&self, record: &CallRecord) -> Result<(), String> {
+        let signed = self;
         let now = StatementCall::of(record);
         let differs = |what: &str, signed: &str, now: &str| {
             Err(format!(
@@ -197,8 +211,9 @@ impl Signed {
     pub fn reference(&self) -> Signed {
         Signed {
             statement: None,
+            statement_sha256: self.statement_sha256.clone(),
             signature: None,
-            ..self.clone()
+            key: self.key.clone(),
         }
     }
 }

@@ -28,6 +28,15 @@ pub struct SignatureReport {
     pub problems: Vec<String>,
 }
 
+/// A statement seen in the trail.
+struct Known {
+    statement: Result<Statement, String>,
+    text: String,
+    signature: String,
+    /// The fingerprint of the approver's key that made the signature, or why none did.
+    signer: std::cell::OnceCell<Result<String, String>>,
+}
+
 /// A signature whose statement is in another entry, checked once that entry is seen.
 struct Deferred {
     seq: u64,
@@ -48,8 +57,9 @@ struct Checked {
 /// Checks the signatures of entries fed in chain order.
 pub struct Signatures {
     signers: HashMap<String, Signing>,
-    /// Statements seen, by SHA-256: their text and signature.
-    statements: HashMap<String, (String, String)>,
+    /// Statements seen, by SHA-256 (a bulk decision's is shared by all its entries, so it is
+    /// parsed and its signature checked once).
+    statements: HashMap<String, std::rc::Rc<Known>>,
     deferred: Vec<Deferred>,
     report: SignatureReport,
 }
@@ -92,10 +102,17 @@ impl Signatures {
                     );
                     continue;
                 }
-                self.statements.insert(sha, (text.clone(), sig.clone()));
+                self.statements.entry(sha).or_insert_with(|| {
+                    std::rc::Rc::new(Known {
+                        statement: Statement::parse(text),
+                        text: text.clone(),
+                        signature: sig.clone(),
+                        signer: std::cell::OnceCell::new(),
+                    })
+                });
             }
             match self.statements.get(&s.statement_sha256).cloned() {
-                Some((text, sig)) => match self.check(&entry, s, &text, &sig) {
+                Some(known) => match self.check(&entry, s, &known) {
                     Ok(by) => {
                         self.report.signed += 1;
                         valid_by.push(by);
@@ -135,14 +152,8 @@ impl Signatures {
     }
 
     /// One signature of one entry: the approver it proves, or why not.
-    fn check(
-        &self,
-        e: &Checked,
-        s: &Signed,
-        text: &str,
-        signature: &str,
-    ) -> Result<String, String> {
-        let statement = Statement::parse(text)?;
+    fn check(&self, e: &Checked, s: &Signed, known: &Known) -> Result<String, String> {
+        let statement = known.statement.as_ref().map_err(Clone::clone)?;
         let who = &statement.approver;
         if !e.approvers.contains(who) {
             return Err(format!(
@@ -162,7 +173,12 @@ impl Signatures {
                 e.outcome.as_str()
             ));
         }
-        let Some(call) = statement.calls.iter().find(|c| c.id == e.call_id) else {
+        let Some(call) = statement
+            .calls
+            .binary_search_by(|c| c.id.as_str().cmp(&e.call_id))
+            .ok()
+            .map(|i| &statement.calls[i])
+        else {
             return Err(format!(
                 "call {}: {who}'s signed statement does not name this call",
                 e.call_id
@@ -182,21 +198,37 @@ impl Signatures {
                 tollgate_shared::clock::rfc3339_seconds(e.at_ms)
             ));
         }
-        let keys: Vec<PublicKey> = self
-            .signers
-            .get(who)
+        // Which of the approver's keys (at any time) made the signature: checked once per
+        // statement; whether that key was theirs at this entry's time, per entry.
+        let signing = self.signers.get(who);
+        let signer = known.signer.get_or_init(|| {
+            let keys: Vec<PublicKey> = signing
+                .into_iter()
+                .flat_map(|s| &s.keys)
+                .filter_map(|k| PublicKey::parse(&k.key).ok())
+                .collect();
+            sshsig::verify_armored(&known.signature, NAMESPACE, known.text.as_bytes(), &keys)
+                .map(PublicKey::fingerprint)
+                .map_err(|why| why.to_string())
+        });
+        let fp = signer
+            .as_ref()
+            .map_err(|why| format!("call {}: {who}'s signature: {why}", e.call_id))?;
+        if !signing
             .into_iter()
             .flat_map(|s| s.valid_at(e.at_ms))
-            .filter_map(|k| PublicKey::parse(&k.key).ok())
-            .collect();
-        let key = sshsig::verify_armored(signature, NAMESPACE, text.as_bytes(), &keys)
-            .map_err(|why| format!("call {}: {who}'s signature: {why}", e.call_id))?;
-        if key.fingerprint() != s.key {
+            .any(|k| k.fingerprint == *fp)
+        {
             return Err(format!(
-                "call {}: the entry names key {}, the signature was made by {}",
+                "call {}: {who}'s signature: the signing key {fp} was not {who}'s at {} (revoked, or not yet added)",
                 e.call_id,
-                s.key,
-                key.fingerprint()
+                tollgate_shared::clock::rfc3339_seconds(e.at_ms)
+            ));
+        }
+        if *fp != s.key {
+            return Err(format!(
+                "call {}: the entry names key {}, the signature was made by {fp}",
+                e.call_id, s.key
             ));
         }
         Ok(who.clone())
@@ -210,7 +242,7 @@ impl Signatures {
     pub fn finish(mut self) -> SignatureReport {
         for d in std::mem::take(&mut self.deferred) {
             match self.statements.get(&d.signed.statement_sha256).cloned() {
-                Some((text, sig)) => match self.check(&d.entry, &d.signed, &text, &sig) {
+                Some(known) => match self.check(&d.entry, &d.signed, &known) {
                     Ok(_) => self.report.signed += 1,
                     Err(why) => self.problem(d.seq, why),
                 },

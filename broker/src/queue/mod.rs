@@ -46,7 +46,12 @@ pub enum Resolution {
     /// Forward it.
     Approved,
     /// Refuse it, telling the client who rejected it and why.
-    Rejected { by: String, reason: Option<String> },
+    Rejected {
+        /// Who rejected it.
+        by: String,
+        /// Their reason.
+        reason: Option<String>,
+    },
     /// Nobody decided in time.
     Expired,
     /// The client withdrew it.

@@ -112,7 +112,8 @@ impl Queue {
                 }
             }
             Target::Fingerprint { fingerprint } => {
-                if let Some(stray) = signed_ids.iter().find(|id| !ids.contains(id)) {
+                let matching: std::collections::HashSet<&Name> = ids.iter().collect();
+                if let Some(stray) = signed_ids.iter().find(|id| !matching.contains(id)) {
                     return Err(bad(format!(
                         "the signed statement names call {stray}, which is not a pending call with fingerprint {fingerprint}"
                     )));
