@@ -32,18 +32,19 @@ fn row_rule(row: &tokio_postgres::Row) -> Result<TempRule, StoreError> {
     Ok(rule)
 }
 
-/// The rules in force at `now_ms`, oldest first (expired rows are deleted on the way).
+/// The rules in force at `now_ms`, oldest first (expired and used-up rows are deleted on the
+/// way).
 pub async fn list(pool: &Pool, now_ms: u64) -> Result<Vec<TempRule>, StoreError> {
     let conn = pool.get().await?;
     conn.execute(
-        "DELETE FROM tollgate_temp_rules WHERE until_ms <= $1",
+        "DELETE FROM tollgate_temp_rules WHERE until_ms <= $1 OR remaining = 0",
         &[&ms(now_ms)],
     )
     .await
     .map_err(|e| StoreError::pg("delete expired temporary rules", e))?;
     let rows = conn
         .query(
-            "SELECT rule, remaining, hits FROM tollgate_temp_rules WHERE until_ms > $1 ORDER BY created_ms, id",
+            "SELECT rule, remaining, hits FROM tollgate_temp_rules WHERE until_ms > $1 AND (remaining IS NULL OR remaining > 0) ORDER BY created_ms, id",
             &[&ms(now_ms)],
         )
         .await
@@ -72,6 +73,34 @@ pub async fn add(pool: &Pool, node: &str, rule: &TempRule) -> Result<(), StoreEr
         .map_err(|e| StoreError::pg("commit a temporary rule", e))
 }
 
+/// Run `sql` (an `UPDATE` or `DELETE … RETURNING rule, remaining, hits` of rule `id`) and tell
+/// the other brokers, in one transaction: the rule as returned, `None` if no row qualified.
+async fn change(
+    pool: &Pool,
+    node: &str,
+    id: &str,
+    what: &'static str,
+    sql: &str,
+    now_ms: u64,
+) -> Result<Option<TempRule>, StoreError> {
+    let mut conn = pool.get().await?;
+    let tx = conn
+        .transaction()
+        .await
+        .map_err(|e| StoreError::pg(what, e))?;
+    let row = tx
+        .query_opt(sql, &[&id, &ms(now_ms)])
+        .await
+        .map_err(|e| StoreError::pg(what, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let rule = row_rule(&row)?;
+    notify(&tx, node, "rules", id).await?;
+    tx.commit().await.map_err(|e| StoreError::pg(what, e))?;
+    Ok(Some(rule))
+}
+
 /// Remove a rule in force; the rule as it was, or `None` if none by that id was in force.
 pub async fn remove(
     pool: &Pool,
@@ -79,66 +108,37 @@ pub async fn remove(
     id: &str,
     now_ms: u64,
 ) -> Result<Option<TempRule>, StoreError> {
-    let mut conn = pool.get().await?;
-    let tx = conn
-        .transaction()
-        .await
-        .map_err(|e| StoreError::pg("begin revoking a temporary rule", e))?;
-    let row = tx
-        .query_opt(
-            "DELETE FROM tollgate_temp_rules WHERE id = $1 AND until_ms > $2 RETURNING rule, remaining, hits",
-            &[&id, &ms(now_ms)],
-        )
-        .await
-        .map_err(|e| StoreError::pg("revoke a temporary rule", e))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let rule = row_rule(&row)?;
-    notify(&tx, node, "rules", id).await?;
-    tx.commit()
-        .await
-        .map_err(|e| StoreError::pg("commit revoking a temporary rule", e))?;
-    Ok(Some(rule))
+    change(
+        pool,
+        node,
+        id,
+        "revoke a temporary rule",
+        "DELETE FROM tollgate_temp_rules WHERE id = $1 AND until_ms > $2 AND (remaining IS NULL OR remaining > 0) RETURNING rule, remaining, hits",
+        now_ms,
+    )
+    .await
 }
 
 /// Use one allowance of allow rule `id`: the rule with its count taken down, or `None` if it
-/// has none left, expired or is gone (used up or revoked on another broker). A rule whose
-/// last allowance this takes is deleted in the same transaction.
+/// has none left, expired or is gone (used up or revoked on another broker). A used-up rule's
+/// row stays until the next read of the rules deletes it; it is not listed.
 pub async fn take(
     pool: &Pool,
     node: &str,
     id: &str,
     now_ms: u64,
 ) -> Result<Option<TempRule>, StoreError> {
-    let mut conn = pool.get().await?;
-    let tx = conn
-        .transaction()
-        .await
-        .map_err(|e| StoreError::pg("begin using an allow rule", e))?;
-    let row = tx
-        .query_opt(
-            "UPDATE tollgate_temp_rules SET remaining = remaining - 1, hits = hits + 1
-             WHERE id = $1 AND kind = 'allow' AND remaining > 0 AND until_ms > $2
-             RETURNING rule, remaining, hits",
-            &[&id, &ms(now_ms)],
-        )
-        .await
-        .map_err(|e| StoreError::pg("use an allow rule", e))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let rule = row_rule(&row)?;
-    if rule.remaining == Some(0) {
-        tx.execute("DELETE FROM tollgate_temp_rules WHERE id = $1", &[&id])
-            .await
-            .map_err(|e| StoreError::pg("remove a used-up allow rule", e))?;
-    }
-    notify(&tx, node, "rules", id).await?;
-    tx.commit()
-        .await
-        .map_err(|e| StoreError::pg("commit using an allow rule", e))?;
-    Ok(Some(rule))
+    change(
+        pool,
+        node,
+        id,
+        "use an allow rule",
+        "UPDATE tollgate_temp_rules SET remaining = remaining - 1, hits = hits + 1
+         WHERE id = $1 AND kind = 'allow' AND remaining > 0 AND until_ms > $2
+         RETURNING rule, remaining, hits",
+        now_ms,
+    )
+    .await
 }
 
 /// Count a call a block rule refused (shown to consoles; other brokers see it when they next
