@@ -156,15 +156,9 @@ pub enum Target {
     },
 }
 
-/// What a temporary rule does to new calls that match it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleKind {
-    /// Refuse them at once (audited `blocked`, naming the rule and who installed it).
-    Block,
-    /// Let a bounded number of identical calls through without asking again.
-    Allow,
-}
+/// What a temporary rule does to new calls that match it (defined with the call record, so the
+/// signed statement of a decision can name it too).
+pub use crate::RuleKind;
 
 /// A temporary rule installed by a decision ("reject pattern for 15 min", "approve the next
 /// 5"): listed, expiring, revocable.

@@ -28,7 +28,7 @@ pub use digest::{ArgsHash, Digest, Fingerprint, hex, unhex};
 pub use json_text::JsonText;
 pub use names::{Name, intern};
 pub use record::{
-    CallRecord, Decision, Finding, Hold, HoldMode, Outcome, RuleRef, Signals, Timings,
+    CallRecord, Decision, Finding, Hold, HoldMode, Outcome, RuleKind, RuleRef, Signals, Timings,
     UnknownOutcome, Verdict, without_sessions,
 };
 

@@ -349,6 +349,16 @@ pub struct Decision {
     pub signed: Option<crate::signing::Signed>,
 }
 
+/// What a temporary rule does to new calls that match it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// Refuse them at once (audited `blocked`, naming the rule and who installed it).
+    Block,
+    /// Let a bounded number of identical calls through without asking again.
+    Allow,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::console::RuleKind;
-use crate::{CallRecord, Verdict};
+use crate::{CallRecord, RuleKind, Verdict};
 
 /// The SSHSIG namespace of decisions: a signature made for anything else does not count.
 pub const NAMESPACE: &str = "tollgate-decision@v1";

@@ -298,7 +298,7 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
         })
         .transpose()?;
     // Signatures are checked against the identities' keys, revoked ones included.
-    let signers: std::collections::HashMap<_, _> = super::token::entries(dir)?
+    let signers: std::collections::HashMap<_, _> = entries(dir)?
         .into_iter()
         .map(|t| (t.name, t.signing))
         .collect();
@@ -389,7 +389,7 @@ pub fn export_signed(dir: &DataDir, out: &Path) -> anyhow::Result<()> {
     use std::fmt::Write as _;
 
     use anyhow::Context as _;
-    let identities = super::token::entries(dir)?;
+    let identities = entries(dir)?;
     std::fs::create_dir_all(out.join("decisions"))
         .with_context(|| format!("cannot create {}", out.display()))?;
     // allowed_signers: each key, limited to our namespace and to when it was valid.
@@ -477,4 +477,26 @@ pub fn export_signed(dir: &DataDir, out: &Path) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Run `f` against the database's pool, after checking its schema.
+pub(super) fn with_pool<T>(
+    settings: tollgate_store::postgres::Settings,
+    f: impl AsyncFnOnce(&tollgate_store::postgres::Pool) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    super::pg::runtime()?.block_on(async {
+        let pool = tollgate_store::postgres::Pool::new(settings);
+        tollgate_store::postgres::schema::check(&*pool.get().await?).await?;
+        f(&pool).await
+    })
+}
+
+/// Every identity, from the token file or the database.
+pub(super) fn entries(dir: &DataDir) -> anyhow::Result<Vec<tollgate_store::tokens::TokenEntry>> {
+    Ok(match dir.source()? {
+        Source::Sled(dir) => tollgate_store::tokens::list(&dir)?,
+        Source::Postgres(settings) => with_pool(*settings, async |pool| {
+            Ok(tollgate_store::postgres::identities::list(pool).await?)
+        })?,
+    })
 }

@@ -8,22 +8,10 @@ use anyhow::Context;
 use tollgate_shared::console::Role;
 use tollgate_shared::signing::{Signing, SigningKey};
 use tollgate_shared::sshsig::PublicKey;
-use tollgate_store::postgres::{Pool, identities, schema};
+use tollgate_store::postgres::identities;
 use tollgate_store::tokens::{self, TokenEntry};
 
-use super::audit::{DataDir, Source};
-
-/// Run `f` against the database's pool, after checking its schema.
-fn with_pool<T>(
-    settings: tollgate_store::postgres::Settings,
-    f: impl AsyncFnOnce(&Pool) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    super::pg::runtime()?.block_on(async {
-        let pool = Pool::new(settings);
-        schema::check(&*pool.get().await?).await?;
-        f(&pool).await
-    })
-}
+use super::audit::{DataDir, Source, entries, with_pool};
 
 /// SSH public keys given on the command line.
 #[derive(clap::Args, Debug, Default)]
@@ -174,15 +162,6 @@ pub fn add(
     );
     println!("{token}");
     Ok(())
-}
-
-pub(super) fn entries(dir: &DataDir) -> anyhow::Result<Vec<TokenEntry>> {
-    Ok(match dir.source()? {
-        Source::Sled(dir) => tokens::list(&dir)?,
-        Source::Postgres(settings) => {
-            with_pool(*settings, async |pool| Ok(identities::list(pool).await?))?
-        }
-    })
 }
 
 /// `token list`.

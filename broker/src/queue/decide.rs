@@ -7,7 +7,6 @@
 use tollgate_shared::console::Signature;
 use tollgate_shared::signing::Signed;
 
-use super::signed;
 use std::sync::Arc;
 
 use tollgate_policy::approval::{Change, Refused};
@@ -264,14 +263,8 @@ impl Queue {
         {
             return Err(BadDecision::ApproveByShape(fingerprint.clone()));
         }
-        let request = signed::Request {
-            who,
-            target,
-            verdict,
-            reason,
-            follow,
-        };
-        let checked = self.check_signature(&request, signature, now_ms())?;
+        let checked =
+            self.check_signature(who, target, verdict, reason, follow, signature, now_ms())?;
         let Some(follow) = follow else {
             let decided = self
                 .decide_calls(who, checked.ids, verdict, reason, checked.signed)

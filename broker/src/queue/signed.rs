@@ -12,7 +12,7 @@ use super::Queue;
 use super::decide::{BadDecision, Follow};
 
 /// A decision as requested, to be checked against what was signed.
-pub struct Request<'a> {
+struct Request<'a> {
     /// Who decides.
     pub who: &'a Identity,
     /// Which calls.
@@ -46,12 +46,24 @@ fn bad(why: impl Into<String>) -> BadDecision {
 
 impl Queue {
     /// Check a decision's signature (or that it needs none) before anything is decided.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_signature(
         &self,
-        req: &Request<'_>,
+        who: &Identity,
+        target: &Target,
+        verdict: Verdict,
+        reason: Option<&str>,
+        follow: Option<Follow>,
         signature: Option<&Signature>,
         now_ms: u64,
     ) -> Result<Checked, BadDecision> {
+        let req = &Request {
+            who,
+            target,
+            verdict,
+            reason,
+            follow,
+        };
         let ids = self.ids(req.target);
         let Some(signature) = signature else {
             if req.who.signing.require_signature {
