@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use tollgate_shared::CallRecord;
 use tollgate_shared::console::{AllowNext, ClientMsg, RuleKind, Signature, Target};
 use tollgate_shared::signing::{NAMESPACE, RuleRequest, Statement, StatementCall};
 use tollgate_shared::sshsig::{PublicKey, Signer};
-use tollgate_shared::{CallRecord, Verdict};
 
 /// Where signatures come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,13 +166,5 @@ pub fn sign_if(
     match with {
         Some(w) => sign(w, me, msg, pending, all).context("cannot sign the decision"),
         None => Ok(()),
-    }
-}
-
-/// Whether `v` approves (for messages).
-pub fn verb(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Approve => "approve",
-        Verdict::Reject => "reject",
     }
 }

@@ -140,7 +140,7 @@ def test_a_decision_signed_in_the_console_is_applied_audited_verified_and_checka
     assert [e["signatures"][0]["key"] for e in decided] == [fingerprint(Path(f"{key}.pub")), fingerprint(Path(f"{ecdsa}.pub"))], decided
     v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
     assert v.returncode == 0, v.stderr
-    assert "signed decisions: 2 verified" in v.stdout, v.stdout
+    assert "signed decisions: 2 verified" in v.stderr, v.stderr
 
     # Exported, each statement verifies with OpenSSH alone.
     out_dir = tmp_path / "export"
@@ -207,7 +207,7 @@ def test_bad_signatures_are_refused_with_the_reason(broker, tmp_path):
     # What alice signed before the revocation still verifies.
     v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir)) if b.proc.stop() == 0 else None
     assert v is not None and v.returncode == 0, v.stderr if v else "broker did not stop cleanly"
-    assert "signed decisions: 1 verified" in v.stdout, v.stdout
+    assert "signed decisions: 1 verified" in v.stderr, v.stderr
 
 
 def test_a_500_call_pattern_is_rejected_with_one_signature(broker, tmp_path):
@@ -242,7 +242,7 @@ def test_a_500_call_pattern_is_rejected_with_one_signature(broker, tmp_path):
     covered = json.loads(whole[0]["signatures"][0]["statement"])["calls"]
     assert len(covered) == 500 and {c["id"] for c in covered} == {e["call_id"] for e in trail}
     v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
-    assert v.returncode == 0 and "signed decisions: 500 verified" in v.stdout, v.stdout + v.stderr
+    assert v.returncode == 0 and "signed decisions: 500 verified" in v.stderr, v.stdout + v.stderr
 
 
 def test_the_tui_signs_its_decisions_and_says_when_it_cannot(broker, tmp_path):

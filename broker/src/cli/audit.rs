@@ -324,10 +324,14 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
         "audit chain OK: {} entries in {place}; anchor for later checks: {}:{}",
         v.entries, v.entries, v.head
     );
-    let Some(s) = v.signatures else {
+    let Some(s) = v
+        .signatures
+        .filter(|s| s.signed + s.unsigned > 0 || !s.problems.is_empty())
+    else {
         return Ok(());
     };
-    println!(
+    // On stderr: stdout keeps the one line scripts read the anchor from.
+    eprintln!(
         "signed decisions: {} verified against their approvers' SSH keys{}",
         s.signed,
         if s.unsigned > 0 {
