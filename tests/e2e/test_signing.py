@@ -279,3 +279,27 @@ def test_the_tui_signs_its_decisions_and_says_when_it_cannot(broker, tmp_path):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     trail = b.audit("--status", "approved")
     assert trail[0]["signatures"][0]["key"] == fingerprint(Path(f"{key}.pub"))
+
+
+def test_audit_verify_exits_1_naming_a_decision_its_signatures_do_not_prove(broker, tmp_path):
+    """The command's side of what `signatures::tests` checks entry by entry: an unsigned "approved
+    by alice" in the trail, once alice's decisions must be signed, is listed and fails the run
+    (as a forged entry would), while the chain itself still verifies."""
+    b = broker(config())
+    key = keygen(tmp_path / "alice")
+    agent = add_identity(b, "agent", "viewer")
+    alice = add_identity(b, "alice", "approver", "--ssh-key-file", f"{key}.pub")
+    con = b.connect(alice)
+    done = sdk_call(b.url("everything"), agent, "echo", {"message": "unsigned"})
+    call = con.pending()
+    assert con.decide(call["id"], "approve")[0]["ok"]
+    done.result(30)
+    assert b.proc.stop() == 0
+    v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
+    assert v.returncode == 0 and "1 decisions by approvers with keys were not signed" in v.stderr, v.stderr
+    out = broker_cli("token", "key", "add", "--data-dir", str(b.data_dir), "--name", "alice", "--require-signature")
+    assert out.returncode == 0, out.stderr
+    v = broker_cli("audit", "verify", "--data-dir", str(b.data_dir))
+    assert v.returncode == 1 and "audit chain OK" in v.stdout, v.stdout + v.stderr
+    assert f"call {call['id']} is approved by alice without a valid signature, but alice's decisions must be signed" in v.stderr, v.stderr
+    assert "1 audit entries claim a decision their signatures do not prove" in v.stderr, v.stderr
