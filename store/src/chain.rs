@@ -109,10 +109,7 @@ pub fn verify(
     anchor: Option<(u64, &str)>,
     signers: Option<HashMap<String, Signing>>,
 ) -> Result<Verified, ChainError> {
-    let mut verifier = Verifier::new(anchor);
-    if let Some(s) = signers {
-        verifier = verifier.with_signers(s);
-    }
+    let mut verifier = Verifier::new(anchor).with_signers(signers);
     let mut problem = None;
     backend.audit_scan(&mut |e| match verifier.push(e) {
         Ok(()) => true,
@@ -150,9 +147,9 @@ impl Verifier {
         }
     }
 
-    /// Also check the approvers' signatures against these identities' keys.
-    pub fn with_signers(mut self, signers: HashMap<String, Signing>) -> Verifier {
-        self.signatures = Some(Signatures::new(signers));
+    /// Also check the approvers' signatures against these identities' keys, when given.
+    pub fn with_signers(mut self, signers: Option<HashMap<String, Signing>>) -> Verifier {
+        self.signatures = signers.map(Signatures::new);
         self
     }
 

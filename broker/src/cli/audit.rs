@@ -248,10 +248,8 @@ pub fn audit(dir: &DataDir, s: &Search) -> anyhow::Result<()> {
     };
     let entries = match source {
         Source::Sled(dir) => open(&dir)?.audit_query(&filter)?,
-        Source::Postgres(settings) => super::pg::runtime()?.block_on(async {
-            let pool = tollgate_store::postgres::Pool::new(*settings);
-            tollgate_store::postgres::schema::check(&*pool.get().await?).await?;
-            tollgate_store::postgres::query(&pool, &filter).await
+        Source::Postgres(settings) => with_pool(*settings, async |pool| {
+            Ok(tollgate_store::postgres::query(pool, &filter).await?)
         })?,
     };
     let format = if s.json {
@@ -308,14 +306,8 @@ pub fn verify(dir: &DataDir, anchor: Option<&str>) -> anyhow::Result<()> {
             dir.display().to_string(),
         ),
         Source::Postgres(settings) => {
-            let v = super::pg::runtime()?.block_on(async {
-                let pool = tollgate_store::postgres::Pool::new(*settings);
-                let conn = pool.get().await?;
-                tollgate_store::postgres::schema::check(&conn).await?;
-                drop(conn);
-                Ok::<_, anyhow::Error>(
-                    tollgate_store::postgres::verify(&pool, anchor, Some(signers)).await?,
-                )
+            let v = with_pool(*settings, async |pool| {
+                Ok(tollgate_store::postgres::verify(pool, anchor, Some(signers)).await?)
             })?;
             (v, "PostgreSQL".to_string())
         }
@@ -362,17 +354,12 @@ fn scan(dir: &DataDir, visit: &mut dyn FnMut(AuditEntry)) -> anyhow::Result<()> 
             visit(e);
             true
         })?,
-        Source::Postgres(settings) => super::pg::runtime()?.block_on(async {
-            let pool = tollgate_store::postgres::Pool::new(*settings);
-            tollgate_store::postgres::schema::check(&*pool.get().await?).await?;
-            let mut after = 0;
-            loop {
-                let page = tollgate_store::postgres::read_after(&pool, after, 2000).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                page.into_iter().for_each(&mut *visit);
-            }
-            Ok::<_, anyhow::Error>(())
+        Source::Postgres(settings) => with_pool(*settings, async |pool| {
+            Ok(tollgate_store::postgres::scan(pool, &mut |e| {
+                visit(e);
+                true
+            })
+            .await?)
         })?,
     }
     Ok(())

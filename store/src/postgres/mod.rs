@@ -463,20 +463,41 @@ pub async fn verify(
     anchor: Option<(u64, &str)>,
     signers: Option<HashMap<String, tollgate_shared::signing::Signing>>,
 ) -> Result<Verified, crate::chain::ChainError> {
-    let mut verifier = Verifier::new(anchor);
-    if let Some(s) = signers {
-        verifier = verifier.with_signers(s);
+    let mut verifier = Verifier::new(anchor).with_signers(signers);
+    let mut problem = None;
+    scan(pool, &mut |e| match verifier.push(e) {
+        Ok(()) => true,
+        Err(broken) => {
+            problem = Some(broken);
+            false
+        }
+    })
+    .await?;
+    if let Some(broken) = problem {
+        return Err(broken);
     }
+    verifier.finish()
+}
+
+/// Every audit entry, oldest first, to `visit` until it returns false: read in pages, as
+/// `Engine::audit_scan` does for a local store.
+pub async fn scan(
+    pool: &Pool,
+    visit: &mut dyn FnMut(AuditEntry) -> bool,
+) -> Result<(), StoreError> {
     let mut after = 0;
     loop {
         let page = read_after(pool, after, 2000).await?;
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
         after = last.seq;
         for e in page {
-            verifier.push(e)?;
+            if !visit(e) {
+                return Ok(());
+            }
         }
     }
-    verifier.finish()
 }
 
 /// The first `limit` audit entries after `after`.
