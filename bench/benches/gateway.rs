@@ -135,41 +135,8 @@ fn main() -> Result<()> {
     );
     let (_broker, base) = start_broker(&broker_bin, &dir, &servers)?;
     // The peers, each in front of its own stdio child, as Tollgate is.
-    let mp_port = tollgate_bench::free_port()?;
-    let _mcp_proxy = Killed(
-        Command::new(&peers.mcp_proxy)
-            .args([
-                "--port",
-                &mp_port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--log-level",
-                "WARNING",
-                "--",
-            ])
-            .args(&stdio_argv)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let sg_port = tollgate_bench::free_port()?;
-    let _supergateway = Killed(
-        Command::new("node")
-            .arg(&peers.supergateway)
-            .args([
-                "--stdio",
-                &stdio_argv.join(" "),
-                "--outputTransport",
-                "streamableHttp",
-                "--stateful",
-            ])
-            .args(["--port", &sg_port.to_string(), "--logLevel", "none"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    tollgate_bench::wait_port(mp_port)?;
-    tollgate_bench::wait_port(sg_port)?;
+    let (_mcp_proxy, mp_port) = tollgate_bench::start_mcp_proxy(&peers, &stdio_argv)?;
+    let (_supergateway, sg_port) = tollgate_bench::start_supergateway(&peers, &stdio_argv)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,6 +4,7 @@
 //! The benchmarks themselves live in `benches/`; they report every figure next to a baseline
 //! measured in the same run, because absolute numbers on shared machines are noise.
 
+pub mod floor;
 pub mod guard_cost;
 
 use std::io::{BufRead, BufReader};
@@ -165,6 +166,41 @@ pub fn peers() -> Result<Peers> {
     })
 }
 
+/// Start mcp-proxy on a free loopback port in front of the stdio server `argv` (one child,
+/// shared by its sessions); the process and its port, once it listens.
+pub fn start_mcp_proxy(peers: &Peers, argv: &[String]) -> Result<(Killed, u16)> {
+    let port = free_port()?;
+    let child = Killed(
+        Command::new(&peers.mcp_proxy)
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .args(["--log-level", "WARNING", "--"])
+            .args(argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(port)?;
+    Ok((child, port))
+}
+
+/// Start supergateway (Streamable HTTP, `--stateful`: one child per session, as Tollgate) on a
+/// free port in front of the stdio server `argv`; the process and its port, once it listens.
+pub fn start_supergateway(peers: &Peers, argv: &[String]) -> Result<(Killed, u16)> {
+    let port = free_port()?;
+    let child = Killed(
+        Command::new("node")
+            .arg(&peers.supergateway)
+            .args(["--stdio", &argv.join(" ")])
+            .args(["--outputTransport", "streamableHttp", "--stateful"])
+            .args(["--port", &port.to_string(), "--logLevel", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(port)?;
+    Ok((child, port))
+}
+
 /// Build the release broker and return its path; `TOLLGATE_BENCH_BIN` names a broker binary to
 /// use instead (an older build, to compare two in alternating runs).
 pub fn build_broker() -> Result<PathBuf> {
@@ -315,8 +351,11 @@ impl HttpSession {
             next: 0,
         };
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}});
-        let resp = s.post(&init).await?;
-        s.session = resp.0;
+        let (session, body) = s.post(&init).await?;
+        if session.is_none() {
+            bail!("initialize at {url} opened no session: {body}");
+        }
+        s.session = session;
         s.post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
             .await?;
         Ok(s)
@@ -341,6 +380,19 @@ impl HttpSession {
             .map(str::to_string);
         let body = resp.text().await?;
         Ok((session, body))
+    }
+
+    /// End the session (`DELETE`), so the server can let its resources go.
+    pub async fn close(&self) -> Result<()> {
+        if let Some(s) = &self.session {
+            self.client
+                .delete(&self.url)
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25")
+                .send()
+                .await?;
+        }
+        Ok(())
     }
 
     /// Call `echo` with `message`; the round-trip time.

@@ -272,79 +272,41 @@ fn apply_loop(t: &Trees, journal: &Mutex<Journal>, backlog: &Backlog, rx: &Recei
     }
 }
 
-/// How many keys go into one `sled::Batch`. sled applies a batch under one epoch guard and
-/// copies a node per key, so nothing it replaces can be freed until the batch ends: a group
-/// commit of thousands of calls applied as one batch held gigabytes (`docs/performance.md`).
-const SLED_BATCH_KEYS: usize = 128;
-
-/// A tree's writes from one group, applied in batches of [`SLED_BATCH_KEYS`]. Groups are not
-/// atomic in sled anyway (four trees); the journal replays a group that did not finish.
-struct Chunked<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    keys: usize,
-}
-
-impl<'a> Chunked<'a> {
-    fn new(tree: &'a sled::Tree) -> Chunked<'a> {
-        Chunked {
-            tree,
-            batch: sled::Batch::default(),
-            keys: 0,
-        }
-    }
-
-    fn insert(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) -> Result<(), StoreError> {
-        self.batch.insert(key, value);
-        self.count()
-    }
-
-    fn remove(&mut self, key: impl Into<sled::IVec>) -> Result<(), StoreError> {
-        self.batch.remove(key);
-        self.count()
-    }
-
-    fn count(&mut self) -> Result<(), StoreError> {
-        self.keys += 1;
-        if self.keys >= SLED_BATCH_KEYS {
-            self.finish()?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), StoreError> {
-        if self.keys > 0 {
-            self.keys = 0;
-            self.tree
-                .apply_batch(std::mem::take(&mut self.batch))
-                .map_err(|e| StoreError::sled("cannot apply a group to sled", e))?;
-        }
-        Ok(())
-    }
+/// A failed write into sled.
+fn write(e: sled::Error) -> StoreError {
+    StoreError::sled("cannot apply a group to sled", e)
 }
 
 impl Trees {
+    /// Copy one group into sled, key by key. Not as a `sled::Batch`: sled makes a batch
+    /// atomic by sealing and writing its in-memory log buffer before and after it (two writes
+    /// and syncs by its I/O threads per batch, most of the store's CPU per allowed call), and
+    /// holds one epoch guard over the whole batch, so nothing it replaces is freed until the end
+    /// (gigabytes for a group of thousands of calls). Atomicity is the journal's job: a group
+    /// stays in the journal until a checkpoint has synced sled, and applying one again after a
+    /// crash writes the same keys with the same values.
     fn apply(&self, batch: &[Mutation]) -> Result<(), StoreError> {
-        let mut calls = Chunked::new(&self.calls);
-        let mut pending = Chunked::new(&self.pending);
-        let mut audit = Chunked::new(&self.audit);
-        let mut idx = Chunked::new(&self.audit_idx);
         for m in batch {
             match m {
                 Mutation::Call(r) => {
                     let key = uuid::Uuid::parse_str(&r.id)
                         .map_err(|_| StoreError::BadId(r.id.to_string()))?;
-                    calls.insert(key.as_bytes().as_slice(), serde_json::to_vec(r)?)?;
+                    let key = key.as_bytes().as_slice();
+                    self.calls
+                        .insert(key, serde_json::to_vec(r)?)
+                        .map_err(write)?;
                     if r.is_open() {
-                        pending.insert(key.as_bytes().as_slice(), Vec::new())?;
+                        self.pending.insert(key, &[][..]).map_err(write)?;
                     } else if r.hold.is_some() {
                         // Only a held call was ever in the open index.
-                        pending.remove(key.as_bytes().as_slice())?;
+                        self.pending.remove(key).map_err(write)?;
                     }
                 }
                 Mutation::Audit(e) => {
                     let seq = e.seq.to_be_bytes();
-                    audit.insert(&seq, serde_json::to_vec(e)?)?;
+                    self.audit
+                        .insert(seq, serde_json::to_vec(e)?)
+                        .map_err(write)?;
                     let mut fields = vec![
                         (F_STATUS, e.outcome.as_str()),
                         (F_SERVER, e.server.as_str()),
@@ -356,15 +318,12 @@ impl Trees {
                     for (f, v) in fields {
                         let mut k = idx_prefix(f, v);
                         k.extend_from_slice(&seq);
-                        idx.insert(k, Vec::new())?;
+                        self.audit_idx.insert(k, &[][..]).map_err(write)?;
                     }
                 }
             }
         }
-        calls.finish()?;
-        pending.finish()?;
-        audit.finish()?;
-        idx.finish()
+        Ok(())
     }
 
     /// Flush sled and `fsync` every one of its files.
