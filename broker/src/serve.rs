@@ -116,12 +116,14 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
                 config.broker.store_cache,
             )?);
             (
-                Store::open_observed(engine.clone(), observer).await?,
+                Store::open_observed(engine.clone(), observer, config.broker.sync_linger).await?,
                 Some(engine),
             )
         }
         crate::config::StoreSpec::Postgres(settings) => {
-            let store = tollgate_store::postgres::PgStore::open((**settings).clone(), observer)
+            let mut settings = (**settings).clone();
+            settings.linger = config.broker.sync_linger;
+            let store = tollgate_store::postgres::PgStore::open(settings, observer)
                 .await
                 .context("cannot open the [store] (PostgreSQL)")?;
             tracing::info!(
@@ -205,6 +207,7 @@ async fn serve(config: config::Config, config_path: std::path::PathBuf) -> anyho
         retry_ttl: config.broker.retry_ttl,
         throttle: Default::default(),
         forward_when_store_fails: config.broker.forward_when_store_fails,
+        sync_before_forward: config.broker.sync_before_forward,
     };
     let browsers =
         crate::browser::Browsers::new(&config.broker.allowed_origins, &config.broker.allowed_hosts);

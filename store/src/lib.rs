@@ -25,6 +25,7 @@ pub mod chain;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod gather;
 mod journal;
 pub mod memory;
 pub mod postgres;
@@ -49,6 +50,7 @@ use tollgate_shared::signing::Signed;
 use tollgate_shared::{CallRecord, Name, Outcome, Verdict};
 
 pub use error::StoreError;
+pub use gather::{DEFAULT_LINGER, MAX_LINGER};
 pub use writer::{RETRY_EVERY, RETRY_MAX, Store};
 
 /// Default page cache of the store. sled's own default (1 GiB) would let a busy broker's memory

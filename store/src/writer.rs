@@ -74,6 +74,13 @@ enum Op {
     Flush(oneshot::Sender<()>),
 }
 
+impl Op {
+    /// Somebody waits for this operation's commit: it ends a linger.
+    fn awaited(&self) -> bool {
+        !matches!(self, Op::Write { ack: None, .. })
+    }
+}
+
 /// Who to answer once a group is committed, and with what.
 enum Answer {
     Written(Ack<()>),
@@ -147,13 +154,15 @@ impl Store {
     /// Open the store over `engine`: read back the calls still held and the audit chain's
     /// head, and start the writer task.
     pub async fn open(engine: Arc<dyn Engine>) -> Result<Arc<Store>, StoreError> {
-        Store::open_observed(engine, None).await
+        Store::open_observed(engine, None, crate::DEFAULT_LINGER).await
     }
 
-    /// [`Store::open`], telling `observer` of every committed group and write.
+    /// [`Store::open`], telling `observer` of every committed group and write; writes nobody
+    /// waits for wait up to `linger` to share a sync (see `gather`).
     pub async fn open_observed(
         engine: Arc<dyn Engine>,
         observer: Option<Arc<dyn crate::Observer>>,
+        linger: std::time::Duration,
     ) -> Result<Arc<Store>, StoreError> {
         let reader = engine.clone();
         let (open, (seq, head)) = tokio::task::spawn_blocking(move || {
@@ -180,6 +189,7 @@ impl Store {
             retry: Vec::new(),
             health: health_tx,
             observer,
+            linger,
         };
         tokio::spawn(writer.run(rx));
         Ok(Arc::new(Store {
@@ -364,6 +374,8 @@ struct Writer {
     retry: Vec<Kept>,
     health: watch::Sender<Option<StoreFailing>>,
     observer: Option<Arc<dyn crate::Observer>>,
+    /// How long writes nobody waits for wait for more before they are committed.
+    linger: std::time::Duration,
 }
 
 /// A write kept for the next group: the record, what to write of it, and when it was made.
@@ -388,7 +400,10 @@ impl Writer {
         let mut ops = Vec::new();
         loop {
             if self.retry.is_empty() {
-                if rx.recv_many(&mut ops, GROUP_MAX).await == 0 {
+                if crate::gather::gather(&mut rx, &mut ops, GROUP_MAX, self.linger, Op::awaited)
+                    .await
+                    == 0
+                {
                     break;
                 }
             } else if let Ok(0) =

@@ -55,6 +55,14 @@ pub struct BrokerSettings {
     /// Forward allowed calls while the store cannot write (`on_store_error = "forward"`);
     /// by default (`"refuse"`) they are refused, since they could not be recorded.
     pub forward_when_store_fails: bool,
+    /// How long the records of calls nobody waits for (forwarded, refused, completed) wait
+    /// for more writes before they are committed, so they share one sync. Bounds what a
+    /// `kill -9` can lose of them. Zero commits each as soon as the store is free.
+    pub sync_linger: Duration,
+    /// Each forwarded call's audit entry is durable before the call is forwarded
+    /// (`sync_before_forward = true`); by default it is written behind it, within
+    /// `sync_linger`.
+    pub sync_before_forward: bool,
     /// `[broker.tls]`: both listeners speak TLS.
     pub tls: Option<TlsSettings>,
     /// Address of `/metrics`, `/livez` and `/readyz`; `None` when `admin_listen = "off"`.
@@ -91,6 +99,8 @@ pub(super) struct RawBroker {
     pub(super) max_sessions_per_client: Option<Spanned<i64>>,
     pub(super) max_sessions_per_server: Option<Spanned<i64>>,
     pub(super) on_store_error: Option<Spanned<String>>,
+    pub(super) sync_linger: Option<Spanned<String>>,
+    pub(super) sync_before_forward: Option<bool>,
     pub(super) allow_plaintext: Option<bool>,
     pub(super) admin_listen: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
@@ -188,6 +198,28 @@ impl Validator<'_> {
                 false
             }
         };
+        let sync_linger = match &raw.sync_linger {
+            None => tollgate_store::DEFAULT_LINGER,
+            Some(v) => match humantime::parse_duration(v.get_ref()) {
+                Ok(d) if d <= tollgate_store::MAX_LINGER => d,
+                Ok(_) => {
+                    self.problem(
+                        v.span(),
+                        format!("sync_linger {:?} is longer than 1s", v.get_ref()),
+                        Some("it bounds how much of the audit trail a crash can lose: a few milliseconds share a sync among a sequential agent's calls (the default is \"5ms\")"),
+                    );
+                    tollgate_store::DEFAULT_LINGER
+                }
+                Err(e) => {
+                    self.problem(
+                        v.span(),
+                        format!("sync_linger {:?} is not a duration: {e}", v.get_ref()),
+                        Some("write a duration like \"5ms\", or \"0ms\" to commit every write as soon as the store is free"),
+                    );
+                    tollgate_store::DEFAULT_LINGER
+                }
+            },
+        };
         let tls = raw.tls.and_then(|t| self.tls(base, t));
         if tls.is_none() && raw.allow_plaintext != Some(true) {
             let mut listeners = vec![(listen, "listen"), (console_listen, "console_listen")];
@@ -219,6 +251,8 @@ impl Validator<'_> {
             }
         };
         BrokerSettings {
+            sync_linger,
+            sync_before_forward: raw.sync_before_forward.unwrap_or(false),
             default_server: raw.default_server.map(|s| s.into_inner()),
             tls,
             admin_listen,

@@ -388,6 +388,32 @@ reason = "no"
     }
 
     #[test]
+    fn sync_linger_defaults_to_5ms_may_be_zero_and_is_bounded() {
+        let c = check(OK).expect("valid");
+        assert_eq!(c.broker.sync_linger, Duration::from_millis(5));
+        assert!(!c.broker.sync_before_forward);
+        let text = OK.replace(
+            "auth = \"none\"",
+            "auth = \"none\"\nsync_linger = \"0ms\"\nsync_before_forward = true",
+        );
+        let c = check(&text).expect("valid");
+        assert_eq!(c.broker.sync_linger, Duration::ZERO);
+        assert!(c.broker.sync_before_forward);
+        for (value, says) in [("\"2s\"", "longer than 1s"), ("\"soon\"", "not a duration")] {
+            let text = OK.replace(
+                "auth = \"none\"",
+                &format!("auth = \"none\"\nsync_linger = {value}"),
+            );
+            let err = check(&text).expect_err("invalid");
+            assert!(
+                err.problems[0].message.contains(says),
+                "{}",
+                err.problems[0].message
+            );
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_with_line_and_column() {
         let text = r#"[broker]
 auth = "none"

@@ -124,6 +124,9 @@ pub struct Gateway {
     /// Forward allowed calls even while the store cannot write them down (`[broker]
     /// on_store_error = "forward"`); by default they are refused.
     pub forward_when_store_fails: bool,
+    /// Each forwarded call's audit entry is durable before the call is forwarded (`[broker]
+    /// sync_before_forward`); by default it is written behind the call.
+    pub sync_before_forward: bool,
     /// Recent refusals by rate limits and budgets, per client, for approvers' flags.
     pub throttle: Throttle,
 }
@@ -485,7 +488,8 @@ impl Gateway {
         Intercept::Respond(jsonrpc::tool_error(id, &text, ctx.modern()))
     }
 
-    /// Forward a call: its audit entry now, its call record when the ticket completes.
+    /// Forward a call: its audit entry now (durably first with `sync_before_forward`), its call
+    /// record when the ticket completes.
     /// `rewritten` when DLP replaced the arguments the frontend must send. While the store
     /// cannot write, the call is refused instead (unless `[broker] on_store_error = "forward"`
     /// and fewer than [`RETRY_MAX`] writes wait), and the refusal is recorded once it can
@@ -517,9 +521,26 @@ impl Gateway {
                 ));
             }
         }
-        self.store
-            .write(Arc::new(record.clone()), Writes::Audit)
-            .await;
+        if self.sync_before_forward {
+            // The entry is made durably (sharing a sync with whatever else is being written)
+            // before the call runs. Should that fail, it stays queued like any write the store
+            // could not make, so the trail shows the policy's "allowed" followed by the refusal.
+            if let Err(e) = self
+                .store
+                .write_durably(Arc::new(record.clone()), Writes::Audit)
+                .await
+            {
+                let refusal = Refusal::StoreFailing {
+                    since_ms: now_ms(),
+                    error: e.to_string(),
+                };
+                return self.refuse(ctx, record, refusal).await;
+            }
+        } else {
+            self.store
+                .write(Arc::new(record.clone()), Writes::Audit)
+                .await;
+        }
         Intercept::Forward(Ticket {
             record: Some(Box::new(record)),
             store: self.store.clone(),

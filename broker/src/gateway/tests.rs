@@ -52,6 +52,7 @@ struct Setup {
     limits: Vec<Limit>,
     loops: Option<LoopConfig>,
     budgets: Vec<Budget>,
+    sync_before_forward: bool,
 }
 
 struct Harness {
@@ -91,6 +92,7 @@ impl Setup {
             retry_ttl,
             throttle: Throttle::default(),
             forward_when_store_fails: false,
+            sync_before_forward: self.sync_before_forward,
         };
         Harness { gateway, engine }
     }
@@ -759,6 +761,46 @@ async fn while_the_store_cannot_write_calls_are_refused_and_the_refusals_recorde
         "{:?}",
         trail[2].reason
     );
+}
+
+#[tokio::test]
+async fn with_sync_before_forward_a_call_runs_only_once_its_entry_is_durable() {
+    let h = Setup {
+        default: Some(Action::Allow),
+        sync_before_forward: true,
+        ..Setup::default()
+    }
+    .build()
+    .await;
+    let mut request = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"n": 1}}});
+    let Intercept::Forward(ticket) = h.gateway.intercept(&ctx(), &mut request, now_ms()).await
+    else {
+        panic!("not forwarded");
+    };
+    // Committed before the call is handed over: no flush, no linger.
+    let trail = h
+        .engine
+        .audit_query(&AuditFilter::default())
+        .expect("audit");
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0].outcome, Outcome::Allowed);
+    ticket.complete(None);
+    // The disk fills before the store has noticed: the write fails, so the call is refused
+    // rather than run unrecorded (without the setting it would be forwarded and its entry
+    // kept for later).
+    h.engine.fail_commits(true);
+    assert!(h.gateway.store.health().borrow().is_none());
+    let mut request = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"n": 2}}});
+    let Intercept::Respond(answer) = h.gateway.intercept(&ctx(), &mut request, now_ms()).await
+    else {
+        panic!("forwarded a call whose entry could not be made durable");
+    };
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("cannot write its audit trail"), "{text}");
 }
 
 #[test]

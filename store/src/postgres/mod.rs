@@ -32,7 +32,7 @@ pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Transaction;
@@ -82,6 +82,13 @@ enum Op {
         ack: Option<Ack>,
     },
     Flush(oneshot::Sender<()>),
+}
+
+impl Op {
+    /// Somebody waits for this operation's commit: it ends a linger.
+    fn awaited(&self) -> bool {
+        !matches!(self, Op::Write { ack: None, .. })
+    }
 }
 
 /// The store on PostgreSQL.
@@ -262,6 +269,7 @@ impl PgStore {
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Arc<PgStore>, StoreError> {
         let node: Arc<str> = settings.node.clone().into();
+        let linger = settings.linger;
         let pool = Arc::new(Pool::new(settings));
         let (mut pending, mut unfinished, mut unsent) = (Vec::new(), Vec::new(), Vec::new());
         {
@@ -292,6 +300,7 @@ impl PgStore {
                 retry: Vec::new(),
                 health: health_tx,
                 observer: observer.clone(),
+                linger,
             }
             .run(rx),
         );
@@ -825,6 +834,8 @@ struct Writer {
     retry: Vec<(Arc<CallRecord>, Writes, u64)>,
     health: watch::Sender<Option<StoreFailing>>,
     observer: Option<Arc<dyn Observer>>,
+    /// How long writes nobody waits for wait for more before they are committed.
+    linger: Duration,
 }
 
 impl Writer {
@@ -834,7 +845,10 @@ impl Writer {
             // While the store fails, wake every second even without writes, to see whether it
             // is back (a failed hold is not kept, so there may be nothing to retry).
             if self.retry.is_empty() && self.health.borrow().is_none() {
-                if rx.recv_many(&mut ops, GROUP_MAX).await == 0 {
+                if crate::gather::gather(&mut rx, &mut ops, GROUP_MAX, self.linger, Op::awaited)
+                    .await
+                    == 0
+                {
                     break;
                 }
             } else if let Ok(0) =

@@ -38,6 +38,9 @@ pub struct Settings {
     pub node: String,
     /// How long a broker may stay silent before another adopts its open calls.
     pub node_timeout: Duration,
+    /// How long writes nobody waits for wait for more before they are committed (see
+    /// `gather`).
+    pub linger: Duration,
 }
 
 /// A connection's driver task: it ends (with the error, if any) when the connection does.
@@ -56,6 +59,7 @@ impl Settings {
             statement_timeout: Duration::from_secs(5),
             node: node.into(),
             node_timeout: Duration::from_secs(30),
+            linger: crate::DEFAULT_LINGER,
         })
     }
 
