@@ -4,7 +4,7 @@
 //!
 //! It runs as a process of its own (the `cpu` benchmark starts itself with `floor -- CMD...`),
 //! so its CPU is measured exactly as the broker's is, on the same runtime settings as the
-//! broker (tokio's multi-thread runtime with one worker per core), with hyper's HTTP/1 server
+//! broker (tokio's multi-thread runtime, the broker's default `worker_threads`), with hyper's HTTP/1 server
 //! and `TCP_NODELAY` like the broker's listener. One child per session (`initialize` without a
 //! session id starts one), as Tollgate does. A POST carrying a request is answered with the
 //! child's response as `application/json`; notifications and responses get `202 Accepted`.
@@ -177,6 +177,7 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 pub fn main(argv: Vec<String>) -> Result<()> {
     anyhow::ensure!(!argv.is_empty(), "floor: no command to run");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tollgate_broker::config::defaults::worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async move {

@@ -215,7 +215,7 @@ impl Reloader {
             "header_timeout" => header_timeout, "on_store_error" => forward_when_store_fails,
             "[broker.tls] paths" => tls, "log_format" => log_json,
             "default_server" => default_server, "sync_linger" => sync_linger,
-            "sync_before_forward" => sync_before_forward,
+            "sync_before_forward" => sync_before_forward, "worker_threads" => worker_threads,
         )
         .into_iter()
         .filter_map(|(k, differs)| differs.then_some(k))

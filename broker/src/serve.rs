@@ -66,6 +66,7 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> ExitCode {
         );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.broker.worker_threads)
         .enable_all()
         .build()
     {

@@ -63,6 +63,9 @@ pub struct BrokerSettings {
     /// (`sync_before_forward = true`); by default it is written behind it, within
     /// `sync_linger`.
     pub sync_before_forward: bool,
+    /// Threads of the async runtime (HTTP, WebSockets, the guards, the stdio pipes); disk
+    /// syncs, the store's applier and large scans run on threads of their own.
+    pub worker_threads: usize,
     /// `[broker.tls]`: both listeners speak TLS.
     pub tls: Option<TlsSettings>,
     /// Address of `/metrics`, `/livez` and `/readyz`; `None` when `admin_listen = "off"`.
@@ -101,6 +104,7 @@ pub(super) struct RawBroker {
     pub(super) on_store_error: Option<Spanned<String>>,
     pub(super) sync_linger: Option<Spanned<String>>,
     pub(super) sync_before_forward: Option<bool>,
+    pub(super) worker_threads: Option<Spanned<i64>>,
     pub(super) allow_plaintext: Option<bool>,
     pub(super) admin_listen: Option<Spanned<String>>,
     pub(super) log_format: Option<Spanned<String>>,
@@ -127,6 +131,14 @@ pub mod defaults {
     pub const MAX_SESSIONS_PER_CLIENT: usize = 16;
     /// `max_sessions_per_server`.
     pub const MAX_SESSIONS_PER_SERVER: usize = 64;
+
+    /// `worker_threads`: half the CPUs, at least one. The broker shares its machine with the
+    /// agents and the stdio servers it fronts, and each extra worker adds cross-thread wake-ups
+    /// to every call: on 2 CPUs one worker took a fifth less CPU per call than two
+    /// (`docs/performance.md`, CPU per call).
+    pub fn worker_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
 }
 
 impl Validator<'_> {
@@ -301,6 +313,9 @@ impl Validator<'_> {
                 )
                 .map_or(defaults::MAX_SESSIONS_PER_CLIENT, |n| n as usize),
             forward_when_store_fails,
+            worker_threads: self
+                .count("[broker]", "worker_threads", raw.worker_threads)
+                .map_or_else(defaults::worker_threads, |n| n as usize),
             max_sessions_per_server: self
                 .count(
                     "[broker]",

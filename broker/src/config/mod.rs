@@ -32,7 +32,7 @@ use toml::Spanned;
 
 pub use crate::auth::Auth;
 pub use crate::upstream::ServerSpec;
-pub use broker::BrokerSettings;
+pub use broker::{BrokerSettings, defaults};
 pub use store::StoreSpec;
 
 /// A validated configuration, ready to serve.

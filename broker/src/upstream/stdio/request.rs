@@ -110,7 +110,7 @@ impl Session {
             session: self.id.clone().filter(|_| method == "initialize"),
         };
         if inbound.sse {
-            Ok(answer.events(guard, rx))
+            Ok(answer.events_or_json(guard, rx).await)
         } else {
             answer.json(guard, rx).await
         }
@@ -261,9 +261,47 @@ pub(super) struct Answer {
     pub(super) session: Option<String>,
 }
 
+/// How long a request's answer may take to still go back as one JSON body to a client that
+/// accepts SSE too. Most answers come sooner, and one body is one write to the client's socket
+/// where a stream is three (headers, the event, the end), each a trip through the kernel's TCP
+/// stack: on loopback a fifth of the broker's CPU per forwarded call. An answer that takes
+/// longer, or anything the child sends first (progress, a request of its own), starts the SSE
+/// stream, so a slow tool's client still gets its headers at once.
+const ONE_BODY_WITHIN: Duration = Duration::from_millis(100);
+
 impl Answer {
-    /// An SSE stream of everything the child sends for the request, ending with its answer.
-    pub(super) fn events(self, guard: StreamGuard, rx: mpsc::Receiver<Ev>) -> Reply {
+    /// The answer as one JSON body if it is all there is and comes within
+    /// [`ONE_BODY_WITHIN`]; else an SSE stream (see [`Answer::events`]).
+    pub(super) async fn events_or_json(
+        self,
+        mut guard: StreamGuard,
+        mut rx: mpsc::Receiver<Ev>,
+    ) -> Reply {
+        if self.waits_forever {
+            return self.events(guard, rx, None);
+        }
+        match tokio::time::timeout(ONE_BODY_WITHIN, rx.recv()).await {
+            Ok(Some(ev)) if ev.last => {
+                guard.finished = true;
+                Reply::Json {
+                    status: StatusCode::OK,
+                    body: ev.data,
+                    session: self.session,
+                }
+            }
+            Ok(first) => self.events(guard, rx, first),
+            Err(_) => self.events(guard, rx, None),
+        }
+    }
+
+    /// An SSE stream of everything the child sends for the request (after `first`, when the
+    /// caller has taken that already), ending with its answer.
+    pub(super) fn events(
+        self,
+        guard: StreamGuard,
+        rx: mpsc::Receiver<Ev>,
+        first: Option<Ev>,
+    ) -> Reply {
         let Answer {
             client_id,
             timeout,
@@ -271,10 +309,12 @@ impl Answer {
             session,
         } = self;
         let body = stream::unfold(
-            (guard, rx, Some(client_id), Instant::now() + timeout),
-            move |(mut guard, mut rx, client_id, mut deadline)| async move {
+            (guard, rx, Some(client_id), Instant::now() + timeout, first),
+            move |(mut guard, mut rx, client_id, mut deadline, first)| async move {
                 let client_id = client_id?;
-                let next = if waits_forever {
+                let next = if let Some(ev) = first {
+                    Ok(Some(ev))
+                } else if waits_forever {
                     Ok(rx.recv().await)
                 } else {
                     tokio::time::timeout_at(deadline.into(), rx.recv()).await
@@ -288,13 +328,16 @@ impl Answer {
                             guard.finished = true;
                         }
                         let keep = (!ev.last).then_some(client_id);
-                        Some((Ok(chunk), (guard, rx, keep, deadline)))
+                        Some((Ok(chunk), (guard, rx, keep, deadline, None)))
                     }
                     Ok(None) => None,
                     Err(_) => {
                         let msg = guard.time_out(&client_id, timeout);
                         guard.finished = true;
-                        Some((Ok(sse::encode(None, &msg)), (guard, rx, None, deadline)))
+                        Some((
+                            Ok(sse::encode(None, &msg)),
+                            (guard, rx, None, deadline, None),
+                        ))
                     }
                 }
             },
