@@ -34,7 +34,7 @@ fn write_object(
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&Value::String(k.clone()).to_string());
+        write_json_str(k, out);
         out.push(':');
         value(&map[k], out);
     }
@@ -54,6 +54,7 @@ fn write(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
+        Value::String(s) => write_json_str(s, out),
         other => out.push_str(&other.to_string()),
     }
 }
@@ -98,9 +99,17 @@ fn write_shape(value: &Value, out: &mut String) {
             out.push(']');
         }
         Value::Number(_) => out.push('N'),
-        Value::String(s) => out.push_str(&Value::String(mask(s)).to_string()),
+        Value::String(s) => write_json_str(&mask(s), out),
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it, appended to `out`.
+fn write_json_str(s: &str, out: &mut String) {
+    let mut buf = Vec::with_capacity(s.len() + 2);
+    // Writing into a Vec cannot fail, and serde_json writes valid UTF-8.
+    let _ = serde_json::to_writer(&mut buf, s);
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 /// Mask the volatile parts of a string (see [`shape`]).
@@ -121,11 +130,11 @@ pub fn mask(s: &str) -> String {
         while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-') {
             i += 1;
         }
-        let run = &b[start..i];
-        if is_uuid(run) {
+        let run = &s[start..i];
+        if is_uuid(run.as_bytes()) {
             out.push_str("<uuid>");
         } else {
-            for (n, word) in run.split(|c| *c == b'-').enumerate() {
+            for (n, word) in run.split('-').enumerate() {
                 if n > 0 {
                     out.push('-');
                 }
@@ -147,10 +156,11 @@ fn is_uuid(run: &[u8]) -> bool {
 }
 
 /// Mask one ASCII word.
-fn mask_word(word: &[u8], out: &mut String) {
+fn mask_word(word: &str, out: &mut String) {
+    let (text, word) = (word, word.as_bytes());
     let digits = word.iter().any(u8::is_ascii_digit);
     if !digits {
-        out.extend(word.iter().map(|c| char::from(*c)));
+        out.push_str(text);
     } else if word.len() >= 8 && word.iter().all(u8::is_ascii_hexdigit) {
         out.push_str("<hex>");
     } else if word.len() >= 16 && word.iter().any(u8::is_ascii_alphabetic) {
