@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     let other = std::env::var_os("TOLLGATE_BENCH_VS").map(std::path::PathBuf::from);
     // Sequential: rounds × calls per block per proxy; concurrent: sessions × calls each.
     let (rounds, block, sessions, each, perf_calls) = if smoke {
-        (2, 10, 4, 3, 20)
+        (1, 5, 2, 2, 10)
     } else {
         (4, 500, 50, 40, 300)
     };
