@@ -210,28 +210,15 @@ impl Validator<'_> {
                 false
             }
         };
-        let sync_linger = match &raw.sync_linger {
-            None => tollgate_store::DEFAULT_LINGER,
-            Some(v) => match humantime::parse_duration(v.get_ref()) {
-                Ok(d) if d <= tollgate_store::MAX_LINGER => d,
-                Ok(_) => {
-                    self.problem(
-                        v.span(),
-                        format!("sync_linger {:?} is longer than 1s", v.get_ref()),
-                        Some("it bounds how much of the audit trail a crash can lose: a few milliseconds share a sync among a sequential agent's calls (the default is \"5ms\")"),
-                    );
-                    tollgate_store::DEFAULT_LINGER
-                }
-                Err(e) => {
-                    self.problem(
-                        v.span(),
-                        format!("sync_linger {:?} is not a duration: {e}", v.get_ref()),
-                        Some("write a duration like \"5ms\", or \"0ms\" to commit every write as soon as the store is free"),
-                    );
-                    tollgate_store::DEFAULT_LINGER
-                }
-            },
-        };
+        let sync_linger = self.duration_up_to(
+            raw.sync_linger,
+            tollgate_store::DEFAULT_LINGER,
+            "sync_linger",
+            Some((
+                tollgate_store::MAX_LINGER,
+                "it bounds how much of the audit trail a crash can lose: a few milliseconds share a sync among a sequential agent's calls (the default is \"5ms\"; \"0ms\" commits every write as soon as the store is free)",
+            )),
+        );
         let tls = raw.tls.and_then(|t| self.tls(base, t));
         if tls.is_none() && raw.allow_plaintext != Some(true) {
             let mut listeners = vec![(listen, "listen"), (console_listen, "console_listen")];

@@ -250,9 +250,34 @@ impl Validator<'_> {
         default: Duration,
         what: &str,
     ) -> Duration {
+        self.duration_up_to(value, default, what, None)
+    }
+
+    /// [`Validator::duration`], or with `max` (the bound and why it is there) zero is allowed
+    /// and a longer duration is a problem.
+    pub(super) fn duration_up_to(
+        &mut self,
+        value: Option<Spanned<String>>,
+        default: Duration,
+        what: &str,
+        max: Option<(Duration, &str)>,
+    ) -> Duration {
         let Some(v) = value else { return default };
         match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if max.is_some_and(|(m, _)| d > m) => {
+                let (m, why) = max.unwrap_or_default();
+                self.problem(
+                    v.span(),
+                    format!(
+                        "{what} {:?} is longer than {}",
+                        v.get_ref(),
+                        humantime::format_duration(m)
+                    ),
+                    Some(why),
+                );
+                default
+            }
+            Ok(d) if max.is_some() || !d.is_zero() => d,
             Ok(_) => {
                 self.problem(v.span(), format!("{what} must be longer than zero"), None);
                 default
